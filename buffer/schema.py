@@ -1,0 +1,166 @@
+"""Opening the buffer file: permissions, pragmas, integrity check, quarantine and migrations.
+
+The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[n]`` takes a database from
+version ``n`` to ``n + 1``. A file that fails its integrity check is moved aside (never deleted)
+and a fresh one created, with a loud error: the gateway keeps working, and the corrupt file is
+there for a technician to recover from.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import aiosqlite
+import structlog
+
+log = structlog.get_logger(__name__)
+
+STATE_PENDING = 0
+STATE_IN_FLIGHT = 1
+STATE_SENT = 2
+STATE_CONFIRMED = 3
+STATE_REJECTED = 4
+STATE_NAMES = {
+    STATE_PENDING: "pending",
+    STATE_IN_FLIGHT: "in_flight",
+    STATE_SENT: "sent",
+    STATE_CONFIRMED: "confirmed",
+    STATE_REJECTED: "rejected",
+}
+
+MIGRATIONS: tuple[str, ...] = (
+    # v0 -> v1: events in commit order (rowid), the exact payload that goes on the wire, and
+    # per-device counters. The partial index keeps the publisher's "oldest pending" scan cheap
+    # however many sent events are retained for replay.
+    """
+    CREATE TABLE events (
+        rowid     INTEGER PRIMARY KEY,
+        id        TEXT    NOT NULL UNIQUE,
+        device    TEXT    NOT NULL,
+        seq       INTEGER NOT NULL,
+        state     INTEGER NOT NULL DEFAULT 0,
+        droppable INTEGER NOT NULL DEFAULT 0,
+        created   REAL    NOT NULL,
+        sent      REAL,
+        payload   BLOB    NOT NULL,
+        UNIQUE (device, seq)
+    );
+    CREATE INDEX events_unsent ON events (state, rowid) WHERE state < 2;
+    CREATE TABLE devices (
+        device        TEXT PRIMARY KEY,
+        last_seq      INTEGER NOT NULL DEFAULT 0,
+        last_sent_seq INTEGER NOT NULL DEFAULT 0,
+        status        TEXT,
+        detail        TEXT,
+        since         TEXT
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class BufferOpenError(RuntimeError):
+    """The buffer cannot be opened at all (permissions, newer schema, unusable directory)."""
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does, so events are never world-readable."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def quarantine(path: Path, reason: str) -> Path:
+    """Move a damaged database (and its WAL/SHM) aside and say so loudly."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{target}{suffix}"))
+    log.error(
+        "buffer_quarantined",
+        path=str(path),
+        moved_to=str(target),
+        reason=reason,
+        action="a fresh buffer was created; events in the moved file were NOT delivered",
+    )
+    return target
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=FULL")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+async def _check(conn: aiosqlite.Connection) -> str | None:
+    """Return why the file is unusable, or None when it is healthy."""
+    try:
+        async with conn.execute("PRAGMA quick_check") as cur:
+            rows = [str(r[0]) for r in await cur.fetchall()]
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if rows != ["ok"]:
+        return "; ".join(rows[:5])
+    return None
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise BufferOpenError(
+            f"{path}: schema version {version} is newer than this gateway's {SCHEMA_VERSION};"
+            " upgrade edge-gateway or restore the previous release"
+        )
+    for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version={target}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        log.info("buffer_migrated", path=str(path), version=target)
+
+
+async def open_database(path: Path) -> aiosqlite.Connection:
+    """Open (creating, checking, quarantining and migrating as needed) the buffer database."""
+    try:
+        _create_private(path)
+    except OSError as exc:
+        raise BufferOpenError(f"{path}: cannot create buffer file: {exc.strerror}") from exc
+    if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise BufferOpenError(f"{path}: buffer file or its directory is not writable")
+    for attempt in range(2):
+        try:
+            conn = await _connect(path)
+        except sqlite3.DatabaseError as exc:
+            if attempt:
+                raise BufferOpenError(f"{path}: {exc}") from exc
+            quarantine(path, str(exc))
+            _create_private(path)
+            continue
+        problem = await _check(conn)
+        if problem is None:
+            await _migrate(conn, path)
+            return conn
+        await conn.close()
+        if attempt:
+            raise BufferOpenError(f"{path}: fresh buffer failed its check: {problem}")
+        quarantine(path, problem)
+        _create_private(path)
+    raise BufferOpenError(f"{path}: could not open")  # pragma: no cover - loop always returns

@@ -1,0 +1,130 @@
+"""``edge-gateway``: run | check-config | status | demo (DESIGN section 8).
+
+Exit codes: 0 success, 2 bad usage or invalid config, 1 runtime failure. A user's mistake gets a
+message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from buffer.schema import BufferOpenError
+from gateway import __version__
+from gateway.logging import configure_logging
+from gateway.settings import ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-gateway", description="Warehouse edge gateway: devices -> buffer -> MQTT."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon")
+    check = sub.add_parser("check-config", help="validate a config file")
+    status = sub.add_parser("status", help="buffer depth, backlog age, device states")
+    for p in (run, check, status):
+        p.add_argument("--config", required=True, type=Path, metavar="PATH")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    demo = sub.add_parser("demo", help="simulated scanners, broker and central system")
+    demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--rate", type=float, default=2.0, help="scans per second per scanner")
+    demo.add_argument("--scanners", type=int, default=2, help="how many simulated scanners")
+    return parser
+
+
+def _load(path: Path) -> Settings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return None
+
+
+def cmd_check_config(path: Path) -> int:
+    """Validate; print every error as PATH:LINE: key.path: message."""
+    settings = _load(path)
+    if settings is None:
+        return EXIT_USAGE
+    print(f"{path}: ok ({len(settings.devices)} devices)")
+    return EXIT_OK
+
+
+async def _run_until_signalled(settings: Settings) -> None:
+    from gateway.daemon import Gateway  # noqa: PLC0415 - keeps check-config light
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Gateway(settings).run(stop)
+
+
+def cmd_run(path: Path) -> int:
+    """The daemon."""
+    settings = _load(path)
+    if settings is None:
+        return EXIT_USAGE
+    configure_logging(settings.logging.level, settings.logging.format)
+    log = structlog.get_logger("gateway")
+    try:
+        asyncio.run(_run_until_signalled(settings))
+    except BufferOpenError as exc:
+        log.error("buffer_unusable", error=str(exc))
+        return EXIT_RUNTIME
+    except Exception as exc:
+        log.exception("gateway_failed", error=str(exc))
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def cmd_status(path: Path, *, as_json: bool) -> int:
+    """Buffer and device state, read from the buffer file whether or not the daemon runs."""
+    from gateway.status import show_status  # noqa: PLC0415
+
+    settings = _load(path)
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        return asyncio.run(show_status(settings, as_json=as_json))
+    except Exception as exc:  # a locked or unreadable file is a runtime failure, not a crash
+        print(f"edge-gateway status: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything simulated, on this machine."""
+    from gateway.demo import run_demo  # noqa: PLC0415
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(
+            run_demo(duration=args.duration, rate=args.rate, scanners=args.scanners)
+        )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point."""
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return cmd_check_config(args.config)
+    if args.command == "run":
+        return cmd_run(args.config)
+    if args.command == "status":
+        return cmd_status(args.config, as_json=args.json)
+    return cmd_demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

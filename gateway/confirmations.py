@@ -1,0 +1,92 @@
+"""Single-touch confirmation (DESIGN section 7): good feedback once, when the level is reached.
+
+``stored`` devices get good feedback as soon as the buffer commit returns. ``delivered`` devices
+wait for the broker's PUBACK (reported by the publisher after the event is marked sent); if it
+does not come within ``confirm_timeout`` they get pending feedback instead, the event stays
+buffered and will still be delivered, and no good feedback follows later (the worker has moved
+on; a late beep would confuse the next scan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from drivers.base import DeviceConfig, Outcome, StoredEvent
+
+log = structlog.get_logger(__name__)
+
+FeedbackFn = Callable[[str, Outcome], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Waiter:
+    device: str
+    started: float
+    timer: asyncio.TimerHandle
+
+
+class Confirmations:
+    """Tracks events awaiting their confirmation level and fires device feedback."""
+
+    def __init__(self, feedback: FeedbackFn) -> None:
+        self._feedback = feedback
+        self._waiting: dict[str, _Waiter] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.latencies: list[float] = []
+        """Seconds from capture to good feedback, most recent last (bounded)."""
+        self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
+
+    def stored(self, device: DeviceConfig, event: StoredEvent, captured: float) -> None:
+        """An event of ``device`` committed; give feedback now or start waiting."""
+        if device.confirm == "stored":
+            self._give(device.id, Outcome.GOOD, captured)
+            return
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(device.confirm_timeout, self._timed_out, event.id)
+        self._waiting[event.id] = _Waiter(device.id, captured, timer)
+
+    def refused(self, device: str) -> None:
+        """The buffer refused the event: the worker must scan again later."""
+        self._give(device, Outcome.BAD, None)
+
+    def delivered(self, event_ids: Iterable[str]) -> None:
+        """The broker acknowledged these events."""
+        for event_id in event_ids:
+            waiter = self._waiting.pop(event_id, None)
+            if waiter is not None:
+                waiter.timer.cancel()
+                self._give(waiter.device, Outcome.GOOD, waiter.started)
+
+    @property
+    def waiting(self) -> int:
+        """Events whose device is still waiting for its confirmation level."""
+        return len(self._waiting)
+
+    def _timed_out(self, event_id: str) -> None:
+        waiter = self._waiting.pop(event_id, None)
+        if waiter is not None:
+            log.warning("confirm_timeout", device=waiter.device, id=event_id)
+            self._give(waiter.device, Outcome.PENDING, None)
+
+    def _give(self, device: str, outcome: Outcome, captured: float | None) -> None:
+        self.outcomes[outcome.value] += 1
+        if captured is not None:
+            self.latencies.append(time.monotonic() - captured)
+            if len(self.latencies) > 10_000:
+                del self.latencies[:5_000]
+        task = asyncio.create_task(self._feedback(device, outcome))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Cancel timers and let feedback already started finish (it is a few bytes)."""
+        for waiter in self._waiting.values():
+            waiter.timer.cancel()
+        self._waiting.clear()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)

@@ -1,0 +1,188 @@
+"""The supervisor: wires buffer, pipeline, drivers, publisher and confirmations, and stops them.
+
+Start order matters: the buffer opens first (nothing is read from a device before there is
+somewhere durable to put it), then the publisher and the drivers. Stop order is the reverse,
+bounded by ``gateway.shutdown_timeout``: drivers stop reading, in-flight publishes get a chance
+at their PUBACK, ``offline`` is published, the buffer checkpoints and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+import structlog
+
+from buffer.store import Buffer
+from drivers import registry
+from drivers.base import DeviceConfig, Driver, Outcome, StatusFn
+from gateway.confirmations import Confirmations
+from gateway.events import rfc3339_now
+from gateway.pipeline import Pipeline
+from gateway.publisher import Publisher, backoff_delays
+from gateway.sdnotify import notify
+from gateway.settings import Settings
+from gateway.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+PRUNE_INTERVAL_S = 60.0
+
+
+class Gateway:
+    """One running gateway. ``await Gateway(settings).run(stop_event)``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device_states: dict[str, dict[str, Any]] = {}
+        self.drivers: dict[str, Driver[Any]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down within the configured bound."""
+        s = self.settings
+        self.buffer = await Buffer.open(
+            s.database_path, max_bytes=s.buffer.max_bytes, batch_max=s.buffer.batch_max
+        )
+        self.confirmations = Confirmations(self._feedback)
+        self.pipeline = Pipeline(
+            self.buffer, self.confirmations, site=s.gateway.site, gateway_id=s.gateway.id
+        )
+        self.publisher = Publisher(
+            s.mqtt,
+            self.buffer,
+            Topics(s.topic_root),
+            client_id=s.mqtt.client_id or f"edge-gateway-{s.gateway.site}-{s.gateway.id}",
+            on_delivered=lambda batch: self.confirmations.delivered(e.id for e in batch),
+        )
+        publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        driver_tasks = [self._start_driver(device) for device in s.devices]
+        housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        if not s.devices:
+            log.warning("no_devices_configured", config=str(s.source_path))
+        notify("READY=1", f"STATUS=running with {len(driver_tasks)} devices")
+        log.info("gateway_started", gateway=s.gateway.id, site=s.gateway.site, devices=len(s.devices))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopped, publisher_task], return_when=asyncio.FIRST_COMPLETED)
+        failure = publisher_task.exception() if publisher_task.done() else None
+        notify("STOPPING=1")
+        log.info("gateway_stopping")
+        try:
+            async with asyncio.timeout(s.gateway.shutdown_timeout):
+                await self._shutdown(driver_tasks, publisher_task, housekeeping)
+        except TimeoutError:
+            log.warning("shutdown_timeout", bound_s=s.gateway.shutdown_timeout)
+            publisher_task.cancel()
+        await self.buffer.close()
+        log.info("gateway_stopped")
+        if failure is not None:
+            raise failure
+
+    def _start_driver(self, device: DeviceConfig) -> asyncio.Task[None]:
+        cls = registry.driver_class(device.driver)
+        driver = cls(
+            device, emit=self.pipeline.emitter(device), report_status=self._reporter(device.id)
+        )
+        self.drivers[device.id] = driver
+        return asyncio.create_task(self._supervise(driver), name=f"driver-{device.id}")
+
+    async def _supervise(self, driver: Driver[Any]) -> None:
+        """Drivers retry device faults themselves; this catches bugs so one device cannot stop all."""
+        delays = backoff_delays(1.0, 30.0)
+        while True:
+            try:
+                await driver.run()
+                log.warning("driver_returned", device=driver.device_id)
+            except Exception:
+                log.exception("driver_crashed", device=driver.device_id)
+                driver.set_status(False, "driver error, restarting")
+            await asyncio.sleep(next(delays))
+
+    def _reporter(self, device: str) -> StatusFn:
+        def report(up: bool, detail: str) -> None:
+            state = "up" if up else "down"
+            previous = self.device_states.get(device)
+            if previous is not None and previous["state"] == state:
+                previous["detail"] = detail
+                return
+            body = {"state": state, "since": rfc3339_now(), "detail": detail}
+            self.device_states[device] = body
+            if up:
+                log.info("device_up", device=device, detail=detail)
+            else:
+                log.warning("device_down", device=device, detail=detail)
+            self.publisher.device_status(device, body)
+            self._spawn(self.buffer.set_device_status(device, state, detail, body["since"]))
+
+        return report
+
+    async def _feedback(self, device: str, outcome: Outcome) -> None:
+        driver = self.drivers.get(device)
+        if driver is None:
+            return
+        try:
+            await driver.feedback(outcome)
+        except Exception:
+            log.exception("feedback_failed", device=device, outcome=outcome.value)
+
+    def _spawn(self, coro: Any) -> None:  # noqa: ANN401 - any awaitable
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _housekeeping(self) -> None:
+        """Watchdog, checkpoints, retention: each on its own period, from one 1 s tick."""
+        s = self.settings
+        watchdog = "WATCHDOG_USEC" in os.environ
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            if watchdog and self.buffer.healthy:
+                notify("WATCHDOG=1")
+            if tick % max(1, round(s.mqtt.checkpoint_interval)) == 0:
+                await self.publish_checkpoint()
+            if tick % int(PRUNE_INTERVAL_S) == 0:
+                pruned = await self.buffer.prune(s.buffer.retention)
+                if pruned:
+                    log.info("buffer_pruned", events=pruned)
+
+    async def publish_checkpoint(self) -> None:
+        """Retained per-device parity figures for central consumers."""
+        stats = await self.buffer.stats()
+        body = {
+            "time": rfc3339_now(),
+            "draining": self.publisher.draining,
+            "devices": {
+                name: {
+                    "last_seq": d.last_seq,
+                    "last_sent_seq": d.last_sent_seq,
+                    "pending": d.pending,
+                    "oldest_pending_age_s": d.oldest_pending_age_s,
+                }
+                for name, d in stats.devices.items()
+            },
+        }
+        await self.publisher.publish_checkpoint(body)
+
+    async def _shutdown(
+        self,
+        driver_tasks: list[asyncio.Task[None]],
+        publisher_task: asyncio.Task[None],
+        housekeeping: asyncio.Task[None],
+    ) -> None:
+        housekeeping.cancel()
+        for task in driver_tasks:
+            task.cancel()
+        await asyncio.gather(*driver_tasks, housekeeping, return_exceptions=True)
+        for driver in self.drivers.values():
+            with contextlib.suppress(Exception):
+                await driver.stop()
+        with contextlib.suppress(Exception):
+            await self.publish_checkpoint()
+        self.publisher.stop()
+        await asyncio.gather(publisher_task, return_exceptions=True)
+        await self.confirmations.close()
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,62 @@
+"""CloudEvents 1.0 structured-JSON payloads (DESIGN section 5) and their ids.
+
+The payload is rendered once, inside the buffer's commit (when ``seq`` is known), and stored as
+the exact bytes that go on the wire: a redelivery or replay sends the same id, seq and body.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+SPECVERSION = "1.0"
+_HISTORICAL_SUFFIX = b',"historical":true}'
+
+
+def uuid7() -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, so ids sort by capture time, and globally unique."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version
+    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
+    value |= 0b10 << 62  # variant
+    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def rfc3339_now() -> str:
+    """Capture time on the gateway: RFC 3339, UTC, microseconds."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def source_for(site: str, gateway: str, device: str) -> str:
+    """The CloudEvents ``source`` of a device."""
+    return f"/{site}/{gateway}/{device}"
+
+
+def render_event(
+    *, event_id: str, source: str, type_: str, time_: str, seq: int, data: Mapping[str, Any]
+) -> bytes:
+    """Serialize one event compactly; ``historical`` is added at publish time, never stored."""
+    body = {
+        "specversion": SPECVERSION,
+        "id": event_id,
+        "source": source,
+        "type": type_,
+        "time": time_,
+        "seq": seq,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def mark_historical(payload: bytes) -> bytes:
+    """Flag a backlog event that live events overtook, without re-parsing the stored payload."""
+    return payload[:-1] + _HISTORICAL_SUFFIX

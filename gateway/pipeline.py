@@ -1,0 +1,63 @@
+"""The pipeline: stamps each driver event (id, capture time), stores it, starts its confirmation.
+
+Each device gets its own ``emit`` coroutine. It returns only after the buffer committed the
+event, so a fast device is slowed to the disk's pace instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from buffer.store import Buffer, BufferFullError, NewEvent
+from drivers.base import DeviceConfig, DeviceEvent, EmitFn, StoredEvent
+from gateway.confirmations import Confirmations
+from gateway.events import render_event, rfc3339_now, source_for, uuid7
+
+log = structlog.get_logger(__name__)
+
+
+class Pipeline:
+    """Turns driver events into stored events for every configured device."""
+
+    def __init__(
+        self, buffer: Buffer, confirmations: Confirmations, *, site: str, gateway_id: str
+    ) -> None:
+        self._buffer = buffer
+        self._confirmations = confirmations
+        self._site = site
+        self._gateway_id = gateway_id
+        self.refused = 0
+
+    def emitter(self, device: DeviceConfig) -> EmitFn:
+        """The ``emit`` coroutine handed to ``device``'s driver."""
+        source = source_for(self._site, self._gateway_id, device.id)
+
+        async def emit(event: DeviceEvent) -> StoredEvent | None:
+            captured = time.monotonic()
+            event_id, stamp = uuid7(), rfc3339_now()
+
+            def render(seq: int) -> bytes:
+                return render_event(
+                    event_id=event_id,
+                    source=source,
+                    type_=event.type,
+                    time_=stamp,
+                    seq=seq,
+                    data=event.data,
+                )
+
+            new = NewEvent(event_id, device.id, stamp, event.type, event.droppable, render)
+            try:
+                stored = await self._buffer.append(new)
+            except BufferFullError as exc:
+                self.refused += 1
+                log.error("event_refused", device=device.id, type=event.type, reason=str(exc))
+                if not event.droppable:
+                    self._confirmations.refused(device.id)
+                return None
+            self._confirmations.stored(device, stored, captured)
+            return stored
+
+        return emit

@@ -1,0 +1,292 @@
+"""The MQTT publisher: the only module that talks to the broker (through aiomqtt).
+
+The buffer, not the client, is the truth. An event is claimed (in flight), published at QoS 1,
+and marked sent only after its PUBACK. When the connection drops, aiomqtt's pending publishes
+would each wait out their whole timeout and a publish that raised may still have reached the
+broker; so on any failure the session is torn down, everything unacknowledged is released back
+to pending, and it is sent again (same id, same seq) on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from buffer.store import Buffer, OutgoingEvent
+from gateway import __version__
+from gateway.events import mark_historical, rfc3339_now
+from gateway.settings import MqttSection
+from gateway.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+DeliveredFn = Callable[[Sequence[OutgoingEvent]], None]
+
+
+def backoff_delays(low: float, high: float) -> Any:  # noqa: ANN401 - an endless generator
+    """Exponential backoff with full jitter: thousands of gateways must not reconnect in step."""
+    ceiling = low
+    while True:
+        yield random.uniform(low, ceiling)  # noqa: S311 - jitter, not cryptography
+        ceiling = min(high, ceiling * 2)
+
+
+class Publisher:
+    """Drains the buffer to the broker and keeps the retained status topics current."""
+
+    def __init__(
+        self,
+        mqtt: MqttSection,
+        buffer: Buffer,
+        topics: Topics,
+        *,
+        client_id: str,
+        on_delivered: DeliveredFn,
+    ) -> None:
+        self._mqtt = mqtt
+        self._buffer = buffer
+        self._topics = topics
+        self._client_id = client_id
+        self._on_delivered = on_delivered
+        self._client: aiomqtt.Client | None = None
+        self._device_status: dict[str, dict[str, Any]] = {}
+        self._in_flight: dict[int, OutgoingEvent] = {}
+        self._acked: list[OutgoingEvent] = []
+        self._acks_ready = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._publish_failed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._marking: set[asyncio.Future[None]] = set()
+        self._stopping = asyncio.Event()
+        self._since = rfc3339_now()
+        self.connected = asyncio.Event()
+        self.draining = False
+        self.reconnects = 0
+
+    # --- connection management -------------------------------------------------------------
+
+    def _status_payload(self, state: str) -> bytes:
+        return json.dumps({"state": state, "since": self._since, "version": __version__}).encode()
+
+    def _make_client(self) -> aiomqtt.Client:
+        mqtt = self._mqtt
+        tls_context: ssl.SSLContext | None = None
+        if mqtt.tls is not None:
+            tls_context = ssl.create_default_context(
+                cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
+            )
+            if mqtt.tls.cert_file and mqtt.tls.key_file:
+                tls_context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
+            if mqtt.tls.insecure:
+                tls_context.check_hostname = False
+        return aiomqtt.Client(
+            mqtt.host,
+            mqtt.port,
+            identifier=self._client_id,
+            username=mqtt.username,
+            password=mqtt.password(),
+            keepalive=mqtt.keepalive,
+            will=aiomqtt.Will(self._topics.status, self._status_payload("offline"), 1, True),
+            max_inflight_messages=mqtt.max_inflight,
+            timeout=mqtt.publish_timeout,
+            tls_context=tls_context,
+            tls_insecure=mqtt.tls.insecure if mqtt.tls else None,
+        )
+
+    async def run(self) -> None:
+        """Connect, drain, reconnect with backoff, until :meth:`stop` is called."""
+        delays = backoff_delays(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
+        while not self._stopping.is_set():
+            try:
+                async with self._make_client() as client:
+                    self._client = client
+                    delays = backoff_delays(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                if self._stopping.is_set():
+                    break
+                self.reconnects += 1
+                log.warning("mqtt_disconnected", error=str(exc), host=self._mqtt.host)
+            finally:
+                self._client = None
+                self.connected.clear()
+                await self._settle()
+            if not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), next(delays))
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._since = rfc3339_now()
+        await client.publish(self._topics.status, self._status_payload("online"), 1, retain=True)
+        for device, payload in list(self._device_status.items()):
+            await self._publish_json(client, self._topics.device_status(device), payload)
+        log.info("mqtt_connected", host=self._mqtt.host, port=self._mqtt.port)
+        self.connected.set()
+        self._publish_failed.clear()
+        pump = asyncio.create_task(self._pump(client), name="publisher-pump")
+        tasks = [
+            pump,
+            asyncio.create_task(self._ack_writer(), name="publisher-acks"),
+            asyncio.create_task(self._watch_connection(client), name="publisher-watch"),
+            asyncio.create_task(self._publish_failed.wait(), name="publisher-failed"),
+            asyncio.create_task(self._stopping.wait(), name="publisher-stop"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise the MqttError that ended the session
+            if self._publish_failed.is_set():
+                raise aiomqtt.MqttError("a publish failed or got no PUBACK in time")
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await self._finish(client)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch_connection(self, client: aiomqtt.Client) -> None:
+        """Iterating messages is aiomqtt's way of noticing a lost connection at once."""
+        async for _message in client.messages:
+            pass  # confirm/cmd subscriptions are handled by later features
+
+    async def _finish(self, client: aiomqtt.Client) -> None:
+        """Graceful stop: let in-flight publishes get their PUBACK, then say offline."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._mqtt.publish_timeout):
+                while self._in_flight and not self._publish_failed.is_set():
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+        await self._flush_acks()
+        await client.publish(self._topics.status, self._status_payload("offline"), 1, retain=True)
+
+    async def _settle(self) -> None:
+        """After a session: record the acks we have, release the rest to pending."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._marking, return_exceptions=True)
+        await self._flush_acks()
+        leftovers = list(self._in_flight.values())
+        self._in_flight.clear()
+        await self._buffer.release(leftovers)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish: drain in flight, publish offline, disconnect."""
+        self._stopping.set()
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        live_after = await self._buffer.last_rowid()
+        self.draining = await self._buffer.has_pending(live_after)
+        if self.draining:
+            log.info("backlog_drain_started")
+        overtaken = False
+        limit = self._mqtt.max_inflight
+        while True:
+            if self.draining and not await self._buffer.has_pending(live_after):
+                self.draining = False
+                log.info("backlog_drain_finished")
+            free = limit - len(self._in_flight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._buffer.committed.clear()
+            batch = await self._buffer.claim(free, live_after if self.draining else None)
+            if not batch:
+                self._slot_freed.clear()
+                waits = [self._buffer.committed.wait(), self._slot_freed.wait()]
+                await _first_of(*waits, timeout=1.0)
+                continue
+            for event in batch:
+                payload = event.payload
+                if event.backlog and overtaken:
+                    payload = mark_historical(payload)
+                elif not event.backlog and self.draining:
+                    overtaken = True
+                self._in_flight[event.rowid] = event
+                task = asyncio.create_task(self._publish_event(client, event, payload))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _publish_event(
+        self, client: aiomqtt.Client, event: OutgoingEvent, payload: bytes
+    ) -> None:
+        try:
+            await client.publish(self._topics.events(event.device), payload, 1)
+        except aiomqtt.MqttError as exc:
+            # Left in flight: the session ends and _settle releases it to pending.
+            log.warning("publish_failed", device=event.device, seq=event.seq, error=str(exc))
+            self._publish_failed.set()
+            return
+        if self._in_flight.pop(event.rowid, None) is not None:
+            self._acked.append(event)
+            self._acks_ready.set()
+            self._slot_freed.set()
+
+    async def _ack_writer(self) -> None:
+        """Mark PUBACKed events sent in groups: acks that arrive during one commit share the next."""
+        while True:
+            await self._acks_ready.wait()
+            self._acks_ready.clear()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        while self._acked:
+            batch, self._acked = self._acked, []
+            # Shielded: a session torn down mid-write must not leave rows stuck in flight.
+            marking = asyncio.ensure_future(self._mark_sent(batch))
+            self._marking.add(marking)
+            marking.add_done_callback(self._marking.discard)
+            await asyncio.shield(marking)
+
+    async def _mark_sent(self, batch: list[OutgoingEvent]) -> None:
+        await self._buffer.mark_sent(batch)
+        self._on_delivered(batch)
+
+    # --- status topics -----------------------------------------------------------------------
+
+    async def _publish_json(self, client: aiomqtt.Client, topic: str, body: Any) -> None:  # noqa: ANN401
+        await client.publish(topic, json.dumps(body).encode(), 1, retain=True)
+
+    def device_status(self, device: str, body: dict[str, Any]) -> None:
+        """Remember a device's state and publish it retained when (or once) connected."""
+        self._device_status[device] = body
+        client = self._client
+        if client is not None and self.connected.is_set():
+            task = asyncio.create_task(self._publish_quietly(client, device, body))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _publish_quietly(self, client: aiomqtt.Client, device: str, body: Any) -> None:  # noqa: ANN401
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._publish_json(client, self._topics.device_status(device), body)
+
+    async def publish_checkpoint(self, body: dict[str, Any]) -> bool:
+        """Publish the retained checkpoint if connected; False when it could not be sent."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        try:
+            await self._publish_json(client, self._topics.checkpoint, body)
+        except aiomqtt.MqttError:
+            return False
+        return True
+
+
+async def _first_of(*aws: Any, timeout: float) -> None:  # noqa: ANN401
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

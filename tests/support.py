@@ -1,0 +1,142 @@
+"""Helpers shared by the integration tests: configs, a gateway in-process or as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gateway.daemon import Gateway
+from gateway.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def scanner_device(
+    device_id: str, port: Path, *, confirm: str = "stored", **extra: Any
+) -> dict[str, Any]:
+    """A barcode-serial device entry."""
+    return {"id": device_id, "driver": "barcode-serial", "port": str(port), "confirm": confirm, **extra}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def write_config(
+    path: Path,
+    *,
+    mqtt_port: int,
+    state_dir: Path,
+    devices: list[dict[str, Any]],
+    mqtt: dict[str, Any] | None = None,
+    buffer: dict[str, Any] | None = None,
+    gateway: dict[str, Any] | None = None,
+) -> Path:
+    """Write a gateway TOML config the way a technician would."""
+    sections: dict[str, dict[str, Any]] = {
+        "gateway": {"id": "gw-test", "site": "site-test", "state_dir": str(state_dir), **(gateway or {})},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": mqtt_port,
+            "reconnect_min": 0.1,
+            "reconnect_max": 0.5,
+            "publish_timeout": 5.0,
+            **(mqtt or {}),
+        },
+        "buffer": buffer or {},
+        "logging": {"format": "json", "level": "info"},
+    }
+    lines: list[str] = []
+    for name, body in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
+        lines.append("")
+    for device in devices:
+        lines.append("[[devices]]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in device.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: Path) -> AsyncIterator[Gateway]:
+    """Run a gateway in this event loop; stop it gracefully on exit and surface its failure."""
+    gateway = Gateway(load_settings(config))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while not hasattr(gateway, "publisher"):
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield gateway
+    finally:
+        stop.set()
+        async with asyncio.timeout(30):
+            await task
+
+
+class GatewayProcess:
+    """``edge-gateway run`` as a real child process, so tests can kill -9 it."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Launch the daemon exactly as systemd would (minus systemd)."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def kill9(self) -> None:
+        """SIGKILL: no cleanup at all, as a crash or power cut."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM and wait for the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``edge-gateway`` as a user would and capture its output."""
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
