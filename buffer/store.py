@@ -313,15 +313,16 @@ class Buffer:
             row = await c.fetchone()
         return int(row[0]) if row else 0
 
-    async def has_pending(self, up_to_rowid: int | None = None) -> bool:
-        """Whether unsent events remain (optionally only up to a rowid)."""
-        sql = "SELECT 1 FROM events WHERE state < 2 AND state IN (0, 1)"
+    async def unsent_count(self, up_to_rowid: int | None = None) -> int:
+        """Events not yet acknowledged by the broker (optionally only up to a rowid)."""
+        sql = "SELECT count(*) FROM events WHERE state < 2"
         params: tuple[int, ...] = ()
         if up_to_rowid is not None:
             sql += " AND rowid <= ?"
             params = (up_to_rowid,)
-        async with self._lock, self._conn.execute(sql + " LIMIT 1", params) as cur:
-            return await cur.fetchone() is not None
+        async with self._lock, self._conn.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def prune(self, retention: float, now: float | None = None) -> int:
         """Delete sent events older than ``retention`` seconds; returns how many went."""

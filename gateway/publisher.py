@@ -28,6 +28,10 @@ from gateway.topics import Topics
 
 log = structlog.get_logger(__name__)
 
+LIVE_FIRST_BACKLOG = 1000
+"""A backlog larger than this (over a second of publishing) lets live events overtake it; a
+smaller one simply goes first, so short outages keep strict per-device seq order."""
+
 DeliveredFn = Callable[[Sequence[OutgoingEvent]], None]
 
 
@@ -87,7 +91,7 @@ class Publisher:
                 tls_context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
             if mqtt.tls.insecure:
                 tls_context.check_hostname = False
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             mqtt.host,
             mqtt.port,
             identifier=self._client_id,
@@ -100,6 +104,9 @@ class Publisher:
             tls_context=tls_context,
             tls_insecure=mqtt.tls.insecure if mqtt.tls else None,
         )
+        # aiomqtt warns on every publish beyond 10 outstanding; our window is deliberate.
+        client.pending_calls_threshold = mqtt.max_inflight + 10
+        return client
 
     async def run(self) -> None:
         """Connect, drain, reconnect with backoff, until :meth:`stop` is called."""
@@ -187,13 +194,14 @@ class Publisher:
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         live_after = await self._buffer.last_rowid()
-        self.draining = await self._buffer.has_pending(live_after)
+        backlog = await self._buffer.unsent_count(live_after)
+        self.draining = backlog > LIVE_FIRST_BACKLOG
         if self.draining:
-            log.info("backlog_drain_started")
+            log.info("backlog_drain_started", events=backlog)
         overtaken = False
         limit = self._mqtt.max_inflight
         while True:
-            if self.draining and not await self._buffer.has_pending(live_after):
+            if self.draining and not await self._buffer.unsent_count(live_after):
                 self.draining = False
                 log.info("backlog_drain_finished")
             free = limit - len(self._in_flight)

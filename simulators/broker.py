@@ -8,6 +8,7 @@ as it would with a production broker.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -57,7 +58,10 @@ class MosquittoBroker:
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 100\n"
-            "log_dest none\n"
+            "log_dest stderr\n"
+            # As root, Mosquitto would drop to the "mosquitto" user and then fail to write its
+            # persistence file here: stay as whoever runs the tests.
+            f"user {getpass.getuser()}\n"
         )
 
     def start(self, timeout: float = 10.0) -> None:

@@ -1,0 +1,140 @@
+"""The publisher against a real Mosquitto and a real SQLite buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from buffer.store import Buffer
+from gateway.events import render_event
+from gateway.publisher import Publisher, backoff_delays
+from gateway.settings import MqttSection
+from gateway.topics import Topics
+from simulators.broker import MosquittoBroker
+from simulators.central import CentralCollector
+from buffer.store import NewEvent
+
+TOPICS = Topics("edge/site-test/gw-test")
+
+
+def event(device: str, n: int) -> NewEvent:
+    event_id = f"{device}-{n:06d}"
+
+    def render(seq: int) -> bytes:
+        return render_event(
+            event_id=event_id,
+            source=f"/site-test/gw-test/{device}",
+            type_="warehouse.barcode.scanned.v1",
+            time_="2026-11-24T00:00:00.000000Z",
+            seq=seq,
+            data={"code": str(n)},
+        )
+
+    return NewEvent(event_id, device, "t", "warehouse.barcode.scanned.v1", False, render)
+
+
+@pytest.fixture
+async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    yield buf
+    await buf.close()
+
+
+@pytest.fixture
+async def publisher(buffer: Buffer, broker: MosquittoBroker) -> AsyncIterator[Publisher]:
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
+    delivered: list[str] = []
+    pub = Publisher(
+        mqtt, buffer, TOPICS, client_id="gw-test", on_delivered=lambda b: delivered.extend(e.id for e in b)
+    )
+    pub.delivered_ids = delivered  # type: ignore[attr-defined]
+    task = asyncio.create_task(pub.run())
+    yield pub
+    pub.stop()
+    async with asyncio.timeout(15):
+        await task
+
+
+async def test_events_arrive_once_in_seq_order_and_are_marked_sent(
+    buffer: Buffer, publisher: Publisher, central: CentralCollector
+) -> None:
+    """300 events from two devices: each arrives, per device in seq order, then state is sent."""
+    await asyncio.gather(*(buffer.append(event("a" if i % 2 else "b", i)) for i in range(300)))
+    assert await central.wait_for(300, timeout=20)
+    for source, track in central.sources.items():
+        order = [m["seq"] for m in central.messages if m["source"] == source]
+        assert order == sorted(order), f"{source} out of order"
+        assert track.missing() == [] and track.duplicates == 0
+    async with asyncio.timeout(10):
+        while (await buffer.stats()).by_state["sent"] < 300:
+            await asyncio.sleep(0.05)
+    assert len(publisher.delivered_ids) == 300  # type: ignore[attr-defined]
+    assert not any(m.get("historical") for m in central.messages)
+
+
+async def test_broker_outage_backlog_drains_and_live_events_overtake(
+    buffer: Buffer, publisher: Publisher, central: CentralCollector, broker: MosquittoBroker
+) -> None:
+    """A large backlog drains after the outage; live events may overtake it, flagged right."""
+    async with asyncio.timeout(10):
+        await publisher.connected.wait()
+    broker.stop()
+    backlog = 3000
+    await asyncio.gather(*(buffer.append(event("a", i)) for i in range(backlog)))
+    assert (await buffer.stats()).unsent == backlog
+    broker.start()
+    async with asyncio.timeout(10):
+        await publisher.connected.wait()
+    for i in range(backlog, backlog + 20):
+        await buffer.append(event("a", i))
+    ok = await central.wait_for(backlog + 20, timeout=30)
+    assert ok, (central.unique_count(), (await buffer.stats()).by_state)
+    track = central.sources["/site-test/gw-test/a"]
+    assert track.missing() == []
+    assert track.conflicting == 0
+    order = [m["seq"] for m in central.messages]
+    historical = [m["seq"] for m in central.messages if m.get("historical")]
+    assert all(seq <= backlog for seq in historical), "only backlog events may be historical"
+    first_live = min(i for i, seq in enumerate(order) if seq > backlog)
+    last_backlog = max(i for i, seq in enumerate(order) if seq <= backlog)
+    if first_live < last_backlog:
+        assert historical, "backlog sent after live events must say historical"
+        assert min(historical) > order[first_live - 1] if first_live else True
+
+
+async def test_retained_status_online_then_offline_on_stop(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """Birth is a retained online; a clean stop leaves a retained offline."""
+    mqtt = MqttSection(host=broker.host, port=broker.port)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-status", on_delivered=lambda _b: None)
+    task = asyncio.create_task(pub.run())
+    async with asyncio.timeout(10):
+        await pub.connected.wait()
+    assert (await retained(broker, TOPICS.status))["state"] == "online"
+    pub.stop()
+    async with asyncio.timeout(10):
+        await task
+    assert (await retained(broker, TOPICS.status))["state"] == "offline"
+
+
+async def retained(broker: MosquittoBroker, topic: str) -> dict:
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                return json.loads(bytes(message.payload))  # type: ignore[arg-type]
+    raise AssertionError("no retained message")
+
+
+def test_backoff_has_jitter_and_a_cap() -> None:
+    """Delays grow to the cap and are spread, so gateways do not reconnect in lockstep."""
+    delays = backoff_delays(0.5, 8.0)
+    first = [next(delays) for _ in range(50)]
+    assert all(0.5 <= d <= 8.0 for d in first)
+    assert len({round(d, 3) for d in first}) > 40
