@@ -265,7 +265,7 @@ class Buffer:
             ]
 
     async def _set_state(
-        self, events: Sequence[OutgoingEvent], state: int, extra: str = "", *args: Any
+        self, events: Sequence[OutgoingEvent], state: int, extra: str = "", *args: float
     ) -> None:
         marks = ",".join("?" * len(events))
         await self._conn.execute(
@@ -309,7 +309,10 @@ class Buffer:
 
     async def last_rowid(self) -> int:
         """The newest rowid, used as the boundary between backlog and live events."""
-        async with self._lock, self._conn.execute("SELECT coalesce(max(rowid), 0) FROM events") as c:
+        async with (
+            self._lock,
+            self._conn.execute("SELECT coalesce(max(rowid), 0) FROM events") as c,
+        ):
             row = await c.fetchone()
         return int(row[0]) if row else 0
 

@@ -1,1 +1,1 @@
-"""Device drivers: each turns one kind of device's bytes into typed events and back into feedback."""
+"""Device drivers: each turns one device kind's bytes into events, and outcomes into feedback."""

@@ -129,5 +129,5 @@ class Driver(abc.ABC, Generic[ConfigT]):
     async def feedback(self, outcome: Outcome) -> None:
         """Give the worker feedback; failures are logged by the caller, never fatal."""
 
-    async def stop(self) -> None:  # noqa: B027 - optional hook with a sensible default
+    async def stop(self) -> None:
         """Release device resources after ``run`` was cancelled."""

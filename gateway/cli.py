@@ -108,9 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo  # noqa: PLC0415
 
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(
-            run_demo(duration=args.duration, rate=args.rate, scanners=args.scanners)
-        )
+        return asyncio.run(run_demo(duration=args.duration, rate=args.rate, scanners=args.scanners))
     return EXIT_OK
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -20,7 +21,7 @@ from drivers.base import DeviceConfig, Outcome, StoredEvent
 
 log = structlog.get_logger(__name__)
 
-FeedbackFn = Callable[[str, Outcome], Awaitable[None]]
+FeedbackFn = Callable[[str, Outcome], Coroutine[Any, Any, None]]
 
 
 @dataclass(slots=True)

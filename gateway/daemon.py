@@ -63,7 +63,9 @@ class Gateway:
         if not s.devices:
             log.warning("no_devices_configured", config=str(s.source_path))
         notify("READY=1", f"STATUS=running with {len(driver_tasks)} devices")
-        log.info("gateway_started", gateway=s.gateway.id, site=s.gateway.site, devices=len(s.devices))
+        log.info(
+            "gateway_started", gateway=s.gateway.id, site=s.gateway.site, devices=len(s.devices)
+        )
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, publisher_task], return_when=asyncio.FIRST_COMPLETED)
         failure = publisher_task.exception() if publisher_task.done() else None
@@ -89,7 +91,10 @@ class Gateway:
         return asyncio.create_task(self._supervise(driver), name=f"driver-{device.id}")
 
     async def _supervise(self, driver: Driver[Any]) -> None:
-        """Drivers retry device faults themselves; this catches bugs so one device cannot stop all."""
+        """Restart a driver that raised, with backoff, so one device's bug cannot stop the rest.
+
+        Drivers retry device faults themselves; this catches their bugs.
+        """
         delays = backoff_delays(1.0, 30.0)
         while True:
             try:

@@ -66,8 +66,14 @@ async def _type_codes(scanner: ScannerSimulator, rate: float, typed: list[int], 
         await asyncio.sleep(1.0 / rate)
 
 
-def _view(gw: Gateway, central: CentralCollector, scanners: list[ScannerSimulator],
-          typed: list[int], started: float, depth: int) -> Group:  # fmt: skip
+def _view(  # noqa: PLR0917 - a render function of everything on screen
+    gw: Gateway,
+    central: CentralCollector,
+    scanners: list[ScannerSimulator],
+    typed: list[int],
+    started: float,
+    depth: int,
+) -> Group:
     table = Table(title=f"edge-gateway demo  ({time.monotonic() - started:.0f}s, Ctrl-C to stop)")
     for column in ("device", "state", "typed", "good beeps", "central got", "missing"):
         table.add_column(column)

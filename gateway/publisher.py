@@ -243,7 +243,7 @@ class Publisher:
             self._slot_freed.set()
 
     async def _ack_writer(self) -> None:
-        """Mark PUBACKed events sent in groups: acks that arrive during one commit share the next."""
+        """Mark PUBACKed events sent in groups: acks arriving during one commit share the next."""
         while True:
             await self._acks_ready.wait()
             self._acks_ready.clear()

@@ -22,10 +22,13 @@ def _age(seconds: float | None) -> str:
 def render_text(stats: BufferStats, settings: Settings) -> str:
     """A few lines a technician can read at a glance."""
     lines = [
-        f"gateway {settings.gateway.id} at {settings.gateway.site}  buffer {settings.database_path}",
+        f"gateway {settings.gateway.id} at {settings.gateway.site}",
+        f"buffer {settings.database_path}",
         "events: " + "  ".join(f"{k}={v}" for k, v in stats.by_state.items()),
-        f"unsent: {stats.unsent}  oldest unsent: {_age(stats.oldest_unsent_age_s)}"
-        f"  payload bytes: {stats.payload_bytes}",
+        (
+            f"unsent: {stats.unsent}  oldest unsent: {_age(stats.oldest_unsent_age_s)}"
+            f"  payload bytes: {stats.payload_bytes}"
+        ),
         f"{'device':<24} {'state':<6} {'last_seq':>9} {'sent_seq':>9} {'pending':>8}  since",
     ]
     configured = {d.id for d in settings.devices}

@@ -77,7 +77,10 @@ class MosquittoBroker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mosquitto exited with {self.process.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.2),
+            ):
                 return
             time.sleep(0.02)
         raise TimeoutError(f"mosquitto did not listen on {self.port} within {timeout}s")

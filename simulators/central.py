@@ -64,7 +64,7 @@ class CentralCollector:
                     await client.subscribe(self.topic, qos=1)
                     self.connected.set()
                     async for message in client.messages:
-                        self._receive(bytes(message.payload))  # type: ignore[arg-type]
+                        self._receive(bytes(message.payload))
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.2)

@@ -23,7 +23,13 @@ def scanner_device(
     device_id: str, port: Path, *, confirm: str = "stored", **extra: Any
 ) -> dict[str, Any]:
     """A barcode-serial device entry."""
-    return {"id": device_id, "driver": "barcode-serial", "port": str(port), "confirm": confirm, **extra}
+    return {
+        "id": device_id,
+        "driver": "barcode-serial",
+        "port": str(port),
+        "confirm": confirm,
+        **extra,
+    }
 
 
 def _toml_value(value: Any) -> str:
@@ -46,7 +52,12 @@ def write_config(
 ) -> Path:
     """Write a gateway TOML config the way a technician would."""
     sections: dict[str, dict[str, Any]] = {
-        "gateway": {"id": "gw-test", "site": "site-test", "state_dir": str(state_dir), **(gateway or {})},
+        "gateway": {
+            "id": "gw-test",
+            "site": "site-test",
+            "state_dir": str(state_dir),
+            **(gateway or {}),
+        },
         "mqtt": {
             "host": "127.0.0.1",
             "port": mqtt_port,
@@ -101,7 +112,7 @@ class GatewayProcess:
     def start(self) -> None:
         """Launch the daemon exactly as systemd would (minus systemd)."""
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603
+            self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -132,7 +143,7 @@ class GatewayProcess:
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run ``edge-gateway`` as a user would and capture its output."""
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         capture_output=True,
         text=True,

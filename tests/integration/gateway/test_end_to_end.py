@@ -19,7 +19,12 @@ from simulators.scanner import ScannerSimulator
 from tests.support import GatewayProcess, cli, running_gateway, scanner_device, write_config
 
 GOOD, BAD, PENDING = b"G\r", b"B\r", b"P\r"
-FEEDBACK = {"feedback": "custom", "feedback_good": "G\r", "feedback_bad": "B\r", "feedback_pending": "P\r"}
+FEEDBACK = {
+    "feedback": "custom",
+    "feedback_good": "G\r",
+    "feedback_bad": "B\r",
+    "feedback_pending": "P\r",
+}
 SOURCE = "/site-test/gw-test/dock-1"
 
 
@@ -64,7 +69,9 @@ async def test_scan_becomes_one_valid_cloudevent(
         event = JSONFormat().read(None, raw)
         assert event.get_specversion() == "1.0"
         assert event.get_extension("seq") == message["seq"]
-        jsonschema.validate(message, schema_for(message["type"]), format_checker=jsonschema.FormatChecker())
+        jsonschema.validate(
+            message, schema_for(message["type"]), format_checker=jsonschema.FormatChecker()
+        )
     assert central.sources[SOURCE].duplicates == 0
 
 
@@ -114,8 +121,10 @@ async def test_kill9_with_5000_backlog_then_everything_delivered(
         chunk = "".join(f"C{i:07d}\r" for i in range(start, start + 100))
         await scanner.write_raw(chunk.encode())
     async with asyncio.timeout(60):
-        while (stats := await read_stats(db)) is None or stats.devices.get("dock-1") is None or (
-            stats.devices["dock-1"].last_seq < total
+        while (
+            (stats := await read_stats(db)) is None
+            or stats.devices.get("dock-1") is None
+            or (stats.devices["dock-1"].last_seq < total)
         ):
             await asyncio.sleep(0.1)
     broker.start()

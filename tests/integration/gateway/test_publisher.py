@@ -10,14 +10,13 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from buffer.store import Buffer
+from buffer.store import Buffer, NewEvent
 from gateway.events import render_event
 from gateway.publisher import Publisher, backoff_delays
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
-from buffer.store import NewEvent
 
 TOPICS = Topics("edge/site-test/gw-test")
 
@@ -50,7 +49,11 @@ async def publisher(buffer: Buffer, broker: MosquittoBroker) -> AsyncIterator[Pu
     mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
     delivered: list[str] = []
     pub = Publisher(
-        mqtt, buffer, TOPICS, client_id="gw-test", on_delivered=lambda b: delivered.extend(e.id for e in b)
+        mqtt,
+        buffer,
+        TOPICS,
+        client_id="gw-test",
+        on_delivered=lambda b: delivered.extend(e.id for e in b),
     )
     pub.delivered_ids = delivered  # type: ignore[attr-defined]
     task = asyncio.create_task(pub.run())

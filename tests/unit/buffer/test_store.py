@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -32,7 +31,9 @@ async def buf(tmp_path: Path):
 def rows(path: Path) -> list[tuple]:
     """Read the file with a separate connection, as a crash-recovery would."""
     with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT device, seq, state, payload FROM events ORDER BY rowid").fetchall()
+        return conn.execute(
+            "SELECT device, seq, state, payload FROM events ORDER BY rowid"
+        ).fetchall()
 
 
 async def test_seq_is_per_device_gap_free_and_in_payload(buf: Buffer) -> None:
@@ -59,7 +60,7 @@ async def test_append_returns_only_after_commit_and_groups_commits(buf: Buffer) 
 async def test_file_is_private(buf: Buffer) -> None:
     """The database holds business data: 0600."""
     await buf.append(make_event("a", 1))
-    assert stat.S_IMODE(os.stat(buf.path).st_mode) == 0o600
+    assert stat.S_IMODE(buf.path.stat().st_mode) == 0o600
 
 
 async def test_claim_send_and_in_flight_reset_on_reopen(tmp_path: Path) -> None:
@@ -112,7 +113,9 @@ async def test_cap_refuses_scans_never_drops_them(tmp_path: Path) -> None:
     b = await Buffer.open(tmp_path / "b.db", max_bytes=2_000)
     scans = [await b.append(make_event("scanner", i, size=200)) for i in range(5)]
     await b.mark_sent(await b.claim(2))
-    telemetry = [await b.append(make_event("conveyor", i, size=200, droppable=True)) for i in range(4)]
+    telemetry = [
+        await b.append(make_event("conveyor", i, size=200, droppable=True)) for i in range(4)
+    ]
     assert len(scans) == 5 and len(telemetry) == 4
     assert b.transitions["evicted_sent"] >= 1, "sent events make room first"
     with pytest.raises(BufferFullError):

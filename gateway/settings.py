@@ -1,0 +1,383 @@
+"""The gateway's config file: its schema, and a loader that reports every mistake at once.
+
+A site technician edits the TOML over SSH and runs ``check-config``; one round trip per typo is
+too slow, so ``load_settings`` validates every section and device and raises a single
+``ConfigError`` whose lines read ``PATH:LINE: key.path: message``. Relative paths in the file are
+taken relative to the file's own folder, because the daemon's working directory under systemd is
+``/``, not where the technician was standing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    SerializeAsAny,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from drivers import registry
+from drivers.base import DEVICE_ID_PATTERN, DeviceConfig
+from gateway.config_lines import (
+    KeyPath,
+    LineLocator,
+    Problem,
+    describe_errors,
+    format_problem,
+    show_value,
+)
+
+MIB = 2**20
+GIB = 2**30
+_SIZE_UNITS: dict[str, float] = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_AMOUNT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def _amount(value: str, units: dict[str, float], *, fold_case: bool) -> float | None:
+    match = _AMOUNT_RE.fullmatch(value)
+    if match is None:
+        return None
+    unit = units.get(match[2].lower() if fold_case else match[2])
+    return None if unit is None else float(match[1]) * unit
+
+
+def _parse_size(value: object) -> object:
+    """Accept ``512MiB``-style strings: nobody should have to count the zeros of a byte cap."""
+    if not isinstance(value, str):
+        return value
+    amount = _amount(value, _SIZE_UNITS, fold_case=True)
+    if amount is None:
+        raise ValueError(
+            f'expected bytes or a size like "512MiB" or "2GB", got {show_value(value)}'
+        )
+    return round(amount)
+
+
+def _at_least_one_mib(value: int) -> int:
+    if value < MIB:
+        raise ValueError(f'must be at least "1MiB" ({MIB} bytes), got {value} bytes')
+    return value
+
+
+def _parse_duration(value: object) -> object:
+    """Accept ``7d``/``500ms``-style strings as well as plain seconds."""
+    if not isinstance(value, str):
+        return value
+    amount = _amount(value, _DURATION_UNITS, fold_case=False)
+    if amount is None:
+        units = "/".join(_DURATION_UNITS)
+        raise ValueError(
+            f'expected seconds or a duration like "30s" ({units}), got {show_value(value)}'
+        )
+    return amount
+
+
+def _against_config_dir(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("config_dir")
+    return Path(base) / value if isinstance(base, Path) else value
+
+
+def _readable(value: Path) -> Path:
+    try:
+        with value.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f'cannot read "{value}": {exc.strerror or exc}') from None
+    return value
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ValueError(f'cannot read "{path}": {reason}') from None
+    if not secret:
+        raise ValueError(f'"{path}" is empty')
+    return secret
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size), AfterValidator(_at_least_one_mib)]
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
+ConfigPath = Annotated[Path, Strict(strict=False), AfterValidator(_against_config_dir)]
+ReadableFile = Annotated[ConfigPath, AfterValidator(_readable)]
+_SECTION = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class GatewaySection(BaseModel):
+    """``[gateway]``: who this box is; its id and site become MQTT topic levels."""
+
+    model_config = _SECTION
+
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="gateway id, unique within its site")
+    site: str = Field(pattern=DEVICE_ID_PATTERN, description="site (warehouse) name")
+    state_dir: ConfigPath = Field(
+        default=Path("/var/lib/edge-gateway"), description="folder holding the SQLite buffer"
+    )
+    shutdown_timeout: Duration = Field(
+        default=5.0, gt=0, le=300, description="seconds to drain and stop before giving up"
+    )
+
+
+class TlsSection(BaseModel):
+    """``[mqtt.tls]``: present means TLS is on, with the system CAs unless ``ca_file`` is set."""
+
+    model_config = _SECTION
+
+    ca_file: ReadableFile | None = Field(default=None, description="CA bundle (PEM)")
+    cert_file: ReadableFile | None = Field(default=None, description="client certificate (PEM)")
+    key_file: ReadableFile | None = Field(
+        default=None, validate_default=True, description="client private key (PEM)"
+    )
+    insecure: bool = Field(default=False, description="skip hostname checks (testing only)")
+
+    @field_validator("key_file")
+    @classmethod
+    def _client_cert_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "cert_file" not in info.data:  # cert_file itself was invalid, already reported
+            return value
+        if value is None and info.data["cert_file"] is not None:
+            raise ValueError("missing required key (cert_file needs it)")
+        if value is not None and info.data["cert_file"] is None:
+            raise ValueError("needs cert_file as well")
+        return value
+
+
+def _topic_root(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if "+" in value or "#" in value:
+        raise ValueError(f"must not contain MQTT wildcards '+' or '#', got {show_value(value)}")
+    if value.startswith("/") or value.endswith("/"):
+        raise ValueError(f"must not start or end with '/', got {show_value(value)}")
+    return value
+
+
+class MqttSection(BaseModel):
+    """``[mqtt]``: the broker connection. The password is read once here and kept out of dumps."""
+
+    model_config = _SECTION
+
+    host: str = Field(default="localhost", min_length=1, description="broker host name or IP")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port")
+    client_id: str | None = Field(
+        default=None, min_length=1, description='MQTT client id; default "edge-gateway-{site}-{id}"'
+    )
+    username: str | None = Field(default=None, min_length=1, description="MQTT user name")
+    password_file: ConfigPath | None = Field(default=None, description="file holding the password")
+    password_env: str | None = Field(
+        default=None, min_length=1, description="environment variable holding the password"
+    )
+    keepalive: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    topic_root: Annotated[str, AfterValidator(_topic_root)] | None = Field(
+        default=None, description='topic prefix; default "edge/{site}/{id}"'
+    )
+    tls: TlsSection | None = Field(default=None, description="TLS settings; absent means plain")
+    max_inflight: int = Field(default=100, ge=1, le=65535, description="unacked QoS 1 publishes")
+    publish_timeout: Duration = Field(default=10.0, gt=0, description="wait for a PUBACK")
+    reconnect_min: Duration = Field(default=0.5, gt=0, description="first reconnect backoff")
+    reconnect_max: Duration = Field(default=30.0, gt=0, description="longest reconnect backoff")
+    checkpoint_interval: Duration = Field(
+        default=30.0, gt=0, description="period of the retained checkpoint message"
+    )
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("password_file", "password_env")
+    @classmethod
+    def _one_password(cls, value: Path | str, info: ValidationInfo) -> Path | str:
+        if isinstance(value, Path):
+            _read_secret(value)
+        elif info.data.get("password_file", "invalid, so given") is not None:
+            raise ValueError("give password_file or password_env, not both")
+        elif not os.environ.get(value):
+            raise ValueError(f"environment variable {value} is not set or empty")
+        if "username" in info.data and info.data["username"] is None:
+            raise ValueError("needs username as well: MQTT sends a password only with a user name")
+        return value
+
+    @field_validator("reconnect_max")
+    @classmethod
+    def _backoff_range(cls, value: float, info: ValidationInfo) -> float:
+        minimum = info.data.get("reconnect_min")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least reconnect_min ({minimum}), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _keep_password(self) -> Self:
+        if self.password_file is not None:
+            self._password = SecretStr(_read_secret(self.password_file))
+        elif self.password_env is not None:
+            self._password = SecretStr(os.environ[self.password_env])
+        return self
+
+    def password(self) -> str | None:
+        """Return the broker password, if one is configured; read at load time, never logged."""
+        return None if self._password is None else self._password.get_secret_value()
+
+
+class BufferSection(BaseModel):
+    """``[buffer]``: how much the store-and-forward buffer may hold during a broker outage."""
+
+    model_config = _SECTION
+
+    max_bytes: ByteSize = Field(default=GIB, description="size cap of the SQLite buffer")
+    retention: Duration = Field(
+        default=7 * 86400.0, gt=0, description="how long sent events are kept for replays"
+    )
+    batch_max: int = Field(default=500, ge=1, le=10000, description="events per publish batch")
+
+
+class LoggingSection(BaseModel):
+    """``[logging]``: verbosity and format; ``auto`` means console on a TTY, JSON otherwise."""
+
+    model_config = _SECTION
+
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    format: Literal["auto", "json", "console"] = Field(default="auto")
+
+
+class Settings(BaseModel):
+    """The whole validated config; devices are instances of each driver's own config model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gateway: GatewaySection
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    buffer: BufferSection = Field(default_factory=BufferSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    devices: tuple[SerializeAsAny[DeviceConfig], ...] = ()
+    source_path: Path
+
+    @property
+    def topic_root(self) -> str:
+        """Prefix of every topic this gateway publishes or subscribes to."""
+        return self.mqtt.topic_root or f"edge/{self.gateway.site}/{self.gateway.id}"
+
+    @property
+    def database_path(self) -> Path:
+        """Where the buffer's SQLite file lives."""
+        return self.gateway.state_dir / "buffer.db"
+
+
+class ConfigError(Exception):
+    """All problems found in a config file."""
+
+    errors: list[str]
+    """Each ``PATH:LINE: key.path: message`` (or ``PATH: cannot read config: ...``), by line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "gateway": GatewaySection,
+    "mqtt": MqttSection,
+    "buffer": BufferSection,
+    "logging": LoggingSection,
+}
+_TOP_LEVEL = sorted([*_SECTIONS, "devices"])
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Read and validate a config file; raise ``ConfigError`` listing every problem found."""
+    shown, source = str(path), Path(path)
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError([f"{shown}: cannot read config: {reason}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{shown}:{_syntax_line(exc, text)}: (syntax): {exc}"]) from None
+
+    context = {"config_dir": source.parent}
+    problems: list[Problem] = [
+        ((key,), f"unknown key (allowed: {', '.join(_TOP_LEVEL)})")
+        for key in data
+        if key not in _TOP_LEVEL
+    ]
+    sections: dict[str, Any] = {}
+    for name, model in _SECTIONS.items():
+        try:
+            sections[name] = model.model_validate(data.get(name, {}), context=context)
+        except ValidationError as exc:
+            problems.extend(describe_errors(exc, model, prefix=(name,)))
+    devices = _load_devices(data.get("devices", []), context, problems)
+    if problems:
+        locator = LineLocator(text)
+        located = sorted(
+            ((locator.line_of(loc), loc, msg) for loc, msg in problems), key=lambda item: item[0]
+        )
+        raise ConfigError([format_problem(shown, *item) for item in located])
+    return Settings(**sections, devices=tuple(devices), source_path=source)
+
+
+def _load_devices(
+    raw: object, context: dict[str, Any], problems: list[Problem]
+) -> list[DeviceConfig]:
+    """Validate each ``[[devices]]`` entry with its driver's model; note duplicate ids."""
+    if not isinstance(raw, list):
+        problems.append((("devices",), f"expected [[devices]] tables, got {show_value(raw)}"))
+        return []
+    devices: list[DeviceConfig] = []
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(raw):
+        loc: KeyPath = ("devices", index)
+        if not isinstance(entry, dict):
+            problems.append((loc, f"expected a table, got {show_value(entry)}"))
+            continue
+        device_id = entry.get("id")
+        if isinstance(device_id, str) and first_index.setdefault(device_id, index) != index:
+            also = f"(also devices[{first_index[device_id]}])"
+            problems.append(((*loc, "id"), f"duplicate device id {show_value(device_id)} {also}"))
+        model = _device_model(entry.get("driver"))
+        if isinstance(model, str):
+            problems.append(((*loc, "driver"), model))
+            continue
+        try:
+            devices.append(model.model_validate(entry, context=context))
+        except ValidationError as exc:
+            problems.extend(describe_errors(exc, model, prefix=loc))
+    return devices
+
+
+def _device_model(driver: object) -> type[DeviceConfig] | str:
+    """Return the driver's config model, or why there is none."""
+    if driver is None:
+        return "missing required key"
+    known = registry.known_drivers()
+    if not isinstance(driver, str) or driver not in known:
+        return f"unknown driver {show_value(driver)} (known: {', '.join(known)})"
+    try:
+        return registry.config_model(driver)
+    except Exception as exc:  # a broken third-party plugin is a config problem, not a crash
+        return f"cannot load driver {show_value(driver)}: {exc}"
+
+
+def _syntax_line(exc: tomllib.TOMLDecodeError, text: str) -> int:
+    """Find the line in tomllib's message; "end of document" means the last line."""
+    match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+    if match:
+        return int(match[1])
+    return max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
