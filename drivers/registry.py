@@ -21,6 +21,11 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "drivers.barcode_serial.config:BarcodeSerialConfig",
         "drivers.barcode_serial.driver:BarcodeSerialDriver",
     ),
+    "modbus": ("drivers.modbus.config:ModbusConfig", "drivers.modbus.driver:ModbusDriver"),
+    "rfid-llrp": (
+        "drivers.rfid_llrp.config:RfidLlrpConfig",
+        "drivers.rfid_llrp.driver:RfidLlrpDriver",
+    ),
 }
 
 
