@@ -37,3 +37,6 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    # pymodbus logs every timeout as an ERROR with a hex dump; the driver reports those faults
+    # itself (down once, up once), so only its critical messages get through.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

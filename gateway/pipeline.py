@@ -57,7 +57,8 @@ class Pipeline:
                 if not event.droppable:
                     self._confirmations.refused(device.id)
                 return None
-            self._confirmations.stored(device, stored, captured)
+            if not event.droppable:  # telemetry gets no worker feedback
+                self._confirmations.stored(device, stored, captured)
             return stored
 
         return emit

@@ -1,0 +1,141 @@
+"""Quick figures for the foundation: durable end-to-end events/s, and scan -> feedback latency.
+
+Prints one JSON object. Not the full benchmark suite (that is its own issue): a fixed-size run on
+real parts (private Mosquitto, SQLite file with synchronous=FULL, a pty scanner).
+
+    .venv/bin/python -m bench.quick [--events 20000] [--scans 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from buffer.store import Buffer
+from drivers.base import DeviceConfig, DeviceEvent
+from gateway.confirmations import Confirmations
+from gateway.pipeline import Pipeline
+from gateway.publisher import Publisher
+from gateway.settings import MqttSection
+from gateway.topics import Topics
+from simulators.broker import MosquittoBroker
+from simulators.scanner import ScannerSimulator
+from tests.support import running_gateway, scanner_device, write_config
+
+
+async def throughput(root: Path, broker: MosquittoBroker, events: int) -> dict[str, float]:
+    """Emit -> group commit -> QoS 1 publish -> PUBACK -> marked sent, for ``events`` events."""
+    buffer = await Buffer.open(root / "tp.db", max_bytes=2**32)
+
+    async def no_feedback(_device: str, _outcome: object) -> None:
+        return None
+
+    confirmations = Confirmations(no_feedback)  # type: ignore[arg-type]
+    pipeline = Pipeline(buffer, confirmations, site="bench", gateway_id="gw")
+    sent = 0
+    done = asyncio.Event()
+
+    def delivered(batch: object) -> None:
+        nonlocal sent
+        sent += len(batch)  # type: ignore[arg-type]
+        if sent >= events:
+            done.set()
+
+    mqtt = MqttSection(host=broker.host, port=broker.port, max_inflight=200)
+    publisher = Publisher(
+        mqtt, buffer, Topics("edge/bench/gw"), client_id="bench", on_delivered=delivered
+    )
+    pub_task = asyncio.create_task(publisher.run())
+    await publisher.connected.wait()
+    devices = [DeviceConfig(id=f"dev{i}", driver="bench") for i in range(10)]
+    emitters = [pipeline.emitter(d) for d in devices]
+    cpu0, t0 = time.process_time(), time.perf_counter()
+
+    async def producer(n: int) -> None:
+        emit = emitters[n % len(emitters)]
+        for i in range(events // 50):
+            await emit(DeviceEvent("warehouse.barcode.scanned.v1", {"code": f"{n:02d}{i:08d}"}))
+
+    await asyncio.gather(*(producer(n) for n in range(50)))
+    stored_s = time.perf_counter() - t0
+    await asyncio.wait_for(done.wait(), 300)
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    publisher.stop()
+    await pub_task
+    await buffer.close()
+    return {
+        "events": events,
+        "stored_per_s": round(events / stored_s),
+        "end_to_end_per_s": round(events / elapsed),
+        "cpu_s_per_1k_events": round(cpu / events * 1000, 4),
+        "commits": buffer.commits,
+    }
+
+
+async def latency(
+    root: Path, broker: MosquittoBroker, scans: int, confirm: str
+) -> dict[str, float]:
+    """Scan typed on a pty -> good feedback bytes back on the pty, through the real daemon."""
+    async with ScannerSimulator(root / f"scanner-{confirm}") as sim:
+        config = write_config(
+            root / f"{confirm}.toml",
+            mqtt_port=broker.port,
+            state_dir=root / f"state-{confirm}",
+            devices=[
+                scanner_device(
+                    "dock-1", sim.link, confirm=confirm, feedback="custom", feedback_good="G"
+                )
+            ],
+        )
+        async with running_gateway(config) as gw:
+            await sim.wait_opened(timeout=20)
+            await gw.publisher.connected.wait()
+            samples = []
+            for i in range(scans):
+                before = len(sim.feedback_bytes())
+                sent_at = time.monotonic()
+                await sim.type_code(f"LAT{i:06d}", aim="")
+                await sim.wait_feedback(lambda b, n=before: len(b) > n, timeout=5)
+                samples.append((sim.feedback[-1][0] - sent_at) * 1000)
+                await asyncio.sleep(0.005)
+    samples.sort()
+    return {
+        "confirm": confirm,
+        "scans": scans,
+        "p50_ms": round(statistics.median(samples), 3),
+        "p99_ms": round(samples[int(len(samples) * 0.99) - 1], 3),
+        "max_ms": round(samples[-1], 3),
+    }
+
+
+async def main(events: int, scans: int) -> None:
+    """Run both measurements against one private broker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        broker = MosquittoBroker(root / "broker")
+        broker.start()
+        try:
+            result = {
+                "throughput": await throughput(root, broker, events),
+                "latency_stored": await latency(root, broker, scans, "stored"),
+                "latency_delivered": await latency(root, broker, scans, "delivered"),
+                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        finally:
+            broker.stop()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--scans", type=int, default=300)
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.scans))

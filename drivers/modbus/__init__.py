@@ -1,0 +1,1 @@
+"""Modbus TCP / RTU conveyor sensors: polled points, readings by exception, alarms on edges."""

@@ -1,0 +1,222 @@
+"""The ``modbus`` driver: polls conveyor sensors, emits readings by exception and alarms on edges.
+
+One connection per device, one scheduler loop over its poll groups (the link serialises requests
+anyway, and RS-485 cannot do two at once). A device that stops answering is marked down once,
+retried with jittered exponential backoff and marked up once when it answers again; a point the
+device refuses is isolated and reported while the others keep polling. Nothing here raises out
+of ``run()`` for a device fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import Any
+
+import structlog
+
+from drivers.base import DeviceEvent, Driver, EmitFn, Outcome, StatusFn
+from drivers.modbus.alarms import AlarmTracker
+from drivers.modbus.client import DeviceError, LinkDown, ModbusLink
+from drivers.modbus.config import ModbusConfig
+from drivers.modbus.decode import Number, decode_point
+from drivers.modbus.feedback import FeedbackWriter
+from drivers.modbus.plan import Request, plan, split
+from drivers.modbus.report import ReadingFilter
+
+READING_TYPE = "warehouse.conveyor.reading.v1"
+ALARM_TYPE = "warehouse.conveyor.alarm.v1"
+_SPLIT_CODES = (1, 2, 3)
+"""Exception codes that mean "this request is wrong for this device": isolate its points."""
+
+
+class Backoff:
+    """Exponential backoff with jitter, so a line of conveyors does not retry in lockstep."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high, self._attempt = low, high, 0
+
+    def reset(self) -> None:
+        """The device answered: start again from ``low``."""
+        self._attempt = 0
+
+    def next(self) -> float:
+        """Uniform between ``low`` and a cap doubling from ``low`` up to ``high``."""
+        cap = min(self.high, self.low * 2 ** min(self._attempt, 30))
+        self._attempt += 1
+        return random.uniform(self.low, cap)  # noqa: S311 - jitter, not cryptography
+
+
+class ModbusDriver(Driver[ModbusConfig]):
+    """Reads one Modbus device; see ``drivers/modbus/README.md``."""
+
+    config_model = ModbusConfig
+
+    def __init__(self, config: ModbusConfig, *, emit: EmitFn, report_status: StatusFn) -> None:
+        super().__init__(config, emit=emit, report_status=report_status)
+        self._log = structlog.get_logger(__name__).bind(device=config.id)
+        self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
+        self._intervals = config.intervals()
+        self._readings = ReadingFilter(config.points, config.heartbeat)
+        self._alarms = AlarmTracker(config.points)
+        self._link: ModbusLink | None = None
+        self._feedback = FeedbackWriter(config, lambda: self._link, self.count)
+        self._up: bool | None = None
+        self._failing: dict[str, str] = {}
+        self._plans: dict[str, list[Request]] = {}
+
+    async def run(self) -> None:
+        """Connect, poll and reconnect until cancelled; device faults only mark it down."""
+        try:
+            while True:
+                reason = await self._session()
+                self._mark_down(reason)
+                await asyncio.sleep(self._backoff.next())
+        finally:
+            self._health.up = False
+            self._health.detail = "stopped"
+
+    async def feedback(self, outcome: Outcome) -> None:
+        """Write the configured coil or register for ``outcome``; skipped while disconnected."""
+        await self._feedback.give(outcome)
+
+    async def stop(self) -> None:
+        """Close the link if ``run`` was cancelled mid-session."""
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+    async def _session(self) -> str:
+        """One connect-poll-close cycle; returns why it ended."""
+        link = ModbusLink(self.config)
+        try:
+            await link.open()
+        except LinkDown as exc:
+            self.count("connect_failures")
+            return str(exc)
+        self._link = link
+        self._feedback.forget()
+        self._plans = self._fresh_plans()
+        try:
+            await self._poll_loop(link)
+        except LinkDown as exc:
+            self.count("link_failures")
+            return str(exc)
+        finally:
+            self._link = None
+            link.close()
+        return "poll loop ended"  # pragma: no cover - the loop only ends by raising
+
+    def _fresh_plans(self) -> dict[str, list[Request]]:
+        """Merged reads per group; recomputed per session so a fixed device map is re-merged."""
+        cfg = self.config
+        return {
+            group: plan(
+                (p for p in cfg.points if p.group == group),
+                max_gap=cfg.max_gap,
+                max_registers=cfg.max_registers,
+                max_bits=cfg.max_bits,
+            )
+            for group in self._intervals
+            if any(p.group == group for p in cfg.points)
+        }
+
+    async def _poll_loop(self, link: ModbusLink) -> None:
+        """Poll each group on its own interval; a poll that overruns skips ticks, counted."""
+        loop = asyncio.get_running_loop()
+        due = dict.fromkeys(self._plans, loop.time())
+        while True:
+            group = min(due, key=due.__getitem__)
+            delay = due[group] - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._poll_group(link, group)
+            interval = self._intervals[group]
+            late = loop.time() - due[group]
+            missed = int(late // interval)
+            if missed:
+                self.count("overruns", missed)
+            due[group] += (missed + 1) * interval
+
+    async def _poll_group(self, link: ModbusLink, group: str) -> None:
+        values: dict[str, Number] = {}
+        for request in list(self._plans[group]):
+            try:
+                data = await link.read(request.table, request.start, request.count)
+            except DeviceError as exc:
+                self._mark_up()
+                self._refused(group, request, exc)
+                continue
+            self._mark_up()
+            self.count("reads")
+            for point in request.points:
+                value = decode_point(request.slice_for(point, data), point)
+                if isinstance(value, float) and not math.isfinite(value):
+                    self.count("non_finite")  # a NaN "no reading" has no JSON form
+                    continue
+                values[point.name] = value
+                self._recovered(point.name)
+        if values:
+            await self._report(group, values)
+
+    async def _report(self, group: str, values: dict[str, Number]) -> None:
+        """Alarms first (they are what someone is waiting for), then the reading."""
+        for body in self._alarms.update(values):
+            self.count("alarms")
+            self._log.info("conveyor_alarm", **body)
+            await self._emit(DeviceEvent(type=ALARM_TYPE, data=body, droppable=False))
+        now = asyncio.get_running_loop().time()
+        entries, reason = self._readings.offer(values, now)
+        if entries:
+            self.count("readings")
+            data: dict[str, Any] = {"group": group, "reason": reason, "points": entries}
+            await self._emit(DeviceEvent(type=READING_TYPE, data=data, droppable=True))
+
+    def _refused(self, group: str, request: Request, exc: DeviceError) -> None:
+        self.count(f"exception_{exc.code:02x}")
+        if exc.code in _SPLIT_CODES and len(request.points) > 1:
+            # One bad address in a merged read must not cost the points around it.
+            plans = self._plans[group]
+            index = plans.index(request)
+            plans[index : index + 1] = split(request)
+            self.count("requests_split")
+            self._log.warning("request_split", request=request.label, error=str(exc))
+            return
+        for point in request.points:
+            if point.name not in self._failing:
+                self.count("point_failures")
+                self._log.warning("point_failing", point=point.name, error=str(exc))
+            self._failing[point.name] = str(exc)
+        self._refresh_detail()
+
+    def _recovered(self, name: str) -> None:
+        if self._failing.pop(name, None) is not None:
+            self._log.info("point_recovered", point=name)
+            self._refresh_detail()
+
+    def _refresh_detail(self) -> None:
+        if self._up:
+            self.set_status(True, self._detail())
+
+    def _detail(self) -> str:
+        text = f"polling {self.config.transport} unit {self.config.unit}"
+        if self._failing:
+            text += f"; failing points: {', '.join(sorted(self._failing))}"
+        return text
+
+    def _mark_up(self) -> None:
+        if self._up:
+            return
+        self._up = True
+        self._backoff.reset()
+        self.set_status(True, self._detail())
+
+    def _mark_down(self, reason: str) -> None:
+        """Report down on the transition only; while it stays down just refresh the detail."""
+        if self._up is False:
+            self._health.detail = reason
+            self._log.debug("modbus_retry", reason=reason)
+            return
+        self._up = False
+        self.set_status(False, reason)
