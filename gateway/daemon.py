@@ -17,11 +17,12 @@ import structlog
 
 from buffer.store import Buffer
 from drivers import registry
+from drivers.backoff import Backoff
 from drivers.base import DeviceConfig, Driver, Outcome, StatusFn
 from gateway.confirmations import Confirmations
 from gateway.events import rfc3339_now
 from gateway.pipeline import Pipeline
-from gateway.publisher import Publisher, backoff_delays
+from gateway.publisher import Publisher
 from gateway.sdnotify import notify
 from gateway.settings import Settings
 from gateway.topics import Topics
@@ -95,7 +96,7 @@ class Gateway:
 
         Drivers retry device faults themselves; this catches their bugs.
         """
-        delays = backoff_delays(1.0, 30.0)
+        backoff = Backoff(1.0, 30.0)
         while True:
             try:
                 await driver.run()
@@ -103,7 +104,7 @@ class Gateway:
             except Exception:
                 log.exception("driver_crashed", device=driver.device_id)
                 driver.set_status(False, "driver error, restarting")
-            await asyncio.sleep(next(delays))
+            await asyncio.sleep(backoff.next())
 
     def _reporter(self, device: str) -> StatusFn:
         def report(up: bool, detail: str) -> None:

@@ -135,7 +135,8 @@ async def run_demo(*, duration: float | None, rate: float, scanners: int) -> int
                 task.cancel()
             stop.set()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(tasks[1], 15)
+                async with asyncio.timeout(15):
+                    await tasks[1]
             tasks[0].cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for sim in sims:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ import aiomqtt
 import structlog
 
 from buffer.store import Buffer, OutgoingEvent
+from drivers.backoff import Backoff
 from gateway import __version__
 from gateway.events import mark_historical, rfc3339_now
 from gateway.settings import MqttSection
@@ -33,14 +33,6 @@ LIVE_FIRST_BACKLOG = 1000
 smaller one simply goes first, so short outages keep strict per-device seq order."""
 
 DeliveredFn = Callable[[Sequence[OutgoingEvent]], None]
-
-
-def backoff_delays(low: float, high: float) -> Any:  # noqa: ANN401 - an endless generator
-    """Exponential backoff with full jitter: thousands of gateways must not reconnect in step."""
-    ceiling = low
-    while True:
-        yield random.uniform(low, ceiling)  # noqa: S311 - jitter, not cryptography
-        ceiling = min(high, ceiling * 2)
 
 
 class Publisher:
@@ -110,12 +102,12 @@ class Publisher:
 
     async def run(self) -> None:
         """Connect, drain, reconnect with backoff, until :meth:`stop` is called."""
-        delays = backoff_delays(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
+        backoff = Backoff(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
         while not self._stopping.is_set():
             try:
                 async with self._make_client() as client:
                     self._client = client
-                    delays = backoff_delays(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
+                    backoff.reset()
                     await self._session(client)
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
@@ -128,8 +120,10 @@ class Publisher:
                 self.connected.clear()
                 await self._settle()
             if not self._stopping.is_set():
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), next(delays))
+                    async with asyncio.timeout(backoff.next()):
+                        await self._stopping.wait()
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self._since = rfc3339_now()

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import errno
 import os
-import random
 from typing import Any
 
 import serial_asyncio_fast
 import structlog
 
+from drivers.backoff import Backoff
 from drivers.barcode_serial.config import BarcodeSerialConfig
 from drivers.barcode_serial.framing import Framer
 from drivers.barcode_serial.gs1 import parse_gs1, sniff_gs1
@@ -27,25 +27,6 @@ EVENT_TYPE = "warehouse.barcode.scanned.v1"
 _READ_SIZE = 4096
 _IO_TIMEOUT = 1.0
 """Bound on closing the port and draining feedback: a wedged USB adapter must not hang us."""
-
-
-class Backoff:
-    """Exponential backoff with jitter, so a rack of gateways does not retry in lockstep."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low = low
-        self.high = high
-        self._attempt = 0
-
-    def reset(self) -> None:
-        """Start again from ``low``: the device was reachable."""
-        self._attempt = 0
-
-    def next(self) -> float:
-        """Draw the next delay: uniform from ``low`` to a cap doubling from ``low`` to ``high``."""
-        cap = min(self.high, self.low * 2 ** min(self._attempt, 30))
-        self._attempt += 1
-        return random.uniform(self.low, cap)  # noqa: S311 - jitter, not cryptography
 
 
 class BarcodeSerialDriver(Driver[BarcodeSerialConfig]):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from typing import Any
 
 import structlog
 
+from drivers.backoff import Backoff
 from drivers.base import DeviceEvent, Driver, EmitFn, Outcome, StatusFn
 from drivers.modbus.alarms import AlarmTracker
 from drivers.modbus.client import DeviceError, LinkDown, ModbusLink
@@ -29,23 +29,6 @@ READING_TYPE = "warehouse.conveyor.reading.v1"
 ALARM_TYPE = "warehouse.conveyor.alarm.v1"
 _SPLIT_CODES = (1, 2, 3)
 """Exception codes that mean "this request is wrong for this device": isolate its points."""
-
-
-class Backoff:
-    """Exponential backoff with jitter, so a line of conveyors does not retry in lockstep."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high, self._attempt = low, high, 0
-
-    def reset(self) -> None:
-        """The device answered: start again from ``low``."""
-        self._attempt = 0
-
-    def next(self) -> float:
-        """Uniform between ``low`` and a cap doubling from ``low`` up to ``high``."""
-        cap = min(self.high, self.low * 2 ** min(self._attempt, 30))
-        self._attempt += 1
-        return random.uniform(self.low, cap)  # noqa: S311 - jitter, not cryptography
 
 
 class ModbusDriver(Driver[ModbusConfig]):

@@ -11,8 +11,9 @@ import aiomqtt
 import pytest
 
 from buffer.store import Buffer, NewEvent
+from drivers.backoff import Backoff
 from gateway.events import render_event
-from gateway.publisher import Publisher, backoff_delays
+from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
@@ -137,7 +138,7 @@ async def retained(broker: MosquittoBroker, topic: str) -> dict:
 
 def test_backoff_has_jitter_and_a_cap() -> None:
     """Delays grow to the cap and are spread, so gateways do not reconnect in lockstep."""
-    delays = backoff_delays(0.5, 8.0)
-    first = [next(delays) for _ in range(50)]
+    backoff = Backoff(0.5, 8.0)
+    first = [backoff.next() for _ in range(50)]
     assert all(0.5 <= d <= 8.0 for d in first)
     assert len({round(d, 3) for d in first}) > 40
