@@ -109,7 +109,7 @@ class GatewayProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         """Launch the daemon exactly as systemd would (minus systemd)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -117,7 +117,7 @@ class GatewayProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
 
     def kill9(self) -> None:

@@ -1,0 +1,99 @@
+"""The daemon as a real process: systemd notifications, clean SIGTERM, CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+from simulators.broker import MosquittoBroker
+from simulators.scanner import ScannerSimulator
+from tests.support import GatewayProcess, cli, scanner_device, write_config
+
+
+def receive_until(sock: socket.socket, wanted: bytes, timeout: float) -> list[bytes]:
+    sock.settimeout(0.2)
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(4096))
+        except TimeoutError:
+            continue
+        if any(wanted in g for g in got):
+            break
+    return got
+
+
+async def test_ready_then_stopping_and_exit_0_on_sigterm(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """READY=1 once up (startup time reported), STOPPING=1 on SIGTERM, exit 0, offline published."""
+    async with ScannerSimulator(tmp_path / "scanner0") as sim:
+        config = write_config(
+            tmp_path / "gw.toml",
+            mqtt_port=broker.port,
+            state_dir=tmp_path / "state",
+            devices=[scanner_device("dock-1", sim.link)],
+        )
+        path = tmp_path / "notify.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+            server.bind(str(path))
+            daemon = GatewayProcess(config, tmp_path / "gw.log")
+            started = time.monotonic()
+            daemon.start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"})
+            ready = receive_until(server, b"READY=1", timeout=20)
+            startup_s = time.monotonic() - started
+            assert any(b"READY=1" in m for m in ready), ready
+            assert any(b"WATCHDOG=1" in m for m in receive_until(server, b"WATCHDOG=1", timeout=5))
+            assert daemon.terminate() == 0
+            assert any(b"STOPPING=1" in m for m in receive_until(server, b"STOPPING=1", timeout=1))
+    events = [line.get("event") for line in daemon.log_lines()]
+    assert "gateway_started" in events
+    assert "gateway_stopped" in events
+    print(json.dumps({"startup_to_ready_s": round(startup_s, 3)}))
+
+
+def test_check_config_exit_codes_and_no_traceback(tmp_path: Path) -> None:
+    """Valid config: exit 0. Invalid: exit 2, every error as PATH:LINE: key: message, no traceback."""
+    good = write_config(
+        tmp_path / "good.toml", mqtt_port=1883, state_dir=tmp_path / "state", devices=[]
+    )
+    ok = cli("check-config", "--config", str(good))
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[gateway]\nid = "gw"\nsite = "s"\ncolour = "red"\n[mqtt]\nport = "x"\n')
+    result = cli("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{bad}:4: gateway.colour: unknown key")
+    assert lines[1].startswith(f"{bad}:6: mqtt.port: ")
+    run = cli("run", "--config", str(bad))
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    missing = cli("check-config", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2
+    assert "cannot read config" in missing.stderr
+    usage = cli("frobnicate")
+    assert usage.returncode == 2
+
+
+def test_status_without_a_buffer_yet_and_with_an_unusable_state_dir(tmp_path: Path) -> None:
+    """status works before the daemon ever ran; run with an unusable state_dir exits 1, no traceback."""
+    config = write_config(
+        tmp_path / "gw.toml", mqtt_port=1, state_dir=tmp_path / "state", devices=[]
+    )
+    status = cli("status", "--config", str(config), "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["unsent"] == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = write_config(
+        tmp_path / "gw2.toml", mqtt_port=1, state_dir=blocker / "state", devices=[]
+    )
+    run = cli("run", "--config", str(config))
+    assert run.returncode == 1
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "buffer_unusable" in run.stdout
