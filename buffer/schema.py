@@ -68,7 +68,7 @@ class BufferOpenError(RuntimeError):
 
 def _create_private(path: Path) -> None:
     """Create the database file 0600 before SQLite does, so events are never world-readable."""
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
