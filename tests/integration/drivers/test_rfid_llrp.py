@@ -1,0 +1,238 @@
+"""The rfid-llrp driver against the simulated reader on real TCP: smoothing, faults, feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sllurp.llrp import LLRPClient, LLRPMessage, LLRPReaderConfig, LLRPReaderState
+
+from drivers.base import DeviceEvent, Outcome, StoredEvent
+from drivers.rfid_llrp.config import RfidLlrpConfig
+from drivers.rfid_llrp.driver import RfidLlrpDriver
+from drivers.rfid_llrp.tagevents import ARRIVED, DEPARTED
+from simulators.llrp_population import epc_for
+from simulators.llrp_reader import LlrpReaderSimulator
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+TIMEOUT = 5.0
+PALLET = [epc_for(i) for i in range(40)]
+
+
+@dataclass
+class Harness:
+    """A driver wired to a recording emit and status callback, and its simulated reader."""
+
+    sim: LlrpReaderSimulator
+    events: list[DeviceEvent] = field(default_factory=list)
+    statuses: list[tuple[bool, str]] = field(default_factory=list)
+    driver: RfidLlrpDriver | None = None
+
+    async def emit(self, event: DeviceEvent) -> StoredEvent:
+        self.events.append(event)
+        n = len(self.events)
+        return StoredEvent(f"ev-{n}", "portal", n, "2026-11-24T00:00:00.000000Z", event.type)
+
+    def status(self, up: bool, detail: str) -> None:
+        self.statuses.append((up, detail))
+
+    def of(self, event_type: str) -> list[str]:
+        return [e.data["epc"] for e in self.events if e.type == event_type]
+
+    def counter(self, name: str) -> int:
+        assert self.driver is not None
+        return self.driver.health().counters.get(name, 0)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(*, start_sim: bool = True, **config: Any) -> AsyncIterator[Harness]:
+    """Simulator + driver task; on exit run() must still be running, then it is cancelled."""
+    sim = LlrpReaderSimulator()
+    await sim.start()
+    if not start_sim:
+        sim.refuse = True
+    settings = {
+        "departure_s": 0.5,
+        "keepalive_s": 0.3,
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.2,
+        "zones": {"dock": {"antennas": [1, 2]}, "inside": {"antennas": [3, 4]}},
+        **config,
+    }
+    cfg = RfidLlrpConfig(
+        id="portal", driver="rfid-llrp", host="127.0.0.1", port=sim.port, **settings
+    )
+    h = Harness(sim)
+    h.driver = RfidLlrpDriver(cfg, emit=h.emit, report_status=h.status)
+    task = asyncio.create_task(h.driver.run())
+    try:
+        yield h
+        assert not task.done(), "run() returned or raised"
+    finally:
+        task.cancel()
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.gather(task, return_exceptions=True)
+        await sim.close()
+    assert task.cancelled()
+
+
+async def test_pallet_of_40_gives_40_arrived_then_40_departed_and_nothing_else():
+    """40 tags x 25 reads/s on two antennas for 2 s (1,000 reads/s): exactly 80 events."""
+    async with running() as h:
+        await wait_until(lambda: h.sim.active)
+        h.sim.population.pallet(PALLET, h.sim.now(), 2.0, reads_per_s=25)
+        await wait_until(lambda: len(h.of(ARRIVED)) == 40)
+        await wait_until(lambda: len(h.of(DEPARTED)) == 40, timeout=2.0 + 0.5 + TIMEOUT)
+        await asyncio.sleep(0.3)
+        assert h.sim.reads_sent >= 1800, "about 1,000 raw reads/s for 2 s"
+        assert len(h.events) == 80, "1,000 reads/s must not become 1,000 events/s"
+        assert sorted(h.of(ARRIVED)) == sorted(h.of(DEPARTED)) == sorted(PALLET)
+        first_departure = next(i for i, e in enumerate(h.events) if e.type == DEPARTED)
+        assert first_departure == 40, "every arrival precedes every departure"
+        arrived = h.events[0].data
+        assert arrived["zone"] == "dock" and arrived["antenna"] in (1, 2)
+        assert arrived["gtin"] == "80614141123458"
+        departed = h.events[-1].data
+        assert departed["reads"] >= 40 and departed["dwell_s"] > 1.5
+        assert h.statuses == [(True, h.statuses[0][1])]
+        assert "inventorying on 127.0.0.1" in h.statuses[0][1]
+
+
+async def test_reader_drop_mid_inventory_down_up_once_rospec_reinstalled_no_lost_arrivals():
+    """The reader drops half-way through a pallet: down once, up once, ROSpec added again,
+    each tag arrives exactly once (including tags first seen after the drop) and departs once."""
+    async with running() as h:
+        await wait_until(lambda: h.sim.active)
+        first, second = PALLET[:20], PALLET[20:]
+        h.sim.population.pallet(first, h.sim.now(), 3.0, reads_per_s=20)
+        await wait_until(lambda: len(h.of(ARRIVED)) == 20)
+        h.sim.drop()
+        h.sim.population.pallet(second, h.sim.now(), 2.0, reads_per_s=20)
+        await wait_until(lambda: len(h.of(ARRIVED)) == 40)
+        await wait_until(lambda: len(h.of(DEPARTED)) == 40, timeout=10)
+        assert [up for up, _ in h.statuses] == [True, False, True]
+        assert h.sim.rospecs_added == 2
+        assert h.counter("rospec_installs") == 2
+        assert sorted(h.of(ARRIVED)) == sorted(PALLET), "no tag lost, none repeated"
+        assert len(h.events) == 80
+
+
+async def test_keepalive_lost_marks_down_once_then_recovers():
+    """A reader that goes silent (no keepalives, no reports) is down within 3 intervals."""
+    async with running(keepalive_s=0.2) as h:
+        await wait_until(lambda: h.sim.active)
+        await wait_until(lambda: h.sim.keepalive_acks >= 2)
+        h.sim.silent = True
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True, False], timeout=3)
+        assert "keepalive lost" in h.statuses[1][1]
+        h.sim.silent = False
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True, False, True], timeout=3)
+        assert h.counter("keepalive_lost") >= 1
+
+
+async def test_unreachable_then_error_response_then_up():
+    """Refused connections and an ADD_ROSPEC error keep it down (once), then it comes up."""
+    async with running(start_sim=False) as h:
+        await wait_until(lambda: h.statuses != [])
+        assert h.statuses[0][0] is False
+        assert "reader refused the session" in h.statuses[0][1]
+        h.sim.fail_next[20] = (101, "ROSpec rejected")
+        h.sim.refuse = False
+        await wait_until(lambda: h.sim.active)
+        await wait_until(lambda: h.statuses[-1][0])
+        assert [up for up, _ in h.statuses] == [False, True], "down once, up once"
+        assert h.counter("setup_failures") >= 2, "refusals, then the ADD_ROSPEC error"
+        assert h.counter("error_responses") == 1
+
+
+async def test_malformed_frames_are_counted_not_fatal():
+    """Undecodable messages are counted and skipped; an impossible header forces a reconnect."""
+    async with running() as h:
+        await wait_until(lambda: h.sim.active)
+        garbage = struct.pack("!HII", (1 << 10) | 61, 14, 9) + b"\x00\x00\x00\x00"
+        for _ in range(5):
+            h.sim.send_raw(garbage)
+        h.sim.population.pallet(PALLET[:3], h.sim.now(), 0.3)
+        await wait_until(lambda: len(h.of(ARRIVED)) == 3)
+        assert h.counter("malformed") == 5
+        assert [up for up, _ in h.statuses] == [True]
+        h.sim.send_raw(b"\xff" * 10)
+        await wait_until(lambda: h.sim.connections == 2)
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True, False, True])
+        assert "out of sync" in h.statuses[1][1]
+
+
+async def test_gpi_trigger_starts_and_stops_inventory():
+    """With a photo-eye on GPI 1 nothing is read until it goes high, and reading stops when low."""
+    async with running(
+        start_trigger={"type": "gpi", "gpi_port": 1},
+        stop_trigger={"type": "gpi", "gpi_port": 1, "gpi_state": False},
+    ) as h:
+        await wait_until(lambda: h.sim.rospec is not None and h.sim.rospec.enabled)
+        await wait_until(lambda: h.statuses != [])
+        assert "waiting for GPI 1" in h.statuses[0][1]
+        h.sim.population.linger(PALLET[0], h.sim.now(), antennas=(1,))
+        await asyncio.sleep(0.3)
+        assert h.events == [] and not h.sim.active
+        h.sim.set_gpi(1, True)
+        await wait_until(lambda: len(h.of(ARRIVED)) == 1)
+        h.sim.set_gpi(1, False)
+        assert not h.sim.active
+
+
+async def test_gpo_pulses_and_merging():
+    """good pulses GPO 1 on then off; a second good during the pulse extends it (merged)."""
+    async with running(gpo_good=1, gpo_bad=2, gpo_pulse_ms=100) as h:
+        await wait_until(lambda: h.sim.active)
+        await wait_until(lambda: bool(h.statuses))
+        assert h.driver is not None
+        resets = len(h.sim.gpo_writes)
+        assert resets == 2, "both configured outputs switched off at setup"
+        first = asyncio.create_task(h.driver.feedback(Outcome.GOOD))
+        await asyncio.sleep(0.03)
+        await h.driver.feedback(Outcome.GOOD)
+        await first
+        await h.driver.feedback(Outcome.BAD)
+        await h.driver.feedback(Outcome.PENDING)  # no port configured: nothing
+        writes = [(port, state) for _, port, state in h.sim.gpo_writes[resets:]]
+        assert writes == [(1, True), (1, False), (2, True), (2, False)]
+        on, off = h.sim.gpo_writes[resets][0], h.sim.gpo_writes[resets + 1][0]
+        assert 0.12 <= off - on < 0.5, "the merged pulse ran ~130 ms"
+        assert (h.driver.gpo.pulses, h.driver.gpo.merged) == (2, 1)
+
+
+async def test_sllurp_own_client_accepts_the_simulator():
+    """sllurp's LLRPClient state machine, fed over asyncio, reaches INVENTORYING and gets tags."""
+    async with LlrpReaderSimulator() as sim:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        client = LLRPClient(
+            LLRPReaderConfig({"antennas": [1, 2], "report_every_n_tags": 1}),
+            transport_tx_write=writer.write,
+        )
+        tags: list[dict[str, Any]] = []
+        sim.population.linger(PALLET[0], sim.now(), antennas=(1, 2))
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while not tags:
+                    header = await reader.readexactly(10)
+                    length = struct.unpack("!HII", header)[1]
+                    msg = LLRPMessage(msgbytes=header + await reader.readexactly(length - 10))
+                    client.handleMessage(msg)
+                    if msg.getName() == "RO_ACCESS_REPORT":
+                        tags += msg.msgdict["RO_ACCESS_REPORT"]["TagReportData"]
+        finally:
+            writer.close()
+        assert client.state == LLRPReaderState.STATE_INVENTORYING
+        assert tags[0]["EPC"] == PALLET[0].encode()
+        assert sim.rospecs_added == 1
