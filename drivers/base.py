@@ -50,12 +50,15 @@ class DeviceEvent:
     """An event as a driver sees it: a CloudEvents type and its body, not yet stamped.
 
     ``droppable`` marks telemetry that the buffer may coalesce or drop under its size cap; scans
-    and RFID arrivals/departures are never droppable (DESIGN section 4).
+    and RFID arrivals/departures are never droppable (DESIGN section 4). ``feedback`` says
+    whether a worker is waiting to hear about this event: a scan or an arrival, yes; a
+    departure or a telemetry reading, no (the stack light must not flash for those).
     """
 
     type: str
     data: Mapping[str, Any]
     droppable: bool = False
+    feedback: bool = True
 
 
 @dataclass(frozen=True, slots=True)

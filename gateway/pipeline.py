@@ -54,10 +54,10 @@ class Pipeline:
             except BufferFullError as exc:
                 self.refused += 1
                 log.error("event_refused", device=device.id, type=event.type, reason=str(exc))
-                if not event.droppable:
+                if event.feedback:
                     self._confirmations.refused(device.id)
                 return None
-            if not event.droppable:  # telemetry gets no worker feedback
+            if event.feedback and not event.droppable:
                 self._confirmations.stored(device, stored, captured)
             return stored
 

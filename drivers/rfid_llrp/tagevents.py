@@ -49,4 +49,7 @@ def tag_event(presence: Presence, *, departed: bool, decode: bool) -> DeviceEven
         data["dwell_s"] = round(max(0.0, presence.last_wall - presence.first_wall), 3)
     if decode:
         data.update(decode_epc(presence.epc))
-    return DeviceEvent(type=DEPARTED if departed else ARRIVED, data=data, droppable=False)
+    # A departure needs no stack-light pulse: nobody is waiting at the portal to hear about it.
+    return DeviceEvent(
+        type=DEPARTED if departed else ARRIVED, data=data, droppable=False, feedback=not departed
+    )

@@ -50,8 +50,9 @@ def rising(sim: LlrpReaderSimulator, port: int) -> int:
 async def test_pallet_of_40_through_the_gateway_gives_40_arrived_then_40_departed(
     tmp_path: Path, broker: MosquittoBroker, central: CentralCollector
 ) -> None:
-    """40 tags at 1,000 reads/s: central gets exactly 80 valid events, arrivals first, and each
-    delivered event's confirmation shows up as a GPO pulse (merged while the light is on)."""
+    """40 tags at 1,000 reads/s: central gets exactly 80 valid events, arrivals first; each
+    delivered arrival's confirmation shows up as a GPO pulse (merged while the light is on),
+    and departures pulse nothing."""
     async with LlrpReaderSimulator() as sim:
         cfg = config(tmp_path, broker, sim, 'confirm = "delivered"\ngpo_pulse_ms = 50')
         async with running_gateway(cfg) as gw:
@@ -74,9 +75,9 @@ async def test_pallet_of_40_through_the_gateway_gives_40_arrived_then_40_departe
         for message in central.messages:
             schema = json.loads((SCHEMAS / f"{message['type']}.json").read_text())
             jsonschema.validate(message, schema)
-        assert good == 80, "every event reached 'delivered'"
+        assert good == 40, "every arrival reached 'delivered'; departures get no feedback"
         assert pulses + merged == good
-        assert rising(sim, 1) == pulses >= 2, "arrivals burst, then departures burst"
+        assert rising(sim, 1) == pulses >= 1
         assert rising(sim, 3) == 0
 
 
