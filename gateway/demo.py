@@ -1,9 +1,12 @@
 """``edge-gateway demo``: the whole loop on one machine, no hardware, no setup.
 
-Simulated serial scanners (real ptys) type barcodes; a private Mosquitto carries the events; the
-gateway buffers, publishes and beeps back; a simulated central system receives and checks them.
-A live view shows what each part sees. Everything lives in a temporary directory that is
-removed on exit.
+Simulated serial scanners (real ptys) type barcodes, an LLRP reader sees pallets pass a dock
+portal, a Modbus conveyor runs and jams now and then; a private broker carries the events; the
+gateway buffers, publishes and gives feedback; a simulated central system receives and checks
+them. Stop the broker (key ``b`` on a terminal, or ``--outage-every``) to watch events pile up in
+the buffer and drain, with nothing lost. The drivers' own sample configs are used, pointed at
+the simulators, so the demo also proves the samples work. Everything lives in a temporary
+directory that is removed on exit.
 """
 
 from __future__ import annotations
@@ -11,24 +14,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
+import sys
 import tempfile
+import termios
 import time
+import tty
+from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import structlog
-from rich.console import Group
 from rich.live import Live
-from rich.table import Table
 
 from gateway.daemon import Gateway
+from gateway.demo_view import DemoState, render
 from gateway.logging import configure_logging
 from gateway.settings import load_settings
 from simulators.barcodes import generate
-from simulators.broker import BrokerUnavailableError, MosquittoBroker
+from simulators.broker import BrokerUnavailableError, EmbeddedBroker, MosquittoBroker, free_port
 from simulators.central import CentralCollector
+from simulators.conveyor import ConveyorSimulator
+from simulators.llrp_reader import LlrpReaderSimulator
 from simulators.scanner import ScannerSimulator
 
-DEMO_CONFIG = """\
+GATEWAY = """\
 [gateway]
 id = "gw-demo"
 site = "dc-demo"
@@ -39,107 +49,202 @@ shutdown_timeout = 5
 host = "127.0.0.1"
 port = {port}
 checkpoint_interval = 5
+reconnect_min = 0.2
+reconnect_max = 2
 
 [logging]
-level = "warning"
+level = "error"
 format = "console"
 """
 
-DEVICE = """
+SCANNER = """
 [[devices]]
 id = "dock-{n}-scanner"
 driver = "barcode-serial"
 port = "{port}"
 confirm = "{confirm}"
+confirm_timeout = 2
 framing = "cr"
 feedback = "honeywell"
+feedback_pending = "P"
 """
 
 
-async def _type_codes(scanner: ScannerSimulator, rate: float, typed: list[int], n: int) -> None:
+def _sample(driver_dir: str, host_line: str, port: int) -> str:
+    """A driver's shipped sample config, pointed at a local simulator."""
+    text = resources.files("drivers").joinpath(f"{driver_dir}/sample.toml").read_text()
+    return "\n" + text.replace(host_line, f'host = "127.0.0.1"\nport = {port}', 1)
+
+
+class Broker:
+    """Mosquitto when installed, else the embedded amqtt broker; stoppable for outages."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self._mosquitto: MosquittoBroker | None = MosquittoBroker(root / "broker", self.port)
+        self._embedded: EmbeddedBroker | None = None
+        self.up = False
+
+    async def start(self) -> None:
+        """Start (or restart) the broker on its fixed port."""
+        if self._mosquitto is not None:
+            try:
+                self._mosquitto.start()
+            except BrokerUnavailableError:
+                self._mosquitto = None
+        if self._mosquitto is None:
+            self._embedded = EmbeddedBroker(self.port)
+            await self._embedded.start()
+        self.up = True
+
+    async def stop(self) -> None:
+        """Stop it: the gateway must keep everything in its buffer meanwhile."""
+        if self._mosquitto is not None:
+            self._mosquitto.stop()
+        if self._embedded is not None:
+            await self._embedded.stop()
+        self.up = False
+
+    async def toggle(self) -> None:
+        """Key ``b``: an outage, or the end of one."""
+        await (self.stop() if self.up else self.start())
+
+
+async def _scan(scanner: ScannerSimulator, rate: float, state: DemoState, name: str) -> None:
     await scanner.wait_opened(timeout=30)
-    codes = generate("mixed")
-    for count in itertools.count(1):
-        code, aim = next(codes)
+    for code, aim in generate("mixed"):
         await scanner.type_code(code, aim=aim)
-        typed[n] = count
-        await asyncio.sleep(1.0 / rate)
+        state.typed[name] = state.typed.get(name, 0) + 1
+        await asyncio.sleep(random.expovariate(rate))
 
 
-def _view(  # noqa: PLR0917 - a render function of everything on screen
-    gw: Gateway,
-    central: CentralCollector,
-    scanners: list[ScannerSimulator],
-    typed: list[int],
-    started: float,
-    depth: int,
-) -> Group:
-    table = Table(title=f"edge-gateway demo  ({time.monotonic() - started:.0f}s, Ctrl-C to stop)")
-    for column in ("device", "state", "typed", "good beeps", "central got", "missing"):
-        table.add_column(column)
-    for n, scanner in enumerate(scanners):
-        device = f"dock-{n + 1}-scanner"
-        state = gw.device_states.get(device, {}).get("state", "-")
-        track = central.sources.get(f"/dc-demo/gw-demo/{device}")
-        good = sum(1 for _t, data in scanner.feedback if data == b"\x1b7,")
-        got = len(track.ids) if track else 0
-        missing = len(track.missing()) if track else 0
-        table.add_row(device, state, str(typed[n]), str(good), str(got), str(missing))
-    latencies = sorted(gw.confirmations.latencies[-1000:])
-    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else 0.0
-    summary = Table.grid(padding=(0, 2))
-    summary.add_row(
-        f"broker: {'connected' if gw.publisher.connected.is_set() else 'DOWN'}",
-        f"buffer unsent: {depth}",
-        f"scan->beep p99: {p99:.1f} ms",
-        f"central duplicates: {sum(t.duplicates for t in central.sources.values())}",
-    )
-    return Group(table, summary)
+async def _pallets(reader: LlrpReaderSimulator) -> None:
+    for n in itertools.count():
+        epcs = [f"30340242201d8840{n % 65536:04x}{i:04x}" for i in range(12)]
+        reader.population.pallet(epcs, reader.now(), 2.0, reads_per_s=15, stagger_s=0.05)
+        await asyncio.sleep(12.0)
 
 
-async def run_demo(*, duration: float | None, rate: float, scanners: int) -> int:
-    """Run until Ctrl-C or ``duration`` seconds; returns the exit code."""
-    configure_logging("warning", "console")
+async def _jams(conveyor: ConveyorSimulator) -> None:
+    while True:
+        await asyncio.sleep(15.0)
+        conveyor.model.set_fault("jam", True)
+        await asyncio.sleep(4.0)
+        conveyor.model.set_fault("jam", False)
+
+
+async def _outages(broker: Broker, every: float, length: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        await broker.stop()
+        await asyncio.sleep(length)
+        await broker.start()
+
+
+@contextlib.contextmanager
+def _keys(on_key: dict[str, asyncio.Event]) -> Iterator[None]:
+    """Single key presses on a terminal (cbreak mode), restored on exit."""
+    if not sys.stdin.isatty():
+        yield None
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+    loop = asyncio.get_running_loop()
+
+    def read() -> None:
+        key = sys.stdin.read(1).lower()
+        if key in on_key:
+            on_key[key].set()
+
+    loop.add_reader(fd, read)
+    try:
+        yield None
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _write_config(
+    root: Path, broker_port: int, sims: list[ScannerSimulator], reader_port: int, modbus_port: int
+) -> Path:
+    config = GATEWAY.format(state_dir=root / "state", port=broker_port)
+    for n, sim in enumerate(sims):
+        confirm = "delivered" if n % 2 == 0 else "stored"
+        config += SCANNER.format(n=n + 1, port=sim.link, confirm=confirm)
+    config += _sample("rfid_llrp", 'host = "10.20.0.31"', reader_port)
+    config += _sample("modbus", 'host = "10.20.0.40"', modbus_port)
+    path = root / "gateway.toml"
+    path.write_text(config)
+    return path
+
+
+async def _show(
+    state: DemoState, keys: dict[str, asyncio.Event], broker: Broker, duration: float | None
+) -> None:
+    with _keys(keys), Live(refresh_per_second=4, screen=False) as live:
+        while duration is None or time.monotonic() - state.started < duration:
+            if keys["q"].is_set():
+                break
+            if keys["b"].is_set():
+                keys["b"].clear()
+                await broker.toggle()
+            live.update(await render(state))
+            await asyncio.sleep(0.25)
+
+
+async def run_demo(
+    *,
+    duration: float | None,
+    rate: float,
+    scanners: int,
+    outage_every: float = 0.0,
+    outage_for: float = 8.0,
+) -> int:
+    """Run until Ctrl-C, ``q`` or ``duration`` seconds; returns the exit code."""
+    configure_logging("error", "console")
     log = structlog.get_logger("demo")
     with tempfile.TemporaryDirectory(prefix="edge-gateway-demo-") as tmp:
         root = Path(tmp)
-        broker = MosquittoBroker(root / "broker")
+        broker = Broker(root)
         try:
-            broker.start()
+            await broker.start()
         except BrokerUnavailableError as exc:
-            log.error("demo_needs_mosquitto", error=str(exc))
+            log.error("demo_needs_a_broker", error=str(exc))
             return 1
         sims = [ScannerSimulator(root / f"scanner{n}") for n in range(scanners)]
-        config = DEMO_CONFIG.format(state_dir=root / "state", port=broker.port)
-        for n, sim in enumerate(sims):
-            await sim.start()
-            confirm = "delivered" if n % 2 == 0 else "stored"
-            config += DEVICE.format(n=n + 1, port=sim.link, confirm=confirm)
-        (root / "gateway.toml").write_text(config)
-        gateway = Gateway(load_settings(root / "gateway.toml"))
-        central = CentralCollector(broker.host, broker.port)
-        stop = asyncio.Event()
-        typed = [0] * scanners
-        tasks = [asyncio.create_task(central.run()), asyncio.create_task(gateway.run(stop))]
-        await asyncio.sleep(0.5)
-        tasks += [asyncio.create_task(_type_codes(s, rate, typed, n)) for n, s in enumerate(sims)]
-        started = time.monotonic()
-        try:
-            with Live(refresh_per_second=4) as live:
-                while duration is None or time.monotonic() - started < duration:
-                    depth = (await gateway.buffer.stats()).unsent
-                    live.update(_view(gateway, central, sims, typed, started, depth))
-                    await asyncio.sleep(0.5)
-        finally:
-            for task in tasks[2:]:
-                task.cancel()
-            stop.set()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(15):
-                    await tasks[1]
-            tasks[0].cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        async with contextlib.AsyncExitStack() as stack:
+            reader = await stack.enter_async_context(LlrpReaderSimulator())
+            conveyor = await stack.enter_async_context(ConveyorSimulator(tcp_port=0))
             for sim in sims:
-                await sim.close()
-            broker.stop()
+                await stack.enter_async_context(sim)
+            config = _write_config(root, broker.port, sims, reader.port, conveyor.port)
+            gateway = Gateway(load_settings(config))
+            central = CentralCollector("127.0.0.1", broker.port)
+            state = DemoState(gateway, central, broker, sims, time.monotonic())
+            stop = asyncio.Event()
+            keys = {"b": asyncio.Event(), "q": asyncio.Event()}
+            tasks = [asyncio.create_task(central.run()), asyncio.create_task(gateway.run(stop))]
+            await asyncio.sleep(0.5)
+            tasks += [
+                asyncio.create_task(_scan(s, rate, state, f"dock-{n + 1}-scanner"))
+                for n, s in enumerate(sims)
+            ]
+            tasks += [asyncio.create_task(_pallets(reader)), asyncio.create_task(_jams(conveyor))]
+            if outage_every > 0:
+                tasks.append(asyncio.create_task(_outages(broker, outage_every, outage_for)))
+            try:
+                await _show(state, keys, broker, duration)
+            finally:
+                for task in tasks[2:]:
+                    task.cancel()
+                if not broker.up:
+                    await broker.start()  # let the gateway say offline cleanly
+                stop.set()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(15):
+                        await tasks[1]
+                tasks[0].cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        await broker.stop()
     return 0

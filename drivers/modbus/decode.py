@@ -88,7 +88,9 @@ def scaled(raw: Number, point: PointConfig) -> Number:
         return raw
     if point.scale == 1.0 and point.offset == 0.0:
         return raw
-    return raw * point.scale + point.offset
+    # 51 * 0.1 is 5.1000000000000005 in binary floating point: round off the representation
+    # error (12 significant digits is far beyond any sensor's precision) so central sees 5.1.
+    return float(f"{raw * point.scale + point.offset:.12g}")
 
 
 def decode_point(registers: Sequence[int], point: PointConfig) -> Number:

@@ -149,3 +149,11 @@ def test_scale_and_offset():
     assert decode_point([0xFFFF, 0xFFFF], point(type="uint32")) == 2**32 - 1
     assert isinstance(scaled(7, point()), int)
     assert decode_point([1], point(table="coil", type="bool")) is True
+
+
+def test_scaled_values_carry_no_binary_representation_noise() -> None:
+    """51 raw at scale 0.1 reads 5.1, not 5.1000000000000005, in the event central receives."""
+    point = PointConfig(name="current", table="input", address=1, type="int16", scale=0.1)
+    assert scaled(51, point) == 5.1
+    assert repr(scaled(51, point)) == "5.1"
+    assert scaled(-3, point) == -0.3

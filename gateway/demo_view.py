@@ -1,0 +1,97 @@
+"""The demo's live view: what a visitor should see, refreshed a few times a second."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from gateway.daemon import Gateway
+from simulators.central import CentralCollector
+from simulators.scanner import ScannerSimulator
+
+GOOD, BAD, PENDING = b"\x1b7,", b"\x1b8,", b"P"
+
+
+class BrokerState(Protocol):
+    """The part of the demo broker the view reads."""
+
+    up: bool
+
+
+@dataclass
+class DemoState:
+    """Everything the view reads; the demo's tasks update ``typed``."""
+
+    gateway: Gateway
+    central: CentralCollector
+    broker: BrokerState
+    scanners: list[ScannerSimulator]
+    started: float
+    typed: dict[str, int] = field(default_factory=dict)
+
+
+def _summary(event: dict[str, Any]) -> str:
+    data = event.get("data", {})
+    kind = event.get("type", "").removeprefix("warehouse.").removesuffix(".v1")
+    if "code" in data:
+        detail = data.get("gtin") or data.get("sscc") or data["code"]
+    elif "epc" in data:
+        detail = f"{data['epc']} in {data.get('zone')}"
+    elif "alarm" in data:
+        detail = f"{data['alarm']} {data.get('state')}"
+    else:
+        points = data.get("points", {})
+        detail = ", ".join(f"{k}={v.get('value')}" for k, v in list(points.items())[:3])
+    flag = " (historical)" if event.get("historical") else ""
+    return f"{kind:<22} #{event.get('seq')} {detail}{flag}"
+
+
+async def render(state: DemoState) -> Group:
+    """Build one frame of the view."""
+    gw, central = state.gateway, state.central
+    stats = await gw.buffer.stats()
+    elapsed = time.monotonic() - state.started
+    table = Table(title=f"edge-gateway demo - {elapsed:.0f}s - keys: b broker on/off, q quit")
+    for column in ("device", "state", "stored", "sent", "central got", "missing", "feedback"):
+        table.add_column(column, justify="left" if column in ("device", "state") else "right")
+    sims = {f"dock-{n + 1}-scanner": sim for n, sim in enumerate(state.scanners)}
+    for device in gw.settings.devices:
+        name = device.id
+        dev = stats.devices.get(name)
+        track = central.sources.get(f"/{gw.settings.gateway.site}/{gw.settings.gateway.id}/{name}")
+        sim = sims.get(name)
+        if sim is not None:
+            got = sim.feedback_bytes()
+            feedback = f"{got.count(GOOD)} good {got.count(PENDING)} pending"
+        else:
+            feedback = "-"
+        up = gw.device_states.get(name, {}).get("state", "-")
+        table.add_row(
+            name,
+            Text(up, style="green" if up == "up" else "red"),
+            str(dev.last_seq if dev else 0),
+            str(dev.last_sent_seq if dev else 0),
+            str(len(track.ids) if track else 0),
+            str(len(track.missing()) if track else 0),
+            feedback,
+        )
+    latencies = sorted(gw.confirmations.latencies[-1000:])
+    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000 if latencies else 0.0
+    broker = Text("broker UP", style="green") if state.broker.up else Text("broker DOWN", "red")
+    line = Text.assemble(
+        broker,
+        f"   buffer unsent {stats.unsent}",
+        "   draining backlog" if gw.publisher.draining else "",
+        f"   feedback p99 {p99:.1f} ms",
+        f"   central: {central.unique_count()} events,"
+        f" {sum(t.duplicates for t in central.sources.values())} duplicates",
+    )
+    recent = Table.grid(padding=(0, 2))
+    for event in central.messages[-6:]:
+        recent.add_row(event["source"].rsplit("/", 1)[-1], _summary(event))
+    return Group(table, line, Text("last events at central:"), recent)
