@@ -21,6 +21,10 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "drivers.barcode_serial.config:BarcodeSerialConfig",
         "drivers.barcode_serial.driver:BarcodeSerialDriver",
     ),
+    "barcode-hid": (
+        "drivers.barcode_hid.config:BarcodeHidConfig",
+        "drivers.barcode_hid.driver:BarcodeHidDriver",
+    ),
     "modbus": ("drivers.modbus.config:ModbusConfig", "drivers.modbus.driver:ModbusDriver"),
     "rfid-llrp": (
         "drivers.rfid_llrp.config:RfidLlrpConfig",

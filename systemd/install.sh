@@ -15,7 +15,8 @@ if ! id edge-gateway >/dev/null 2>&1; then
 fi
 python3 -m venv "$PREFIX/venv"
 "$PREFIX/venv/bin/pip" install -q --upgrade pip
-"$PREFIX/venv/bin/pip" install -q --constraint systemd/constraints.txt .
+# EXTRAS=hid for USB HID (keyboard-wedge) scanners: evdev compiles against the kernel headers.
+"$PREFIX/venv/bin/pip" install -q --constraint systemd/constraints.txt ".${EXTRAS:+[$EXTRAS]}"
 install -m 0644 README.md "$PREFIX/README.md"
 
 install -d -m 0750 -o root -g edge-gateway "$ETC"

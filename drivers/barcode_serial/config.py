@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from drivers.base import DeviceConfig, Outcome
+from drivers.barcode_common.config import BarcodeConfig
+from drivers.base import Outcome
 
 STANDARD_BAUDRATES = (
     1200,
@@ -32,7 +33,6 @@ STANDARD_BAUDRATES = (
 STOPBITS = (1, 1.5, 2)
 
 FramingMode = Literal["cr", "lf", "crlf", "eol", "stx-etx"]
-AimMode = Literal["auto", "required", "none"]
 FeedbackProfile = Literal["none", "honeywell", "custom"]
 
 HONEYWELL_FEEDBACK: dict[Outcome, bytes] = {
@@ -53,8 +53,11 @@ def _as_bytes(text: str) -> bytes:
         ) from None
 
 
-class BarcodeSerialConfig(DeviceConfig):
-    """A serial (RS-232 or USB-CDC) barcode scanner that sends one code per frame."""
+class BarcodeSerialConfig(BarcodeConfig):
+    """A serial (RS-232 or USB-CDC) barcode scanner that sends one code per frame.
+
+    The frame, AIM, GS1, repeat and reconnect keys come from ``BarcodeConfig``.
+    """
 
     driver: Literal["barcode-serial"]
     port: str = Field(description="device path, e.g. /dev/serial/by-id/usb-Honeywell...")
@@ -63,16 +66,10 @@ class BarcodeSerialConfig(DeviceConfig):
     parity: Literal["N", "E", "O", "M", "S"] = "N"
     stopbits: float = Field(default=1, description="1, 1.5 or 2")
     framing: FramingMode = "eol"
-    max_frame: int = Field(default=512, ge=8, le=65536)
-    aim: AimMode = "auto"
-    gs1: bool = True
-    suppress_window: float = Field(default=0.0, ge=0, le=3600)
     feedback: FeedbackProfile = "none"
     feedback_good: str | None = Field(default=None, validate_default=True)
     feedback_bad: str | None = None
     feedback_pending: str | None = None
-    reconnect_min: float = Field(default=0.5, gt=0, le=3600)
-    reconnect_max: float = Field(default=10.0, gt=0, le=3600, validate_default=True)
 
     @field_validator("port")
     @classmethod
@@ -113,14 +110,6 @@ class BarcodeSerialConfig(DeviceConfig):
         if not value:
             raise ValueError("must not be empty; leave the key out instead")
         _as_bytes(value)
-        return value
-
-    @field_validator("reconnect_max")
-    @classmethod
-    def _max_above_min(cls, value: float, info: ValidationInfo) -> float:
-        low = info.data.get("reconnect_min")
-        if low is not None and value < low:
-            raise ValueError(f"must be >= reconnect_min ({low})")
         return value
 
     def feedback_bytes(self) -> dict[Outcome, bytes]:

@@ -1,18 +1,19 @@
-"""Cut a serial byte stream into scan frames.
+"""Cut a scanner's byte stream into scan frames, for every barcode driver.
 
-A serial port delivers whatever the UART had: half a code, three codes, or line noise. The
-framer is pure and incremental so that it can be tested byte by byte, and it never holds more
-than ``max_frame`` bytes, whatever is fed to it: a scanner stuck sending junk must not grow the
-gateway's memory.
+A serial port delivers whatever the UART had: half a code, three codes, or line noise; a
+keyboard wedge delivers one keystroke at a time. The framer is pure and incremental so that it
+can be tested byte by byte, and it never holds more than ``max_frame`` bytes, whatever is fed
+to it: a scanner stuck sending junk must not grow the gateway's memory.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Literal
 
-if TYPE_CHECKING:
-    from drivers.barcode_serial.config import FramingMode
+FrameMode = Literal["cr", "lf", "crlf", "eol", "stx-etx", "tab", "cr-tab"]
+"""Every terminator style; ``tab`` and ``cr-tab`` are for keyboard wedges ending a code with
+Tab (or either Enter or Tab), which serial scanners do not do."""
 
 STX = 0x02
 ETX = 0x03
@@ -29,6 +30,8 @@ _TERMINATORS: dict[str, re.Pattern[bytes]] = {
     "lf": re.compile(rb"\n"),
     "crlf": re.compile(rb"\r\n"),
     "eol": re.compile(rb"\r\n|\r|\n"),
+    "tab": re.compile(rb"\t"),
+    "cr-tab": re.compile(rb"\r|\t"),
 }
 
 
@@ -41,10 +44,10 @@ class Framer:
     baud rate or a noisy line looks like that). Empty frames are ignored silently.
     """
 
-    def __init__(self, mode: FramingMode = "eol", max_frame: int = 512) -> None:
+    def __init__(self, mode: FrameMode = "eol", max_frame: int = 512) -> None:
         if max_frame < 1:
             raise ValueError("max_frame must be >= 1")
-        self.mode: FramingMode = mode
+        self.mode: FrameMode = mode
         self.max_frame = max_frame
         self.frames = 0
         self.oversize = 0

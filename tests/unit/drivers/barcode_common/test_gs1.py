@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from drivers.barcode_serial.gs1 import gs1_check_digit, parse_gs1, sniff_gs1
+from drivers.barcode_common.gs1 import gs1_check_digit, parse_gs1, sniff_gs1
 
 GS = "\x1d"
 

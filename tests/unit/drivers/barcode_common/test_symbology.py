@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.barcode_serial.symbology import GS1_SYMBOLOGIES, is_gs1, split_aim
+from drivers.barcode_common.symbology import GS1_SYMBOLOGIES, is_gs1, split_aim
 
 
 @pytest.mark.parametrize(

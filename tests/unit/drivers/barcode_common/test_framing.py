@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from drivers.barcode_serial.framing import Framer
+from drivers.barcode_common.framing import Framer
 
 CASES = [
     # (mode, stream, frames)
