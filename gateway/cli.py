@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--rate", type=float, default=2.0, help="scans per second per scanner")
     demo.add_argument("--scanners", type=int, default=2, help="how many simulated scanners")
+    demo.add_argument(
+        "--outage-every", type=float, default=0.0, metavar="S", help="stop the broker every S s"
+    )
+    demo.add_argument("--outage-for", type=float, default=8.0, metavar="S", help="for S s")
     return parser
 
 
@@ -108,7 +112,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo  # noqa: PLC0415
 
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run_demo(duration=args.duration, rate=args.rate, scanners=args.scanners))
+        return asyncio.run(
+            run_demo(
+                duration=args.duration,
+                rate=args.rate,
+                scanners=args.scanners,
+                outage_every=args.outage_every,
+                outage_for=args.outage_for,
+            )
+        )
     return EXIT_OK
 
 
