@@ -6,6 +6,7 @@ file read-only: WAL lets it read while the daemon writes.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,3 +90,21 @@ async def read_stats(path: Path) -> BufferStats | None:
     async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as conn:
         await conn.execute("PRAGMA busy_timeout=5000")
         return await collect_stats(conn)
+
+
+async def read_recent(path: Path, limit: int = 5) -> list[dict[str, Any]]:
+    """The newest events in the buffer (any state), newest first, for live views."""
+    if not path.exists():  # noqa: ASYNC240 - one stat() call
+        return []
+    async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        await conn.execute("PRAGMA busy_timeout=5000")
+        async with conn.execute(
+            "SELECT state, payload FROM events ORDER BY rowid DESC LIMIT ?", (limit,)
+        ) as cur:
+            rows = await cur.fetchall()
+    out = []
+    for state, payload in rows:
+        event = json.loads(payload)
+        event["_state"] = STATE_NAMES.get(int(state), str(state))
+        out.append(event)
+    return out

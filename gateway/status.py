@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
-from buffer.stats import BufferStats, read_stats
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from buffer.stats import BufferStats, read_recent, read_stats
 from gateway.settings import Settings
 
 
@@ -60,4 +66,61 @@ async def show_status(settings: Settings, *, as_json: bool) -> int:
         print(json.dumps(body, indent=2))
     else:
         print(render_text(stats, settings))
+    return 0
+
+
+def _watch_view(
+    settings: Settings,
+    stats: BufferStats,
+    previous: BufferStats | None,
+    elapsed: float,
+    recent: list[dict[str, object]],
+) -> Group:
+    """One frame of ``status --watch``: devices with rates, backlog, the newest events."""
+    table = Table(title=f"edge-gateway {settings.gateway.id} at {settings.gateway.site}")
+    for column in ("device", "state", "events/s", "last_seq", "sent_seq", "pending", "oldest"):
+        table.add_column(column, justify="left" if column in ("device", "state") else "right")
+    for name in sorted({d.id for d in settings.devices} | set(stats.devices)):
+        dev = stats.devices.get(name)
+        before = previous.devices.get(name) if previous else None
+        rate = (dev.last_seq - before.last_seq) / elapsed if dev and before and elapsed else 0.0
+        state = (dev.status if dev else None) or "-"
+        table.add_row(
+            name,
+            Text(state, style="green" if state == "up" else "red"),
+            f"{rate:.1f}",
+            str(dev.last_seq if dev else 0),
+            str(dev.last_sent_seq if dev else 0),
+            str(dev.pending if dev else 0),
+            _age(dev.oldest_pending_age_s if dev else None),
+        )
+    summary = Text(
+        f"unsent {stats.unsent}   oldest unsent {_age(stats.oldest_unsent_age_s)}"
+        f"   payload bytes {stats.payload_bytes}   "
+        + "  ".join(f"{k} {v}" for k, v in stats.by_state.items())
+    )
+    newest = Table.grid(padding=(0, 2))
+    for event in recent:
+        source = str(event.get("source", "")).rsplit("/", 1)[-1]
+        data = json.dumps(event.get("data"), ensure_ascii=False)[:70]
+        newest.add_row(source, f"#{event.get('seq')}", str(event.get("_state")), data)
+    return Group(table, summary, Text("newest events:"), newest)
+
+
+async def watch_status(
+    settings: Settings, *, interval: float = 1.0, frames: int | None = None
+) -> int:
+    """``status --watch``: refresh the view every ``interval`` s until Ctrl-C (or ``frames``)."""
+    previous: BufferStats | None = None
+    last = time.monotonic()
+    shown = 0
+    with Live(refresh_per_second=4) as live:
+        while frames is None or shown < frames:
+            stats = await read_stats(settings.database_path) or BufferStats()
+            recent = await read_recent(settings.database_path)
+            now = time.monotonic()
+            live.update(_watch_view(settings, stats, previous, now - last, recent))
+            previous, last = stats, now
+            shown += 1
+            await asyncio.sleep(interval)
     return 0

@@ -1,0 +1,126 @@
+"""Prometheus metrics, off by default (``[metrics] listen = "127.0.0.1:9108"`` turns them on).
+
+The hot paths keep plain counters of their own (``Buffer.transitions``, ``Confirmations``,
+``Publisher.reconnects``); this module samples them once a second from the housekeeping loop and
+turns them into Prometheus series. Nothing here runs per event, and nothing blocks the loop: the
+HTTP endpoint is prometheus-client's own thread, reading values that only this sampler writes.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from buffer.stats import BufferStats
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class GatewayMetrics:
+    """Every series the gateway exports, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.transitions = Counter(
+            "edge_gateway_event_transitions",
+            "Buffer state changes: stored, refused, dropped, evicted_sent, claimed, sent, ...",
+            ["transition"],
+            registry=r,
+        )
+        self.buffer_events = Gauge(
+            "edge_gateway_buffer_events", "Events in the buffer by state", ["state"], registry=r
+        )
+        self.buffer_bytes = Gauge(
+            "edge_gateway_buffer_payload_bytes", "Payload bytes held (the cap applies)", registry=r
+        )
+        self.oldest_unsent = Gauge(
+            "edge_gateway_oldest_unsent_age_seconds", "Age of the oldest unsent event", registry=r
+        )
+        self.device_up = Gauge(
+            "edge_gateway_device_up", "1 when the device is up", ["device"], registry=r
+        )
+        self.device_last_seq = Gauge(
+            "edge_gateway_device_last_seq", "Last stored seq per device", ["device"], registry=r
+        )
+        self.device_pending = Gauge(
+            "edge_gateway_device_unsent", "Unsent events per device", ["device"], registry=r
+        )
+        self.reconnects = Counter(
+            "edge_gateway_mqtt_reconnects", "Lost broker connections", registry=r
+        )
+        self.broker_connected = Gauge(
+            "edge_gateway_mqtt_connected", "1 while connected to the broker", registry=r
+        )
+        self.feedback = Counter(
+            "edge_gateway_feedback", "Worker feedback given, by outcome", ["outcome"], registry=r
+        )
+        self.feedback_latency = Histogram(
+            "edge_gateway_feedback_latency_seconds",
+            "Capture to good feedback",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._server: Any = None
+        self._seen: collections.Counter[str] = collections.Counter()
+        self._seen_reconnects = 0
+        self._seen_latencies = 0
+
+    def sample(
+        self,
+        *,
+        stats: BufferStats,
+        transitions: Mapping[str, int],
+        device_states: Mapping[str, Mapping[str, Any]],
+        connected: bool,
+        reconnects: int,
+        outcomes: Mapping[str, int],
+        latencies_total: int,
+        latencies: Sequence[float],
+    ) -> None:
+        """Bring every series up to date with the gateway's own counters."""
+        for name, value in transitions.items():
+            self._advance(self.transitions.labels(name), f"t:{name}", value)
+        for name, value in outcomes.items():
+            self._advance(self.feedback.labels(name), f"o:{name}", value)
+        for state, count in stats.by_state.items():
+            self.buffer_events.labels(state).set(count)
+        self.buffer_bytes.set(stats.payload_bytes)
+        self.oldest_unsent.set(stats.oldest_unsent_age_s or 0.0)
+        for device, dev in stats.devices.items():
+            self.device_last_seq.labels(device).set(dev.last_seq)
+            self.device_pending.labels(device).set(dev.pending)
+        for device, body in device_states.items():
+            self.device_up.labels(device).set(1 if body.get("state") == "up" else 0)
+        self.broker_connected.set(1 if connected else 0)
+        if reconnects > self._seen_reconnects:
+            self.reconnects.inc(reconnects - self._seen_reconnects)
+            self._seen_reconnects = reconnects
+        new = min(latencies_total - self._seen_latencies, len(latencies))
+        if new > 0:
+            for latency in latencies[len(latencies) - new :]:
+                self.feedback_latency.observe(latency)
+        self._seen_latencies = latencies_total
+
+    def _advance(self, counter: Any, key: str, value: int) -> None:  # noqa: ANN401 - a child
+        delta = value - self._seen[key]
+        if delta > 0:
+            counter.inc(delta)
+            self._seen[key] = value
+
+    def serve(self, listen: str) -> None:
+        """Expose ``/metrics`` on ``host:port`` from prometheus-client's own thread."""
+        host, _, port = listen.rpartition(":")
+        self._server, _thread = start_http_server(
+            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
+        )
+
+    def close(self) -> None:
+        """Stop serving (the port is free again for a restart or a reload)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,64 @@
+"""Prometheus series follow the gateway's own counters, and the endpoint serves them."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import generate_latest
+
+from buffer.stats import BufferStats, DeviceStats
+from gateway.metrics import GatewayMetrics
+from simulators.broker import free_port
+
+
+def sample(
+    metrics: GatewayMetrics, *, stored: int, reconnects: int, latencies: list[float]
+) -> None:
+    stats = BufferStats(
+        by_state={"pending": 3, "in_flight": 1, "sent": stored - 4},
+        oldest_unsent_age_s=2.5,
+        payload_bytes=1234,
+        devices={
+            "dock-1": DeviceStats("dock-1", last_seq=stored, last_sent_seq=stored - 4, pending=4)
+        },
+    )
+    metrics.sample(
+        stats=stats,
+        transitions={"stored": stored, "sent": stored - 4},
+        device_states={"dock-1": {"state": "up"}, "portal": {"state": "down"}},
+        connected=True,
+        reconnects=reconnects,
+        outcomes={"good": len(latencies), "bad": 0, "pending": 1},
+        latencies_total=len(latencies),
+        latencies=latencies,
+    )
+
+
+def test_counters_advance_by_deltas_and_gauges_follow() -> None:
+    """Sampling twice counts each stored event once; gauges show the latest figures."""
+    metrics = GatewayMetrics()
+    sample(metrics, stored=10, reconnects=1, latencies=[0.001, 0.002])
+    sample(metrics, stored=25, reconnects=3, latencies=[0.001, 0.002, 0.004])
+    text = generate_latest(metrics.registry).decode()
+    assert 'edge_gateway_event_transitions_total{transition="stored"} 25.0' in text
+    assert "edge_gateway_mqtt_reconnects_total 3.0" in text
+    assert 'edge_gateway_device_up{device="dock-1"} 1.0' in text
+    assert 'edge_gateway_device_up{device="portal"} 0.0' in text
+    assert 'edge_gateway_buffer_events{state="pending"} 3.0' in text
+    assert "edge_gateway_oldest_unsent_age_seconds 2.5" in text
+    assert "edge_gateway_feedback_latency_seconds_count 3.0" in text
+    assert 'edge_gateway_feedback_latency_seconds_bucket{le="0.002"} 2.0' in text
+
+
+def test_endpoint_serves_on_the_configured_address_and_stops() -> None:
+    """/metrics answers on the loopback address given; close() frees the port."""
+    metrics = GatewayMetrics()
+    sample(metrics, stored=5, reconnects=0, latencies=[])
+    port = free_port()
+    metrics.serve(f"127.0.0.1:{port}")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        assert 'edge_gateway_device_last_seq{device="dock-1"} 5.0' in body
+    finally:
+        metrics.close()
