@@ -17,14 +17,21 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import structlog
 
-from buffer.schema import STATE_IN_FLIGHT, STATE_PENDING, STATE_SENT, open_database
+from buffer.schema import (
+    STATE_CONFIRMED,
+    STATE_IN_FLIGHT,
+    STATE_PENDING,
+    STATE_REJECTED,
+    STATE_SENT,
+    open_database,
+)
 from buffer.stats import BufferStats, collect_stats
 from drivers.base import StoredEvent
 
@@ -59,6 +66,37 @@ class OutgoingEvent:
     backlog: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A confirm applied to a stored event: ``state`` is confirmed or rejected."""
+
+    id: str
+    device: str
+    seq: int
+    state: int
+
+
+@dataclass(slots=True)
+class SettleResult:
+    """What one batch of confirms did: applied ones, repeats, and ids this buffer never held."""
+
+    applied: list[Settled] = field(default_factory=list)
+    duplicate: int = 0
+    unknown: int = 0
+
+
+@dataclass(slots=True)
+class ReplayRange:
+    """A device's stored events in a seq range, or why the range cannot be replayed."""
+
+    device: str
+    from_seq: int
+    to_seq: int
+    error: str | None = None
+    unsent: int = 0
+    """Events in the range not yet delivered: the publisher sends them anyway, not the replay."""
+
+
 @dataclass(slots=True)
 class _Append:
     event: NewEvent
@@ -69,10 +107,18 @@ class Buffer:
     """The durable event store. Create with :meth:`open`, then :meth:`close` when done."""
 
     def __init__(
-        self, conn: aiosqlite.Connection, path: Path, *, max_bytes: int, batch_max: int
+        self,
+        conn: aiosqlite.Connection,
+        path: Path,
+        *,
+        max_bytes: int,
+        batch_max: int,
+        keep_unconfirmed: frozenset[str] = frozenset(),
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.keep_unconfirmed = keep_unconfirmed
+        """Devices at the ``accepted`` level: their sent, unconfirmed events outlive retention."""
         self._conn = conn
         self._batch_max = batch_max
         self._lock = asyncio.Lock()
@@ -89,10 +135,19 @@ class Buffer:
         """Every state change, by name: stored, refused, dropped, claimed, sent, released."""
 
     @classmethod
-    async def open(cls, path: Path, *, max_bytes: int, batch_max: int = 500) -> Buffer:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        max_bytes: int,
+        batch_max: int = 500,
+        keep_unconfirmed: frozenset[str] = frozenset(),
+    ) -> Buffer:
         """Open the database, reset in-flight rows to pending and start the writer."""
         conn = await open_database(path)
-        buf = cls(conn, path, max_bytes=max_bytes, batch_max=batch_max)
+        buf = cls(
+            conn, path, max_bytes=max_bytes, batch_max=batch_max, keep_unconfirmed=keep_unconfirmed
+        )
         await buf._load()
         buf._writer = asyncio.create_task(buf._write_loop(), name="buffer-writer")
         return buf
@@ -205,13 +260,17 @@ class Buffer:
     async def _make_room(self, size: int, *, droppable: bool) -> bool:
         """Enforce the cap (DESIGN section 4) inside the current transaction.
 
-        First the oldest already-sent events go (their replay window shrinks), then the oldest
-        pending telemetry (counted as dropped). Scans and RFID events are never dropped: when
-        only they remain, the new event is refused.
+        First the oldest already-sent events that need nothing more go (their replay window
+        shrinks), then the oldest sent events still awaiting a central confirm (they were
+        delivered, so only their confirmability and replay are lost: counted and logged), then
+        the oldest pending telemetry (counted as dropped). Scans and RFID events are never
+        dropped: when only they remain, the new event is refused.
         """
         over = self._bytes + size - self.max_bytes
+        awaiting = self._awaiting_confirm_sql()
         for condition, counter in (
-            (f"state >= {STATE_SENT}", "evicted_sent"),
+            (f"state >= {STATE_SENT} AND NOT ({awaiting})", "evicted_sent"),
+            (f"state >= {STATE_SENT}", "evicted_unconfirmed"),
             (f"state = {STATE_PENDING} AND droppable = 1", "dropped"),
         ):
             if over <= 0:
@@ -231,11 +290,20 @@ class Buffer:
                 self.transitions[counter] += len(victims)
                 if counter == "dropped":
                     log.warning("buffer_full_dropped_telemetry", events=len(victims))
+                elif counter == "evicted_unconfirmed":
+                    log.warning("buffer_full_evicted_unconfirmed", events=len(victims))
         if over <= 0:
             return True
         if not droppable:
             log.error("buffer_full_refusing_event", max_bytes=self.max_bytes, held=self._bytes)
         return False
+
+    def _awaiting_confirm_sql(self) -> str:
+        """SQL condition for a sent row that retention must keep until its confirm arrives."""
+        if not self.keep_unconfirmed:
+            return "0"
+        names = ",".join("'" + d.replace("'", "''") + "'" for d in sorted(self.keep_unconfirmed))
+        return f"state = {STATE_SENT} AND droppable = 0 AND device IN ({names})"
 
     async def _delete(self, rowids: Sequence[int]) -> None:
         for start in range(0, len(rowids), 500):
@@ -300,7 +368,13 @@ class Buffer:
         async with self._locked(durable=False):
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
-                await self._set_state(events, STATE_SENT, ", sent = ?", time.time())
+                marks = ",".join("?" * len(events))
+                # max(): a confirm may have overtaken the PUBACK; never downgrade it to sent.
+                await self._conn.execute(
+                    f"UPDATE events SET state = max(state, ?), sent = coalesce(sent, ?)"  # noqa: S608
+                    f" WHERE rowid IN ({marks})",
+                    (STATE_SENT, time.time(), *(e.rowid for e in events)),
+                )
                 await self._conn.executemany(
                     "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?",
                     [(seq, dev) for dev, seq in last.items()],
@@ -345,19 +419,90 @@ class Buffer:
         return int(row[0]) if row else 0
 
     async def prune(self, retention: float, now: float | None = None) -> int:
-        """Delete sent events older than ``retention`` seconds; returns how many went."""
+        """Delete events sent more than ``retention`` seconds ago; returns how many went.
+
+        Events of ``keep_unconfirmed`` devices that central has not confirmed or rejected yet
+        stay, however old, until a confirm arrives or the size cap evicts them.
+        """
         cutoff = (time.time() if now is None else now) - retention
         async with self._locked(durable=False):
             cur = await self._conn.execute(
-                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events"
-                " WHERE state >= 2 AND sent < ? ORDER BY rowid LIMIT 10000)"
-                " RETURNING length(payload)",
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events"  # noqa: S608
+                f" WHERE state >= 2 AND sent < ? AND NOT ({self._awaiting_confirm_sql()})"
+                " ORDER BY rowid LIMIT 10000) RETURNING length(payload)",
                 (cutoff,),
             )
             freed = [int(r[0]) for r in await cur.fetchall()]
         self._bytes -= sum(freed)
         self.transitions["pruned"] += len(freed)
         return len(freed)
+
+    async def settle(self, verdicts: Sequence[tuple[str, bool]]) -> SettleResult:
+        """Apply central's verdicts (id, accepted) durably, in one transaction.
+
+        Only the first verdict for an event counts: a repeat (or a contradicting one) is a
+        duplicate. An event still pending or in flight may be confirmed too (the confirm
+        overtook our PUBACK, or the PUBACK was lost): central has it, so it counts as sent.
+        """
+        result = SettleResult()
+        if not verdicts:
+            return result
+        first: dict[str, bool] = {}
+        for event_id, accepted in verdicts:
+            if event_id in first:
+                result.duplicate += 1
+            else:
+                first[event_id] = accepted
+        now = time.time()
+        async with self._locked(durable=True):
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for event_id, accepted in first.items():
+                    state = STATE_CONFIRMED if accepted else STATE_REJECTED
+                    async with self._conn.execute(
+                        "UPDATE events SET state = ?, sent = coalesce(sent, ?)"
+                        " WHERE id = ? AND state < ? RETURNING device, seq",
+                        (state, now, event_id, STATE_CONFIRMED),
+                    ) as cur:
+                        row = await cur.fetchone()
+                    if row is not None:
+                        result.applied.append(Settled(event_id, str(row[0]), int(row[1]), state))
+                        continue
+                    async with self._conn.execute(
+                        "SELECT 1 FROM events WHERE id = ?", (event_id,)
+                    ) as cur:
+                        known = await cur.fetchone()
+                    if known is None:
+                        result.unknown += 1
+                    else:
+                        result.duplicate += 1
+                last: dict[str, int] = {}
+                for s in result.applied:
+                    last[s.device] = max(last.get(s.device, 0), s.seq)
+                await self._conn.executemany(
+                    "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?",
+                    [(seq, dev) for dev, seq in last.items()],
+                )
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._conn.execute("ROLLBACK")
+                raise
+        for s in result.applied:
+            self.transitions["confirmed" if s.state == STATE_CONFIRMED else "rejected"] += 1
+        return result
+
+    async def check_replay(self, device: str, from_seq: int, to_seq: int | None) -> ReplayRange:
+        """Validate a replay request against what is stored; see :func:`check_replay_range`."""
+        async with self._lock:
+            return await check_replay_range(self._conn, device, from_seq, to_seq)
+
+    async def replay_chunk(
+        self, device: str, from_seq: int, to_seq: int, limit: int
+    ) -> list[OutgoingEvent]:
+        """Delivered events of ``device`` with ``from_seq <= seq <= to_seq``, in seq order."""
+        async with self._lock:
+            return await replay_rows(self._conn, device, from_seq, to_seq, limit)
 
     async def set_device_status(self, device: str, status: str, detail: str, since: str) -> None:
         """Persist a device's state so ``edge-gateway status`` sees it from another process."""
@@ -388,6 +533,55 @@ class Buffer:
             with contextlib.suppress(sqlite3.Error):
                 await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._conn.close()
+
+
+async def check_replay_range(
+    conn: aiosqlite.Connection, device: str, from_seq: int, to_seq: int | None
+) -> ReplayRange:
+    """Is every seq of the range still here? ``to_seq`` None means up to the last stored one.
+
+    Shared with ``edge-gateway replay``, which reads the file of a daemon that may be running.
+    """
+    async with conn.execute("SELECT last_seq FROM devices WHERE device = ?", (device,)) as cur:
+        row = await cur.fetchone()
+    if row is None or int(row[0]) == 0:
+        return ReplayRange(device, from_seq, to_seq or 0, error=f"unknown device {device!r}")
+    last = int(row[0])
+    end = last if to_seq is None else to_seq
+    found = ReplayRange(device, from_seq, end)
+    if from_seq < 1 or end < from_seq:
+        found.error = f"bad range {from_seq}..{end}"
+    elif end > last:
+        found.error = f"to_seq {end} is beyond the last stored seq {last}"
+    if found.error:
+        return found
+    async with conn.execute(
+        "SELECT count(*), coalesce(sum(state < 2), 0), min(seq) FROM events"
+        " WHERE device = ? AND seq BETWEEN ? AND ?",
+        (device, from_seq, end),
+    ) as cur:
+        row = await cur.fetchone()
+    held, unsent, oldest = (int(row[0]), int(row[1]), row[2]) if row else (0, 0, None)
+    if held < end - from_seq + 1:
+        where = f"oldest retained in range is {oldest}" if oldest is not None else "none retained"
+        found.error = f"range {from_seq}..{end} is no longer fully retained ({where})"
+    found.unsent = unsent
+    return found
+
+
+async def replay_rows(
+    conn: aiosqlite.Connection, device: str, from_seq: int, to_seq: int, limit: int
+) -> list[OutgoingEvent]:
+    """Rows already delivered once (sent, confirmed or rejected) in a seq range, seq order."""
+    async with conn.execute(
+        "SELECT rowid, id, device, seq, payload FROM events WHERE device = ?"
+        " AND seq BETWEEN ? AND ? AND state >= ? ORDER BY seq LIMIT ?",
+        (device, from_seq, to_seq, STATE_SENT, limit),
+    ) as cur:
+        return [
+            OutgoingEvent(int(r), str(i), str(d), int(s), bytes(p), backlog=True)
+            async for r, i, d, s, p in cur
+        ]
 
 
 def _translate(exc: Exception) -> Exception:

@@ -5,6 +5,12 @@ wait for the broker's PUBACK (reported by the publisher after the event is marke
 does not come within ``confirm_timeout`` they get pending feedback instead, the event stays
 buffered and will still be delivered, and no good feedback follows later (the worker has moved
 on; a late beep would confuse the next scan).
+
+``accepted`` devices wait for central's verdict on ``{root}/confirm``: ``accepted`` gives good
+feedback, ``rejected`` bad (the reason is logged). A verdict also settles a ``delivered`` waiter
+(central having the event implies the broker had it). Each waiter fires once: a repeated
+confirm, or one arriving after the timeout, is recorded in the buffer but gives no feedback.
+See docs/confirmation.md.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ FeedbackFn = Callable[[str, Outcome], Coroutine[Any, Any, None]]
 @dataclass(slots=True)
 class _Waiter:
     device: str
+    level: str
     started: float
     timer: asyncio.TimerHandle
 
@@ -49,7 +56,7 @@ class Confirmations:
             return
         loop = asyncio.get_running_loop()
         timer = loop.call_later(device.confirm_timeout, self._timed_out, event.id)
-        self._waiting[event.id] = _Waiter(device.id, captured, timer)
+        self._waiting[event.id] = _Waiter(device.id, device.confirm, captured, timer)
 
     def refused(self, device: str) -> None:
         """The buffer refused the event: the worker must scan again later."""
@@ -58,10 +65,24 @@ class Confirmations:
     def delivered(self, event_ids: Iterable[str]) -> None:
         """The broker acknowledged these events."""
         for event_id in event_ids:
-            waiter = self._waiting.pop(event_id, None)
-            if waiter is not None:
+            waiter = self._waiting.get(event_id)
+            if waiter is not None and waiter.level == "delivered":
+                del self._waiting[event_id]
                 waiter.timer.cancel()
                 self._give(waiter.device, Outcome.GOOD, waiter.started)
+
+    def settled(self, event_id: str, device: str, *, accepted: bool, reason: str | None) -> None:
+        """Central's verdict, already recorded in the buffer: feedback if someone still waits."""
+        if not accepted:
+            log.warning("event_rejected", device=device, id=event_id, reason=reason)
+        waiter = self._waiting.pop(event_id, None)
+        if waiter is None:
+            return
+        waiter.timer.cancel()
+        if accepted:
+            self._give(waiter.device, Outcome.GOOD, waiter.started)
+        else:
+            self._give(waiter.device, Outcome.BAD, None)
 
     @property
     def waiting(self) -> int:

@@ -21,8 +21,10 @@ from drivers.backoff import Backoff
 from drivers.base import DeviceConfig, Driver, Outcome, StatusFn
 from gateway.confirmations import Confirmations
 from gateway.events import rfc3339_now
+from gateway.inbound import Inbound
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
+from gateway.replay import ReplayWorker
 from gateway.sdnotify import notify
 from gateway.settings import Settings
 from gateway.topics import Topics
@@ -30,6 +32,9 @@ from gateway.topics import Topics
 log = structlog.get_logger(__name__)
 
 PRUNE_INTERVAL_S = 60.0
+CHECKPOINT_TICK_S = 0.25
+"""How soon a change of state (connect, drain start or end) reaches the checkpoint."""
+TICKS_PER_S = 4
 
 
 class Gateway:
@@ -45,22 +50,48 @@ class Gateway:
         """Run until ``stop`` is set, then shut down within the configured bound."""
         s = self.settings
         self.buffer = await Buffer.open(
-            s.database_path, max_bytes=s.buffer.max_bytes, batch_max=s.buffer.batch_max
+            s.database_path,
+            max_bytes=s.buffer.max_bytes,
+            batch_max=s.buffer.batch_max,
+            keep_unconfirmed=frozenset(d.id for d in s.devices if d.confirm == "accepted"),
         )
         self.confirmations = Confirmations(self._feedback)
         self.pipeline = Pipeline(
             self.buffer, self.confirmations, site=s.gateway.site, gateway_id=s.gateway.id
         )
+        topics = Topics(s.topic_root)
         self.publisher = Publisher(
             s.mqtt,
             self.buffer,
-            Topics(s.topic_root),
+            topics,
             client_id=s.mqtt.client_id or f"edge-gateway-{s.gateway.site}-{s.gateway.id}",
             on_delivered=lambda batch: self.confirmations.delivered(e.id for e in batch),
+            on_message=self._on_message,
+            subscriptions=(topics.confirm, topics.cmd_replay),
+        )
+        self.replays = ReplayWorker(
+            self.buffer,
+            topics,
+            send=self.publisher.publish,
+            connected=self.publisher.connected.wait,
+            answer=lambda body: self.publisher.publish_soon(topics.cmd_result, body),
+            rate=s.mqtt.replay_rate,
+        )
+        self.inbound = Inbound(
+            self.buffer,
+            self.confirmations,
+            topics,
+            self.replays,
+            answer=lambda body: self.publisher.publish_soon(topics.cmd_result, body),
         )
         publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
         driver_tasks = [self._start_driver(device) for device in s.devices]
         housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        helpers = [
+            asyncio.create_task(self.inbound.run(), name="inbound"),
+            asyncio.create_task(self.replays.run(), name="replays"),
+        ]
+        self._helpers = helpers
         if not s.devices:
             log.warning("no_devices_configured", config=str(s.source_path))
         notify("READY=1", f"STATUS=running with {len(driver_tasks)} devices")
@@ -82,6 +113,9 @@ class Gateway:
         log.info("gateway_stopped")
         if failure is not None:
             raise failure
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.inbound.handle(topic, payload)
 
     def _start_driver(self, device: DeviceConfig) -> asyncio.Task[None]:
         cls = registry.driver_class(device.driver)
@@ -143,23 +177,34 @@ class Gateway:
         s = self.settings
         watchdog = "WATCHDOG_USEC" in os.environ
         tick = 0
+        last_checkpoint = 0.0
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(CHECKPOINT_TICK_S)
             tick += 1
-            if watchdog and self.buffer.healthy:
+            if watchdog and self.buffer.healthy and tick % TICKS_PER_S == 0:
                 notify("WATCHDOG=1")
-            if tick % max(1, round(s.mqtt.checkpoint_interval)) == 0:
-                await self.publish_checkpoint()
-            if tick % int(PRUNE_INTERVAL_S) == 0:
+            due = loop.time() - last_checkpoint >= s.mqtt.checkpoint_interval
+            if due or self.publisher.changed.is_set():
+                self.publisher.changed.clear()
+                if await self.publish_checkpoint():
+                    last_checkpoint = loop.time()
+            if tick % int(PRUNE_INTERVAL_S * TICKS_PER_S) == 0:
                 pruned = await self.buffer.prune(s.buffer.retention)
                 if pruned:
                     log.info("buffer_pruned", events=pruned)
 
-    async def publish_checkpoint(self) -> None:
-        """Retained per-device parity figures for central consumers."""
+    async def publish_checkpoint(self) -> bool:
+        """Retained per-device parity figures for central consumers; False if not connected.
+
+        ``last_sent_seq`` is the highest seq the broker acknowledged; every seq up to it was
+        delivered unless ``pending`` says some still wait (a live-first drain, ``draining``).
+        """
         stats = await self.buffer.stats()
         body = {
             "time": rfc3339_now(),
+            "gateway": self.settings.gateway.id,
+            "site": self.settings.gateway.site,
             "draining": self.publisher.draining,
             "devices": {
                 name: {
@@ -171,7 +216,7 @@ class Gateway:
                 for name, d in stats.devices.items()
             },
         }
-        await self.publisher.publish_checkpoint(body)
+        return await self.publisher.publish_checkpoint(body)
 
     async def _shutdown(
         self,
@@ -180,6 +225,9 @@ class Gateway:
         housekeeping: asyncio.Task[None],
     ) -> None:
         housekeeping.cancel()
+        for task in self._helpers:
+            task.cancel()
+        await asyncio.gather(*self._helpers, return_exceptions=True)
         for task in driver_tasks:
             task.cancel()
         await asyncio.gather(*driver_tasks, housekeeping, return_exceptions=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 SPECVERSION = "1.0"
 _HISTORICAL_SUFFIX = b',"historical":true}'
+_REPLAYED_SUFFIX = b',"historical":true,"replayed":true}'
 
 
 def uuid7() -> str:
@@ -60,3 +61,8 @@ def render_event(
 def mark_historical(payload: bytes) -> bytes:
     """Flag a backlog event that live events overtook, without re-parsing the stored payload."""
     return payload[:-1] + _HISTORICAL_SUFFIX
+
+
+def mark_replayed(payload: bytes) -> bytes:
+    """Flag a replayed event: historical (DESIGN section 5) and ``replayed`` (cmd/replay)."""
+    return payload[:-1] + _REPLAYED_SUFFIX

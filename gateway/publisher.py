@@ -5,6 +5,11 @@ and marked sent only after its PUBACK. When the connection drops, aiomqtt's pend
 would each wait out their whole timeout and a publish that raised may still have reached the
 broker; so on any failure the session is torn down, everything unacknowledged is released back
 to pending, and it is sent again (same id, same seq) on the next connection.
+
+It also receives: after each connect it subscribes (QoS 1) to the topics it is given, only under
+this gateway's root, and hands every message to ``on_message`` (see gateway/inbound.py). The
+session is persistent (``clean_session`` off) so a confirm central sends while we reconnect is
+queued by the broker instead of lost.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any
 
 import aiomqtt
@@ -32,7 +37,15 @@ LIVE_FIRST_BACKLOG = 1000
 """A backlog larger than this (over a second of publishing) lets live events overtake it; a
 smaller one simply goes first, so short outages keep strict per-device seq order."""
 
+MAX_QUEUED_INCOMING = 10_000
+"""Received messages aiomqtt may hold before we read them; a flood beyond it is dropped."""
+
 DeliveredFn = Callable[[Sequence[OutgoingEvent]], None]
+MessageFn = Callable[[str, bytes], None]
+
+
+class NotConnectedError(ConnectionError):
+    """A publish could not be made or got no PUBACK: the connection is down or went down."""
 
 
 class Publisher:
@@ -46,12 +59,16 @@ class Publisher:
         *,
         client_id: str,
         on_delivered: DeliveredFn,
+        on_message: MessageFn | None = None,
+        subscriptions: Sequence[str] = (),
     ) -> None:
         self._mqtt = mqtt
         self._buffer = buffer
         self._topics = topics
         self._client_id = client_id
         self._on_delivered = on_delivered
+        self._on_message = on_message
+        self._subscriptions = tuple(subscriptions)
         self._client: aiomqtt.Client | None = None
         self._device_status: dict[str, dict[str, Any]] = {}
         self._in_flight: dict[int, OutgoingEvent] = {}
@@ -61,11 +78,14 @@ class Publisher:
         self._publish_failed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._marking: set[asyncio.Future[None]] = set()
+        self._answers: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._since = rfc3339_now()
         self.connected = asyncio.Event()
         self.draining = False
         self.reconnects = 0
+        self.changed = asyncio.Event()
+        """Set on connect and when a drain starts or ends: the checkpoint is then republished."""
 
     # --- connection management -------------------------------------------------------------
 
@@ -93,6 +113,8 @@ class Publisher:
             will=aiomqtt.Will(self._topics.status, self._status_payload("offline"), 1, True),
             max_inflight_messages=mqtt.max_inflight,
             timeout=mqtt.publish_timeout,
+            clean_session=not self._subscriptions,
+            max_queued_incoming_messages=MAX_QUEUED_INCOMING,
             tls_context=tls_context,
             tls_insecure=mqtt.tls.insecure if mqtt.tls else None,
         )
@@ -130,8 +152,11 @@ class Publisher:
         await client.publish(self._topics.status, self._status_payload("online"), 1, retain=True)
         for device, payload in list(self._device_status.items()):
             await self._publish_json(client, self._topics.device_status(device), payload)
+        for topic in self._subscriptions:
+            await client.subscribe(topic, qos=1)
         log.info("mqtt_connected", host=self._mqtt.host, port=self._mqtt.port)
         self.connected.set()
+        self.changed.set()
         self._publish_failed.clear()
         pump = asyncio.create_task(self._pump(client), name="publisher-pump")
         tasks = [
@@ -156,9 +181,17 @@ class Publisher:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch_connection(self, client: aiomqtt.Client) -> None:
-        """Iterating messages is aiomqtt's way of noticing a lost connection at once."""
-        async for _message in client.messages:
-            pass  # confirm/cmd subscriptions are handled by later features
+        """Hand received messages on; iterating them is also how aiomqtt notices a lost link."""
+        async for message in client.messages:
+            if self._on_message is None:
+                continue
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = b"" if payload is None else str(payload).encode()
+            try:
+                self._on_message(message.topic.value, bytes(payload))
+            except Exception:
+                log.exception("message_handler_failed", topic=message.topic.value[:200])
 
     async def _finish(self, client: aiomqtt.Client) -> None:
         """Graceful stop: let in-flight publishes get their PUBACK, then say offline."""
@@ -172,9 +205,9 @@ class Publisher:
 
     async def _settle(self) -> None:
         """After a session: record the acks we have, release the rest to pending."""
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._answers]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._marking, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._answers, *self._marking, return_exceptions=True)
         await self._flush_acks()
         leftovers = list(self._in_flight.values())
         self._in_flight.clear()
@@ -192,12 +225,14 @@ class Publisher:
         self.draining = backlog > LIVE_FIRST_BACKLOG
         if self.draining:
             log.info("backlog_drain_started", events=backlog)
+            self.changed.set()
         overtaken = False
         limit = self._mqtt.max_inflight
         while True:
             if self.draining and not await self._buffer.unsent_count(live_after):
                 self.draining = False
                 log.info("backlog_drain_finished")
+                self.changed.set()
             free = limit - len(self._in_flight)
             if free <= 0:
                 self._slot_freed.clear()
@@ -283,6 +318,91 @@ class Publisher:
         except aiomqtt.MqttError:
             return False
         return True
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """QoS 1 publish on the current session; returns after its PUBACK.
+
+        Raises NotConnectedError when there is no session or it broke meanwhile: the caller
+        decides whether to wait for :attr:`connected` and try again.
+        """
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise NotConnectedError("not connected to the broker")
+        try:
+            await client.publish(topic, payload, 1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            raise NotConnectedError(str(exc)) from exc
+
+    def publish_soon(self, topic: str, payload: bytes) -> None:
+        """Fire-and-forget publish (command answers): dropped, not retried, if disconnected."""
+
+        async def send() -> None:
+            with contextlib.suppress(NotConnectedError):
+                await self.publish(topic, payload)
+
+        task = asyncio.create_task(send())
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+
+async def publish_oneshot(
+    mqtt: MqttSection,
+    *,
+    client_id: str,
+    messages: AsyncIterable[tuple[str, bytes]],
+    window: int = 10,
+) -> int:
+    """Connect, publish every message QoS 1 (``window`` awaiting PUBACK at once), disconnect.
+
+    For ``edge-gateway replay``: its own client id, so the daemon's session is not taken over.
+    Returns how many got their PUBACK; raises NotConnectedError if the broker is unreachable or
+    the connection breaks (some messages may then have been published: they are replays, and
+    consumers deduplicate).
+    """
+    tls_context: ssl.SSLContext | None = None
+    if mqtt.tls is not None:
+        tls_context = ssl.create_default_context(
+            cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
+        )
+        if mqtt.tls.cert_file and mqtt.tls.key_file:
+            tls_context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
+        if mqtt.tls.insecure:
+            tls_context.check_hostname = False
+    count = 0
+    try:
+        async with aiomqtt.Client(
+            mqtt.host,
+            mqtt.port,
+            identifier=client_id,
+            username=mqtt.username,
+            password=mqtt.password(),
+            keepalive=mqtt.keepalive,
+            timeout=mqtt.publish_timeout,
+            max_inflight_messages=window,
+            tls_context=tls_context,
+            tls_insecure=mqtt.tls.insecure if mqtt.tls else None,
+        ) as client:
+            pending: set[asyncio.Task[None]] = set()
+            try:
+                async for topic, payload in messages:
+                    if len(pending) >= window:
+                        done, pending = await asyncio.wait(
+                            pending, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        for task in done:
+                            task.result()
+                            count += 1
+                    pending.add(asyncio.create_task(client.publish(topic, payload, 1)))
+                await asyncio.gather(*pending)
+                count += len(pending)
+                pending.clear()
+            finally:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+    except aiomqtt.MqttError as exc:
+        raise NotConnectedError(str(exc)) from exc
+    return count
 
 
 async def _first_of(*aws: Any, timeout: float) -> None:  # noqa: ANN401

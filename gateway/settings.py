@@ -197,6 +197,9 @@ class MqttSection(BaseModel):
     checkpoint_interval: Duration = Field(
         default=30.0, gt=0, description="period of the retained checkpoint message"
     )
+    replay_rate: float = Field(
+        default=500.0, gt=0, le=100_000, description="events/s a replay may publish"
+    )
 
     _password: SecretStr | None = PrivateAttr(default=None)
 

@@ -1,0 +1,119 @@
+"""Scan -> good feedback latency at each confirmation level, under background load.
+
+A pty scanner types one code at a time and waits for the good-read bytes on the pty; meanwhile
+a background emitter stores ~``--load`` scans/s on other devices of the same gateway, which go
+through the same buffer, publisher and (for ``accepted``) the reference central consumer. The
+``accepted`` run confirms through ``simulators.central`` (confirms batched per loop turn).
+Prints one JSON object.
+
+    .venv/bin/python -m bench.confirm_latency [--scans 300] [--load 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from drivers.base import DeviceConfig, DeviceEvent
+from gateway.daemon import Gateway
+from simulators.broker import MosquittoBroker
+from simulators.central import CentralCollector
+from simulators.scanner import ScannerSimulator
+from tests.support import running_gateway, scanner_device, write_config
+
+
+async def background(gw: Gateway, rate: float, stop: asyncio.Event) -> int:
+    """Emit ``rate`` scans/s on four other devices through the real pipeline."""
+    devices = [DeviceConfig(id=f"bg-{n}", driver="bench", confirm="stored") for n in range(4)]
+    emitters = [gw.pipeline.emitter(d) for d in devices]
+    sent, t0 = 0, time.monotonic()
+    while not stop.is_set():
+        due = int((time.monotonic() - t0) * rate)
+        batch = [
+            emitters[i % 4](DeviceEvent("warehouse.barcode.scanned.v1", {"code": f"BG{i:08d}"}))
+            for i in range(sent, due)
+        ]
+        sent = due
+        if batch:
+            await asyncio.gather(*batch)
+        await asyncio.sleep(0.01)
+    return sent
+
+
+async def latency(
+    root: Path, broker: MosquittoBroker, scans: int, confirm: str, load: float
+) -> dict:
+    async with ScannerSimulator(root / f"scanner-{confirm}") as sim:
+        config = write_config(
+            root / f"{confirm}.toml",
+            mqtt_port=broker.port,
+            state_dir=root / f"state-{confirm}",
+            devices=[
+                scanner_device(
+                    "dock-1", sim.link, confirm=confirm, feedback="custom", feedback_good="G"
+                )
+            ],
+        )
+        central = CentralCollector(
+            broker.host, broker.port, client_id=f"bench-{confirm}", confirm=True
+        )
+        central_task = asyncio.create_task(central.run())
+        await central.connected.wait()
+        async with running_gateway(config) as gw:
+            await sim.wait_opened(timeout=20)
+            await gw.publisher.connected.wait()
+            stop = asyncio.Event()
+            bg = asyncio.create_task(background(gw, load, stop))
+            await asyncio.sleep(0.5)
+            samples = []
+            t0 = time.monotonic()
+            for i in range(scans):
+                before = len(sim.feedback_bytes())
+                sent_at = time.monotonic()
+                await sim.type_code(f"LAT{i:06d}", aim="")
+                await sim.wait_feedback(lambda b, n=before: len(b) > n, timeout=5)
+                samples.append((sim.feedback[-1][0] - sent_at) * 1000)
+                await asyncio.sleep(0.005)
+            elapsed = time.monotonic() - t0
+            stop.set()
+            background_sent = await bg
+        central_task.cancel()
+        await asyncio.gather(central_task, return_exceptions=True)
+    samples.sort()
+    return {
+        "confirm": confirm,
+        "scans": scans,
+        "background_per_s": round(background_sent / (elapsed + 0.5)),
+        "p50_ms": round(statistics.median(samples), 3),
+        "p99_ms": round(samples[max(0, int(len(samples) * 0.99) - 1)], 3),
+        "max_ms": round(samples[-1], 3),
+    }
+
+
+async def main(scans: int, load: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        broker = MosquittoBroker(root / "broker")
+        broker.start()
+        try:
+            result = {
+                level: await latency(root, broker, scans, level, load)
+                for level in ("stored", "delivered", "accepted")
+            }
+        finally:
+            broker.stop()
+    result["targets_p99_ms"] = {"stored": 5, "delivered": 10, "accepted": 25}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scans", type=int, default=300)
+    parser.add_argument("--load", type=float, default=500.0)
+    args = parser.parse_args()
+    asyncio.run(main(args.scans, args.load))

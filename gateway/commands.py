@@ -1,0 +1,125 @@
+"""Untrusted input from central: ``{root}/confirm`` and ``{root}/cmd/*`` payloads (DESIGN 6).
+
+Anyone with publish rights on the broker can write there, so every payload is size-bounded,
+parsed as JSON, and validated against a strict model (unknown keys, wrong types and oversize
+lists are errors). Nothing here raises anything but :class:`InvalidMessageError`, whose text
+is safe to log and to echo in a ``cmd/result``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from drivers.base import DEVICE_ID_PATTERN
+
+MAX_PAYLOAD = 64 * 1024
+"""Largest confirm or cmd payload accepted; a list of 1,000 UUID confirms is about 60 KiB."""
+MAX_CONFIRMS = 1000
+MAX_REPLAY_SPAN = 1_000_000
+MAX_REQUEST_ID = 128
+
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID)] | int
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class InvalidMessageError(ValueError):
+    """A payload we refuse; the message says why, briefly, without echoing the payload."""
+
+
+class Confirm(BaseModel):
+    """One verdict from central on one event."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    id: EventId
+    status: Literal["accepted", "rejected"]
+    reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+
+class ReplayCommand(BaseModel):
+    """Re-publish ``device``'s events ``from_seq..to_seq`` (to the last stored one if absent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    request_id: RequestId
+    device: Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
+    from_seq: int = Field(ge=1, le=2**62)
+    to_seq: int | None = Field(default=None, ge=1, le=2**62)
+
+    def span_error(self) -> str | None:
+        """Range problems pydantic cannot express field by field."""
+        if self.to_seq is None:
+            return None
+        if self.to_seq < self.from_seq:
+            return f"to_seq {self.to_seq} is before from_seq {self.from_seq}"
+        if self.to_seq - self.from_seq + 1 > MAX_REPLAY_SPAN:
+            return f"range longer than {MAX_REPLAY_SPAN} events; split the request"
+        return None
+
+
+def _load(payload: bytes) -> Any:  # noqa: ANN401 - whatever JSON the sender wrote
+    if len(payload) > MAX_PAYLOAD:
+        raise InvalidMessageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        raise InvalidMessageError("payload is not JSON (UTF-8)") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(message)"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def parse_confirms(payload: bytes) -> list[Confirm]:
+    """One confirm object or a non-empty list of at most ``MAX_CONFIRMS`` of them."""
+    body = _load(payload)
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise InvalidMessageError("empty confirm list")
+    if len(items) > MAX_CONFIRMS:
+        raise InvalidMessageError(f"{len(items)} confirms in one message, at most {MAX_CONFIRMS}")
+    try:
+        return [Confirm.model_validate(item) for item in items]
+    except ValidationError as exc:
+        raise InvalidMessageError(_describe(exc)) from None
+
+
+def parse_replay(payload: bytes) -> ReplayCommand:
+    """A validated replay command, or InvalidMessageError."""
+    try:
+        command = ReplayCommand.model_validate(_load(payload))
+    except ValidationError as exc:
+        raise InvalidMessageError(_describe(exc)) from None
+    problem = command.span_error()
+    if problem:
+        raise InvalidMessageError(problem)
+    return command
+
+
+def request_id_of(payload: bytes) -> str | int | None:
+    """The request id of a command we refuse, when one can be read, to echo in the answer."""
+    if len(payload) > MAX_PAYLOAD:
+        return None
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    rid = body.get("request_id")
+    if isinstance(rid, bool):
+        return None
+    if isinstance(rid, int) or (isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID):
+        return rid
+    return None
+
+
+def result_payload(request_id: str | int | None, *, ok: bool, **fields: Any) -> bytes:  # noqa: ANN401
+    """A ``cmd/result`` body: ``{"request_id", "ok", ...}``."""
+    return json.dumps({"request_id": request_id, "ok": ok, **fields}).encode()

@@ -1,0 +1,125 @@
+"""Validation of what central sends: confirms and replay commands are untrusted input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+
+import pytest
+
+from gateway.commands import (
+    MAX_CONFIRMS,
+    MAX_PAYLOAD,
+    InvalidMessageError,
+    parse_confirms,
+    parse_replay,
+    request_id_of,
+    result_payload,
+)
+from gateway.events import mark_historical, mark_replayed, render_event
+
+
+def test_one_confirm_or_a_list() -> None:
+    """DESIGN 6: one object or a JSON list of them; reason optional."""
+    one = parse_confirms(b'{"id": "a", "status": "accepted"}')
+    assert [(c.id, c.status) for c in one] == [("a", "accepted")]
+    many = parse_confirms(
+        json.dumps(
+            [{"id": "a", "status": "accepted"}, {"id": "b", "status": "rejected", "reason": "x"}]
+        ).encode()
+    )
+    assert [c.status for c in many] == ["accepted", "rejected"]
+    assert many[1].reason == "x"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xff\xfe",
+        b"null",
+        b"[]",
+        b'"accepted"',
+        b'{"id": "a"}',
+        b'{"id": "a", "status": "maybe"}',
+        b'{"id": 7, "status": "accepted"}',
+        b'{"id": "a", "status": "accepted", "extra": 1}',
+        b'{"id": "", "status": "accepted"}',
+        b"[" * 100_000,
+        json.dumps({"id": "a" * 200, "status": "accepted"}).encode(),
+    ],
+)
+def test_bad_confirms_are_refused_not_raised(payload: bytes) -> None:
+    """Every malformed confirm becomes InvalidMessageError, whatever the bytes."""
+    with pytest.raises(InvalidMessageError):
+        parse_confirms(payload)
+
+
+def test_confirm_size_and_list_bounds() -> None:
+    """Payloads over 64 KiB and lists over MAX_CONFIRMS are refused before validation."""
+    with pytest.raises(InvalidMessageError, match="exceeds"):
+        parse_confirms(b" " * (MAX_PAYLOAD + 1))
+    items = [{"id": str(i), "status": "accepted"} for i in range(MAX_CONFIRMS + 1)]
+    with pytest.raises(InvalidMessageError, match="at most"):
+        parse_confirms(json.dumps(items, separators=(",", ":")).encode())
+
+
+def test_replay_command_validation() -> None:
+    """Strict types, a valid device id, a sane range; to_seq may be omitted."""
+    cmd = parse_replay(b'{"request_id": "r1", "device": "dock-1", "from_seq": 3, "to_seq": 9}')
+    assert (cmd.request_id, cmd.device, cmd.from_seq, cmd.to_seq) == ("r1", "dock-1", 3, 9)
+    assert parse_replay(b'{"request_id": 5, "device": "d", "from_seq": 1}').to_seq is None
+    for bad in (
+        b'{"request_id": "r", "device": "d", "from_seq": 0}',
+        b'{"request_id": "r", "device": "d", "from_seq": "1"}',
+        b'{"request_id": "r", "device": "a/b", "from_seq": 1}',
+        b'{"request_id": "r", "device": "d", "from_seq": 5, "to_seq": 4}',
+        b'{"request_id": "r", "device": "d", "from_seq": 1, "to_seq": 99999999}',
+        b'{"request_id": true, "device": "d", "from_seq": 1}',
+        b'{"device": "d", "from_seq": 1}',
+        b'{"request_id": "r", "device": "d", "from_seq": 1, "x": 1}',
+    ):
+        with pytest.raises(InvalidMessageError):
+            parse_replay(bad)
+
+
+def test_request_id_is_echoed_only_when_readable() -> None:
+    """A refused command is answered with its request_id when one can be read, else not."""
+    assert request_id_of(b'{"request_id": "abc", "device": 1}') == "abc"
+    assert request_id_of(b'{"request_id": 42}') == 42
+    assert request_id_of(b'{"request_id": true}') is None
+    assert request_id_of(b'{"request_id": "' + b"x" * 500 + b'"}') is None
+    assert request_id_of(b"garbage") is None
+    assert request_id_of(b"[1]") is None
+    assert json.loads(result_payload("r", ok=False, detail="d")) == {
+        "request_id": "r",
+        "ok": False,
+        "detail": "d",
+    }
+
+
+def test_random_bytes_never_raise_anything_else() -> None:
+    """Fuzz: random payloads only ever produce InvalidMessageError (or a valid parse)."""
+    rng = random.Random(5)
+    for _ in range(2000):
+        payload = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+        for parse in (parse_confirms, parse_replay):
+            with contextlib.suppress(InvalidMessageError):
+                parse(payload)
+        request_id_of(payload)
+
+
+def test_replayed_marker_is_valid_json_and_keeps_id_and_seq() -> None:
+    """A replay carries the stored id and seq, plus historical and replayed flags."""
+    stored = render_event(
+        event_id="e1",
+        source="/s/g/d",
+        type_="t",
+        time_="2026-01-01T00:00:00.000000Z",
+        seq=7,
+        data={},
+    )
+    body = json.loads(mark_replayed(stored))
+    assert (body["id"], body["seq"], body["historical"], body["replayed"]) == ("e1", 7, True, True)
+    assert json.loads(mark_historical(stored))["historical"] is True
