@@ -59,6 +59,9 @@ class MosquittoBroker:
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 100\n"
+            # Mosquitto leaves Nagle on by default: small QoS 1 messages to subscribers (and
+            # PUBACKs) then wait for delayed ACKs, tens of milliseconds on loopback.
+            "set_tcp_nodelay true\n"
             "log_dest stderr\n"
             # As root, Mosquitto would drop to the "mosquitto" user and then fail to write its
             # persistence file here: stay as whoever runs the tests.
