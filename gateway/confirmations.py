@@ -46,6 +46,7 @@ class Confirmations:
         self._waiting: dict[str, _Waiter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.latencies: list[float] = []
+        self.latencies_total = 0
         """Seconds from capture to good feedback, most recent last (bounded)."""
         self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
 
@@ -99,6 +100,7 @@ class Confirmations:
         self.outcomes[outcome.value] += 1
         if captured is not None:
             self.latencies.append(time.monotonic() - captured)
+            self.latencies_total += 1
             if len(self.latencies) > 10_000:
                 del self.latencies[:5_000]
         task = asyncio.create_task(self._feedback(device, outcome))

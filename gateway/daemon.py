@@ -22,6 +22,7 @@ from drivers.base import DeviceConfig, Driver, Outcome, StatusFn
 from gateway.confirmations import Confirmations
 from gateway.events import rfc3339_now
 from gateway.inbound import Inbound
+from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.replay import ReplayWorker
@@ -84,6 +85,7 @@ class Gateway:
             self.replays,
             answer=lambda body: self.publisher.publish_soon(topics.cmd_result, body),
         )
+        self.metrics = self._start_metrics()
         publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
         driver_tasks = [self._start_driver(device) for device in s.devices]
         housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
@@ -113,6 +115,35 @@ class Gateway:
         log.info("gateway_stopped")
         if failure is not None:
             raise failure
+
+    def _start_metrics(self) -> GatewayMetrics | None:
+        """The Prometheus endpoint, if configured; a busy port is logged, never fatal."""
+        listen = self.settings.metrics.listen
+        if listen is None:
+            return None
+        metrics = GatewayMetrics()
+        try:
+            metrics.serve(listen)
+        except OSError as exc:
+            log.error("metrics_unavailable", listen=listen, error=str(exc))
+            return None
+        log.info("metrics_serving", listen=listen)
+        return metrics
+
+    async def _sample_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.sample(
+            stats=await self.buffer.stats(),
+            transitions=self.buffer.transitions,
+            device_states=self.device_states,
+            connected=self.publisher.connected.is_set(),
+            reconnects=self.publisher.reconnects,
+            outcomes=self.confirmations.outcomes,
+            latencies_total=self.confirmations.latencies_total,
+            latencies=self.confirmations.latencies,
+            inbound=self.inbound.counters,
+        )
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.inbound.handle(topic, payload)
@@ -184,6 +215,8 @@ class Gateway:
             tick += 1
             if watchdog and self.buffer.healthy and tick % TICKS_PER_S == 0:
                 notify("WATCHDOG=1")
+            if tick % TICKS_PER_S == 0:
+                await self._sample_metrics()
             due = loop.time() - last_checkpoint >= s.mqtt.checkpoint_interval
             if due or self.publisher.changed.is_set():
                 self.publisher.changed.clear()
@@ -240,3 +273,5 @@ class Gateway:
         await asyncio.gather(publisher_task, return_exceptions=True)
         await self.confirmations.close()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.metrics is not None:
+            self.metrics.close()

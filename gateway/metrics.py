@@ -58,6 +58,12 @@ class GatewayMetrics:
         self.feedback = Counter(
             "edge_gateway_feedback", "Worker feedback given, by outcome", ["outcome"], registry=r
         )
+        self.inbound = Counter(
+            "edge_gateway_inbound_messages",
+            "Confirm and cmd messages by outcome (accepted, invalid, foreign, duplicate, ...)",
+            ["result"],
+            registry=r,
+        )
         self.feedback_latency = Histogram(
             "edge_gateway_feedback_latency_seconds",
             "Capture to good feedback",
@@ -80,12 +86,15 @@ class GatewayMetrics:
         outcomes: Mapping[str, int],
         latencies_total: int,
         latencies: Sequence[float],
+        inbound: Mapping[str, int] | None = None,
     ) -> None:
         """Bring every series up to date with the gateway's own counters."""
         for name, value in transitions.items():
             self._advance(self.transitions.labels(name), f"t:{name}", value)
         for name, value in outcomes.items():
             self._advance(self.feedback.labels(name), f"o:{name}", value)
+        for name, value in (inbound or {}).items():
+            self._advance(self.inbound.labels(name), f"i:{name}", value)
         for state, count in stats.by_state.items():
             self.buffer_events.labels(state).set(count)
         self.buffer_bytes.set(stats.payload_bytes)

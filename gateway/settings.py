@@ -246,7 +246,26 @@ class BufferSection(BaseModel):
     retention: Duration = Field(
         default=7 * 86400.0, gt=0, description="how long sent events are kept for replays"
     )
-    batch_max: int = Field(default=500, ge=1, le=10000, description="events per publish batch")
+    batch_max: int = Field(
+        default=500, ge=1, le=10000, description="most events committed in one transaction"
+    )
+
+
+def _listen_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f'expected "host:port", such as "127.0.0.1:9108", got {show_value(value)}')
+    return value
+
+
+class MetricsSection(BaseModel):
+    """``[metrics]``: the Prometheus endpoint, off unless ``listen`` is set."""
+
+    model_config = _SECTION
+
+    listen: Annotated[str, AfterValidator(_listen_address)] | None = Field(
+        default=None, description='address of /metrics, e.g. "127.0.0.1:9108"; unset means off'
+    )
 
 
 class LoggingSection(BaseModel):
@@ -267,6 +286,7 @@ class Settings(BaseModel):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     buffer: BufferSection = Field(default_factory=BufferSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     devices: tuple[SerializeAsAny[DeviceConfig], ...] = ()
     source_path: Path
 
@@ -297,6 +317,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "mqtt": MqttSection,
     "buffer": BufferSection,
     "logging": LoggingSection,
+    "metrics": MetricsSection,
 }
 _TOP_LEVEL = sorted([*_SECTIONS, "devices"])
 

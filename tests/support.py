@@ -49,6 +49,7 @@ def write_config(
     mqtt: dict[str, Any] | None = None,
     buffer: dict[str, Any] | None = None,
     gateway: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write a gateway TOML config the way a technician would."""
     sections: dict[str, dict[str, Any]] = {
@@ -68,6 +69,7 @@ def write_config(
         },
         "buffer": buffer or {},
         "logging": {"format": "json", "level": "info"},
+        "metrics": metrics or {},
     }
     lines: list[str] = []
     for name, body in sections.items():
