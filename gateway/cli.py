@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="re-publish a device's seq range from the buffer")
     for p in (run, check, status, replay):
         p.add_argument("--config", required=True, type=Path, metavar="PATH")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="machine-readable output")
+    shown.add_argument("--watch", action="store_true", help="live view, refreshed each second")
     replay.add_argument("--device", required=True, metavar="D")
     replay.add_argument("--from-seq", required=True, type=int, metavar="N")
     replay.add_argument("--to-seq", type=int, default=None, metavar="M")
@@ -97,14 +99,18 @@ def cmd_run(path: Path) -> int:
     return EXIT_OK
 
 
-def cmd_status(path: Path, *, as_json: bool) -> int:
+def cmd_status(path: Path, *, as_json: bool, watch: bool = False) -> int:
     """Buffer and device state, read from the buffer file whether or not the daemon runs."""
-    from gateway.status import show_status  # noqa: PLC0415
+    from gateway.status import show_status, watch_status  # noqa: PLC0415
 
     settings = _load(path)
     if settings is None:
         return EXIT_USAGE
     try:
+        if watch:
+            with contextlib.suppress(KeyboardInterrupt):
+                return asyncio.run(watch_status(settings))
+            return EXIT_OK
         return asyncio.run(show_status(settings, as_json=as_json))
     except Exception as exc:  # a locked or unreadable file is a runtime failure, not a crash
         print(f"edge-gateway status: {exc}", file=sys.stderr)
@@ -168,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return cmd_run(args.config)
     if args.command == "status":
-        return cmd_status(args.config, as_json=args.json)
+        return cmd_status(args.config, as_json=args.json, watch=args.watch)
     if args.command == "replay":
         return cmd_replay(args.config, args.device, args.from_seq, args.to_seq)
     return cmd_demo(args)

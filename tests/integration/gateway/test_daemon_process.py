@@ -7,6 +7,11 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
+from buffer.store import Buffer, NewEvent
+from gateway.settings import load_settings
+from gateway.status import watch_status
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
 from tests.support import GatewayProcess, cli, scanner_device, write_config
@@ -97,3 +102,32 @@ def test_status_without_a_buffer_yet_and_with_an_unusable_state_dir(tmp_path: Pa
     assert run.returncode == 1
     assert "Traceback" not in run.stdout + run.stderr
     assert "buffer_unusable" in run.stdout
+
+
+async def test_status_watch_shows_devices_and_newest_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The live view renders from the buffer file alone: device rows and the newest events."""
+    config = write_config(
+        tmp_path / "gw.toml", mqtt_port=1, state_dir=tmp_path / "state", devices=[]
+    )
+
+    buffer = await Buffer.open(tmp_path / "state" / "buffer.db", max_bytes=10**6)
+    for i in range(3):
+        body = f'{{"source":"/s/g/dock-9","seq":{i + 1},"data":{{"code":"W{i}"}}}}'.encode()
+        await buffer.append(NewEvent(f"id{i}", "dock-9", "t", "x", False, lambda _s, b=body: b))
+    await buffer.close()
+    assert await watch_status(load_settings(config), interval=0.01, frames=2) == 0
+    out = capsys.readouterr().out
+    assert "dock-9" in out
+    assert '"W2"' in out
+    assert "pending" in out
+
+
+def test_status_watch_cli_frame(tmp_path: Path) -> None:
+    """`status --watch` and `--json` together are a usage error (exit 2)."""
+    config = write_config(
+        tmp_path / "gw.toml", mqtt_port=1, state_dir=tmp_path / "state", devices=[]
+    )
+    both = cli("status", "--config", str(config), "--json", "--watch")
+    assert both.returncode == 2
