@@ -75,10 +75,12 @@ async def _run_until_signalled(settings: Settings) -> None:
     from gateway.daemon import Gateway  # noqa: PLC0415 - keeps check-config light
 
     stop = asyncio.Event()
+    gateway = Gateway(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Gateway(settings).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
+    await gateway.run(stop)
 
 
 def cmd_run(path: Path) -> int:

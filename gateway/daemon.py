@@ -25,9 +25,10 @@ from gateway.inbound import Inbound
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
+from gateway.reload import effective, plan_reload
 from gateway.replay import ReplayWorker
 from gateway.sdnotify import notify
-from gateway.settings import Settings
+from gateway.settings import ConfigError, Settings, load_settings
 from gateway.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,8 @@ class Gateway:
         self.device_states: dict[str, dict[str, Any]] = {}
         self.drivers: dict[str, Driver[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._driver_tasks: dict[str, asyncio.Task[None]] = {}
+        self._reload = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down within the configured bound."""
@@ -87,7 +90,7 @@ class Gateway:
         )
         self.metrics = self._start_metrics()
         publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
-        driver_tasks = [self._start_driver(device) for device in s.devices]
+        self._driver_tasks = {device.id: self._start_driver(device) for device in s.devices}
         housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
         helpers = [
             asyncio.create_task(self.inbound.run(), name="inbound"),
@@ -96,7 +99,8 @@ class Gateway:
         self._helpers = helpers
         if not s.devices:
             log.warning("no_devices_configured", config=str(s.source_path))
-        notify("READY=1", f"STATUS=running with {len(driver_tasks)} devices")
+        helpers.append(asyncio.create_task(self._reloader(), name="reloader"))
+        notify("READY=1", f"STATUS=running with {len(self._driver_tasks)} devices")
         log.info(
             "gateway_started", gateway=s.gateway.id, site=s.gateway.site, devices=len(s.devices)
         )
@@ -107,7 +111,7 @@ class Gateway:
         log.info("gateway_stopping")
         try:
             async with asyncio.timeout(s.gateway.shutdown_timeout):
-                await self._shutdown(driver_tasks, publisher_task, housekeeping)
+                await self._shutdown(publisher_task, housekeeping)
         except TimeoutError:
             log.warning("shutdown_timeout", bound_s=s.gateway.shutdown_timeout)
             publisher_task.cancel()
@@ -144,6 +148,64 @@ class Gateway:
             latencies=self.confirmations.latencies,
             inbound=self.inbound.counters,
         )
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file (applied by the reloader task)."""
+        self._reload.set()
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Apply a changed config without losing a buffered or in-flight event.
+
+        An invalid file is rejected with its errors logged, and the running config is kept.
+        """
+        notify("RELOADING=1")
+        try:
+            new = load_settings(self.settings.source_path)
+        except ConfigError as exc:
+            log.error("config_reload_rejected", errors=exc.errors)
+            notify("READY=1")
+            return False
+        plan = plan_reload(self.settings, new)
+        if plan.needs_restart:
+            log.warning("config_change_needs_restart", keys=list(plan.needs_restart))
+        self.settings = effective(self.settings, new)
+        for device in plan.restart_devices:
+            await self._stop_driver(device)
+        for device in plan.removed:
+            self._reporter(device)(False, "removed from the config")
+        devices = {d.id: d for d in self.settings.devices}
+        for device in plan.start_devices:
+            self._driver_tasks[device] = self._start_driver(devices[device])
+        self.buffer.max_bytes = self.settings.buffer.max_bytes
+        self.buffer.keep_unconfirmed = frozenset(
+            d.id for d in self.settings.devices if d.confirm == "accepted"
+        )
+        self.publisher.reconfigure(self.settings.mqtt)
+        log.info(
+            "config_reloaded",
+            added=list(plan.added),
+            removed=list(plan.removed),
+            changed=list(plan.changed),
+            mqtt_reconnect=plan.mqtt_changed,
+        )
+        notify("READY=1", f"STATUS=running with {len(self._driver_tasks)} devices")
+        return True
+
+    async def _stop_driver(self, device: str) -> None:
+        task = self._driver_tasks.pop(device, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        driver = self.drivers.pop(device, None)
+        if driver is not None:
+            with contextlib.suppress(Exception):
+                await driver.stop()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.inbound.handle(topic, payload)
@@ -252,21 +314,15 @@ class Gateway:
         return await self.publisher.publish_checkpoint(body)
 
     async def _shutdown(
-        self,
-        driver_tasks: list[asyncio.Task[None]],
-        publisher_task: asyncio.Task[None],
-        housekeeping: asyncio.Task[None],
+        self, publisher_task: asyncio.Task[None], housekeeping: asyncio.Task[None]
     ) -> None:
         housekeeping.cancel()
         for task in self._helpers:
             task.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
-        for task in driver_tasks:
-            task.cancel()
-        await asyncio.gather(*driver_tasks, housekeeping, return_exceptions=True)
-        for driver in self.drivers.values():
-            with contextlib.suppress(Exception):
-                await driver.stop()
+        await asyncio.gather(housekeeping, return_exceptions=True)
+        for device in list(self._driver_tasks):
+            await self._stop_driver(device)
         with contextlib.suppress(Exception):
             await self.publish_checkpoint()
         self.publisher.stop()

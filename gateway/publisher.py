@@ -84,6 +84,7 @@ class Publisher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._marking: set[asyncio.Future[None]] = set()
         self._answers: set[asyncio.Task[None]] = set()
+        self._reconnect = asyncio.Event()
         self._stopping = asyncio.Event()
         self._since = rfc3339_now()
         self.connected = asyncio.Event()
@@ -132,6 +133,7 @@ class Publisher:
         """Connect, drain, reconnect with backoff, until :meth:`stop` is called."""
         backoff = Backoff(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
         while not self._stopping.is_set():
+            self._reconnect.clear()
             try:
                 async with self._make_client() as client:
                     self._client = client
@@ -147,6 +149,8 @@ class Publisher:
                 self._client = None
                 self.connected.clear()
                 await self._settle()
+            if self._reconnect.is_set():
+                continue  # new settings: connect again at once
             if not self._stopping.is_set():
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
@@ -171,6 +175,7 @@ class Publisher:
             asyncio.create_task(self._watch_connection(client), name="publisher-watch"),
             asyncio.create_task(self._publish_failed.wait(), name="publisher-failed"),
             asyncio.create_task(self._stopping.wait(), name="publisher-stop"),
+            asyncio.create_task(self._reconnect.wait(), name="publisher-reconnect"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -222,6 +227,13 @@ class Publisher:
     def stop(self) -> None:
         """Ask :meth:`run` to finish: drain in flight, publish offline, disconnect."""
         self._stopping.set()
+
+    def reconfigure(self, mqtt: MqttSection) -> None:
+        """Take new broker settings (a reload): end the session cleanly, connect with them."""
+        if mqtt == self._mqtt:
+            return
+        self._mqtt = mqtt
+        self._reconnect.set()
 
     # --- events ------------------------------------------------------------------------------
 
