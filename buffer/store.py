@@ -64,6 +64,8 @@ class OutgoingEvent:
     seq: int
     payload: bytes
     backlog: bool
+    created: float = 0.0
+    """Commit time (epoch seconds), for the publish latency metric; 0 when not known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +320,7 @@ class Buffer:
         after it come first, so live events are not held behind a long backlog.
         """
         query = (
-            "SELECT rowid, id, device, seq, payload FROM events"
+            "SELECT rowid, id, device, seq, payload, created FROM events"
             " WHERE state < 2 AND state = 0 {extra} ORDER BY rowid LIMIT ?"
         )
         async with self._locked(durable=False):
@@ -345,8 +347,8 @@ class Buffer:
             return []
         async with self._conn.execute(sql, params) as cur:
             return [
-                OutgoingEvent(int(r), str(i), str(d), int(s), bytes(p), backlog)
-                async for r, i, d, s, p in cur
+                OutgoingEvent(int(r), str(i), str(d), int(s), bytes(p), backlog, float(c))
+                async for r, i, d, s, p, c in cur
             ]
 
     async def _set_state(

@@ -147,6 +147,8 @@ class Gateway:
             latencies_total=self.confirmations.latencies_total,
             latencies=self.confirmations.latencies,
             inbound=self.inbound.counters,
+            publish_latencies_total=self.publisher.publish_latencies_total,
+            publish_latencies=self.publisher.publish_latencies,
         )
 
     def request_reload(self) -> None:

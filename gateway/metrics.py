@@ -64,6 +64,12 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        self.publish_latency = Histogram(
+            "edge_gateway_publish_latency_seconds",
+            "Commit in the buffer to PUBACK recorded (includes any time buffered in an outage)",
+            buckets=(*LATENCY_BUCKETS, 60, 300, 3600),
+            registry=r,
+        )
         self.feedback_latency = Histogram(
             "edge_gateway_feedback_latency_seconds",
             "Capture to good feedback",
@@ -73,7 +79,7 @@ class GatewayMetrics:
         self._server: Any = None
         self._seen: collections.Counter[str] = collections.Counter()
         self._seen_reconnects = 0
-        self._seen_latencies = 0
+        self._seen_totals: collections.Counter[str] = collections.Counter()
 
     def sample(
         self,
@@ -87,6 +93,8 @@ class GatewayMetrics:
         latencies_total: int,
         latencies: Sequence[float],
         inbound: Mapping[str, int] | None = None,
+        publish_latencies_total: int = 0,
+        publish_latencies: Sequence[float] = (),
     ) -> None:
         """Bring every series up to date with the gateway's own counters."""
         for name, value in transitions.items():
@@ -108,11 +116,19 @@ class GatewayMetrics:
         if reconnects > self._seen_reconnects:
             self.reconnects.inc(reconnects - self._seen_reconnects)
             self._seen_reconnects = reconnects
-        new = min(latencies_total - self._seen_latencies, len(latencies))
-        if new > 0:
-            for latency in latencies[len(latencies) - new :]:
-                self.feedback_latency.observe(latency)
-        self._seen_latencies = latencies_total
+        self._observe_new(self.feedback_latency, "feedback", latencies_total, latencies)
+        self._observe_new(
+            self.publish_latency, "publish", publish_latencies_total, publish_latencies
+        )
+
+    def _observe_new(
+        self, histogram: Histogram, key: str, total: int, values: Sequence[float]
+    ) -> None:
+        """Observe the values added since the last sample (the list is bounded, the total not)."""
+        new = min(total - self._seen_totals[key], len(values))
+        for value in values[len(values) - new :] if new > 0 else ():
+            histogram.observe(value)
+        self._seen_totals[key] = total
 
     def _advance(self, counter: Any, key: str, value: int) -> None:  # noqa: ANN401 - a child
         delta = value - self._seen[key]

@@ -19,6 +19,7 @@ import contextlib
 import json
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any
 
@@ -84,6 +85,9 @@ class Publisher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._marking: set[asyncio.Future[None]] = set()
         self._answers: set[asyncio.Task[None]] = set()
+        self.publish_latencies: list[float] = []
+        """Seconds from commit to PUBACK-recorded, most recent last (bounded), for metrics."""
+        self.publish_latencies_total = 0
         self._reconnect = asyncio.Event()
         self._stopping = asyncio.Event()
         self._since = rfc3339_now()
@@ -307,6 +311,11 @@ class Publisher:
 
     async def _mark_sent(self, batch: list[OutgoingEvent]) -> None:
         await self._buffer.mark_sent(batch)
+        now = time.time()
+        self.publish_latencies.extend(now - e.created for e in batch if e.created)
+        self.publish_latencies_total += sum(1 for e in batch if e.created)
+        if len(self.publish_latencies) > 10_000:
+            del self.publish_latencies[:5_000]
         self._on_delivered(batch)
 
     # --- status topics -----------------------------------------------------------------------

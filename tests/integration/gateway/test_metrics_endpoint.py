@@ -46,3 +46,4 @@ async def test_metrics_show_stored_sent_and_device_up(
     assert "edge_gateway_mqtt_connected 1.0" in text
     assert 'edge_gateway_feedback_total{outcome="good"} 5.0' in text
     assert "edge_gateway_feedback_latency_seconds_count 5.0" in text
+    assert "edge_gateway_publish_latency_seconds_count 5.0" in text
