@@ -76,10 +76,40 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+def _aside(path: Path, why: str) -> Path:
+    """A name next to ``path`` that no earlier quarantine used (two can happen in a second)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in range(1000):
+        target = path.with_name(f"{path.name}.{why}-{stamp}" + (f".{n}" if n else ""))
+        if not any(Path(f"{target}{s}").exists() for s in ("", "-wal", "-shm")):
+            return target
+    raise BufferOpenError(f"{path}: too many quarantined files named {why}-{stamp}")
+
+
+def _set_aside_orphan_wal(path: Path) -> None:
+    """A WAL whose database is gone holds committed events SQLite would silently discard.
+
+    It cannot be replayed without its database, so it is moved aside (never deleted) with a
+    loud error, before a fresh database is created next to it.
+    """
+    wal = Path(f"{path}-wal")
+    db_empty = not path.exists() or path.stat().st_size == 0
+    if not (db_empty and wal.exists() and wal.stat().st_size > 0):
+        return
+    target = Path(f"{_aside(path, 'orphan')}-wal")
+    wal.rename(target)
+    Path(f"{path}-shm").unlink(missing_ok=True)
+    log.error(
+        "buffer_orphan_wal",
+        path=str(path),
+        moved_to=str(target),
+        action="the database file was missing; events in that WAL were NOT delivered",
+    )
+
+
 def quarantine(path: Path, reason: str) -> Path:
     """Move a damaged database (and its WAL/SHM) aside and say so loudly."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    target = _aside(path, "corrupt")
     for suffix in ("", "-wal", "-shm"):
         src = Path(f"{path}{suffix}")
         if src.exists():
@@ -146,6 +176,7 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
 async def open_database(path: Path) -> aiosqlite.Connection:
     """Open (creating, checking, quarantining and migrating as needed) the buffer database."""
     try:
+        _set_aside_orphan_wal(path)
         _create_private(path)
     except OSError as exc:
         raise BufferOpenError(f"{path}: cannot create buffer file: {exc.strerror}") from exc

@@ -400,6 +400,20 @@ class Buffer:
             )
         self.transitions["released"] += len(events)
 
+    async def release_in_flight(self) -> int:
+        """Put every in-flight row back to pending: the publisher's session is over.
+
+        Everything, not just what the publisher still tracks: a session torn down between a
+        claim's commit and its return leaves rows in flight that nobody else knows about.
+        """
+        async with self._locked(durable=False):
+            cur = await self._conn.execute(
+                "UPDATE events SET state = ? WHERE state = ?", (STATE_PENDING, STATE_IN_FLIGHT)
+            )
+            released = cur.rowcount
+        self.transitions["released"] += released
+        return released
+
     async def last_rowid(self) -> int:
         """The newest rowid, used as the boundary between backlog and live events."""
         async with (

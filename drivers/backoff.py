@@ -10,7 +10,7 @@ import random
 
 
 class Backoff:
-    """Delays drawn uniformly between ``low`` and a cap that doubles from ``low`` up to ``high``."""
+    """Delays drawn uniformly from ``low`` up to a cap doubling from ``2 * low`` to ``high``."""
 
     def __init__(self, low: float, high: float) -> None:
         self.low = low
@@ -23,6 +23,8 @@ class Backoff:
 
     def next(self) -> float:
         """The next delay, in seconds."""
-        cap = min(self.high, self.low * 2 ** min(self._attempt, 30))
+        # The first cap is already 2 x low: a fleet dropped at the same instant must not all
+        # retry exactly reconnect_min later.
+        cap = min(self.high, self.low * 2 ** min(self._attempt + 1, 30))
         self._attempt += 1
         return random.uniform(self.low, cap)  # noqa: S311 - jitter, not cryptography

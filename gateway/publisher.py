@@ -224,9 +224,8 @@ class Publisher:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._answers, *self._marking, return_exceptions=True)
         await self._flush_acks()
-        leftovers = list(self._in_flight.values())
         self._in_flight.clear()
-        await self._buffer.release(leftovers)
+        await self._buffer.release_in_flight()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish: drain in flight, publish offline, disconnect."""

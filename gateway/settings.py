@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -111,6 +112,11 @@ def _read_secret(path: Path) -> str:
         raise ValueError(f'cannot read "{path}": {reason}') from None
     if not secret:
         raise ValueError(f'"{path}" is empty')
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ValueError(
+            f'"{path}" is readable or writable by group or others (mode {mode:o}); chmod 600 it'
+        )
     return secret
 
 

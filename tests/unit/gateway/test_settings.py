@@ -32,6 +32,7 @@ def write_config(folder: Path, text: str) -> Path:
 @pytest.fixture
 def secret_settings(tmp_path: Path) -> Settings:
     (tmp_path / "password").write_text(SECRET + "\n", encoding="utf-8")
+    (tmp_path / "password").chmod(0o600)
     text = BASE + '[mqtt]\nusername = "gw-01"\npassword_file = "password"\n'
     return load_settings(write_config(tmp_path, text))
 
@@ -73,6 +74,7 @@ def test_secret_never_leaks(secret_settings: Settings) -> None:
 def test_secret_not_in_error_messages(tmp_path: Path) -> None:
     """An invalid config with a password must not echo it in the error report."""
     (tmp_path / "password").write_text(SECRET, encoding="utf-8")
+    (tmp_path / "password").chmod(0o600)
     text = BASE + '[mqtt]\nport = 0\npassword_file = "password"\n'
     with pytest.raises(ConfigError) as caught:
         load_settings(write_config(tmp_path, text))
@@ -82,6 +84,7 @@ def test_secret_not_in_error_messages(tmp_path: Path) -> None:
 def test_password_needs_username(tmp_path: Path) -> None:
     """MQTT only sends a password along with a user name, so a lone password is a mistake."""
     (tmp_path / "password").write_text(SECRET, encoding="utf-8")
+    (tmp_path / "password").chmod(0o600)
     text = BASE + '[mqtt]\npassword_file = "password"\n'
     with pytest.raises(ConfigError) as caught:
         load_settings(write_config(tmp_path, text))
