@@ -1,0 +1,198 @@
+"""Workers at scanners, and the parity check a chaos scenario ends with.
+
+A ``Worker`` behaves like a person at a scanner: scan, wait briefly for the beep, and move on to
+the next parcel. A code that got good feedback was *acknowledged*: DESIGN section 4 says it must
+reach central. Codes are never repeated, so two ids for one code are new-id duplicates.
+
+``check_parity`` compares three sources of truth: the buffer file (every event ever stored, with
+its id and seq), the codes workers heard a good beep for, and what central received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulators.central import CentralCollector
+from simulators.scanner import ScannerSimulator
+
+GOOD, BAD, PENDING = b"G\r", b"B\r", b"P\r"
+FEEDBACK = {
+    "feedback": "custom",
+    "feedback_good": "G\r",
+    "feedback_bad": "B\r",
+    "feedback_pending": "P\r",
+}
+SITE, GATEWAY = "site-test", "gw-test"
+
+
+def source(device: str) -> str:
+    """The CloudEvents source of a device of the test gateway."""
+    return f"/{SITE}/{GATEWAY}/{device}"
+
+
+@dataclass
+class Worker:
+    """Scans unique codes on one scanner, one at a time, waiting up to ``patience`` for a beep."""
+
+    sim: ScannerSimulator
+    prefix: str
+    patience: float = 0.5
+    pause: float = 0.0
+    typed: list[str] = field(default_factory=list)
+    acked: list[str] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Scan until ``stop`` is set; only while the port is open (nobody scans a dead box)."""
+        number = 0
+        while not stop.is_set():
+            if not self.sim.is_open:
+                await asyncio.sleep(0.01)
+                continue
+            code = f"{self.prefix}{number:06d}"
+            number += 1
+            before = self.sim.feedback_bytes().count(GOOD)
+            self.typed.append(code)
+            try:
+                await self.sim.type_code(code, aim="")
+                await self.sim.wait_feedback(
+                    lambda b, n=before: b.count(GOOD) > n, timeout=self.patience
+                )
+                self.acked.append(code)
+            except (TimeoutError, RuntimeError):
+                # No beep: the worker moves on. A late beep must not be credited to the next
+                # code, so let it land before the next scan takes its baseline.
+                await asyncio.sleep(0.2)
+            if self.pause:
+                await asyncio.sleep(self.pause)
+
+
+@dataclass
+class Burst:
+    """A scanner in batch mode: ``size`` codes in one write every ``every`` seconds."""
+
+    sim: ScannerSimulator
+    prefix: str
+    size: int = 20
+    every: float = 0.1
+    typed: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write bursts until ``stop``, only while the port is open."""
+        while not stop.is_set():
+            if self.sim.is_open:
+                chunk = "".join(f"{self.prefix}{self.typed + i:06d}\r" for i in range(self.size))
+                self.typed += self.size
+                with contextlib.suppress(RuntimeError):
+                    await self.sim.write_raw(chunk.encode())
+            await asyncio.sleep(self.every)
+
+
+def stored_events(db: Path) -> dict[str, dict[str, tuple[str, int]]]:
+    """Every event in the buffer file: device -> id -> (code, seq)."""
+    out: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        conn.execute("PRAGMA busy_timeout=5000")
+        for device, event_id, seq, payload in conn.execute(
+            "SELECT device, id, seq, json_extract(payload, '$.data.code') FROM events"
+        ).fetchall():
+            out[device][event_id] = (str(payload), int(seq))
+    return out
+
+
+def last_seqs(db: Path) -> dict[str, int]:
+    """Per-device last seq the buffer handed out."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        conn.execute("PRAGMA busy_timeout=5000")
+        return {str(d): int(s) for d, s in conn.execute("SELECT device, last_seq FROM devices")}
+
+
+async def wait_delivered(central: CentralCollector, db: Path, timeout: float) -> bool:
+    """Wait until central holds every id the buffer holds, and the buffer stopped growing.
+
+    Call after the workers stopped: bytes still in a pty may yet become events. False on timeout.
+    """
+    previous = -1
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                stored = await asyncio.to_thread(stored_events, db)
+                count = sum(len(ids) for ids in stored.values())
+                if count == previous and all(
+                    set(ids) <= set(central.sources[source(device)].ids)
+                    for device, ids in stored.items()
+                ):
+                    return True
+                previous = count
+                await asyncio.sleep(0.5)
+    return False
+
+
+@dataclass
+class Parity:
+    """What a scenario lost or duplicated."""
+
+    at_risk: int = 0
+    acked: int = 0
+    lost: list[str] = field(default_factory=list)
+    gaps: dict[str, list[int]] = field(default_factory=dict)
+    new_id_duplicates: int = 0
+    same_id_duplicates: int = 0
+    conflicting: int = 0
+    integrity: str = ""
+
+    @property
+    def clean(self) -> bool:
+        """Nothing lost, no gap, no new-id duplicate, a sound file."""
+        return (
+            not self.lost
+            and not any(self.gaps.values())
+            and self.new_id_duplicates == 0
+            and self.conflicting == 0
+            and self.integrity == "ok"
+        )
+
+
+def check_parity(db: Path, central: CentralCollector, workers: list[Worker]) -> Parity:
+    """Compare the buffer file, the workers' beeps and central (after the gateway stopped)."""
+    stored = stored_events(db)
+    result = Parity()
+    received_codes: dict[str, set[str]] = defaultdict(set)
+    for message in central.messages:
+        code = message.get("data", {}).get("code")
+        if code is not None:
+            received_codes[code].add(message["id"])
+    for device, ids in stored.items():
+        track = central.sources[source(device)]
+        result.at_risk += len(ids)
+        result.lost += [f"{device}:{i}" for i in ids if i not in track.ids]
+        result.gaps[device] = track.missing()
+        expected = last_seqs(db).get(device, 0)
+        if track.highest != expected:
+            result.gaps[device] = [*result.gaps[device], -expected]
+        result.same_id_duplicates += track.duplicates
+        result.conflicting += track.conflicting
+    for worker in workers:
+        result.acked += len(worker.acked)
+        result.lost += [f"acked:{c}" for c in worker.acked if c not in received_codes]
+    result.new_id_duplicates = sum(len(ids) - 1 for ids in received_codes.values() if len(ids) > 1)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        result.integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    return result
+
+
+def describe_lost(db: Path, parity: Parity) -> list[tuple[object, ...]]:
+    """Buffer rows (device, id, seq, state, sent) of lost events, for the failure message."""
+    ids = [entry.split(":", 1)[1] for entry in parity.lost if not entry.startswith("acked:")]
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return [
+            tuple(row)
+            for event_id in ids[:20]
+            for row in conn.execute(
+                "SELECT device, id, seq, state, created, sent FROM events WHERE id = ?", (event_id,)
+            )
+        ]
