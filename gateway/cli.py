@@ -72,13 +72,14 @@ def cmd_check_config(path: Path) -> int:
 
 
 async def _run_until_signalled(settings: Settings) -> None:
-    from gateway.daemon import Gateway  # noqa: PLC0415 - keeps check-config light
-
     stop = asyncio.Event()
-    gateway = Gateway(settings)
     loop = asyncio.get_running_loop()
+    # Before the heavy imports: a SIGTERM during start-up is then a clean stop, not a kill.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from gateway.daemon import Gateway  # noqa: PLC0415 - keeps check-config light
+
+    gateway = Gateway(settings)
     loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
     await gateway.run(stop)
 

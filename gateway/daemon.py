@@ -149,6 +149,7 @@ class Gateway:
             inbound=self.inbound.counters,
             publish_latencies_total=self.publisher.publish_latencies_total,
             publish_latencies=self.publisher.publish_latencies,
+            stored=self.pipeline.stored,
         )
 
     def request_reload(self) -> None:

@@ -31,6 +31,12 @@ class GatewayMetrics:
             ["transition"],
             registry=r,
         )
+        self.stored = Counter(
+            "edge_gateway_events_stored",
+            "Events committed to the buffer, by device and CloudEvents type",
+            ["device", "type"],
+            registry=r,
+        )
         self.buffer_events = Gauge(
             "edge_gateway_buffer_events", "Events in the buffer by state", ["state"], registry=r
         )
@@ -95,12 +101,15 @@ class GatewayMetrics:
         inbound: Mapping[str, int] | None = None,
         publish_latencies_total: int = 0,
         publish_latencies: Sequence[float] = (),
+        stored: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         """Bring every series up to date with the gateway's own counters."""
         for name, value in transitions.items():
             self._advance(self.transitions.labels(name), f"t:{name}", value)
         for name, value in outcomes.items():
             self._advance(self.feedback.labels(name), f"o:{name}", value)
+        for (device, type_), value in (stored or {}).items():
+            self._advance(self.stored.labels(device, type_), f"s:{device}:{type_}", value)
         for name, value in (inbound or {}).items():
             self._advance(self.inbound.labels(name), f"i:{name}", value)
         for state, count in stats.by_state.items():

@@ -6,6 +6,7 @@ event, so a fast device is slowed to the disk's pace instead of queueing without
 
 from __future__ import annotations
 
+import collections
 import time
 
 import structlog
@@ -29,6 +30,8 @@ class Pipeline:
         self._site = site
         self._gateway_id = gateway_id
         self.refused = 0
+        self.stored: collections.Counter[tuple[str, str]] = collections.Counter()
+        """Events stored, by (device, type), for metrics."""
 
     def emitter(self, device: DeviceConfig) -> EmitFn:
         """The ``emit`` coroutine handed to ``device``'s driver."""
@@ -59,6 +62,7 @@ class Pipeline:
                 return None
             if event.feedback and not event.droppable:
                 self._confirmations.stored(device, stored, captured)
+            self.stored[device.id, event.type] += 1
             return stored
 
         return emit

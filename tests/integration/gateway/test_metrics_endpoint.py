@@ -42,6 +42,10 @@ async def test_metrics_show_stored_sent_and_device_up(
                     await asyncio.sleep(0.2)
     assert 'edge_gateway_event_transitions_total{transition="stored"} 5.0' in text
     assert 'edge_gateway_device_up{device="dock-1"} 1.0' in text
+    assert (
+        'edge_gateway_events_stored_total{device="dock-1",type="warehouse.barcode.scanned.v1"} 5.0'
+        in text
+    )
     assert 'edge_gateway_device_last_seq{device="dock-1"} 5.0' in text
     assert "edge_gateway_mqtt_connected 1.0" in text
     assert 'edge_gateway_feedback_total{outcome="good"} 5.0' in text
