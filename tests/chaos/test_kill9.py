@@ -21,7 +21,7 @@ from tests.chaos.workload import (
 )
 from tests.support import GatewayProcess, scanner_device, write_config
 
-KILLS = knob("EDGE_CHAOS_KILLS", 20)
+KILLS = knob("EDGE_CHAOS_KILLS", 100)
 
 
 async def test_kill9_at_random_moments_loses_nothing_acknowledged(

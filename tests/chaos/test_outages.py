@@ -23,8 +23,8 @@ from tests.chaos.workload import (
 )
 from tests.support import running_gateway, scanner_device, write_config
 
-RESTARTS = knob("EDGE_CHAOS_RESTARTS", 10)
-NET_FAULTS = knob("EDGE_CHAOS_NET_FAULTS", 8)
+RESTARTS = knob("EDGE_CHAOS_RESTARTS", 50)
+NET_FAULTS = knob("EDGE_CHAOS_NET_FAULTS", 20)
 FAULT_KINDS = ("cut", "blackhole", "drip", "half_open")
 
 
