@@ -3,7 +3,7 @@
 It answers capabilities (the recorded Impinj response, re-stamped), reader config, ROSpec
 add/enable/start/stop/delete, keepalives and GPO writes (recorded for tests), honours GPI start
 and stop triggers, and streams RO_ACCESS_REPORTs for a scripted ``Population``. Faults on demand:
-drop the connection, go silent (no keepalives, no reports), refuse connections, fail a request,
+drop the connection, go silent (no answers, keepalives or reports), refuse connections, fail a request,
 send raw bytes.
 
 Run alone: ``python -m simulators.llrp_reader --port 5084 --tags 40 --rate 20`` (see llrp_cli).
@@ -192,6 +192,8 @@ class LlrpReaderSimulator:
     def _handle(self, msg_type: int, msg_id: int, body: bytes) -> None:  # noqa: C901, PLR0912
         self.received.append(msg_type)
         self._notify()
+        if self.silent:
+            return  # a hung reader answers nothing, setup requests included
         if msg_type in self.fail_next:
             code, text = self.fail_next.pop(msg_type)
             self._send(w.response(w.RESPONSE_OF.get(msg_type, w.ERROR_MESSAGE), msg_id, code, text))

@@ -9,27 +9,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
-from drivers.base import DeviceConfig
+from drivers.reconnecting import ReconnectConfig, reconnect_max_field
 
 AimMode = Literal["auto", "required", "none"]
 
 
-class BarcodeConfig(DeviceConfig):
-    """Base model of a barcode scanner device; transports add their own keys."""
+class BarcodeConfig(ReconnectConfig):
+    """Base model of a barcode scanner device; transports add their own keys.
+
+    ``reconnect_min`` and ``reconnect_max`` come from ``ReconnectConfig``; scanners retry sooner.
+    """
 
     max_frame: int = Field(default=512, ge=8, le=65536)
     aim: AimMode = "auto"
     gs1: bool = True
     suppress_window: float = Field(default=0.0, ge=0, le=3600)
-    reconnect_min: float = Field(default=0.5, gt=0, le=3600)
-    reconnect_max: float = Field(default=10.0, gt=0, le=3600, validate_default=True)
-
-    @field_validator("reconnect_max")
-    @classmethod
-    def _max_above_min(cls, value: float, info: ValidationInfo) -> float:
-        low = info.data.get("reconnect_min")
-        if low is not None and value < low:
-            raise ValueError(f"must be >= reconnect_min ({low})")
-        return value
+    reconnect_max: float = reconnect_max_field(10.0)

@@ -6,31 +6,13 @@ libraries are missing or broken; the driver module imports them, this one never 
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from drivers.barcode_common.config import BarcodeConfig
 from drivers.base import Outcome
-
-STANDARD_BAUDRATES = (
-    1200,
-    1800,
-    2400,
-    4800,
-    9600,
-    19200,
-    38400,
-    57600,
-    115200,
-    230400,
-    460800,
-    500000,
-    576000,
-    921600,
-)
-STOPBITS = (1, 1.5, 2)
+from drivers.serial_line import check_absolute_port, check_baudrate, check_stopbits
 
 FramingMode = Literal["cr", "lf", "crlf", "eol", "stx-etx"]
 FeedbackProfile = Literal["none", "honeywell", "custom"]
@@ -76,25 +58,18 @@ class BarcodeSerialConfig(BarcodeConfig):
     def _absolute_port(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError(f"must be an absolute device path such as /dev/ttyUSB0, not {value!r}")
-        return value
+        return check_absolute_port(value)
 
     @field_validator("baudrate")
     @classmethod
     def _standard_baudrate(cls, value: int) -> int:
-        if value not in STANDARD_BAUDRATES:
-            rates = ", ".join(str(rate) for rate in STANDARD_BAUDRATES)
-            raise ValueError(f"{value} is not a standard rate; use one of {rates}")
-        return value
+        return check_baudrate(value)
 
     @field_validator("stopbits")
     @classmethod
     def _known_stopbits(cls, value: float) -> float:
         # A float field with a check, because typing's Literal cannot hold 1.5.
-        if value not in STOPBITS:
-            raise ValueError(f"must be 1, 1.5 or 2, not {value}")
-        return value
+        return check_stopbits(value)
 
     @field_validator("feedback_good", "feedback_bad", "feedback_pending")
     @classmethod

@@ -9,13 +9,22 @@ key, because technicians fix the line the message points at.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import PurePosixPath
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from drivers.base import DeviceConfig, Outcome
+from drivers.base import Outcome
+from drivers.reconnecting import ReconnectConfig, reconnect_bounds_error
+from drivers.serial_line import RS485_BAUDRATES, check_absolute_port, check_baudrate
 
 Table = Literal["holding", "input", "coil", "discrete"]
 PointType = Literal[
@@ -41,7 +50,6 @@ WORDS: dict[str, int] = {
 """Registers (or bits, for bool in a bit table) each type occupies."""
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
 class _Strict(BaseModel):
@@ -129,7 +137,7 @@ class FeedbackWrite(_Strict):
     reset: int = Field(default=0, ge=0, le=65535)
 
 
-class ModbusConfig(DeviceConfig):
+class ModbusConfig(ReconnectConfig):
     """A Modbus TCP or RTU device read by named points in poll groups."""
 
     driver: Literal["modbus"]
@@ -151,8 +159,6 @@ class ModbusConfig(DeviceConfig):
     max_registers: int = Field(default=125, ge=1, le=125)
     max_bits: int = Field(default=2000, ge=1, le=2000)
     heartbeat: float = Field(default=60.0, gt=0, le=86400)
-    reconnect_min: float = Field(default=0.5, gt=0, le=3600)
-    reconnect_max: float = Field(default=30.0, gt=0, le=3600)
     feedback_good: FeedbackWrite | None = None
     feedback_bad: FeedbackWrite | None = None
     feedback_pending: FeedbackWrite | None = None
@@ -161,16 +167,17 @@ class ModbusConfig(DeviceConfig):
     @field_validator("serial_port")
     @classmethod
     def _absolute_port(cls, value: str | None) -> str | None:
-        if value is not None and not PurePosixPath(value).is_absolute():
-            raise ValueError(f"must be an absolute device path such as /dev/ttyUSB0, not {value!r}")
-        return value
+        return None if value is None else check_absolute_port(value)
 
     @field_validator("baudrate")
     @classmethod
     def _standard_baudrate(cls, value: int) -> int:
-        if value not in STANDARD_BAUDRATES:
-            rates = ", ".join(str(rate) for rate in STANDARD_BAUDRATES)
-            raise ValueError(f"{value} is not a standard RS-485 rate; use one of {rates}")
+        return check_baudrate(value, RS485_BAUDRATES, "RS-485")
+
+    @field_validator("reconnect_max")
+    @classmethod
+    def _max_above_min(cls, value: float, info: ValidationInfo) -> float:  # noqa: ARG003
+        # Replaces ReconnectConfig's check: _one_transport does it, after the transport check.
         return value
 
     @field_validator("groups")
@@ -219,16 +226,9 @@ class ModbusConfig(DeviceConfig):
     def _one_transport(self) -> Self:
         if (self.host is None) == (self.serial_port is None):
             raise ValueError("set host (Modbus TCP) or serial_port (Modbus RTU), exactly one")
-        if self.reconnect_max < self.reconnect_min:
-            raise _errors(
-                [
-                    (
-                        ("reconnect_max",),
-                        f"must be >= reconnect_min ({self.reconnect_min})",
-                        self.reconnect_max,
-                    )
-                ]
-            )
+        message = reconnect_bounds_error(self.reconnect_min, self.reconnect_max)
+        if message is not None:
+            raise _errors([(("reconnect_max",), message, self.reconnect_max)])
         return self
 
     @property

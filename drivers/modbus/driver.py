@@ -13,10 +13,7 @@ import asyncio
 import math
 from typing import Any
 
-import structlog
-
-from drivers.backoff import Backoff
-from drivers.base import DeviceEvent, Driver, EmitFn, Outcome, StatusFn
+from drivers.base import DeviceEvent, EmitFn, Outcome, StatusFn
 from drivers.modbus.alarms import AlarmTracker
 from drivers.modbus.client import DeviceError, LinkDown, ModbusLink
 from drivers.modbus.config import ModbusConfig
@@ -24,6 +21,7 @@ from drivers.modbus.decode import Number, decode_point
 from drivers.modbus.feedback import FeedbackWriter
 from drivers.modbus.plan import Request, plan, split
 from drivers.modbus.report import ReadingFilter
+from drivers.reconnecting import ReconnectingDriver
 
 READING_TYPE = "warehouse.conveyor.reading.v1"
 ALARM_TYPE = "warehouse.conveyor.alarm.v1"
@@ -31,34 +29,21 @@ _SPLIT_CODES = (1, 2, 3)
 """Exception codes that mean "this request is wrong for this device": isolate its points."""
 
 
-class ModbusDriver(Driver[ModbusConfig]):
+class ModbusDriver(ReconnectingDriver[ModbusConfig]):
     """Reads one Modbus device; see ``drivers/modbus/README.md``."""
 
     config_model = ModbusConfig
+    retry_event = "modbus_retry"
 
     def __init__(self, config: ModbusConfig, *, emit: EmitFn, report_status: StatusFn) -> None:
         super().__init__(config, emit=emit, report_status=report_status)
-        self._log = structlog.get_logger(__name__).bind(device=config.id)
-        self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
         self._intervals = config.intervals()
         self._readings = ReadingFilter(config.points, config.heartbeat)
         self._alarms = AlarmTracker(config.points)
         self._link: ModbusLink | None = None
         self._feedback = FeedbackWriter(config, lambda: self._link, self.count)
-        self._up: bool | None = None
         self._failing: dict[str, str] = {}
         self._plans: dict[str, list[Request]] = {}
-
-    async def run(self) -> None:
-        """Connect, poll and reconnect until cancelled; device faults only mark it down."""
-        try:
-            while True:
-                reason = await self._session()
-                self._mark_down(reason)
-                await asyncio.sleep(self._backoff.next())
-        finally:
-            self._health.up = False
-            self._health.detail = "stopped"
 
     async def feedback(self, outcome: Outcome) -> None:
         """Write the configured coil or register for ``outcome``; skipped while disconnected."""
@@ -128,10 +113,10 @@ class ModbusDriver(Driver[ModbusConfig]):
             try:
                 data = await link.read(request.table, request.start, request.count)
             except DeviceError as exc:
-                self._mark_up()
+                self._answered()
                 self._refused(group, request, exc)
                 continue
-            self._mark_up()
+            self._answered()
             self.count("reads")
             for point in request.points:
                 value = decode_point(request.slice_for(point, data), point)
@@ -188,18 +173,7 @@ class ModbusDriver(Driver[ModbusConfig]):
             text += f"; failing points: {', '.join(sorted(self._failing))}"
         return text
 
-    def _mark_up(self) -> None:
-        if self._up:
-            return
-        self._up = True
-        self._backoff.reset()
-        self.set_status(True, self._detail())
-
-    def _mark_down(self, reason: str) -> None:
-        """Report down on the transition only; while it stays down just refresh the detail."""
-        if self._up is False:
-            self._health.detail = reason
-            self._log.debug("modbus_retry", reason=reason)
-            return
-        self._up = False
-        self.set_status(False, reason)
+    def _answered(self) -> None:
+        """The device answered: report it up, unless it already is."""
+        if not self._up:
+            self._mark_up(self._detail())

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from drivers.base import DeviceConfig
+from drivers.reconnecting import ReconnectConfig
 
 ZONE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_ZONE = "default"
@@ -124,7 +124,7 @@ class StopTrigger(_Strict):
         return value
 
 
-class RfidLlrpConfig(DeviceConfig):
+class RfidLlrpConfig(ReconnectConfig):
     """An RFID reader speaking LLRP over TCP (Impinj, Zebra ...)."""
 
     driver: Literal["rfid-llrp"]
@@ -151,8 +151,6 @@ class RfidLlrpConfig(DeviceConfig):
     gpo_pulse_ms: int = Field(default=300, ge=10, le=60_000)
     decode_epc: bool = True
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
-    reconnect_min: float = Field(default=0.5, gt=0, le=3600)
-    reconnect_max: float = Field(default=30.0, gt=0, le=3600, validate_default=True)
 
     @field_validator("host")
     @classmethod
@@ -194,14 +192,6 @@ class RfidLlrpConfig(DeviceConfig):
                         "an antenna belongs to one zone",
                     )
                 owner[antenna] = name
-        return value
-
-    @field_validator("reconnect_max")
-    @classmethod
-    def _max_above_min(cls, value: float, info: ValidationInfo) -> float:
-        low = info.data.get("reconnect_min")
-        if low is not None and value < low:
-            raise ValueError(f"must be >= reconnect_min ({low})")
         return value
 
     @property

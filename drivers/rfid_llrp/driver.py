@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from functools import partial
 
-import structlog
-
-from drivers.base import DeviceEvent, Driver, EmitFn, Outcome, StatusFn
+from drivers.base import DeviceEvent, EmitFn, Outcome, StatusFn
+from drivers.reconnecting import ReconnectingDriver
 from drivers.rfid_llrp import messages
 from drivers.rfid_llrp.config import RfidLlrpConfig
 from drivers.rfid_llrp.decode import TagRead
@@ -38,32 +36,14 @@ _MAX_IN_FLIGHT = 2048
 so TCP pushes back on the reader instead of the gateway buffering without bound."""
 
 
-class Backoff:
-    """Exponential backoff with jitter, so a rack of gateways does not retry in lockstep."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high, self._attempt = low, high, 0
-
-    def reset(self) -> None:
-        """Start again from ``low``: the reader was reachable."""
-        self._attempt = 0
-
-    def next(self) -> float:
-        """Uniform between ``low`` and a cap doubling from ``low`` up to ``high``."""
-        cap = min(self.high, self.low * 2 ** min(self._attempt, 30))
-        self._attempt += 1
-        return random.uniform(self.low, cap)  # noqa: S311 - jitter, not cryptography
-
-
-class RfidLlrpDriver(Driver[RfidLlrpConfig]):
+class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
     """Reads an LLRP reader; see ``drivers/rfid_llrp/README.md``."""
 
     config_model = RfidLlrpConfig
+    retry_event = "reader_retry"
 
     def __init__(self, config: RfidLlrpConfig, *, emit: EmitFn, report_status: StatusFn) -> None:
         super().__init__(config, emit=emit, report_status=report_status)
-        self._log = structlog.get_logger(__name__).bind(device=config.id)
-        self._backoff = Backoff(config.reconnect_min, config.reconnect_max)
         self.smoother = Smoother(
             config.zone_of_antenna(),
             config.departure_of_zone(),
@@ -80,8 +60,7 @@ class RfidLlrpDriver(Driver[RfidLlrpConfig]):
             if port is not None
         }
         self.gpo = GpoPulser(ports, config.gpo_pulse_ms / 1000, self._write_gpo)
-        self._session: LlrpSession | None = None
-        self._up: bool | None = None
+        self._llrp: LlrpSession | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
@@ -91,15 +70,10 @@ class RfidLlrpDriver(Driver[RfidLlrpConfig]):
         """Connect, configure, read and reconnect until cancelled; faults only mark it down."""
         expiry = asyncio.create_task(self._expire_loop(), name=f"rfid-expiry-{self.device_id}")
         try:
-            while True:
-                reason = await self._connection()
-                self._mark_down(reason)
-                await asyncio.sleep(self._backoff.next())
+            await super().run()
         finally:
             expiry.cancel()
             await asyncio.gather(expiry, return_exceptions=True)
-            self._health.up = False
-            self._health.detail = "stopped"
 
     async def feedback(self, outcome: Outcome) -> None:
         """Pulse the GPO configured for ``outcome``; a no-op without one or without a reader."""
@@ -113,7 +87,7 @@ class RfidLlrpDriver(Driver[RfidLlrpConfig]):
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=2.0)
 
-    async def _connection(self) -> str:
+    async def _session(self) -> str:
         """One connect-configure-read cycle; returns why it ended."""
         cfg = self.config
         try:
@@ -145,15 +119,14 @@ class RfidLlrpDriver(Driver[RfidLlrpConfig]):
             except (KeyError, TypeError, ValueError) as exc:  # a capabilities dict we cannot read
                 self.count("setup_failures")
                 return f"setup failed: unexpected reader response ({exc!r})"
-            self._session = session
-            self._backoff.reset()
+            self._llrp = session
             self.smoother.hold(asyncio.get_running_loop().time())
-            self._mark_up(self.plan)
+            self._mark_up(self._describe(self.plan))
             reason = await pump
             self.count("disconnects")
             return reason
         finally:
-            self._session = None
+            self._llrp = None
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             writer.close()
@@ -210,7 +183,7 @@ class RfidLlrpDriver(Driver[RfidLlrpConfig]):
         decode = self.config.decode_epc
         while True:
             await asyncio.sleep(tick)
-            if self._session is None:
+            if self._llrp is None:
                 continue  # nothing can be seen while down; not a reason to depart
             for presence in self.smoother.expire(loop.time()):
                 self._submit(tag_event(presence, departed=True, decode=decode))
@@ -248,7 +221,7 @@ class RfidLlrpDriver(Driver[RfidLlrpConfig]):
             self.count("refused")
 
     async def _write_gpo(self, port: int, state: bool) -> bool:
-        session = self._session
+        session = self._llrp
         if session is None:
             self.count("feedback_skipped")
             return False
@@ -262,21 +235,11 @@ class RfidLlrpDriver(Driver[RfidLlrpConfig]):
             return False
         return True
 
-    def _mark_up(self, plan: ReaderPlan) -> None:
+    def _describe(self, plan: ReaderPlan) -> str:
+        """The status detail of a reader configured with ``plan``."""
         cfg = self.config
         what = f"armed, waiting for GPI {plan.start_gpi[0]}" if plan.start_gpi else "inventorying"
-        detail = (
+        return (
             f"{what} on {cfg.host}:{cfg.port}, antennas {list(plan.antennas)}, "
             f"{plan.power_dbm:g} dBm"
         )
-        self._up = True
-        self.set_status(up=True, detail=detail)
-
-    def _mark_down(self, reason: str) -> None:
-        """Report down on the transition only; while it stays down just refresh the detail."""
-        if self._up is False:
-            self._health.detail = reason
-            self._log.debug("reader_retry", reason=reason)
-            return
-        self._up = False
-        self.set_status(up=False, detail=reason)

@@ -129,8 +129,12 @@ async def test_reader_drop_mid_inventory_down_up_once_rospec_reinstalled_no_lost
 
 
 async def test_keepalive_lost_marks_down_once_then_recovers():
-    """A reader that goes silent (no keepalives, no reports) is down within 3 intervals."""
-    async with running(keepalive_s=0.2) as h:
+    """A reader that goes silent (no answers, keepalives or reports) is down, then up once.
+
+    connect_timeout is short: a reconnect attempted while the reader is still silent would
+    otherwise wait the default 5 s for an answer before the next try.
+    """
+    async with running(keepalive_s=0.2, connect_timeout=0.5) as h:
         await wait_until(lambda: h.sim.active)
         await wait_until(lambda: h.sim.keepalive_acks >= 2)
         h.sim.silent = True
