@@ -193,7 +193,11 @@ async def open_database(path: Path) -> aiosqlite.Connection:
             continue
         problem = await _check(conn)
         if problem is None:
-            await _migrate(conn, path)
+            try:
+                await _migrate(conn, path)
+            except BaseException:
+                await conn.close()  # its worker thread would otherwise outlive the daemon
+                raise
             return conn
         await conn.close()
         if attempt:

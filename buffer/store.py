@@ -16,7 +16,7 @@ import collections
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,29 @@ class Buffer:
                 self._sync_mode = mode
             yield
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, *, durable: bool) -> AsyncIterator[None]:
+        """One write transaction on the held connection, rolled back if anything fails."""
+        async with self._locked(durable=durable):
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._conn.execute("ROLLBACK")
+                raise
+
+    async def _advance_last_sent(self, sent: Iterable[tuple[str, int]]) -> None:
+        """Raise each device's ``last_sent_seq`` to the highest seq in ``sent`` (never lower)."""
+        last: dict[str, int] = {}
+        for device, seq in sent:
+            last[device] = max(last.get(device, 0), seq)
+        await self._conn.executemany(
+            "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?",
+            [(seq, device) for device, seq in last.items()],
+        )
+
     @property
     def healthy(self) -> bool:
         """False once the writer task died: the watchdog must then stop vouching for us."""
@@ -212,9 +235,8 @@ class Buffer:
         results: list[StoredEvent | BaseException] = []
         rows: list[tuple[Any, ...]] = []
         now = time.time()
-        async with self._locked(durable=True):
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            async with self._transaction(durable=True):
                 for item in batch:
                     ev = item.event
                     seq = self._last_seq.get(ev.device, 0) + 1
@@ -236,15 +258,12 @@ class Buffer:
                     " ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq",
                     [(d, self._last_seq[d]) for d in {r[1] for r in rows}],
                 )
-                await self._conn.execute("COMMIT")
-                self.commits += 1
-            except Exception as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._conn.execute("ROLLBACK")
-                self._last_seq, self._bytes = saved_seq, saved_bytes
-                error = _translate(exc)
-                log.exception("buffer_commit_failed", events=len(batch), error=str(error))
-                results = [error] * len(batch)
+            self.commits += 1
+        except Exception as exc:
+            self._last_seq, self._bytes = saved_seq, saved_bytes
+            error = _translate(exc)
+            log.exception("buffer_commit_failed", events=len(batch), error=str(error))
+            results = [error] * len(batch)
         stored = 0
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
@@ -364,28 +383,15 @@ class Buffer:
         """Record PUBACKs: these events reached the broker."""
         if not events:
             return
-        last: dict[str, int] = {}
-        for e in events:
-            last[e.device] = max(last.get(e.device, 0), e.seq)
-        async with self._locked(durable=False):
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                marks = ",".join("?" * len(events))
-                # max(): a confirm may have overtaken the PUBACK; never downgrade it to sent.
-                await self._conn.execute(
-                    f"UPDATE events SET state = max(state, ?), sent = coalesce(sent, ?)"  # noqa: S608
-                    f" WHERE rowid IN ({marks})",
-                    (STATE_SENT, time.time(), *(e.rowid for e in events)),
-                )
-                await self._conn.executemany(
-                    "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?",
-                    [(seq, dev) for dev, seq in last.items()],
-                )
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._conn.execute("ROLLBACK")
-                raise
+        async with self._transaction(durable=False):
+            marks = ",".join("?" * len(events))
+            # max(): a confirm may have overtaken the PUBACK; never downgrade it to sent.
+            await self._conn.execute(
+                f"UPDATE events SET state = max(state, ?), sent = coalesce(sent, ?)"  # noqa: S608
+                f" WHERE rowid IN ({marks})",
+                (STATE_SENT, time.time(), *(e.rowid for e in events)),
+            )
+            await self._advance_last_sent((e.device, e.seq) for e in events)
         self.transitions["sent"] += len(events)
 
     async def release(self, events: Sequence[OutgoingEvent]) -> None:
@@ -470,40 +476,27 @@ class Buffer:
             else:
                 first[event_id] = accepted
         now = time.time()
-        async with self._locked(durable=True):
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for event_id, accepted in first.items():
-                    state = STATE_CONFIRMED if accepted else STATE_REJECTED
-                    async with self._conn.execute(
-                        "UPDATE events SET state = ?, sent = coalesce(sent, ?)"
-                        " WHERE id = ? AND state < ? RETURNING device, seq",
-                        (state, now, event_id, STATE_CONFIRMED),
-                    ) as cur:
-                        row = await cur.fetchone()
-                    if row is not None:
-                        result.applied.append(Settled(event_id, str(row[0]), int(row[1]), state))
-                        continue
-                    async with self._conn.execute(
-                        "SELECT 1 FROM events WHERE id = ?", (event_id,)
-                    ) as cur:
-                        known = await cur.fetchone()
-                    if known is None:
-                        result.unknown += 1
-                    else:
-                        result.duplicate += 1
-                last: dict[str, int] = {}
-                for s in result.applied:
-                    last[s.device] = max(last.get(s.device, 0), s.seq)
-                await self._conn.executemany(
-                    "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?",
-                    [(seq, dev) for dev, seq in last.items()],
-                )
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._conn.execute("ROLLBACK")
-                raise
+        async with self._transaction(durable=True):
+            for event_id, accepted in first.items():
+                state = STATE_CONFIRMED if accepted else STATE_REJECTED
+                async with self._conn.execute(
+                    "UPDATE events SET state = ?, sent = coalesce(sent, ?)"
+                    " WHERE id = ? AND state < ? RETURNING device, seq",
+                    (state, now, event_id, STATE_CONFIRMED),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    result.applied.append(Settled(event_id, str(row[0]), int(row[1]), state))
+                    continue
+                async with self._conn.execute(
+                    "SELECT 1 FROM events WHERE id = ?", (event_id,)
+                ) as cur:
+                    known = await cur.fetchone()
+                if known is None:
+                    result.unknown += 1
+                else:
+                    result.duplicate += 1
+            await self._advance_last_sent((s.device, s.seq) for s in result.applied)
         for s in result.applied:
             self.transitions["confirmed" if s.state == STATE_CONFIRMED else "rejected"] += 1
         return result
