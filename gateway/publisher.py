@@ -54,6 +54,46 @@ class NotConnectedError(ConnectionError):
     """A publish could not be made or got no PUBACK: the connection is down or went down."""
 
 
+def mqtt_client(
+    mqtt: MqttSection,
+    client_id: str,
+    *,
+    window: int,
+    will: aiomqtt.Will | None = None,
+    clean_session: bool | None = None,
+    max_queued_incoming_messages: int | None = None,
+) -> aiomqtt.Client:
+    """A client with the site's broker settings: TLS, credentials, keepalive, no Nagle."""
+    tls_context: ssl.SSLContext | None = None
+    if mqtt.tls is not None:
+        tls_context = ssl.create_default_context(
+            cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
+        )
+        if mqtt.tls.cert_file and mqtt.tls.key_file:
+            tls_context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
+        if mqtt.tls.insecure:
+            tls_context.check_hostname = False
+    client = aiomqtt.Client(
+        mqtt.host,
+        mqtt.port,
+        identifier=client_id,
+        username=mqtt.username,
+        password=mqtt.password(),
+        keepalive=mqtt.keepalive,
+        will=will,
+        max_inflight_messages=window,
+        timeout=mqtt.publish_timeout,
+        clean_session=clean_session,
+        max_queued_incoming_messages=max_queued_incoming_messages,
+        tls_context=tls_context,
+        tls_insecure=mqtt.tls.insecure if mqtt.tls else None,
+        socket_options=NO_DELAY,
+    )
+    # aiomqtt warns on every publish beyond 10 outstanding; our window is deliberate.
+    client.pending_calls_threshold = window + 10
+    return client
+
+
 class Publisher:
     """Drains the buffer to the broker and keeps the retained status topics current."""
 
@@ -103,35 +143,14 @@ class Publisher:
         return json.dumps({"state": state, "since": self._since, "version": __version__}).encode()
 
     def _make_client(self) -> aiomqtt.Client:
-        mqtt = self._mqtt
-        tls_context: ssl.SSLContext | None = None
-        if mqtt.tls is not None:
-            tls_context = ssl.create_default_context(
-                cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
-            )
-            if mqtt.tls.cert_file and mqtt.tls.key_file:
-                tls_context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
-            if mqtt.tls.insecure:
-                tls_context.check_hostname = False
-        client = aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            identifier=self._client_id,
-            username=mqtt.username,
-            password=mqtt.password(),
-            keepalive=mqtt.keepalive,
+        return mqtt_client(
+            self._mqtt,
+            self._client_id,
+            window=self._mqtt.max_inflight,
             will=aiomqtt.Will(self._topics.status, self._status_payload("offline"), 1, True),
-            max_inflight_messages=mqtt.max_inflight,
-            timeout=mqtt.publish_timeout,
             clean_session=not self._subscriptions,
             max_queued_incoming_messages=MAX_QUEUED_INCOMING,
-            tls_context=tls_context,
-            tls_insecure=mqtt.tls.insecure if mqtt.tls else None,
-            socket_options=NO_DELAY,
         )
-        # aiomqtt warns on every publish beyond 10 outstanding; our window is deliberate.
-        client.pending_calls_threshold = mqtt.max_inflight + 10
-        return client
 
     async def run(self) -> None:
         """Connect, drain, reconnect with backoff, until :meth:`stop` is called."""
@@ -385,30 +404,9 @@ async def publish_oneshot(
     the connection breaks (some messages may then have been published: they are replays, and
     consumers deduplicate).
     """
-    tls_context: ssl.SSLContext | None = None
-    if mqtt.tls is not None:
-        tls_context = ssl.create_default_context(
-            cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
-        )
-        if mqtt.tls.cert_file and mqtt.tls.key_file:
-            tls_context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
-        if mqtt.tls.insecure:
-            tls_context.check_hostname = False
     count = 0
     try:
-        async with aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            identifier=client_id,
-            username=mqtt.username,
-            password=mqtt.password(),
-            keepalive=mqtt.keepalive,
-            timeout=mqtt.publish_timeout,
-            max_inflight_messages=window,
-            tls_context=tls_context,
-            tls_insecure=mqtt.tls.insecure if mqtt.tls else None,
-            socket_options=NO_DELAY,
-        ) as client:
+        async with mqtt_client(mqtt, client_id, window=window) as client:
             pending: set[asyncio.Task[None]] = set()
             try:
                 async for topic, payload in messages:
