@@ -48,6 +48,8 @@ async def background(gw: Gateway, rate: float, stop: asyncio.Event) -> int:
 async def latency(
     root: Path, broker: MosquittoBroker, scans: int, confirm: str, load: float
 ) -> dict:
+    """Scan typed on a pty -> good feedback bytes back on the pty, through the real daemon,
+    with ``load`` scans/s on other devices meanwhile (0 for none)."""
     async with ScannerSimulator(root / f"scanner-{confirm}") as sim:
         config = write_config(
             root / f"{confirm}.toml",

@@ -12,11 +12,11 @@ import argparse
 import asyncio
 import json
 import resource
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.confirm_latency import latency
 from buffer.store import Buffer
 from drivers.base import DeviceConfig, DeviceEvent
 from gateway.confirmations import Confirmations
@@ -25,8 +25,6 @@ from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
-from simulators.scanner import ScannerSimulator
-from tests.support import running_gateway, scanner_device, write_config
 
 
 async def throughput(root: Path, broker: MosquittoBroker, events: int) -> dict[str, float]:
@@ -79,42 +77,6 @@ async def throughput(root: Path, broker: MosquittoBroker, events: int) -> dict[s
     }
 
 
-async def latency(
-    root: Path, broker: MosquittoBroker, scans: int, confirm: str
-) -> dict[str, float]:
-    """Scan typed on a pty -> good feedback bytes back on the pty, through the real daemon."""
-    async with ScannerSimulator(root / f"scanner-{confirm}") as sim:
-        config = write_config(
-            root / f"{confirm}.toml",
-            mqtt_port=broker.port,
-            state_dir=root / f"state-{confirm}",
-            devices=[
-                scanner_device(
-                    "dock-1", sim.link, confirm=confirm, feedback="custom", feedback_good="G"
-                )
-            ],
-        )
-        async with running_gateway(config) as gw:
-            await sim.wait_opened(timeout=20)
-            await gw.publisher.connected.wait()
-            samples = []
-            for i in range(scans):
-                before = len(sim.feedback_bytes())
-                sent_at = time.monotonic()
-                await sim.type_code(f"LAT{i:06d}", aim="")
-                await sim.wait_feedback(lambda b, n=before: len(b) > n, timeout=5)
-                samples.append((sim.feedback[-1][0] - sent_at) * 1000)
-                await asyncio.sleep(0.005)
-    samples.sort()
-    return {
-        "confirm": confirm,
-        "scans": scans,
-        "p50_ms": round(statistics.median(samples), 3),
-        "p99_ms": round(samples[int(len(samples) * 0.99) - 1], 3),
-        "max_ms": round(samples[-1], 3),
-    }
-
-
 async def main(events: int, scans: int) -> None:
     """Run both measurements against one private broker."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,8 +86,8 @@ async def main(events: int, scans: int) -> None:
         try:
             result = {
                 "throughput": await throughput(root, broker, events),
-                "latency_stored": await latency(root, broker, scans, "stored"),
-                "latency_delivered": await latency(root, broker, scans, "delivered"),
+                "latency_stored": await latency(root, broker, scans, "stored", load=0),
+                "latency_delivered": await latency(root, broker, scans, "delivered", load=0),
                 "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             }
         finally:
