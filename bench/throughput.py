@@ -1,0 +1,85 @@
+"""Durable end-to-end events/s against the floor of the same MQTT client with no buffer.
+
+emit -> group commit (synchronous=FULL) -> QoS 1 publish -> PUBACK -> marked sent, into a private
+Mosquitto; then, in the same run, the same number of messages published at QoS 1 by the same
+client (aiomqtt, same window, TCP_NODELAY) with no buffer. Prints one JSON object with
+``ratio_to_floor`` (issue 8: targets >= 15,000 events/s and ratio >= 0.8).
+
+    .venv/bin/python -m bench.throughput [--events 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from bench.quick import throughput
+from gateway.publisher import mqtt_client
+from gateway.settings import MqttSection
+from simulators.broker import MosquittoBroker
+
+WINDOW = 200
+PAYLOAD = json.dumps(
+    {
+        "specversion": "1.0",
+        "id": "0190a3b4-1111-7222-8333-444455556666",
+        "source": "/bench/gw/dev0",
+        "type": "warehouse.barcode.scanned.v1",
+        "time": "2026-11-24T00:00:00.000000Z",
+        "seq": 1,
+        "datacontenttype": "application/json",
+        "data": {"code": "0000000000"},
+    }
+).encode()
+
+
+async def floor(broker: MosquittoBroker, events: int) -> float:
+    """Messages/s of the bare client: QoS 1, ``WINDOW`` awaiting PUBACK, nothing else."""
+    mqtt = MqttSection(host=broker.host, port=broker.port, max_inflight=WINDOW)
+    async with mqtt_client(mqtt, "bench-floor", window=WINDOW) as client:
+        window = asyncio.Semaphore(WINDOW)
+
+        async def one() -> None:
+            async with window:
+                await client.publish("edge/bench/gw/events/dev0", PAYLOAD, 1)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(events)))
+        return events / (time.perf_counter() - started)
+
+
+async def main(events: int) -> None:
+    """Pipeline first, then the floor, against one private broker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        broker = MosquittoBroker(root / "broker")
+        broker.start()
+        try:
+            pipeline = await throughput(root, broker, events)
+            bare = await floor(broker, events)
+        finally:
+            broker.stop()
+    rate = pipeline["end_to_end_per_s"]
+    print(
+        json.dumps(
+            {
+                "benchmark": "throughput",
+                **pipeline,
+                "floor_per_s": round(bare),
+                "ratio_to_floor": round(rate / bare, 3),
+                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "targets": {"end_to_end_per_s": 15000, "ratio_to_floor": 0.8},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=50000)
+    asyncio.run(main(parser.parse_args().events))
