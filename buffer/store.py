@@ -429,13 +429,22 @@ class Buffer:
             row = await c.fetchone()
         return int(row[0]) if row else 0
 
-    async def unsent_count(self, up_to_rowid: int | None = None) -> int:
-        """Events not yet acknowledged by the broker (optionally only up to a rowid)."""
-        sql = "SELECT count(*) FROM events WHERE state < 2"
+    async def unsent_count(
+        self, up_to_rowid: int | None = None, *, at_most: int | None = None
+    ) -> int:
+        """Events not yet acknowledged by the broker (optionally only up to a rowid).
+
+        ``at_most`` stops counting early: "is anything left?" must not walk a million rows.
+        """
+        sql = "SELECT 1 FROM events WHERE state < 2"
         params: tuple[int, ...] = ()
         if up_to_rowid is not None:
             sql += " AND rowid <= ?"
             params = (up_to_rowid,)
+        if at_most is not None:
+            sql += " LIMIT ?"
+            params = (*params, at_most)
+        sql = f"SELECT count(*) FROM ({sql})"  # noqa: S608 - constant fragments
         async with self._lock, self._conn.execute(sql, params) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0

@@ -269,7 +269,7 @@ class Publisher:
         overtaken = False
         limit = self._mqtt.max_inflight
         while True:
-            if self.draining and not await self._buffer.unsent_count(live_after):
+            if self.draining and not await self._buffer.unsent_count(live_after, at_most=1):
                 self.draining = False
                 log.info("backlog_drain_finished")
                 self.changed.set()
