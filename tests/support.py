@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,13 @@ class GatewayProcess:
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout: float) -> None:
+    """Poll ``predicate`` until it holds; TimeoutError after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from drivers.barcode_hid.driver import BarcodeHidDriver
 from drivers.barcode_hid.events import pack_events
 from drivers.base import DeviceEvent, Outcome, StoredEvent
 from simulators.barcodes import generate
+from tests import support
 from tests.unit.drivers.barcode_hid.keyboard import FakeScanner, Typist, load_evtest
 
 GS = "\x1d"
@@ -44,10 +46,7 @@ class Harness:
         return self.driver.health().counters.get(name, 0)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
+wait_until = functools.partial(support.wait_until, timeout=TIMEOUT)
 
 
 def make_driver(scanner: FakeScanner | None, **config: Any) -> Harness:

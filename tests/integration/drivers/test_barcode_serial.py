@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import sys
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from drivers.barcode_serial.driver import BarcodeSerialDriver
 from drivers.base import DeviceEvent, Outcome, StoredEvent
 from simulators.barcodes import generate
 from simulators.scanner import ScannerSimulator
+from tests import support
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
 GS = "\x1d"
 TIMEOUT = 3.0
@@ -56,10 +58,7 @@ class Harness:
         return self.driver.health().counters.get(name, 0)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
+wait_until = functools.partial(support.wait_until, timeout=TIMEOUT)
 
 
 @contextlib.asynccontextmanager

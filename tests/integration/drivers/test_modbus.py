@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,9 +17,10 @@ from drivers.modbus.decode import encode_raw
 from drivers.modbus.driver import ALARM_TYPE, READING_TYPE, ModbusDriver
 from simulators.conveyor import ConveyorSimulator
 from simulators.conveyor_model import ConveyorModel
+from tests import support
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
 TIMEOUT = 5.0
 SPEED = {"name": "belt_speed", "table": "input", "address": 0, "scale": 0.001, "unit": "m/s"}
@@ -83,10 +85,7 @@ class Harness:
         return self.driver.health().counters.get(name, 0)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
+wait_until = functools.partial(support.wait_until, timeout=TIMEOUT)
 
 
 @contextlib.asynccontextmanager

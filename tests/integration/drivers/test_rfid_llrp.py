@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,9 +17,10 @@ from drivers.rfid_llrp.driver import RfidLlrpDriver
 from drivers.rfid_llrp.tagevents import ARRIVED, DEPARTED
 from simulators.llrp_population import epc_for
 from simulators.llrp_reader import LlrpReaderSimulator
+from tests import support
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
 TIMEOUT = 5.0
 PALLET = [epc_for(i) for i in range(40)]
@@ -49,10 +51,7 @@ class Harness:
         return self.driver.health().counters.get(name, 0)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
+wait_until = functools.partial(support.wait_until, timeout=TIMEOUT)
 
 
 @contextlib.asynccontextmanager
