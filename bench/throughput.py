@@ -2,7 +2,7 @@
 
 emit -> group commit (synchronous=FULL) -> QoS 1 publish -> PUBACK -> marked sent, into a private
 Mosquitto; then, in the same run, the same number of messages published at QoS 1 by the same
-client (aiomqtt, same window, TCP_NODELAY) with no buffer. Prints one JSON object with
+client (gmqtt through gateway/mqtt_link.py, same window) with no buffer. Prints one JSON object with
 ``ratio_to_floor`` (issue 8: targets >= 15,000 events/s and ratio >= 0.8).
 
     .venv/bin/python -m bench.throughput [--events 50000]
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.quick import throughput
-from gateway.publisher import mqtt_client
+from gateway.mqtt_link import MqttLink
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 
@@ -39,18 +39,38 @@ PAYLOAD = json.dumps(
 
 
 async def floor(broker: MosquittoBroker, events: int) -> float:
-    """Messages/s of the bare client: QoS 1, ``WINDOW`` awaiting PUBACK, nothing else."""
+    """Messages/s of the bare client: QoS 1, ``WINDOW`` awaiting PUBACK, nothing else.
+
+    The same client and the same calls as the publisher's hot path (``MqttLink.send`` and the
+    per-message PUBACK callback), with no buffer behind it.
+    """
     mqtt = MqttSection(host=broker.host, port=broker.port, max_inflight=WINDOW)
-    async with mqtt_client(mqtt, "bench-floor", window=WINDOW) as client:
-        window = asyncio.Semaphore(WINDOW)
+    done = asyncio.Event()
+    sent = acked = 0
 
-        async def one() -> None:
-            async with window:
-                await client.publish("edge/bench/gw/events/dev0", PAYLOAD, 1)
+    def top_up() -> None:
+        nonlocal sent
+        while sent - acked < WINDOW and sent < events:
+            link.send("edge/bench/gw/events/dev0", PAYLOAD)
+            sent += 1
 
+    def on_ack(_mid: int) -> None:
+        nonlocal acked
+        acked += 1
+        if acked == events:
+            done.set()
+        else:
+            top_up()
+
+    link = MqttLink(mqtt, "bench-floor", on_ack=on_ack)
+    await link.connect()
+    try:
         started = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(events)))
+        top_up()
+        await asyncio.wait_for(done.wait(), 300)
         return events / (time.perf_counter() - started)
+    finally:
+        await link.close()
 
 
 async def main(events: int) -> None:
