@@ -16,10 +16,10 @@ import collections
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import aiosqlite
 import structlog
@@ -36,6 +36,8 @@ from buffer.stats import BufferStats, collect_stats
 from drivers.base import StoredEvent
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 
 class BufferFullError(Exception):
@@ -97,6 +99,63 @@ class ReplayRange:
     error: str | None = None
     unsent: int = 0
     """Events in the range not yet delivered: the publisher sends them anyway, not the replay."""
+
+
+_Row = tuple[str, str, int, int, float, bytes]
+"""An events row as inserted: id, device, seq, droppable, created, payload."""
+
+_INSERT_EVENT = (
+    "INSERT INTO events (id, device, seq, droppable, created, payload) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_DEVICE = (
+    "INSERT INTO devices (device, last_seq) VALUES (?, ?)"
+    " ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq"
+)
+
+
+def _device_seqs(rows: Sequence[_Row], last_seq: dict[str, int]) -> list[tuple[str, int]]:
+    """(device, last_seq) for every device that has a row in ``rows``."""
+    return [(device, last_seq[device]) for device in {row[1] for row in rows}]
+
+
+def _insert(rows: Sequence[_Row], last_seq: dict[str, int]) -> Callable[[sqlite3.Connection], None]:
+    """The statements of a commit that fits under the cap, to run in one round trip."""
+    devices = _device_seqs(rows, last_seq)
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.executemany(_INSERT_EVENT, rows)
+        conn.executemany(_UPSERT_DEVICE, devices)
+
+    return run
+
+
+_ADVANCE_LAST_SENT = "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?"
+
+
+def _last_sent(sent: Iterable[tuple[str, int]]) -> list[tuple[int, str]]:
+    """(highest seq, device) per device in ``sent``: the parameters of ``_ADVANCE_LAST_SENT``."""
+    last: dict[str, int] = {}
+    for device, seq in sent:
+        last[device] = max(last.get(device, 0), seq)
+    return [(seq, device) for device, seq in last.items()]
+
+
+def _chunks(rowids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
+    """``rowids`` in pieces that stay well under SQLite's limit on bound parameters."""
+    for start in range(0, len(rowids), size):
+        yield rowids[start : start + size]
+
+
+def _fetch(
+    conn: sqlite3.Connection, sql: str, params: tuple[int, ...], *, backlog: bool
+) -> list[OutgoingEvent]:
+    """Claimable rows as OutgoingEvents (on the connection's thread)."""
+    if params[-1] <= 0:
+        return []
+    return [
+        OutgoingEvent(int(r), str(i), str(d), int(s), bytes(p), backlog, float(c))
+        for r, i, d, s, p, c in conn.execute(sql, params)
+    ]
 
 
 @dataclass(slots=True)
@@ -195,15 +254,44 @@ class Buffer:
                     await self._conn.execute("ROLLBACK")
                 raise
 
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` with the raw connection on aiosqlite's thread, in one round trip.
+
+        Every aiosqlite call is a round trip to its thread (~50 µs of event-loop time); the hot
+        paths (commit, claim, ack) are several statements each, so each runs as one function
+        there. aiosqlite has no public API for this: ``_execute`` and ``_conn`` are what its
+        own methods use, our version range pins them, and every buffer test goes through here.
+        """
+        result: _T = await self._conn._execute(fn, self._conn._conn)  # type: ignore[no-untyped-call]  # noqa: SLF001
+        return result
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], _T], *, durable: bool) -> _T:
+        """:meth:`_transaction` in one round trip: sync mode, BEGIN IMMEDIATE, ``fn``, COMMIT."""
+        mode = "FULL" if durable else "NORMAL"
+        switch = mode != self._sync_mode
+
+        def transaction(conn: sqlite3.Connection) -> _T:
+            if switch:
+                conn.execute(f"PRAGMA synchronous={mode}")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._lock:
+            self._sync_mode = ""  # unknown until the pragma is known to have run
+            result = await self._run(transaction)
+            self._sync_mode = mode
+            return result
+
     async def _advance_last_sent(self, sent: Iterable[tuple[str, int]]) -> None:
         """Raise each device's ``last_sent_seq`` to the highest seq in ``sent`` (never lower)."""
-        last: dict[str, int] = {}
-        for device, seq in sent:
-            last[device] = max(last.get(device, 0), seq)
-        await self._conn.executemany(
-            "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?",
-            [(seq, device) for device, seq in last.items()],
-        )
+        await self._conn.executemany(_ADVANCE_LAST_SENT, _last_sent(sent))
 
     @property
     def healthy(self) -> bool:
@@ -232,32 +320,20 @@ class Buffer:
 
     async def _commit(self, batch: list[_Append]) -> None:
         saved_seq, saved_bytes = dict(self._last_seq), self._bytes
-        results: list[StoredEvent | BaseException] = []
-        rows: list[tuple[Any, ...]] = []
+        results: list[StoredEvent | BaseException]
         now = time.time()
         try:
-            async with self._transaction(durable=True):
-                for item in batch:
-                    ev = item.event
-                    seq = self._last_seq.get(ev.device, 0) + 1
-                    payload = ev.render(seq)
-                    if not await self._make_room(len(payload), droppable=ev.droppable):
-                        results.append(BufferFullError(f"buffer full ({self.max_bytes} bytes)"))
-                        continue
-                    self._last_seq[ev.device] = seq
-                    self._bytes += len(payload)
-                    rows.append((ev.id, ev.device, seq, int(ev.droppable), now, payload))
-                    results.append(StoredEvent(ev.id, ev.device, seq, ev.time, ev.type))
-                await self._conn.executemany(
-                    "INSERT INTO events (id, device, seq, droppable, created, payload)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                await self._conn.executemany(
-                    "INSERT INTO devices (device, last_seq) VALUES (?, ?)"
-                    " ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq",
-                    [(d, self._last_seq[d]) for d in {r[1] for r in rows}],
-                )
+            rows, last_seq = self._rows(batch, now)
+            size = sum(len(row[5]) for row in rows)
+            if self._bytes + size <= self.max_bytes:
+                await self._write(_insert(rows, last_seq), durable=True)
+                self._last_seq, self._bytes = last_seq, self._bytes + size
+                results = [
+                    StoredEvent(row[0], row[1], row[2], item.event.time, item.event.type)
+                    for row, item in zip(rows, batch, strict=True)
+                ]
+            else:
+                results = await self._commit_making_room(batch, now)
             self.commits += 1
         except Exception as exc:
             self._last_seq, self._bytes = saved_seq, saved_bytes
@@ -277,6 +353,43 @@ class Buffer:
         if stored:
             self.transitions["stored"] += stored
             self.committed.set()
+
+    def _rows(self, batch: list[_Append], now: float) -> tuple[list[_Row], dict[str, int]]:
+        """The batch's rows with the next seqs, as if all fit under the cap (the usual case)."""
+        last_seq = dict(self._last_seq)
+        rows: list[_Row] = []
+        for item in batch:
+            ev = item.event
+            seq = last_seq.get(ev.device, 0) + 1
+            last_seq[ev.device] = seq
+            rows.append((ev.id, ev.device, seq, int(ev.droppable), now, ev.render(seq)))
+        return rows, last_seq
+
+    async def _commit_making_room(
+        self, batch: list[_Append], now: float
+    ) -> list[StoredEvent | BaseException]:
+        """The batch does not fit under the cap: evict or refuse event by event.
+
+        Rare, so it takes the slow way, one statement per round trip; seqs are assigned (and
+        payloads rendered) again because a refused event takes no number.
+        """
+        results: list[StoredEvent | BaseException] = []
+        rows: list[_Row] = []
+        async with self._transaction(durable=True):
+            for item in batch:
+                ev = item.event
+                seq = self._last_seq.get(ev.device, 0) + 1
+                payload = ev.render(seq)
+                if not await self._make_room(len(payload), droppable=ev.droppable):
+                    results.append(BufferFullError(f"buffer full ({self.max_bytes} bytes)"))
+                    continue
+                self._last_seq[ev.device] = seq
+                self._bytes += len(payload)
+                rows.append((ev.id, ev.device, seq, int(ev.droppable), now, payload))
+                results.append(StoredEvent(ev.id, ev.device, seq, ev.time, ev.type))
+            await self._conn.executemany(_INSERT_EVENT, rows)
+            await self._conn.executemany(_UPSERT_DEVICE, _device_seqs(rows, self._last_seq))
+        return results
 
     async def _make_room(self, size: int, *, droppable: bool) -> bool:
         """Enforce the cap (DESIGN section 4) inside the current transaction.
@@ -338,60 +451,55 @@ class Buffer:
         With ``live_after`` (the last rowid of the backlog when a drain began), events committed
         after it come first, so live events are not held behind a long backlog.
         """
-        query = (
+        select = (
             "SELECT rowid, id, device, seq, payload, created FROM events"
             " WHERE state < 2 AND state = 0 {extra} ORDER BY rowid LIMIT ?"
         )
-        async with self._locked(durable=False):
+
+        def run(conn: sqlite3.Connection) -> list[OutgoingEvent]:
             if live_after is None:
-                rows = await self._fetch(query.format(extra=""), (limit,), backlog=False)
+                rows = _fetch(conn, select.format(extra=""), (limit,), backlog=False)
             else:
-                rows = await self._fetch(
-                    query.format(extra="AND rowid > ?"), (live_after, limit), backlog=False
+                rows = _fetch(
+                    conn, select.format(extra="AND rowid > ?"), (live_after, limit), backlog=False
                 )
-                rows += await self._fetch(
-                    query.format(extra="AND rowid <= ?"),
+                rows += _fetch(
+                    conn,
+                    select.format(extra="AND rowid <= ?"),
                     (live_after, limit - len(rows)),
                     backlog=True,
                 )
-            if rows:
-                await self._set_state(rows, STATE_IN_FLIGHT)
-        self.transitions["claimed"] += len(rows)
-        return rows
+            for chunk in _chunks([e.rowid for e in rows]):
+                conn.execute(
+                    f"UPDATE events SET state = {STATE_IN_FLIGHT}"  # noqa: S608 - constant
+                    f" WHERE rowid IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            return rows
 
-    async def _fetch(
-        self, sql: str, params: tuple[Any, ...], *, backlog: bool
-    ) -> list[OutgoingEvent]:
-        if params[-1] <= 0:
-            return []
-        async with self._conn.execute(sql, params) as cur:
-            return [
-                OutgoingEvent(int(r), str(i), str(d), int(s), bytes(p), backlog, float(c))
-                async for r, i, d, s, p, c in cur
-            ]
-
-    async def _set_state(
-        self, events: Sequence[OutgoingEvent], state: int, extra: str = "", *args: float
-    ) -> None:
-        marks = ",".join("?" * len(events))
-        await self._conn.execute(
-            f"UPDATE events SET state = ?{extra} WHERE rowid IN ({marks})",  # noqa: S608
-            (state, *args, *(e.rowid for e in events)),
-        )
+        claimed = await self._write(run, durable=False)
+        self.transitions["claimed"] += len(claimed)
+        return claimed
 
     async def mark_sent(self, events: Sequence[OutgoingEvent]) -> None:
         """Record PUBACKs: these events reached the broker."""
         if not events:
             return
-        async with self._transaction(durable=False):
-            marks = ",".join("?" * len(events))
-            # max(): a confirm may have overtaken the PUBACK; never downgrade it to sent.
-            await self._conn.execute(
-                f"UPDATE events SET state = max(state, ?), sent = coalesce(sent, ?)"  # noqa: S608
-                f" WHERE rowid IN ({marks})",
-                (STATE_SENT, time.time(), *(e.rowid for e in events)),
-            )
-            await self._advance_last_sent((e.device, e.seq) for e in events)
+        sent_at = time.time()
+        rowids = [e.rowid for e in events]
+        last_sent = _last_sent((e.device, e.seq) for e in events)
+
+        def run(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(rowids):
+                # max(): a confirm may have overtaken the PUBACK; never downgrade it to sent.
+                conn.execute(
+                    f"UPDATE events SET state = max(state, {STATE_SENT}),"  # noqa: S608 - constant
+                    f" sent = coalesce(sent, ?) WHERE rowid IN ({','.join('?' * len(chunk))})",
+                    (sent_at, *chunk),
+                )
+            conn.executemany(_ADVANCE_LAST_SENT, last_sent)
+
+        await self._write(run, durable=False)
         self.transitions["sent"] += len(events)
 
     async def release(self, events: Sequence[OutgoingEvent]) -> None:
