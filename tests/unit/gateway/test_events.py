@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from gateway.events import mark_historical, render_event, rfc3339_now, source_for, uuid7
 
@@ -16,6 +17,14 @@ def test_uuid7_is_a_valid_version_7_uuid_and_time_ordered() -> None:
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
     stamps = [u.int >> 80 for u in parsed]
     assert stamps == sorted(stamps)
+
+
+def test_uuid7_ids_drawn_from_several_threads_never_collide() -> None:
+    """The random bytes come from a shared pool: no two threads may be handed the same."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        batches = list(pool.map(lambda _: [uuid7() for _ in range(3000)], range(4)))
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids) == 12000
 
 
 def test_render_is_compact_cloudevent_json_with_seq() -> None:
