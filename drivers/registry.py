@@ -8,7 +8,6 @@ validate a file without importing device libraries. Third parties register drive
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -43,7 +42,16 @@ def _load(target: str) -> Any:  # noqa: ANN401 - returns whatever the entry name
 
 
 def _plugins() -> dict[str, str]:
+    # Imported here: importlib.metadata (with email, zipfile, csv) is ~1 MB the daemon does not
+    # need when every device uses a built-in driver.
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def is_known(name: str) -> bool:
+    """True if a config may use driver ``name`` (looks at plugins only if it is not built in)."""
+    return name in _BUILTIN or name in _plugins()
 
 
 def known_drivers() -> list[str]:

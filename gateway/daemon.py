@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -22,7 +22,6 @@ from drivers.base import DeviceConfig, Driver, Outcome, StatusFn
 from gateway.confirmations import Confirmations
 from gateway.events import rfc3339_now
 from gateway.inbound import Inbound
-from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.reload import effective, plan_reload
@@ -30,6 +29,9 @@ from gateway.replay import ReplayWorker
 from gateway.sdnotify import notify
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.topics import Topics
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +127,9 @@ class Gateway:
         listen = self.settings.metrics.listen
         if listen is None:
             return None
+        # Imported only when enabled: prometheus-client and its HTTP server are ~1 MB idle.
+        from gateway.metrics import GatewayMetrics  # noqa: PLC0415
+
         metrics = GatewayMetrics()
         try:
             metrics.serve(listen)

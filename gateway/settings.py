@@ -396,9 +396,9 @@ def _device_model(driver: object) -> type[DeviceConfig] | str:
     """Return the driver's config model, or why there is none."""
     if driver is None:
         return "missing required key"
-    known = registry.known_drivers()
-    if not isinstance(driver, str) or driver not in known:
-        return f"unknown driver {show_value(driver)} (known: {', '.join(known)})"
+    if not isinstance(driver, str) or not registry.is_known(driver):
+        known = ", ".join(registry.known_drivers())
+        return f"unknown driver {show_value(driver)} (known: {known})"
     try:
         return registry.config_model(driver)
     except Exception as exc:  # a broken third-party plugin is a config problem, not a crash
