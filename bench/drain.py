@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import logs_to_stderr
 from bench.storage import scan
 from buffer.store import Buffer, OutgoingEvent
 from gateway.publisher import Publisher
@@ -121,6 +122,7 @@ async def main(backlog: int, live: float) -> None:
 
 
 if __name__ == "__main__":
+    logs_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--live", type=float, default=1000.0)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pymodbus
 
+from bench import logs_to_stderr
 from drivers.base import DeviceEvent, StoredEvent
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.driver import ModbusDriver
@@ -155,4 +156,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    logs_to_stderr()
     raise SystemExit(main())

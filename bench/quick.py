@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import logs_to_stderr
 from bench.confirm_latency import latency
 from buffer.store import Buffer
 from drivers.base import DeviceConfig, DeviceEvent
@@ -96,6 +97,7 @@ async def main(events: int, scans: int) -> None:
 
 
 if __name__ == "__main__":
+    logs_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--scans", type=int, default=300)

@@ -23,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import structlog
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import logs_to_stderr  # noqa: E402
 from drivers.base import DeviceEvent, StoredEvent  # noqa: E402
 from drivers.rfid_llrp.config import RfidLlrpConfig  # noqa: E402
 from drivers.rfid_llrp.driver import RfidLlrpDriver  # noqa: E402
@@ -153,7 +152,7 @@ async def latency(count: int = 200, spacing_s: float = 0.05) -> dict[str, float]
 
 async def main() -> None:
     # Logs to stderr: stdout carries the one JSON object.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    logs_to_stderr()
     runs = [await throughput(tags, 25.0) for tags in (200, 400, 800)]
     target = next((r for r in runs if r["offered_reads_per_s"] == 5000), runs[0])
     result = {

@@ -14,6 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from bench import logs_to_stderr
 from buffer.store import Buffer, NewEvent
 from gateway.events import render_event, rfc3339_now, uuid7
 
@@ -71,6 +72,7 @@ async def main(events: int) -> None:
 
 
 if __name__ == "__main__":
+    logs_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100000)
     asyncio.run(main(parser.parse_args().events))

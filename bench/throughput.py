@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import logs_to_stderr
 from bench.quick import throughput
 from gateway.mqtt_link import MqttLink
 from gateway.settings import MqttSection
@@ -100,6 +101,7 @@ async def main(events: int) -> None:
 
 
 if __name__ == "__main__":
+    logs_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=50000)
     asyncio.run(main(parser.parse_args().events))
