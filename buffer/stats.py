@@ -6,8 +6,10 @@ file read-only: WAL lets it read while the daemon writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,16 +54,25 @@ class BufferStats:
         return out
 
 
-async def collect_stats(conn: aiosqlite.Connection, now: float | None = None) -> BufferStats:
-    """Read every figure in one pass of small queries."""
+async def collect_stats(
+    conn: aiosqlite.Connection, now: float | None = None, *, payload_bytes: int | None = None
+) -> BufferStats:
+    """Read every figure in one pass of small queries.
+
+    These scan the table: ~1.7 s at a million rows, of which ~0.6 s is summing payload sizes,
+    so a caller that already knows ``payload_bytes`` (the daemon keeps it in memory) passes it.
+    """
     now = time.time() if now is None else now
     stats = BufferStats(by_state=dict.fromkeys(STATE_NAMES.values(), 0))
+    size_sql = "0" if payload_bytes is not None else "coalesce(sum(length(payload)), 0)"
     async with conn.execute(
-        "SELECT state, count(*), coalesce(sum(length(payload)), 0) FROM events GROUP BY state"
+        f"SELECT state, count(*), {size_sql} FROM events GROUP BY state"  # noqa: S608 - constants
     ) as cur:
         async for state, count, size in cur:
             stats.by_state[STATE_NAMES.get(int(state), str(state))] = int(count)
             stats.payload_bytes += int(size)
+    if payload_bytes is not None:
+        stats.payload_bytes = payload_bytes
     async with conn.execute(
         "SELECT device, last_seq, last_sent_seq, status, detail, since FROM devices"
     ) as cur:
@@ -83,12 +94,32 @@ async def collect_stats(conn: aiosqlite.Connection, now: float | None = None) ->
     return stats
 
 
+async def open_reader(path: Path) -> aiosqlite.Connection:
+    """A read-only connection: WAL lets it read while the writer commits, without blocking it."""
+    conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        await conn.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def reader(path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    """:func:`open_reader` for one ``async with`` block."""
+    conn = await open_reader(path)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def read_stats(path: Path) -> BufferStats | None:
     """Stats from a buffer file owned by another process; None when it does not exist yet."""
     if not path.exists():  # noqa: ASYNC240 - one stat() call
         return None
-    async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        await conn.execute("PRAGMA busy_timeout=5000")
+    async with reader(path) as conn:
         return await collect_stats(conn)
 
 
@@ -96,12 +127,13 @@ async def read_recent(path: Path, limit: int = 5) -> list[dict[str, Any]]:
     """The newest events in the buffer (any state), newest first, for live views."""
     if not path.exists():  # noqa: ASYNC240 - one stat() call
         return []
-    async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        await conn.execute("PRAGMA busy_timeout=5000")
-        async with conn.execute(
+    async with (
+        reader(path) as conn,
+        conn.execute(
             "SELECT state, payload FROM events ORDER BY rowid DESC LIMIT ?", (limit,)
-        ) as cur:
-            rows = await cur.fetchall()
+        ) as cur,
+    ):
+        rows = await cur.fetchall()
     out = []
     for state, payload in rows:
         event = json.loads(payload)

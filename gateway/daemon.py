@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from buffer.stats import BufferStats
 from buffer.store import Buffer
 from drivers import registry
 from drivers.backoff import Backoff
@@ -39,6 +40,8 @@ PRUNE_INTERVAL_S = 60.0
 CHECKPOINT_TICK_S = 0.25
 """How soon a change of state (connect, drain start or end) reaches the checkpoint."""
 TICKS_PER_S = 4
+STATS_COST_FACTOR = 20.0
+"""Metrics refresh buffer stats no sooner than this many times their last duration."""
 
 
 class Gateway:
@@ -51,6 +54,8 @@ class Gateway:
         self._background: set[asyncio.Task[Any]] = set()
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload = asyncio.Event()
+        self._buffer_stats: BufferStats | None = None
+        self._buffer_stats_due = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down within the configured bound."""
@@ -142,8 +147,16 @@ class Gateway:
     async def _sample_metrics(self) -> None:
         if self.metrics is None:
             return
+        loop = asyncio.get_running_loop()
+        if self._buffer_stats is None or loop.time() >= self._buffer_stats_due:
+            # Buffer stats scan the table (over a second at a million rows): refresh them at
+            # most every 20x their own duration, so they never take more than 5% of a core.
+            started = loop.time()
+            self._buffer_stats = await self.buffer.stats()
+            took = loop.time() - started
+            self._buffer_stats_due = loop.time() + max(0.0, STATS_COST_FACTOR * took)
         self.metrics.sample(
-            stats=await self.buffer.stats(),
+            stats=self._buffer_stats,
             transitions=self.buffer.transitions,
             device_states=self.device_states,
             connected=self.publisher.connected.is_set(),

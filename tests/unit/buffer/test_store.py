@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from buffer.schema import BufferOpenError
+from buffer.stats import read_stats
 from buffer.store import Buffer, BufferFullError, NewEvent
 
 
@@ -174,3 +175,17 @@ async def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(BufferOpenError, match="cannot create"):
         await Buffer.open(blocker / "sub" / "b.db", max_bytes=10**8)
+
+
+async def test_stats_do_not_need_the_writer_lock_and_count_payload_from_memory(
+    buf: Buffer,
+) -> None:
+    """Stats scan the table (seconds at a million rows): they must not stall commits behind the
+    buffer lock, and the payload total they report must equal what the file holds."""
+    for n in range(1, 6):
+        await buf.append(make_event("a", n, size=100))
+    async with buf._lock:  # a commit or claim in progress
+        stats = await asyncio.wait_for(buf.stats(), 5)
+    assert stats.by_state["pending"] == 5
+    assert stats.payload_bytes == sum(len(r[-1]) for r in rows(buf.path))
+    assert stats.payload_bytes == (await read_stats(buf.path)).payload_bytes  # type: ignore[union-attr]
