@@ -27,8 +27,14 @@ from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 
+PRODUCERS = 50
+"""Concurrent emitters, each awaiting its own event's commit as a driver does: 50 busy devices.
+Group commit batches what arrives during a commit, so this also bounds the batch size."""
 
-async def throughput(root: Path, broker: MosquittoBroker, events: int) -> dict[str, float]:
+
+async def throughput(
+    root: Path, broker: MosquittoBroker, events: int, producers: int = PRODUCERS
+) -> dict[str, float]:
     """Emit -> group commit -> QoS 1 publish -> PUBACK -> marked sent, for ``events`` events."""
     buffer = await Buffer.open(root / "tp.db", max_bytes=2**32)
 
@@ -58,10 +64,10 @@ async def throughput(root: Path, broker: MosquittoBroker, events: int) -> dict[s
 
     async def producer(n: int) -> None:
         emit = emitters[n % len(emitters)]
-        for i in range(events // 50):
+        for i in range(events // producers):
             await emit(DeviceEvent("warehouse.barcode.scanned.v1", {"code": f"{n:02d}{i:08d}"}))
 
-    await asyncio.gather(*(producer(n) for n in range(50)))
+    await asyncio.gather(*(producer(n) for n in range(producers)))
     stored_s = time.perf_counter() - t0
     await asyncio.wait_for(done.wait(), 300)
     elapsed = time.perf_counter() - t0

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench import logs_to_stderr
-from bench.quick import throughput
+from bench.quick import PRODUCERS, throughput
 from gateway.mqtt_link import MqttLink
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
@@ -74,14 +74,14 @@ async def floor(broker: MosquittoBroker, events: int) -> float:
         await link.close()
 
 
-async def main(events: int) -> None:
+async def main(events: int, producers: int) -> None:
     """Pipeline first, then the floor, against one private broker."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         broker = MosquittoBroker(root / "broker")
         broker.start()
         try:
-            pipeline = await throughput(root, broker, events)
+            pipeline = await throughput(root, broker, events, producers)
             bare = await floor(broker, events)
         finally:
             broker.stop()
@@ -90,6 +90,7 @@ async def main(events: int) -> None:
         json.dumps(
             {
                 "benchmark": "throughput",
+                "producers": producers,
                 **pipeline,
                 "floor_per_s": round(bare),
                 "ratio_to_floor": round(rate / bare, 3),
@@ -104,4 +105,8 @@ if __name__ == "__main__":
     logs_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=50000)
-    asyncio.run(main(parser.parse_args().events))
+    parser.add_argument(
+        "--producers", type=int, default=PRODUCERS, help="concurrent emitters (devices)"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.producers))
