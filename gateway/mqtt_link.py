@@ -150,7 +150,11 @@ class MqttLink:
         if self.lost.is_set() or not self._client.is_connected:
             self.lost.set()
             raise LinkError("not connected")
-        self._client.publish(topic, payload, qos=1, retain=retain)
+        try:
+            self._client.publish(topic, payload, qos=1, retain=retain)
+        except OverflowError as exc:  # every packet id in use: the broker stopped acking
+            self.lost.set()
+            raise LinkError("no free MQTT packet id") from exc
         return int(self._store.last_mid)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:

@@ -196,7 +196,13 @@ class MqttSection(BaseModel):
         default=None, description='topic prefix; default "edge/{site}/{id}"'
     )
     tls: TlsSection | None = Field(default=None, description="TLS settings; absent means plain")
-    max_inflight: int = Field(default=100, ge=1, le=65535, description="unacked QoS 1 publishes")
+    max_inflight: int = Field(
+        # MQTT has 65535 packet ids; the rest stay free for status, checkpoint and answers.
+        default=100,
+        ge=1,
+        le=60000,
+        description="unacked QoS 1 publishes",
+    )
     publish_timeout: Duration = Field(default=10.0, gt=0, description="wait for a PUBACK")
     reconnect_min: Duration = Field(default=0.5, gt=0, description="first reconnect backoff")
     reconnect_max: Duration = Field(default=30.0, gt=0, description="longest reconnect backoff")
