@@ -47,27 +47,16 @@ from simulators.conveyor import ConveyorSimulator
 from simulators.conveyor_model import ConveyorModel
 from simulators.llrp_reader import LlrpReaderSimulator
 from simulators.scanner import ScannerSimulator
-from tests.support import GatewayProcess, scanner_device, wait_until, write_config
+from tests.support import (
+    CONVEYOR_POINTS,
+    GatewayProcess,
+    scanner_device,
+    wait_until,
+    write_config,
+)
 
 TARGETS = {"rss_mb": 60.0, "cpu_percent": 1.0, "startup_to_ready_s": 1.5}
 MODBUS_INTERVAL_S = 1.0
-# write_config writes flat keys only: the conveyor's points are TOML tables of the last device.
-CONVEYOR_POINTS = """
-[[devices.points]]
-name = "belt_speed"
-table = "input"
-address = 0
-scale = 0.001
-unit = "m/s"
-deadband = 0.05
-
-[[devices.points]]
-name = "jam"
-table = "discrete"
-address = 1
-type = "bool"
-role = "alarm"
-"""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -18,6 +18,25 @@ from gateway.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+CONVEYOR_POINTS = """
+[[devices.points]]
+name = "belt_speed"
+table = "input"
+address = 0
+scale = 0.001
+unit = "m/s"
+deadband = 0.05
+
+[[devices.points]]
+name = "jam"
+table = "discrete"
+address = 1
+type = "bool"
+role = "alarm"
+"""
+"""The conveyor simulator's belt speed and jam alarm as a Modbus device's point tables (TOML):
+append after that device's ``[[devices]]`` table (``write_config`` writes flat keys only)."""
+
 
 def scanner_device(
     device_id: str, port: Path, *, confirm: str = "stored", **extra: Any

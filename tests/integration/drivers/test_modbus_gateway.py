@@ -13,7 +13,7 @@ from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.conveyor import ConveyorSimulator
 from simulators.conveyor_model import ConveyorModel
-from tests.support import running_gateway, write_config
+from tests.support import CONVEYOR_POINTS, running_gateway, write_config
 
 SOURCE = "/site-test/gw-test/conveyor-a"
 ALARM = "warehouse.conveyor.alarm.v1"
@@ -39,22 +39,8 @@ port = {sim.port}
 interval = 0.05
 heartbeat = 30.0
 timeout = 0.5
-
-[[devices.points]]
-name = "belt_speed"
-table = "input"
-address = 0
-scale = 0.001
-unit = "m/s"
-deadband = 0.05
-
-[[devices.points]]
-name = "jam"
-table = "discrete"
-address = 1
-type = "bool"
-role = "alarm"
 """
+    device += CONVEYOR_POINTS
     path.write_text(path.read_text() + device)
     return path
 
