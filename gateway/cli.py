@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated scanners, broker and central system")
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--rate", type=float, default=2.0, help="scans per second per scanner")
-    demo.add_argument("--scanners", type=int, default=2, help="how many simulated scanners")
+    demo.add_argument("--scanners", type=int, default=3, help="how many simulated scanners")
     demo.add_argument(
         "--outage-every", type=float, default=0.0, metavar="S", help="stop the broker every S s"
     )

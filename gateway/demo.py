@@ -2,11 +2,13 @@
 
 Simulated serial scanners (real ptys) type barcodes, an LLRP reader sees pallets pass a dock
 portal, a Modbus conveyor runs and jams now and then; a private broker carries the events; the
-gateway buffers, publishes and gives feedback; a simulated central system receives and checks
-them. Stop the broker (key ``b`` on a terminal, or ``--outage-every``) to watch events pile up in
-the buffer and drain, with nothing lost. The drivers' own sample configs are used, pointed at
-the simulators, so the demo also proves the samples work. Everything lives in a temporary
-directory that is removed on exit.
+gateway buffers, publishes and gives feedback; a simulated central system receives, checks and
+confirms them. The scanners cycle through the confirmation levels (``accepted``, ``delivered``,
+``stored``) and central rejects ~5 % of scans as unknown SKUs, so the ``accepted`` scanner also
+gets bad-read feedback. Stop the broker (key ``b`` on a terminal, or ``--outage-every``) to
+watch events pile up in the buffer and drain, with nothing lost. The drivers' own sample
+configs are used, pointed at the simulators, so the demo also proves the samples work.
+Everything lives in a temporary directory that is removed on exit.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import tempfile
 import termios
 import time
 import tty
+import zlib
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import structlog
 from rich.live import Live
@@ -68,6 +72,21 @@ framing = "cr"
 feedback = "honeywell"
 feedback_pending = "P"
 """
+
+
+CONFIRM_LEVELS = ("accepted", "delivered", "stored")
+"""Scanner n gets level n (cycling), so the default three scanners show all three."""
+
+UNKNOWN_SKU_SHARE = 20
+"""The demo's central rejects about one scan in this many as an unknown SKU (bad-read beep)."""
+
+
+def demo_rule(event: dict[str, Any]) -> str | None:
+    """Central's verdict in the demo: accept everything but a stable ~5 % of barcode scans."""
+    if event.get("type") != "warehouse.barcode.scanned.v1":
+        return None
+    code = str(event.get("data", {}).get("code", ""))
+    return "unknown SKU" if zlib.crc32(code.encode()) % UNKNOWN_SKU_SHARE == 0 else None
 
 
 def _sample(driver_dir: str, host_line: str, port: int) -> str:
@@ -170,7 +189,7 @@ def _write_config(
 ) -> Path:
     config = GATEWAY.format(state_dir=root / "state", port=broker_port)
     for n, sim in enumerate(sims):
-        confirm = "delivered" if n % 2 == 0 else "stored"
+        confirm = CONFIRM_LEVELS[n % len(CONFIRM_LEVELS)]
         config += SCANNER.format(n=n + 1, port=sim.link, confirm=confirm)
     config += _sample("rfid_llrp", 'host = "10.20.0.31"', reader_port)
     config += _sample("modbus", 'host = "10.20.0.40"', modbus_port)
@@ -220,7 +239,7 @@ async def run_demo(
                 await stack.enter_async_context(sim)
             config = _write_config(root, broker.port, sims, reader.port, conveyor.port)
             gateway = Gateway(load_settings(config))
-            central = CentralCollector("127.0.0.1", broker.port)
+            central = CentralCollector("127.0.0.1", broker.port, confirm=True, rule=demo_rule)
             state = DemoState(gateway, central, broker, sims, time.monotonic())
             stop = asyncio.Event()
             keys = {"b": asyncio.Event(), "q": asyncio.Event()}

@@ -15,6 +15,7 @@ from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
 
 GOOD, BAD, PENDING = b"\x1b7,", b"\x1b8,", b"P"
+NUMERIC = frozenset({"stored", "sent", "central", "gaps", "feedback"})
 
 
 class BrokerState(Protocol):
@@ -56,9 +57,15 @@ async def render(state: DemoState) -> Group:
     gw, central = state.gateway, state.central
     stats = await gw.buffer.stats()
     elapsed = time.monotonic() - state.started
-    table = Table(title=f"edge-gateway demo - {elapsed:.0f}s - keys: b broker on/off, q quit")
-    for column in ("device", "state", "stored", "sent", "central got", "missing", "feedback"):
-        table.add_column(column, justify="left" if column in ("device", "state") else "right")
+    table = Table(
+        title=f"edge-gateway demo - {elapsed:.0f}s - keys: b broker on/off, q quit", pad_edge=False
+    )
+    table.caption = (
+        "level: confirmation level; gaps: seqs central misses; feedback: good/bad/pending"
+    )
+    for column in ("device", "state", "level", "stored", "sent", "central", "gaps", "feedback"):
+        # Fits 80 columns; nothing wraps, so a narrower terminal crops the right edge instead.
+        table.add_column(column, justify="right" if column in NUMERIC else "left", no_wrap=True)
     sims = {f"dock-{n + 1}-scanner": sim for n, sim in enumerate(state.scanners)}
     for device in gw.settings.devices:
         name = device.id
@@ -67,13 +74,14 @@ async def render(state: DemoState) -> Group:
         sim = sims.get(name)
         if sim is not None:
             got = sim.feedback_bytes()
-            feedback = f"{got.count(GOOD)} good {got.count(PENDING)} pending"
+            feedback = f"{got.count(GOOD)}/{got.count(BAD)}/{got.count(PENDING)}"
         else:
             feedback = "-"
         up = gw.device_states.get(name, {}).get("state", "-")
         table.add_row(
             name,
             Text(up, style="green" if up == "up" else "red"),
+            device.confirm if sim is not None else "-",
             str(dev.last_seq if dev else 0),
             str(dev.last_sent_seq if dev else 0),
             str(len(track.ids) if track else 0),

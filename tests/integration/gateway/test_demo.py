@@ -17,9 +17,18 @@ def test_demo_runs_every_device_kind_through_an_outage_and_exits_cleanly() -> No
     assert "Traceback" not in result.stdout + result.stderr
     last_frame = result.stdout[result.stdout.rfind("edge-gateway demo") :]
     rows = [line for line in last_frame.splitlines() if line.startswith("│")]
-    for device in ("dock-1-scan", "dock-2-scan", "dock-3-port", "conveyor-a"):
-        row = next(line for line in rows if line.startswith(f"│ {device}"))
+    devices = ("dock-1-scanner", "dock-2-scanner", "dock-3-scanner", "dock-3-portal", "conveyor-a")
+    for device in devices:
+        row = next(line for line in rows if line.startswith(f"│{device} "))
         assert " up " in row, row
         numbers = [int(n) for n in re.findall(r"│\s+(\d+)\s", row)]
         assert numbers and numbers[0] > 0, f"{device} stored nothing: {row}"
     assert re.search(r"central: [1-9]\d* events, 0\s+duplicates", last_frame), last_frame
+    # Each scanner has its own confirmation level and got good-read beeps, never more beeps
+    # than scans it stored.
+    for device, level in (("dock-1", "accepted"), ("dock-2", "delivered"), ("dock-3", "stored")):
+        row = next(line for line in rows if line.startswith(f"│{device}-scanner "))
+        assert f" {level} " in row, row
+        stored = int(re.findall(r"│\s+(\d+)\s", row)[0])
+        good, bad, pending = (int(n) for n in re.findall(r"(\d+)/(\d+)/(\d+)", row)[0])
+        assert good > 0 and good + bad + pending <= stored, row
