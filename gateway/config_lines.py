@@ -341,5 +341,16 @@ def format_key_path(path: Sequence[str | int]) -> str:
 
 
 def format_problem(shown_path: str, line: int, loc: KeyPath, message: str) -> str:
-    """One error line: ``PATH:LINE: key.path: message``."""
-    return f"{shown_path}:{line}: {format_key_path(loc)}: {message}"
+    """One error line: ``PATH:LINE: key.path: message``.
+
+    Control characters in the message (a value quoted back, an OS error naming a path) are
+    escaped: one problem must stay one line, or tools and eyes reading the output lose track.
+    """
+    return f"{shown_path}:{line}: {format_key_path(loc)}: {_CONTROL.sub(_escape, message)}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return json.dumps(match[0])[1:-1]

@@ -265,7 +265,12 @@ class BufferSection(BaseModel):
 
 def _listen_address(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if (
+        not sep
+        or not host
+        or not (port.isascii() and port.isdigit())
+        or not 1 <= int(port) <= 65535
+    ):
         raise ValueError(f'expected "host:port", such as "127.0.0.1:9108", got {show_value(value)}')
     return value
 

@@ -60,7 +60,12 @@ def sniff_gs1(text: str) -> dict[str, Any] | None:
     more than a clean parse: a GS separator, or an AI that carries a check digit (SSCC, GTIN).
     A bare EAN/UPC/ITF-14 number is a GTIN, not an element string, and is left alone.
     """
-    if text.isdigit() and len(text) in _GTIN_LENGTHS and _valid_check_digit(text):
+    if (
+        text.isascii()
+        and text.isdigit()
+        and len(text) in _GTIN_LENGTHS
+        and _valid_check_digit(text)
+    ):
         return None
     fields = parse_gs1(text)
     if "gs1_error" in fields:
