@@ -122,7 +122,7 @@ class MqttLink:
         if mqtt.username:
             self._client.set_auth_credentials(mqtt.username, mqtt.password())
         self.lost = asyncio.Event()
-        """Set once the connection is gone; this link is then finished."""
+        """Set once the connection is gone; this link is then finished and reports no more acks."""
 
     async def connect(self) -> None:
         """Connect and wait for CONNACK; raises LinkError (timeout: ``publish_timeout``)."""
@@ -198,6 +198,12 @@ class MqttLink:
     # --- gmqtt callbacks ---------------------------------------------------------------------
 
     def _acked(self, mid: int) -> None:
+        if self.lost.is_set():
+            # gmqtt's read loop may still parse PUBACKs buffered before the connection died,
+            # after we have moved on. The next link numbers its messages from 1 again, so a
+            # late ack would mark the wrong event sent (found by the broker-restart chaos
+            # test). A finished link reports nothing: its unacknowledged events are resent.
+            return
         waiter = self._waiters.pop(mid, None)
         if waiter is not None:
             if not waiter.done():

@@ -104,3 +104,16 @@ async def test_a_server_that_never_sends_connack_times_out() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_finished_link_reports_no_late_acks(broker: MosquittoBroker) -> None:
+    """gmqtt may still parse PUBACKs buffered before a connection died; the next link numbers
+    its messages from 1 again, so a late ack handed on would mark the wrong event sent."""
+    acked: list[int] = []
+    link = MqttLink(section(broker.port), "link-test", on_ack=acked.append)
+    await link.connect()
+    broker.stop()  # nothing gets acknowledged from here on
+    mid = link.send("link/x", b"unacked")
+    await link.close()
+    link._store.remove_message_by_mid(mid)  # what gmqtt does on a PUBACK it parses late
+    assert acked == []
