@@ -15,6 +15,8 @@ What this module adds to gmqtt, and why:
   drops, the publisher releases everything unacknowledged to pending and a *new* link sends it
   again. So gmqtt's own reconnect (which would replay its in-memory queue) is switched off and
   :attr:`MqttLink.lost` is set instead.
+- **No acks after the end.** Once lost or closed, a link reports nothing more: a PUBACK gmqtt
+  parses late would carry a mid that the next link is already reusing for another event.
 - **Bounded waits.** CONNACK, SUBACK and awaited PUBACKs each have a timeout; gmqtt would wait
   forever on a blackholed broker.
 
