@@ -16,13 +16,12 @@ import asyncio
 import json
 import math
 import statistics
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench import logs_to_stderr
+from bench import logs_to_stderr, private_broker
 from drivers.base import DeviceConfig, DeviceEvent
 from gateway.daemon import Gateway
 from simulators.broker import MosquittoBroker
@@ -110,14 +109,8 @@ async def latency(
 
 async def run_levels(levels: Iterable[str], scans: int, load: float) -> dict[str, dict[str, Any]]:
     """``latency`` at each confirmation level in turn, against one private broker."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        broker = MosquittoBroker(root / "broker")
-        broker.start()
-        try:
-            return {level: await latency(root, broker, scans, level, load) for level in levels}
-        finally:
-            broker.stop()
+    with private_broker() as (root, broker):
+        return {level: await latency(root, broker, scans, level, load) for level in levels}
 
 
 async def main(scans: int, load: float) -> None:

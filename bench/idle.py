@@ -33,7 +33,6 @@ import logging
 import os
 import socket
 import statistics
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import logs_to_stderr
+from bench import logs_to_stderr, private_broker
 from simulators.broker import MosquittoBroker
 from simulators.conveyor import ConveyorSimulator
 from simulators.conveyor_model import ConveyorModel
@@ -245,14 +244,8 @@ def verdict(result: dict[str, Any]) -> bool:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     """One private broker for the whole run, gone afterwards."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        broker = MosquittoBroker(root / "broker")
-        broker.start()
-        try:
-            result = await measure(root, broker, args)
-        finally:
-            broker.stop()
+    with private_broker() as (root, broker):
+        result = await measure(root, broker, args)
     return {"benchmark": "idle", **result, "targets": TARGETS, "target_met": verdict(result)}
 
 

@@ -12,11 +12,10 @@ import argparse
 import asyncio
 import json
 import resource
-import tempfile
 import time
 from pathlib import Path
 
-from bench import logs_to_stderr
+from bench import logs_to_stderr, private_broker
 from bench.confirm_latency import latency
 from buffer.store import Buffer
 from drivers.base import DeviceConfig, DeviceEvent
@@ -86,19 +85,13 @@ async def throughput(
 
 async def main(events: int, scans: int) -> None:
     """Run both measurements against one private broker."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        broker = MosquittoBroker(root / "broker")
-        broker.start()
-        try:
-            result = {
-                "throughput": await throughput(root, broker, events),
-                "latency_stored": await latency(root, broker, scans, "stored", load=0),
-                "latency_delivered": await latency(root, broker, scans, "delivered", load=0),
-                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            }
-        finally:
-            broker.stop()
+    with private_broker() as (root, broker):
+        result = {
+            "throughput": await throughput(root, broker, events),
+            "latency_stored": await latency(root, broker, scans, "stored", load=0),
+            "latency_delivered": await latency(root, broker, scans, "delivered", load=0),
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
     print(json.dumps(result))
 
 

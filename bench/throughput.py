@@ -14,11 +14,9 @@ import argparse
 import asyncio
 import json
 import resource
-import tempfile
 import time
-from pathlib import Path
 
-from bench import logs_to_stderr
+from bench import logs_to_stderr, private_broker
 from bench.quick import PRODUCERS, throughput
 from gateway.mqtt_link import MqttLink
 from gateway.settings import MqttSection
@@ -76,15 +74,9 @@ async def floor(broker: MosquittoBroker, events: int) -> float:
 
 async def main(events: int, producers: int) -> None:
     """Pipeline first, then the floor, against one private broker."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        broker = MosquittoBroker(root / "broker")
-        broker.start()
-        try:
-            pipeline = await throughput(root, broker, events, producers)
-            bare = await floor(broker, events)
-        finally:
-            broker.stop()
+    with private_broker() as (root, broker):
+        pipeline = await throughput(root, broker, events, producers)
+        bare = await floor(broker, events)
     rate = pipeline["end_to_end_per_s"]
     print(
         json.dumps(
