@@ -52,7 +52,10 @@ def freeze_startup_objects() -> None:
     validators and the drivers' tables that took ~50 ms here, three times in 30 s under load,
     and each one stalled every scan's feedback. Start-up objects live as long as the process,
     so after one collection they are frozen and later full collections see only newer ones.
+    Also called after a reload: unfreezing first lets what the old config built be collected
+    before the new live set is frozen.
     """
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
 
@@ -169,7 +172,7 @@ class Gateway:
             started = loop.time()
             self._buffer_stats = await self.buffer.stats()
             took = loop.time() - started
-            self._buffer_stats_due = loop.time() + max(0.0, STATS_COST_FACTOR * took)
+            self._buffer_stats_due = loop.time() + STATS_COST_FACTOR * took
         self.metrics.sample(
             stats=self._buffer_stats,
             transitions=self.buffer.transitions,
