@@ -441,8 +441,7 @@ class Buffer:
         return f"state = {STATE_SENT} AND droppable = 0 AND device IN ({names})"
 
     async def _delete(self, rowids: Sequence[int]) -> None:
-        for start in range(0, len(rowids), 500):
-            chunk = rowids[start : start + 500]
+        for chunk in _chunks(rowids):
             marks = ",".join("?" * len(chunk))
             await self._conn.execute(f"DELETE FROM events WHERE rowid IN ({marks})", chunk)  # noqa: S608
 
