@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -27,7 +26,9 @@ from drivers.base import DeviceConfig, Outcome, StoredEvent
 
 log = structlog.get_logger(__name__)
 
-FeedbackFn = Callable[[str, Outcome], Coroutine[Any, Any, None]]
+FeedbackFn = Callable[[str, Outcome], None]
+"""Starts a device's feedback and returns at once (the daemon's ``_feedback``): feedback runs
+on the device's time, never on the pipeline's."""
 
 
 @dataclass(slots=True)
@@ -44,7 +45,6 @@ class Confirmations:
     def __init__(self, feedback: FeedbackFn) -> None:
         self._feedback = feedback
         self._waiting: dict[str, _Waiter] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.latencies: list[float] = []
         self.latencies_total = 0
         """Seconds from capture to good feedback, most recent last (bounded)."""
@@ -103,14 +103,10 @@ class Confirmations:
             self.latencies_total += 1
             if len(self.latencies) > 10_000:
                 del self.latencies[:5_000]
-        task = asyncio.create_task(self._feedback(device, outcome))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._feedback(device, outcome)
 
-    async def close(self) -> None:
-        """Cancel timers and let feedback already started finish (it is a few bytes)."""
+    def close(self) -> None:
+        """Cancel the timers: nobody waits for feedback any more."""
         for waiter in self._waiting.values():
             waiter.timer.cancel()
         self._waiting.clear()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=1.0)

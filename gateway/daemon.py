@@ -68,6 +68,7 @@ class Gateway:
         self.device_states: dict[str, dict[str, Any]] = {}
         self.drivers: dict[str, Driver[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._feedback_tasks: set[asyncio.Task[None]] = set()
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload = asyncio.Event()
         self._buffer_stats: BufferStats | None = None
@@ -291,14 +292,26 @@ class Gateway:
 
         return report
 
-    async def _feedback(self, device: str, outcome: Outcome) -> None:
+    def _feedback(self, device: str, outcome: Outcome) -> None:
+        """Give feedback at once where the driver can, else in a task of its own."""
         driver = self.drivers.get(device)
         if driver is None:
             return
         try:
-            await driver.feedback(outcome)
+            if driver.feedback_now(outcome):
+                return
         except Exception:
             log.exception("feedback_failed", device=device, outcome=outcome.value)
+            return
+        task = asyncio.create_task(self._feedback_later(driver, outcome))
+        self._feedback_tasks.add(task)
+        task.add_done_callback(self._feedback_tasks.discard)
+
+    async def _feedback_later(self, driver: Driver[Any], outcome: Outcome) -> None:
+        try:
+            await driver.feedback(outcome)
+        except Exception:
+            log.exception("feedback_failed", device=driver.device_id, outcome=outcome.value)
 
     def _spawn(self, coro: Any) -> None:  # noqa: ANN401 - any awaitable
         task = asyncio.ensure_future(coro)
@@ -367,7 +380,9 @@ class Gateway:
             await self.publish_checkpoint()
         self.publisher.stop()
         await asyncio.gather(publisher_task, return_exceptions=True)
-        await self.confirmations.close()
+        self.confirmations.close()
+        if self._feedback_tasks:  # a few bytes, or a GPO pulse: let them finish, briefly
+            await asyncio.wait(self._feedback_tasks, timeout=1.0)
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.metrics is not None:
             self.metrics.close()

@@ -11,10 +11,10 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 SPECVERSION = "1.0"
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _HISTORICAL_SUFFIX = b',"historical":true}'
 _REPLAYED_SUFFIX = b',"historical":true,"replayed":true}'
 
@@ -57,9 +57,22 @@ def uuid7() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+_second: tuple[int, str] = (-1, "")
+"""The last whole second formatted, and its text: most stamps fall in the same second."""
+
+
 def rfc3339_now() -> str:
-    """Capture time on the gateway: RFC 3339, UTC, microseconds."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """Capture time on the gateway: RFC 3339, UTC, microseconds.
+
+    Formats the date and time once per second and only the microseconds per call: this runs
+    for every event, and datetime's isoformat was 1.5 µs of it.
+    """
+    global _second  # noqa: PLW0603 - a one-entry cache, replaced whole (thread-safe)
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def source_for(site: str, gateway: str, device: str) -> str:
@@ -70,18 +83,16 @@ def source_for(site: str, gateway: str, device: str) -> str:
 def render_event(
     *, event_id: str, source: str, type_: str, time_: str, seq: int, data: Mapping[str, Any]
 ) -> bytes:
-    """Serialize one event compactly; ``historical`` is added at publish time, never stored."""
-    body = {
-        "specversion": SPECVERSION,
-        "id": event_id,
-        "source": source,
-        "type": type_,
-        "time": time_,
-        "seq": seq,
-        "datacontenttype": "application/json",
-        "data": data,
-    }
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    """Serialize one event compactly; ``historical`` is added at publish time, never stored.
+
+    The same bytes ``json.dumps`` gives for the attributes in this order, but with the fixed
+    parts written once: the envelope was a third of the render time.
+    """
+    return (
+        f'{{"specversion":"{SPECVERSION}","id":{_encode(event_id)},"source":{_encode(source)},'
+        f'"type":{_encode(type_)},"time":{_encode(time_)},"seq":{int(seq)},'
+        f'"datacontenttype":"application/json","data":{_encode(data)}}}'
+    ).encode()
 
 
 def mark_historical(payload: bytes) -> bytes:

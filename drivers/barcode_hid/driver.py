@@ -50,6 +50,11 @@ class BarcodeHidDriver(BarcodeDriver[BarcodeHidConfig]):
         """The configured terminator key, as the framer sees it."""
         return self.config.frame_mode()
 
+    def feedback_now(self, outcome: Outcome) -> bool:
+        """Done at once: there is nothing to send (see :meth:`feedback`)."""
+        del outcome
+        return True
+
     async def feedback(self, outcome: Outcome) -> None:
         """Nothing to send: a keyboard wedge has no host-to-scanner channel for beeps.
 

@@ -40,6 +40,24 @@ class BarcodeSerialDriver(BarcodeDriver[BarcodeSerialConfig]):
         """The configured ``framing``."""
         return self.config.framing
 
+    def feedback_now(self, outcome: Outcome) -> bool:
+        """Write the bytes at once when the port has nothing queued; else defer to feedback().
+
+        A queued write means the adapter is not keeping up: :meth:`feedback` then waits for
+        it, with a timeout, and logs if it is wedged.
+        """
+        data = self._feedback.get(outcome)
+        writer = self._writer
+        if data is None or writer is None or writer.is_closing():
+            return True  # nothing to send
+        if writer.transport.get_write_buffer_size():
+            return False
+        try:
+            writer.write(data)
+        except Exception as exc:  # the transport reports its own fatal errors; be safe anyway
+            self._log.warning("feedback_failed", outcome=outcome.value, error=str(exc))
+        return True
+
     async def feedback(self, outcome: Outcome) -> None:
         """Write the profile's bytes for ``outcome``; a no-op without bytes or an open port."""
         data = self._feedback.get(outcome)

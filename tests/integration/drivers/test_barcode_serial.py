@@ -210,6 +210,22 @@ async def test_feedback_honeywell(tmp_path):
         assert received == b"\x1b7,\x1b8,"
 
 
+async def test_feedback_now_writes_at_once_and_defers_when_the_port_is_behind(tmp_path):
+    """The synchronous path writes the bytes; with output queued it asks for feedback()."""
+    async with running(tmp_path, feedback="honeywell") as h:
+        assert h.driver is not None
+        await h.sim.type_code("4006381333931")
+        await wait_until(lambda: len(h.events) == 1)
+        assert h.driver.feedback_now(Outcome.GOOD) is True
+        assert await h.sim.wait_feedback(lambda b: b"\x1b7," in b, TIMEOUT) == b"\x1b7,"
+        assert h.driver.feedback_now(Outcome.PENDING) is True  # no bytes for pending: done
+        writer = h.driver._writer  # a stalled adapter cannot be made otherwise
+        assert writer is not None
+        writer.write(b"\0" * (4 << 20))  # more than the pty holds: the rest stays queued
+        assert writer.transport.get_write_buffer_size() > 0
+        assert h.driver.feedback_now(Outcome.BAD) is False
+
+
 async def test_garbage_and_oversize_counted(tmp_path):
     """Noise and an over-long frame are dropped and counted; the next scan still arrives."""
     async with running(tmp_path, max_frame=16, feedback="honeywell") as h:

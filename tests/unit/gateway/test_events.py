@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.events import mark_historical, render_event, rfc3339_now, source_for, uuid7
 
@@ -67,3 +73,54 @@ def test_capture_time_is_rfc3339_utc_with_microseconds() -> None:
     stamp = rfc3339_now()
     assert stamp.endswith("Z")
     assert len(stamp.split(".")[1]) == 7
+
+
+@settings(max_examples=300)
+@given(
+    event_id=st.text(),
+    source=st.text(),
+    type_=st.text(),
+    time_=st.text(),
+    seq=st.integers(min_value=1, max_value=2**63 - 1),
+    data=st.dictionaries(
+        st.text(),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner),
+            max_leaves=8,
+        ),
+    ),
+)
+def test_render_gives_the_bytes_json_dumps_gives(
+    event_id: str, source: str, type_: str, time_: str, seq: int, data: dict[str, Any]
+) -> None:
+    """The hand-written envelope must be byte-identical to the json.dumps rendering it replaced.
+
+    Stored payloads are resent and replayed as they are; the format must not drift.
+    """
+    body = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": type_,
+        "time": time_,
+        "seq": seq,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    expected = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    rendered = render_event(
+        event_id=event_id, source=source, type_=type_, time_=time_, seq=seq, data=data
+    )
+    assert rendered == expected
+
+
+def test_capture_time_is_the_clock_to_the_microsecond() -> None:
+    """The per-second cache must never give a stale second or lose leading zeros."""
+    for _ in range(3):
+        before = datetime.now(UTC)
+        stamp = rfc3339_now()
+        after = datetime.now(UTC)
+        parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert before <= parsed <= after
+        time.sleep(0.6)  # cross at least one second boundary over the loop
