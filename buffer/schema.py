@@ -16,6 +16,8 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
+from buffer.event_ids import id_key
+
 log = structlog.get_logger(__name__)
 
 STATE_PENDING = 0
@@ -57,6 +59,29 @@ MIGRATIONS: tuple[str, ...] = (
         detail        TEXT,
         since         TEXT
     );
+    """,
+    # v1 -> v2: ids stored as their 16 bytes (buffer/event_ids.py), 40 bytes less per event in
+    # the row and the unique index. SQLite cannot change a column's type in place, so the table
+    # is rebuilt, keeping every rowid (commit order) and every row's state.
+    """
+    CREATE TABLE events_v2 (
+        rowid     INTEGER PRIMARY KEY,
+        id        BLOB    NOT NULL UNIQUE,
+        device    TEXT    NOT NULL,
+        seq       INTEGER NOT NULL,
+        state     INTEGER NOT NULL DEFAULT 0,
+        droppable INTEGER NOT NULL DEFAULT 0,
+        created   REAL    NOT NULL,
+        sent      REAL,
+        payload   BLOB    NOT NULL,
+        UNIQUE (device, seq)
+    );
+    INSERT INTO events_v2 (rowid, id, device, seq, state, droppable, created, sent, payload)
+        SELECT rowid, edge_id_key(id), device, seq, state, droppable, created, sent, payload
+        FROM events ORDER BY rowid;
+    DROP TABLE events;
+    ALTER TABLE events_v2 RENAME TO events;
+    CREATE INDEX events_unsent ON events (state, rowid) WHERE state < 2;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -127,6 +152,7 @@ def quarantine(path: Path, reason: str) -> Path:
 async def _connect(path: Path) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
+        await conn.create_function("edge_id_key", 1, id_key, deterministic=True)  # migrations
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=FULL")
         await conn.execute("PRAGMA foreign_keys=ON")

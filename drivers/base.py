@@ -61,9 +61,12 @@ class DeviceEvent:
     feedback: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredEvent:
-    """An event after the buffer committed it: its stable id and per-device sequence number."""
+    """An event after the buffer committed it: its stable id and per-device sequence number.
+
+    Not ``frozen``, like ``buffer.store.NewEvent``: one is built per event.
+    """
 
     id: str
     device: str

@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buffer.event_ids import id_key, id_text
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
 
@@ -100,7 +101,7 @@ def stored_events(db: Path) -> dict[str, dict[str, tuple[str, int]]]:
         for device, event_id, seq, payload in conn.execute(
             "SELECT device, id, seq, json_extract(payload, '$.data.code') FROM events"
         ).fetchall():
-            out[device][event_id] = (str(payload), int(seq))
+            out[device][id_text(event_id)] = (str(payload), int(seq))
     return out
 
 
@@ -193,6 +194,7 @@ def describe_lost(db: Path, parity: Parity) -> list[tuple[object, ...]]:
             tuple(row)
             for event_id in ids[:20]
             for row in conn.execute(
-                "SELECT device, id, seq, state, created, sent FROM events WHERE id = ?", (event_id,)
+                "SELECT device, id, seq, state, created, sent FROM events WHERE id = ?",
+                (id_key(event_id),),
             )
         ]

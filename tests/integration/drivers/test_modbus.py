@@ -210,6 +210,9 @@ async def test_jam_raise_and_clear_and_estop_bit(tmp_path):
         await wait_until(lambda: len(h.alarms) == 1)
         await asyncio.sleep(0.1)
         h.sim.model.set_fault("jam", False)
+        # One at a time: a poll that reads the two points in separate requests may see the
+        # e-stop before the jam's clear, and both orders would be right.
+        await wait_until(lambda: len(h.alarms) == 2)
         h.sim.model.set_fault("estop", True)
         await wait_until(lambda: len(h.alarms) == 3)
         h.sim.model.set_fault("estop", False)

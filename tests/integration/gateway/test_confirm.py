@@ -11,6 +11,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from buffer.event_ids import id_text
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector, sku_rule
 from simulators.scanner import ScannerSimulator
@@ -133,7 +134,8 @@ async def test_duplicate_early_and_foreign_confirms(
             while states(db).get(1) != 2:
                 await asyncio.sleep(0.02)
         with sqlite3.connect(db) as conn:
-            (event_id,) = conn.execute("SELECT id FROM events WHERE seq = 1").fetchone()
+            (stored_id,) = conn.execute("SELECT id FROM events WHERE seq = 1").fetchone()
+        event_id = id_text(stored_id)
         root = "edge/site-test/gw-test"
         async with aiomqtt.Client(broker.host, broker.port, identifier="tester") as client:
             ok = f'{{"id": "{event_id}", "status": "accepted"}}'

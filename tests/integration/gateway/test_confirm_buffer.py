@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from buffer.event_ids import id_key
 from buffer.schema import STATE_CONFIRMED, STATE_REJECTED, STATE_SENT
 from buffer.store import Buffer, NewEvent
 from gateway.events import render_event
@@ -34,7 +35,9 @@ async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
 
 
 async def state_of(buf: Buffer, event_id: str) -> int | None:
-    async with buf._conn.execute("SELECT state FROM events WHERE id = ?", (event_id,)) as cur:
+    async with buf._conn.execute(
+        "SELECT state FROM events WHERE id = ?", (id_key(event_id),)
+    ) as cur:
         row = await cur.fetchone()
     return None if row is None else int(row[0])
 

@@ -1,0 +1,83 @@
+"""Event ids stored as 16 bytes, and the v1 -> v2 migration that packs existing ones."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from buffer.event_ids import id_key, id_text
+from buffer.schema import MIGRATIONS, SCHEMA_VERSION
+from buffer.store import Buffer
+from gateway.events import uuid7
+
+
+def test_generated_ids_pack_to_16_bytes_and_back() -> None:
+    """Every id the gateway makes is stored in 16 bytes and read back as the same text."""
+    for _ in range(1000):
+        event_id = uuid7()
+        key = id_key(event_id)
+        assert isinstance(key, bytes)
+        assert len(key) == 16
+        assert id_text(key) == event_id
+
+
+@given(st.text() | st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper()))
+def test_any_id_reads_back_exactly_as_given(event_id: str) -> None:
+    """Upper case, spaces or any other text stays text: unpacking never changes an id."""
+    assert id_text(id_key(event_id)) == event_id
+
+
+def test_only_the_canonical_lower_case_form_is_packed() -> None:
+    """An id that would unpack differently (upper case, spaces for dashes) is kept as text."""
+    event_id = uuid7()
+    assert id_key(event_id.upper()) == event_id.upper()
+    assert id_key(event_id.replace("-", " ")) == event_id.replace("-", " ")
+    spaced = event_id[:35] + " "
+    assert id_key(spaced) == spaced
+
+
+def make_v1(path: Path, ids: list[str]) -> None:
+    """A buffer file as release 1 wrote it: text ids, rows in several states."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("PRAGMA user_version=1")
+        for n, event_id in enumerate(ids, start=1):
+            conn.execute(
+                "INSERT INTO events (id, device, seq, state, created, sent, payload)"
+                " VALUES (?, 'dock', ?, ?, 1.0, ?, ?)",
+                (event_id, n, n % 3, 2.0 if n % 3 == 2 else None, f'{{"n":{n}}}'.encode()),
+            )
+        conn.execute("INSERT INTO devices (device, last_seq) VALUES ('dock', ?)", (len(ids),))
+
+
+async def test_v1_buffer_is_migrated_keeping_ids_order_and_states(tmp_path: Path) -> None:
+    """Upgrading keeps every row: same id text, commit order, state; confirms still find them."""
+    path = tmp_path / "buffer.db"
+    ids = [uuid7() for _ in range(6)] + ["legacy-id"]
+    make_v1(path, ids)
+    with sqlite3.connect(path) as conn:
+        before = conn.execute(
+            "SELECT rowid, device, seq, state, sent, payload FROM events"
+        ).fetchall()
+
+    buf = await Buffer.open(path, max_bytes=10**8)
+    try:
+        pending = await buf.claim(100)  # states 0 (pending) and 1 (in flight, reset on open)
+        assert [e.id for e in pending] == [i for n, i in enumerate(ids, 1) if n % 3 != 2]
+        result = await buf.settle([(ids[1], True), ("legacy-id", False), (uuid7(), True)])
+        assert [s.id for s in result.applied] == [ids[1], "legacy-id"]
+        assert result.unknown == 1
+    finally:
+        await buf.close()
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        stored = conn.execute("SELECT id FROM events ORDER BY rowid").fetchall()
+        after = conn.execute("SELECT rowid, device, seq, payload FROM events").fetchall()
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert [id_text(i) for (i,) in stored] == ids
+    assert all(isinstance(i, bytes) for (i,) in stored[:-1])
+    assert after == [(r, d, s, p) for r, d, s, _, _, p in before]
