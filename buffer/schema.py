@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiosqlite
@@ -33,7 +34,45 @@ STATE_NAMES = {
     STATE_REJECTED: "rejected",
 }
 
-MIGRATIONS: tuple[str, ...] = (
+ProgressFn = Callable[[str], None]
+"""Told, now and then, what a long step at open is doing (a migration of a big buffer), so the
+daemon can tell systemd it is still starting."""
+
+PACK_CHUNK = 20_000
+"""Rows per transaction when packing ids: small enough to keep the WAL small, and the work done
+so far is kept if the gateway is stopped part way."""
+
+
+async def _pack_ids(conn: aiosqlite.Connection, progress: ProgressFn) -> None:
+    """v1 -> v2: store each id as its 16 bytes (buffer/event_ids.py), 40 bytes less per event.
+
+    In place, not by rebuilding the table: a rebuild would leave the old table's pages free
+    inside the file, doubling it on disk at the first start after an upgrade. ``id`` keeps its
+    TEXT declaration; TEXT affinity stores a BLOB as it is. Rows already packed are skipped, so
+    an interrupted run simply carries on at the next start.
+    """
+    async with conn.execute("SELECT coalesce(max(rowid), 0) FROM events") as cur:
+        row = await cur.fetchone()
+    last = int(row[0]) if row else 0
+    for start in range(0, last, PACK_CHUNK):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute(
+                "UPDATE events SET id = edge_id_key(id)"
+                " WHERE rowid > ? AND rowid <= ? AND typeof(id) = 'text'",
+                (start, start + PACK_CHUNK),
+            )
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        progress(f"packing event ids: {min(start + PACK_CHUNK, last) * 100 // last} %")
+
+
+Migration = str | Callable[[aiosqlite.Connection, ProgressFn], Awaitable[None]]
+"""A SQL script run in one transaction, or a step that commits as it goes."""
+
+MIGRATIONS: tuple[Migration, ...] = (
     # v0 -> v1: events in commit order (rowid), the exact payload that goes on the wire, and
     # per-device counters. The partial index keeps the publisher's "oldest pending" scan cheap
     # however many sent events are retained for replay.
@@ -60,29 +99,8 @@ MIGRATIONS: tuple[str, ...] = (
         since         TEXT
     );
     """,
-    # v1 -> v2: ids stored as their 16 bytes (buffer/event_ids.py), 40 bytes less per event in
-    # the row and the unique index. SQLite cannot change a column's type in place, so the table
-    # is rebuilt, keeping every rowid (commit order) and every row's state.
-    """
-    CREATE TABLE events_v2 (
-        rowid     INTEGER PRIMARY KEY,
-        id        BLOB    NOT NULL UNIQUE,
-        device    TEXT    NOT NULL,
-        seq       INTEGER NOT NULL,
-        state     INTEGER NOT NULL DEFAULT 0,
-        droppable INTEGER NOT NULL DEFAULT 0,
-        created   REAL    NOT NULL,
-        sent      REAL,
-        payload   BLOB    NOT NULL,
-        UNIQUE (device, seq)
-    );
-    INSERT INTO events_v2 (rowid, id, device, seq, state, droppable, created, sent, payload)
-        SELECT rowid, edge_id_key(id), device, seq, state, droppable, created, sent, payload
-        FROM events ORDER BY rowid;
-    DROP TABLE events;
-    ALTER TABLE events_v2 RENAME TO events;
-    CREATE INDEX events_unsent ON events (state, rowid) WHERE state < 2;
-    """,
+    # v1 -> v2: ids stored as their 16 bytes, in place.
+    _pack_ids,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -152,7 +170,7 @@ def quarantine(path: Path, reason: str) -> Path:
 async def _connect(path: Path) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
-        await conn.create_function("edge_id_key", 1, id_key, deterministic=True)  # migrations
+        await conn.create_function("edge_id_key", 1, id_key, deterministic=True)  # _pack_ids
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=FULL")
         await conn.execute("PRAGMA foreign_keys=ON")
@@ -177,7 +195,7 @@ async def _check(conn: aiosqlite.Connection) -> str | None:
     return None
 
 
-async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+async def _migrate(conn: aiosqlite.Connection, path: Path, progress: ProgressFn) -> None:
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
     version = int(row[0]) if row else 0
@@ -186,10 +204,16 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
             f"{path}: schema version {version} is newer than this gateway's {SCHEMA_VERSION};"
             " upgrade edge-gateway or restore the previous release"
         )
-    for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for target, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        if not isinstance(step, str):
+            log.info("buffer_migrating", path=str(path), version=target)
+            await step(conn, progress)
+            await conn.execute(f"PRAGMA user_version={target}")
+            log.info("buffer_migrated", path=str(path), version=target)
+            continue
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(str.strip, script.split(";")):
+            for statement in filter(str.strip, step.split(";")):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version={target}")
             await conn.execute("COMMIT")
@@ -199,7 +223,11 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         log.info("buffer_migrated", path=str(path), version=target)
 
 
-async def open_database(path: Path) -> aiosqlite.Connection:
+def _quiet(_what: str) -> None:
+    """No one to tell about progress."""
+
+
+async def open_database(path: Path, progress: ProgressFn | None = None) -> aiosqlite.Connection:
     """Open (creating, checking, quarantining and migrating as needed) the buffer database."""
     try:
         _set_aside_orphan_wal(path)
@@ -220,7 +248,7 @@ async def open_database(path: Path) -> aiosqlite.Connection:
         problem = await _check(conn)
         if problem is None:
             try:
-                await _migrate(conn, path)
+                await _migrate(conn, path, progress or _quiet)
             except BaseException:
                 await conn.close()  # its worker thread would otherwise outlive the daemon
                 raise

@@ -31,6 +31,7 @@ from buffer.schema import (
     STATE_PENDING,
     STATE_REJECTED,
     STATE_SENT,
+    ProgressFn,
     open_database,
 )
 from buffer.stats import BufferStats, collect_stats, open_reader
@@ -213,9 +214,13 @@ class Buffer:
         max_bytes: int,
         batch_max: int = 500,
         keep_unconfirmed: frozenset[str] = frozenset(),
+        progress: ProgressFn | None = None,
     ) -> Buffer:
-        """Open the database, reset in-flight rows to pending and start the writer."""
-        conn = await open_database(path)
+        """Open the database, reset in-flight rows to pending and start the writer.
+
+        ``progress`` hears about long steps (a schema migration of a big buffer) as they go.
+        """
+        conn = await open_database(path, progress)
         buf = cls(
             conn, path, max_bytes=max_bytes, batch_max=batch_max, keep_unconfirmed=keep_unconfirmed
         )

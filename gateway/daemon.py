@@ -60,6 +60,11 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def _still_starting(what: str) -> None:
+    """A long step before READY (a buffer migration): ask systemd for 30 s more each time."""
+    notify("EXTEND_TIMEOUT_USEC=30000000", f"STATUS={what}")
+
+
 class Gateway:
     """One running gateway. ``await Gateway(settings).run(stop_event)``."""
 
@@ -82,6 +87,7 @@ class Gateway:
             max_bytes=s.buffer.max_bytes,
             batch_max=s.buffer.batch_max,
             keep_unconfirmed=frozenset(d.id for d in s.devices if d.confirm == "accepted"),
+            progress=_still_starting,
         )
         self.confirmations = Confirmations(self._feedback)
         self.pipeline = Pipeline(

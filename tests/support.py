@@ -7,12 +7,14 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from buffer.schema import MIGRATIONS
 from gateway.daemon import Gateway
 from gateway.settings import load_settings
 
@@ -179,3 +181,22 @@ def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         check=False,
     )
+
+
+def make_v1_buffer(path: Path, ids: list[str | bytes]) -> None:
+    """A buffer file as release 1 wrote it: text ids, rows in several states, 300 B payloads."""
+    script = MIGRATIONS[0]
+    assert isinstance(script, str)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(script)
+        conn.execute("PRAGMA user_version=1")
+        for n, event_id in enumerate(ids, start=1):
+            conn.execute(
+                "INSERT INTO events (id, device, seq, state, created, sent, payload)"
+                " VALUES (?, 'dock', ?, ?, 1.0, ?, ?)",
+                (event_id, n, n % 3, 2.0 if n % 3 == 2 else None, b"%300d" % n),
+            )
+        conn.execute("INSERT INTO devices (device, last_seq) VALUES ('dock', ?)", (len(ids),))
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from buffer import schema
 from buffer.event_ids import id_key, id_text
-from buffer.schema import MIGRATIONS, SCHEMA_VERSION
+from buffer.schema import SCHEMA_VERSION
 from buffer.store import Buffer
 from gateway.events import uuid7
+from tests.support import make_v1_buffer
 
 
 def test_generated_ids_pack_to_16_bytes_and_back() -> None:
@@ -39,33 +42,27 @@ def test_only_the_canonical_lower_case_form_is_packed() -> None:
     assert id_key(spaced) == spaced
 
 
-def make_v1(path: Path, ids: list[str]) -> None:
-    """A buffer file as release 1 wrote it: text ids, rows in several states."""
-    with sqlite3.connect(path) as conn:
-        conn.executescript(MIGRATIONS[0])
-        conn.execute("PRAGMA user_version=1")
-        for n, event_id in enumerate(ids, start=1):
-            conn.execute(
-                "INSERT INTO events (id, device, seq, state, created, sent, payload)"
-                " VALUES (?, 'dock', ?, ?, 1.0, ?, ?)",
-                (event_id, n, n % 3, 2.0 if n % 3 == 2 else None, f'{{"n":{n}}}'.encode()),
-            )
-        conn.execute("INSERT INTO devices (device, last_seq) VALUES ('dock', ?)", (len(ids),))
-
-
-async def test_v1_buffer_is_migrated_keeping_ids_order_and_states(tmp_path: Path) -> None:
-    """Upgrading keeps every row: same id text, commit order, state; confirms still find them."""
+async def test_v1_buffer_is_migrated_in_place_keeping_ids_order_and_states(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgrading keeps every row (same id text, commit order, state), confirms still find them,
+    the file does not grow, and a run cut short carries on where it stopped."""
+    monkeypatch.setattr(schema, "PACK_CHUNK", 1000)
     path = tmp_path / "buffer.db"
-    ids = [uuid7() for _ in range(6)] + ["legacy-id"]
-    make_v1(path, ids)
+    ids = [uuid7() for _ in range(4999)] + ["legacy-id"]
+    # A run cut short: the first chunk is packed already, the rest is text.
+    make_v1_buffer(path, [id_key(i) if n < 1000 else i for n, i in enumerate(ids)])
     with sqlite3.connect(path) as conn:
         before = conn.execute(
             "SELECT rowid, device, seq, state, sent, payload FROM events"
         ).fetchall()
+    size_before = path.stat().st_size
 
-    buf = await Buffer.open(path, max_bytes=10**8)
+    heard: list[str] = []
+    buf = await Buffer.open(path, max_bytes=10**8, progress=heard.append)
     try:
-        pending = await buf.claim(100)  # states 0 (pending) and 1 (in flight, reset on open)
+        assert heard == [f"packing event ids: {p} %" for p in (20, 40, 60, 80, 100)]
+        pending = await buf.claim(10_000)  # states 0 (pending) and 1 (in flight, reset on open)
         assert [e.id for e in pending] == [i for n, i in enumerate(ids, 1) if n % 3 != 2]
         result = await buf.settle([(ids[1], True), ("legacy-id", False), (uuid7(), True)])
         assert [s.id for s in result.applied] == [ids[1], "legacy-id"]
@@ -73,6 +70,7 @@ async def test_v1_buffer_is_migrated_keeping_ids_order_and_states(tmp_path: Path
     finally:
         await buf.close()
 
+    assert path.stat().st_size <= size_before * 1.05  # a table rebuild would double it
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         stored = conn.execute("SELECT id FROM events ORDER BY rowid").fetchall()
