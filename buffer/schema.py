@@ -8,10 +8,11 @@ there for a technician to recover from.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiosqlite
@@ -43,6 +44,18 @@ PACK_CHUNK = 20_000
 so far is kept if the gateway is stopped part way."""
 
 
+@contextlib.asynccontextmanager
+async def _transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if the block fails."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
+
+
 async def _pack_ids(conn: aiosqlite.Connection, progress: ProgressFn) -> None:
     """v1 -> v2: store each id as its 16 bytes (buffer/event_ids.py), 40 bytes less per event.
 
@@ -55,17 +68,12 @@ async def _pack_ids(conn: aiosqlite.Connection, progress: ProgressFn) -> None:
         row = await cur.fetchone()
     last = int(row[0]) if row else 0
     for start in range(0, last, PACK_CHUNK):
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
+        async with _transaction(conn):
             await conn.execute(
                 "UPDATE events SET id = edge_id_key(id)"
                 " WHERE rowid > ? AND rowid <= ? AND typeof(id) = 'text'",
                 (start, start + PACK_CHUNK),
             )
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
         progress(f"packing event ids: {min(start + PACK_CHUNK, last) * 100 // last} %")
 
 
@@ -205,21 +213,15 @@ async def _migrate(conn: aiosqlite.Connection, path: Path, progress: ProgressFn)
             " upgrade edge-gateway or restore the previous release"
         )
     for target, step in enumerate(MIGRATIONS[version:], start=version + 1):
-        if not isinstance(step, str):
+        if isinstance(step, str):
+            async with _transaction(conn):
+                for statement in filter(str.strip, step.split(";")):
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version={target}")
+        else:
             log.info("buffer_migrating", path=str(path), version=target)
             await step(conn, progress)
             await conn.execute(f"PRAGMA user_version={target}")
-            log.info("buffer_migrated", path=str(path), version=target)
-            continue
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in filter(str.strip, step.split(";")):
-                await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version={target}")
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
         log.info("buffer_migrated", path=str(path), version=target)
 
 
