@@ -49,6 +49,19 @@ class ReconnectConfig(DeviceConfig):
 ReconnectConfigT = TypeVar("ReconnectConfigT", bound=ReconnectConfig)
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that something below us swallowed.
+
+    A driver cancelled at stop must stop. A cancellation that lands inside a library call can be
+    turned into an ordinary error (on 3.11, ``asyncio.timeout`` expiring at the same moment
+    does so), and the loop would then poll on while stop waits for it: seen once in CI, as the
+    Modbus driver still polling 5 s after its task was cancelled.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ReconnectingDriver(Driver[ReconnectConfigT]):
     """Base of drivers that open, read and reopen a device in ``_session`` until cancelled."""
 
@@ -74,6 +87,7 @@ class ReconnectingDriver(Driver[ReconnectConfigT]):
         try:
             while True:
                 reason = await self._session()
+                raise_if_cancelling()
                 self._mark_down(reason)
                 await asyncio.sleep(self._backoff.next())
         finally:

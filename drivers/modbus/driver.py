@@ -21,7 +21,7 @@ from drivers.modbus.decode import Number, decode_point
 from drivers.modbus.feedback import FeedbackWriter
 from drivers.modbus.plan import Request, plan, split
 from drivers.modbus.report import ReadingFilter
-from drivers.reconnecting import ReconnectingDriver
+from drivers.reconnecting import ReconnectingDriver, raise_if_cancelling
 
 READING_TYPE = "warehouse.conveyor.reading.v1"
 ALARM_TYPE = "warehouse.conveyor.alarm.v1"
@@ -100,6 +100,7 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._poll_group(link, group)
+            raise_if_cancelling()
             interval = self._intervals[group]
             late = loop.time() - due[group]
             missed = int(late // interval)
