@@ -45,14 +45,19 @@ so far is kept if the gateway is stopped part way."""
 
 
 @contextlib.asynccontextmanager
-async def _transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back if the block fails."""
+async def transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if the block fails.
+
+    A failing rollback (the connection is already broken) is ignored: the block's own error
+    is the one worth raising.
+    """
     await conn.execute("BEGIN IMMEDIATE")
     try:
         yield
         await conn.execute("COMMIT")
     except BaseException:
-        await conn.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")
         raise
 
 
@@ -68,7 +73,7 @@ async def _pack_ids(conn: aiosqlite.Connection, progress: ProgressFn) -> None:
         row = await cur.fetchone()
     last = int(row[0]) if row else 0
     for start in range(0, last, PACK_CHUNK):
-        async with _transaction(conn):
+        async with transaction(conn):
             await conn.execute(
                 "UPDATE events SET id = edge_id_key(id)"
                 " WHERE rowid > ? AND rowid <= ? AND typeof(id) = 'text'",
@@ -214,7 +219,7 @@ async def _migrate(conn: aiosqlite.Connection, path: Path, progress: ProgressFn)
         )
     for target, step in enumerate(MIGRATIONS[version:], start=version + 1):
         if isinstance(step, str):
-            async with _transaction(conn):
+            async with transaction(conn):
                 for statement in filter(str.strip, step.split(";")):
                     await conn.execute(statement)
                 await conn.execute(f"PRAGMA user_version={target}")

@@ -33,6 +33,7 @@ from buffer.schema import (
     STATE_SENT,
     ProgressFn,
     open_database,
+    transaction,
 )
 from buffer.stats import BufferStats, collect_stats, open_reader
 from drivers.base import StoredEvent
@@ -259,15 +260,8 @@ class Buffer:
     @contextlib.asynccontextmanager
     async def _transaction(self, *, durable: bool) -> AsyncIterator[None]:
         """One write transaction on the held connection, rolled back if anything fails."""
-        async with self._locked(durable=durable):
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._conn.execute("ROLLBACK")
-                raise
+        async with self._locked(durable=durable), transaction(self._conn):
+            yield
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` with the raw connection on aiosqlite's thread, in one round trip.
