@@ -21,7 +21,8 @@ from pathlib import Path
 
 from bench import logs_to_stderr
 from bench.storage import scan
-from buffer.store import Buffer, OutgoingEvent
+from buffer.rows import OutgoingEvent
+from buffer.store import Buffer
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from gateway.topics import Topics

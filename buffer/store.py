@@ -1,12 +1,16 @@
 """The store-and-forward buffer: group commit on the way in, claims and acks on the way out.
 
-One writer task owns every write. ``append`` queues an event and returns only after the
+One writer task owns every append. ``append`` queues an event and returns only after the
 transaction holding it committed (WAL, ``synchronous=FULL``), so nothing is reported stored
 before it is on disk; appends that arrive while a commit is in flight ride in the next
 transaction together, which is what makes durable ingest fast (many events, one fsync).
 
 Per-device ``seq`` is assigned inside that transaction, so it is gap-free and never reused: a
 refused event takes no number.
+
+Every write, appends and state changes alike, goes through :meth:`BufferConnection.write`
+(buffer/connection.py), which sets the transaction's durability itself. The cap's policy is in
+buffer/eviction.py, confirms in buffer/confirms.py, replay reads in buffer/replay_reads.py.
 """
 
 from __future__ import annotations
@@ -16,35 +20,47 @@ import collections
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import aiosqlite
 import structlog
 
-from buffer.event_ids import id_key, id_text
+from buffer.confirms import SettleResult, first_verdicts, settle
+from buffer.connection import BufferConnection
+from buffer.event_ids import id_key
+from buffer.eviction import awaiting_confirm_sql, make_room
+from buffer.replay_reads import ReplayRange, check_range, delivered_rows
+from buffer.rows import (
+    ADVANCE_LAST_SENT,
+    OutgoingEvent,
+    chunks,
+    fetch_outgoing,
+    last_sent_params,
+    marks,
+)
 from buffer.schema import (
     STATE_CONFIRMED,
     STATE_IN_FLIGHT,
     STATE_PENDING,
-    STATE_REJECTED,
     STATE_SENT,
     ProgressFn,
     open_database,
-    transaction,
 )
 from buffer.stats import BufferStats, collect_stats, open_reader
 from drivers.base import StoredEvent
 
 log = structlog.get_logger(__name__)
 
-_T = TypeVar("_T")
-
 
 class BufferFullError(Exception):
     """The event was refused: the buffer is at its size cap (or the disk is full)."""
+
+
+class BufferClosedError(RuntimeError):
+    """The buffer is closing or closed: the event was not stored."""
 
 
 @dataclass(slots=True)
@@ -63,54 +79,6 @@ class NewEvent:
     render: Callable[[int], bytes]
 
 
-@dataclass(slots=True)
-class OutgoingEvent:
-    """A claimed event on its way out. ``backlog`` marks rows older than the drain boundary.
-
-    Not ``frozen``, like :class:`NewEvent`: one is built per event.
-    """
-
-    rowid: int
-    id: str
-    device: str
-    seq: int
-    payload: bytes
-    backlog: bool
-    created: float = 0.0
-    """Commit time (epoch seconds), for the publish latency metric; 0 when not known."""
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """A confirm applied to a stored event: ``state`` is confirmed or rejected."""
-
-    id: str
-    device: str
-    seq: int
-    state: int
-
-
-@dataclass(slots=True)
-class SettleResult:
-    """What one batch of confirms did: applied ones, repeats, and ids this buffer never held."""
-
-    applied: list[Settled] = field(default_factory=list)
-    duplicate: int = 0
-    unknown: int = 0
-
-
-@dataclass(slots=True)
-class ReplayRange:
-    """A device's stored events in a seq range, or why the range cannot be replayed."""
-
-    device: str
-    from_seq: int
-    to_seq: int
-    error: str | None = None
-    unsent: int = 0
-    """Events in the range not yet delivered: the publisher sends them anyway, not the replay."""
-
-
 _Row = tuple[bytes | str, str, int, int, float, bytes]
 """An events row as inserted: id (as :func:`id_key` stores it), device, seq, droppable, created,
 payload."""
@@ -122,51 +90,16 @@ _UPSERT_DEVICE = (
     "INSERT INTO devices (device, last_seq) VALUES (?, ?)"
     " ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq"
 )
+_CLAIMABLE = (
+    "SELECT rowid, id, device, seq, payload, created FROM events"  # noqa: S608 - constants
+    f" WHERE state < 2 AND state = {STATE_PENDING} {{extra}} ORDER BY rowid LIMIT ?"
+)
 
 
-def _device_seqs(rows: Sequence[_Row], last_seq: dict[str, int]) -> list[tuple[str, int]]:
-    """(device, last_seq) for every device that has a row in ``rows``."""
-    return [(device, last_seq[device]) for device in {row[1] for row in rows}]
-
-
-def _insert(rows: Sequence[_Row], last_seq: dict[str, int]) -> Callable[[sqlite3.Connection], None]:
-    """The statements of a commit that fits under the cap, to run in one round trip."""
-    devices = _device_seqs(rows, last_seq)
-
-    def run(conn: sqlite3.Connection) -> None:
-        conn.executemany(_INSERT_EVENT, rows)
-        conn.executemany(_UPSERT_DEVICE, devices)
-
-    return run
-
-
-_ADVANCE_LAST_SENT = "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?"
-
-
-def _last_sent(sent: Iterable[tuple[str, int]]) -> list[tuple[int, str]]:
-    """(highest seq, device) per device in ``sent``: the parameters of ``_ADVANCE_LAST_SENT``."""
-    last: dict[str, int] = {}
-    for device, seq in sent:
-        last[device] = max(last.get(device, 0), seq)
-    return [(seq, device) for device, seq in last.items()]
-
-
-def _chunks(rowids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
-    """``rowids`` in pieces that stay well under SQLite's limit on bound parameters."""
-    for start in range(0, len(rowids), size):
-        yield rowids[start : start + size]
-
-
-def _fetch(
-    conn: sqlite3.Connection, sql: str, params: tuple[int, ...], *, backlog: bool
-) -> list[OutgoingEvent]:
-    """Claimable rows as OutgoingEvents (on the connection's thread)."""
-    if params[-1] <= 0:
-        return []
-    return [
-        OutgoingEvent(int(r), id_text(i), str(d), int(s), bytes(p), backlog, float(c))
-        for r, i, d, s, p, c in conn.execute(sql, params)
-    ]
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[_Row], last_seq: dict[str, int]) -> None:
+    """Insert ``rows`` and record each of their devices' new ``last_seq``."""
+    conn.executemany(_INSERT_EVENT, rows)
+    conn.executemany(_UPSERT_DEVICE, [(d, last_seq[d]) for d in {row[1] for row in rows}])
 
 
 @dataclass(slots=True)
@@ -175,12 +108,22 @@ class _Append:
     future: asyncio.Future[StoredEvent]
 
 
+@dataclass(slots=True)
+class _Committed:
+    """What a commit that had to make room did, applied to memory only once it committed."""
+
+    results: list[StoredEvent | BaseException] = field(default_factory=list)
+    last_seq: dict[str, int] = field(default_factory=dict)
+    bytes_delta: int = 0
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
 class Buffer:
     """The durable event store. Create with :meth:`open`, then :meth:`close` when done."""
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        db: BufferConnection,
         path: Path,
         *,
         max_bytes: int,
@@ -191,15 +134,14 @@ class Buffer:
         self.max_bytes = max_bytes
         self.keep_unconfirmed = keep_unconfirmed
         """Devices at the ``accepted`` level: their sent, unconfirmed events outlive retention."""
-        self._conn = conn
+        self._db = db
         self._batch_max = batch_max
-        self._lock = asyncio.Lock()
-        self._queue: asyncio.Queue[_Append] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
         self._last_seq: dict[str, int] = {}
         self._bytes = 0
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
         self._reader: aiosqlite.Connection | None = None
-        self._sync_mode = "FULL"
         self.committed = asyncio.Event()
         """Set after each commit that added events; the publisher waits on it when idle."""
         self.commits = 0
@@ -221,86 +163,32 @@ class Buffer:
 
         ``progress`` hears about long steps (a schema migration of a big buffer) as they go.
         """
-        conn = await open_database(path, progress)
+        db = BufferConnection(await open_database(path, progress))
         buf = cls(
-            conn, path, max_bytes=max_bytes, batch_max=batch_max, keep_unconfirmed=keep_unconfirmed
+            db, path, max_bytes=max_bytes, batch_max=batch_max, keep_unconfirmed=keep_unconfirmed
         )
-        await buf._load()
+        try:
+            await buf._load()
+        except BaseException:
+            await db.close()
+            raise
         buf._writer = asyncio.create_task(buf._write_loop(), name="buffer-writer")
         return buf
 
     async def _load(self) -> None:
-        async with self._conn.execute("SELECT device, last_seq FROM devices") as cur:
-            self._last_seq = {str(d): int(s) async for d, s in cur}
-        async with self._conn.execute("SELECT coalesce(sum(length(payload)), 0) FROM events") as c:
-            row = await c.fetchone()
-        self._bytes = int(row[0]) if row else 0
-        cur = await self._conn.execute(
-            "UPDATE events SET state = ? WHERE state = ?", (STATE_PENDING, STATE_IN_FLIGHT)
-        )
-        if cur.rowcount:
-            log.info("buffer_in_flight_reset", events=cur.rowcount)
+        def load(conn: sqlite3.Connection) -> tuple[dict[str, int], int, int]:
+            last_seq = {
+                str(d): int(s) for d, s in conn.execute("SELECT device, last_seq FROM devices")
+            }
+            row = conn.execute("SELECT coalesce(sum(length(payload)), 0) FROM events").fetchone()
+            reset = conn.execute(
+                "UPDATE events SET state = ? WHERE state = ?", (STATE_PENDING, STATE_IN_FLIGHT)
+            ).rowcount
+            return last_seq, int(row[0]) if row else 0, reset
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, *, durable: bool) -> AsyncIterator[None]:
-        """Hold the connection for one transaction, fsyncing its commit only when it matters.
-
-        Appends commit with ``synchronous=FULL``: nothing is reported stored before it is on
-        disk. Claims, acks and releases commit with ``NORMAL`` (no fsync of their own): losing
-        one in a power cut only means an event is sent again with the same id, and WAL keeps
-        the file consistent either way; the next durable commit's fsync covers them too.
-        """
-        async with self._lock:
-            mode = "FULL" if durable else "NORMAL"
-            if self._sync_mode != mode:
-                await self._conn.execute(f"PRAGMA synchronous={mode}")
-                self._sync_mode = mode
-            yield
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self, *, durable: bool) -> AsyncIterator[None]:
-        """One write transaction on the held connection, rolled back if anything fails."""
-        async with self._locked(durable=durable), transaction(self._conn):
-            yield
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn`` with the raw connection on aiosqlite's thread, in one round trip.
-
-        Every aiosqlite call is a round trip to its thread (~50 µs of event-loop time); the hot
-        paths (commit, claim, ack) are several statements each, so each runs as one function
-        there. aiosqlite has no public API for this: ``_execute`` and ``_conn`` are what its
-        own methods use, our version range pins them, and every buffer test goes through here.
-        """
-        result: _T = await self._conn._execute(fn, self._conn._conn)  # type: ignore[no-untyped-call]  # noqa: SLF001
-        return result
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], _T], *, durable: bool) -> _T:
-        """:meth:`_transaction` in one round trip: sync mode, BEGIN IMMEDIATE, ``fn``, COMMIT."""
-        mode = "FULL" if durable else "NORMAL"
-        switch = mode != self._sync_mode
-
-        def transaction(conn: sqlite3.Connection) -> _T:
-            if switch:
-                conn.execute(f"PRAGMA synchronous={mode}")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
-        async with self._lock:
-            self._sync_mode = ""  # unknown until the pragma is known to have run
-            result = await self._run(transaction)
-            self._sync_mode = mode
-            return result
-
-    async def _advance_last_sent(self, sent: Iterable[tuple[str, int]]) -> None:
-        """Raise each device's ``last_sent_seq`` to the highest seq in ``sent`` (never lower)."""
-        await self._conn.executemany(_ADVANCE_LAST_SENT, _last_sent(sent))
+        self._last_seq, self._bytes, reset = await self._db.write(load, durable=True)
+        if reset:
+            log.info("buffer_in_flight_reset", events=reset)
 
     @property
     def healthy(self) -> bool:
@@ -312,8 +200,12 @@ class Buffer:
         """Payload bytes held, the figure the size cap applies to."""
         return self._bytes
 
+    # --- the way in ---------------------------------------------------------------------------
+
     async def append(self, event: NewEvent) -> StoredEvent:
         """Store one event; returns after its transaction committed. Raises BufferFullError."""
+        if self._closing:
+            raise BufferClosedError("buffer closed")
         if not self.healthy:
             raise RuntimeError("buffer writer is not running")
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
@@ -321,31 +213,60 @@ class Buffer:
         return await future
 
     async def _write_loop(self) -> None:
+        """Commit queued appends in groups until :meth:`close` queues its ``None``."""
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
             while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
             await self._commit(batch)
+            if stop:
+                return
 
     async def _commit(self, batch: list[_Append]) -> None:
-        saved_seq, saved_bytes = dict(self._last_seq), self._bytes
+        """One transaction for ``batch``; memory (seqs, bytes) changes only once it committed."""
         results: list[StoredEvent | BaseException]
         now = time.time()
         try:
             rows, last_seq = self._rows(batch, now)
             size = sum(len(row[5]) for row in rows)
             if self._bytes + size <= self.max_bytes:
-                await self._write(_insert(rows, last_seq), durable=True)
+                await self._db.write(
+                    partial(_insert_rows, rows=rows, last_seq=last_seq), durable=True
+                )
                 self._last_seq, self._bytes = last_seq, self._bytes + size
                 results = [
                     StoredEvent(item.event.id, row[1], row[2], item.event.time, item.event.type)
                     for row, item in zip(rows, batch, strict=True)
                 ]
             else:
-                results = await self._commit_making_room(batch, now)
+                done = await self._db.write(
+                    partial(self._insert_making_room, batch, now), durable=True
+                )
+                self._last_seq.update(done.last_seq)
+                self._bytes += done.bytes_delta
+                self._count_evictions(done.counts)
+                results = done.results
+                refused = sum(
+                    isinstance(r, BufferFullError) and not item.event.droppable
+                    for r, item in zip(results, batch, strict=True)
+                )
+                if refused:
+                    log.error(
+                        "buffer_full_refusing_event",
+                        events=refused,
+                        max_bytes=self.max_bytes,
+                        held=self._bytes,
+                    )
             self.commits += 1
         except Exception as exc:
-            self._last_seq, self._bytes = saved_seq, saved_bytes
             error = _translate(exc)
             log.exception("buffer_commit_failed", events=len(batch), error=str(error))
             results = [error] * len(batch)
@@ -374,84 +295,48 @@ class Buffer:
             rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, ev.render(seq)))
         return rows, last_seq
 
-    async def _commit_making_room(
-        self, batch: list[_Append], now: float
-    ) -> list[StoredEvent | BaseException]:
-        """The batch does not fit under the cap: evict or refuse event by event.
+    def _insert_making_room(
+        self, batch: list[_Append], now: float, conn: sqlite3.Connection
+    ) -> _Committed:
+        """The batch does not fit under the cap: evict or refuse event by event (SQLite thread).
 
-        Rare, so it takes the slow way, one statement per round trip; seqs are assigned (and
-        payloads rendered) again because a refused event takes no number.
+        Rare, so simple: seqs are assigned (and payloads rendered) again, because a refused
+        event takes no number. Reads ``_bytes`` and ``_last_seq`` from the loop's objects: the
+        writer lock is held, and only a finished write changes them.
         """
-        results: list[StoredEvent | BaseException] = []
+        done = _Committed()
+        last_seq = dict(self._last_seq)
+        held = self._bytes
         rows: list[_Row] = []
-        async with self._transaction(durable=True):
-            for item in batch:
-                ev = item.event
-                seq = self._last_seq.get(ev.device, 0) + 1
-                payload = ev.render(seq)
-                if not await self._make_room(len(payload), droppable=ev.droppable):
-                    results.append(BufferFullError(f"buffer full ({self.max_bytes} bytes)"))
+        for item in batch:
+            ev = item.event
+            seq = last_seq.get(ev.device, 0) + 1
+            payload = ev.render(seq)
+            over = held + len(payload) - self.max_bytes
+            if over > 0:
+                room = make_room(conn, over, self.keep_unconfirmed)
+                if room.freed < over:
+                    done.results.append(BufferFullError(f"buffer full ({self.max_bytes} bytes)"))
                     continue
-                self._last_seq[ev.device] = seq
-                self._bytes += len(payload)
-                rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload))
-                results.append(StoredEvent(ev.id, ev.device, seq, ev.time, ev.type))
-            await self._conn.executemany(_INSERT_EVENT, rows)
-            await self._conn.executemany(_UPSERT_DEVICE, _device_seqs(rows, self._last_seq))
-        return results
+                held -= room.freed
+                done.counts.update(room.counts)
+            held += len(payload)
+            last_seq[ev.device] = seq
+            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload))
+            done.results.append(StoredEvent(ev.id, ev.device, seq, ev.time, ev.type))
+        _insert_rows(conn, rows, last_seq)
+        done.last_seq = {row[1]: last_seq[row[1]] for row in rows}
+        done.bytes_delta = held - self._bytes
+        return done
 
-    async def _make_room(self, size: int, *, droppable: bool) -> bool:
-        """Enforce the cap (DESIGN section 4) inside the current transaction.
+    def _count_evictions(self, counts: collections.Counter[str]) -> None:
+        self.transitions.update(counts)
+        if counts["dropped"]:
+            log.warning("buffer_full_dropped_telemetry", events=counts["dropped"])
+        if counts["evicted_unconfirmed"]:
+            log.warning("buffer_full_evicted_unconfirmed", events=counts["evicted_unconfirmed"])
 
-        First the oldest already-sent events that need nothing more go (their replay window
-        shrinks), then the oldest sent events still awaiting a central confirm (they were
-        delivered, so only their confirmability and replay are lost: counted and logged), then
-        the oldest pending telemetry (counted as dropped). Scans and RFID events are never
-        dropped: when only they remain, the new event is refused.
-        """
-        over = self._bytes + size - self.max_bytes
-        awaiting = self._awaiting_confirm_sql()
-        for condition, counter in (
-            (f"state >= {STATE_SENT} AND NOT ({awaiting})", "evicted_sent"),
-            (f"state >= {STATE_SENT}", "evicted_unconfirmed"),
-            (f"state = {STATE_PENDING} AND droppable = 1", "dropped"),
-        ):
-            if over <= 0:
-                break
-            async with self._conn.execute(
-                f"SELECT rowid, length(payload) FROM events WHERE {condition} ORDER BY rowid"  # noqa: S608 - constant conditions
-            ) as cur:
-                victims: list[int] = []
-                async for rowid, length in cur:
-                    victims.append(int(rowid))
-                    over -= int(length)
-                    self._bytes -= int(length)
-                    if over <= 0:
-                        break
-            if victims:
-                await self._delete(victims)
-                self.transitions[counter] += len(victims)
-                if counter == "dropped":
-                    log.warning("buffer_full_dropped_telemetry", events=len(victims))
-                elif counter == "evicted_unconfirmed":
-                    log.warning("buffer_full_evicted_unconfirmed", events=len(victims))
-        if over <= 0:
-            return True
-        if not droppable:
-            log.error("buffer_full_refusing_event", max_bytes=self.max_bytes, held=self._bytes)
-        return False
-
-    def _awaiting_confirm_sql(self) -> str:
-        """SQL condition for a sent row that retention must keep until its confirm arrives."""
-        if not self.keep_unconfirmed:
-            return "0"
-        names = ",".join("'" + d.replace("'", "''") + "'" for d in sorted(self.keep_unconfirmed))
-        return f"state = {STATE_SENT} AND droppable = 0 AND device IN ({names})"
-
-    async def _delete(self, rowids: Sequence[int]) -> None:
-        for chunk in _chunks(rowids):
-            marks = ",".join("?" * len(chunk))
-            await self._conn.execute(f"DELETE FROM events WHERE rowid IN ({marks})", chunk)  # noqa: S608
+    # --- the way out --------------------------------------------------------------------------
 
     async def claim(self, limit: int, live_after: int | None = None) -> list[OutgoingEvent]:
         """Mark up to ``limit`` of the oldest pending events in flight and return them.
@@ -459,33 +344,35 @@ class Buffer:
         With ``live_after`` (the last rowid of the backlog when a drain began), events committed
         after it come first, so live events are not held behind a long backlog.
         """
-        select = (
-            "SELECT rowid, id, device, seq, payload, created FROM events"
-            " WHERE state < 2 AND state = 0 {extra} ORDER BY rowid LIMIT ?"
-        )
 
         def run(conn: sqlite3.Connection) -> list[OutgoingEvent]:
+            if limit <= 0:
+                return []
             if live_after is None:
-                rows = _fetch(conn, select.format(extra=""), (limit,), backlog=False)
+                rows = fetch_outgoing(conn, _CLAIMABLE.format(extra=""), (limit,), backlog=False)
             else:
-                rows = _fetch(
-                    conn, select.format(extra="AND rowid > ?"), (live_after, limit), backlog=False
-                )
-                rows += _fetch(
+                rows = fetch_outgoing(
                     conn,
-                    select.format(extra="AND rowid <= ?"),
-                    (live_after, limit - len(rows)),
-                    backlog=True,
+                    _CLAIMABLE.format(extra="AND rowid > ?"),
+                    (live_after, limit),
+                    backlog=False,
                 )
-            for chunk in _chunks([e.rowid for e in rows]):
+                if len(rows) < limit:
+                    rows += fetch_outgoing(
+                        conn,
+                        _CLAIMABLE.format(extra="AND rowid <= ?"),
+                        (live_after, limit - len(rows)),
+                        backlog=True,
+                    )
+            for chunk in chunks([e.rowid for e in rows]):
                 conn.execute(
                     f"UPDATE events SET state = {STATE_IN_FLIGHT}"  # noqa: S608 - constant
-                    f" WHERE rowid IN ({','.join('?' * len(chunk))})",
+                    f" WHERE rowid IN ({marks(len(chunk))})",
                     chunk,
                 )
             return rows
 
-        claimed = await self._write(run, durable=False)
+        claimed = await self._db.write(run, durable=False)
         self.transitions["claimed"] += len(claimed)
         return claimed
 
@@ -495,31 +382,36 @@ class Buffer:
             return
         sent_at = time.time()
         rowids = [e.rowid for e in events]
-        last_sent = _last_sent((e.device, e.seq) for e in events)
+        last_sent = last_sent_params((e.device, e.seq) for e in events)
 
         def run(conn: sqlite3.Connection) -> None:
-            for chunk in _chunks(rowids):
+            for chunk in chunks(rowids):
                 # max(): a confirm may have overtaken the PUBACK; never downgrade it to sent.
                 conn.execute(
                     f"UPDATE events SET state = max(state, {STATE_SENT}),"  # noqa: S608 - constant
-                    f" sent = coalesce(sent, ?) WHERE rowid IN ({','.join('?' * len(chunk))})",
+                    f" sent = coalesce(sent, ?) WHERE rowid IN ({marks(len(chunk))})",
                     (sent_at, *chunk),
                 )
-            conn.executemany(_ADVANCE_LAST_SENT, last_sent)
+            conn.executemany(ADVANCE_LAST_SENT, last_sent)
 
-        await self._write(run, durable=False)
+        await self._db.write(run, durable=False)
         self.transitions["sent"] += len(events)
 
     async def release(self, events: Sequence[OutgoingEvent]) -> None:
         """Put claimed events back to pending (connection lost before their PUBACK)."""
         if not events:
             return
-        async with self._locked(durable=False):
-            marks = ",".join("?" * len(events))
-            await self._conn.execute(
-                f"UPDATE events SET state = 0 WHERE state = 1 AND rowid IN ({marks})",  # noqa: S608
-                tuple(e.rowid for e in events),
-            )
+        rowids = [e.rowid for e in events]
+
+        def run(conn: sqlite3.Connection) -> None:
+            for chunk in chunks(rowids):
+                conn.execute(
+                    f"UPDATE events SET state = {STATE_PENDING}"  # noqa: S608 - constant
+                    f" WHERE state = {STATE_IN_FLIGHT} AND rowid IN ({marks(len(chunk))})",
+                    chunk,
+                )
+
+        await self._db.write(run, durable=False)
         self.transitions["released"] += len(events)
 
     async def release_in_flight(self) -> int:
@@ -528,22 +420,24 @@ class Buffer:
         Everything, not just what the publisher still tracks: a session torn down between a
         claim's commit and its return leaves rows in flight that nobody else knows about.
         """
-        async with self._locked(durable=False):
-            cur = await self._conn.execute(
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(
                 "UPDATE events SET state = ? WHERE state = ?", (STATE_PENDING, STATE_IN_FLIGHT)
-            )
-            released = cur.rowcount
+            ).rowcount
+
+        released = await self._db.write(run, durable=False)
         self.transitions["released"] += released
         return released
 
     async def last_rowid(self) -> int:
         """The newest rowid, used as the boundary between backlog and live events."""
-        async with (
-            self._lock,
-            self._conn.execute("SELECT coalesce(max(rowid), 0) FROM events") as c,
-        ):
-            row = await c.fetchone()
-        return int(row[0]) if row else 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._db.read(run)
 
     async def unsent_count(
         self, up_to_rowid: int | None = None, *, at_most: int | None = None
@@ -561,9 +455,14 @@ class Buffer:
             sql += " LIMIT ?"
             params = (*params, at_most)
         sql = f"SELECT count(*) FROM ({sql})"  # noqa: S608 - constant fragments
-        async with self._lock, self._conn.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(sql, params).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._db.read(run)
+
+    # --- housekeeping, confirms, replays, device status ----------------------------------------
 
     async def prune(self, retention: float, now: float | None = None) -> int:
         """Delete events sent more than ``retention`` seconds ago; returns how many went.
@@ -572,81 +471,65 @@ class Buffer:
         stay, however old, until a confirm arrives or the size cap evicts them.
         """
         cutoff = (time.time() if now is None else now) - retention
-        async with self._locked(durable=False):
-            cur = await self._conn.execute(
-                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events"  # noqa: S608
-                f" WHERE state >= 2 AND sent < ? AND NOT ({self._awaiting_confirm_sql()})"
-                " ORDER BY rowid LIMIT 10000) RETURNING length(payload)",
-                (cutoff,),
-            )
-            freed = [int(r[0]) for r in await cur.fetchall()]
+        awaiting = awaiting_confirm_sql(self.keep_unconfirmed)
+
+        def run(conn: sqlite3.Connection) -> list[int]:
+            return [
+                int(r[0])
+                for r in conn.execute(
+                    "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events"  # noqa: S608
+                    f" WHERE state >= 2 AND sent < ? AND NOT ({awaiting})"
+                    " ORDER BY rowid LIMIT 10000) RETURNING length(payload)",
+                    (cutoff,),
+                ).fetchall()
+            ]
+
+        freed = await self._db.write(run, durable=False)
         self._bytes -= sum(freed)
         self.transitions["pruned"] += len(freed)
         return len(freed)
 
     async def settle(self, verdicts: Sequence[tuple[str, bool]]) -> SettleResult:
-        """Apply central's verdicts (id, accepted) durably, in one transaction.
+        """Apply central's verdicts (id, accepted) durably, in one round trip.
 
-        Only the first verdict for an event counts: a repeat (or a contradicting one) is a
-        duplicate. An event still pending or in flight may be confirmed too (the confirm
-        overtook our PUBACK, or the PUBACK was lost): central has it, so it counts as sent.
+        One transaction for the whole batch (buffer/confirms.py). Only the first verdict for an
+        event counts: a repeat (or a contradicting one) is a duplicate.
         """
-        result = SettleResult()
         if not verdicts:
-            return result
-        first: dict[str, bool] = {}
-        for event_id, accepted in verdicts:
-            if event_id in first:
-                result.duplicate += 1
-            else:
-                first[event_id] = accepted
-        now = time.time()
-        async with self._transaction(durable=True):
-            for event_id, accepted in first.items():
-                state = STATE_CONFIRMED if accepted else STATE_REJECTED
-                async with self._conn.execute(
-                    "UPDATE events SET state = ?, sent = coalesce(sent, ?)"
-                    " WHERE id = ? AND state < ? RETURNING device, seq",
-                    (state, now, id_key(event_id), STATE_CONFIRMED),
-                ) as cur:
-                    row = await cur.fetchone()
-                if row is not None:
-                    result.applied.append(Settled(event_id, str(row[0]), int(row[1]), state))
-                    continue
-                async with self._conn.execute(
-                    "SELECT 1 FROM events WHERE id = ?", (id_key(event_id),)
-                ) as cur:
-                    known = await cur.fetchone()
-                if known is None:
-                    result.unknown += 1
-                else:
-                    result.duplicate += 1
-            await self._advance_last_sent((s.device, s.seq) for s in result.applied)
+            return SettleResult()
+        first, repeats = first_verdicts(verdicts)
+        result = await self._db.write(partial(_settle, first=first, now=time.time()), durable=True)
+        result.duplicate += repeats
         for s in result.applied:
             self.transitions["confirmed" if s.state == STATE_CONFIRMED else "rejected"] += 1
         return result
 
     async def check_replay(self, device: str, from_seq: int, to_seq: int | None) -> ReplayRange:
-        """Validate a replay request against what is stored; see :func:`check_replay_range`."""
-        async with self._lock:
-            return await check_replay_range(self._conn, device, from_seq, to_seq)
+        """Validate a replay request against what is stored; see :func:`check_range`."""
+        return await self._db.read(
+            partial(check_range, device=device, from_seq=from_seq, to_seq=to_seq)
+        )
 
     async def replay_chunk(
         self, device: str, from_seq: int, to_seq: int, limit: int
     ) -> list[OutgoingEvent]:
         """Delivered events of ``device`` with ``from_seq <= seq <= to_seq``, in seq order."""
-        async with self._lock:
-            return await replay_rows(self._conn, device, from_seq, to_seq, limit)
+        return await self._db.read(
+            partial(delivered_rows, device=device, from_seq=from_seq, to_seq=to_seq, limit=limit)
+        )
 
     async def set_device_status(self, device: str, status: str, detail: str, since: str) -> None:
         """Persist a device's state so ``edge-gateway status`` sees it from another process."""
-        async with self._locked(durable=False):
-            await self._conn.execute(
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO devices (device, status, detail, since) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (device) DO UPDATE SET status = excluded.status,"
                 " detail = excluded.detail, since = excluded.since",
                 (device, status, detail, since),
             )
+
+        await self._db.write(run, durable=False)
 
     async def stats(self) -> BufferStats:
         """Depth by state, per-device sequence numbers, oldest unsent age.
@@ -660,72 +543,29 @@ class Buffer:
         return await collect_stats(self._reader, payload_bytes=self._bytes)
 
     async def close(self) -> None:
-        """Stop the writer (failing queued appends) and close the database cleanly."""
+        """Finish the commit under way, fail the appends still queued, close the database.
+
+        The batch being committed is never abandoned: its transaction may commit on the SQLite
+        thread whatever happens to the task awaiting it, so its callers must hear how it ended.
+        """
+        self._closing = True
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            self._queue.put_nowait(None)
+            await asyncio.gather(self._writer, return_exceptions=True)
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("buffer closed"))
+            if item is not None and not item.future.done():
+                self.transitions["refused"] += 1
+                item.future.set_exception(BufferClosedError("buffer closed"))
         if self._reader is not None:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._reader.close()
             self._reader = None
-        async with self._lock:
-            with contextlib.suppress(sqlite3.Error):
-                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await self._conn.close()
+        await self._db.close()
 
 
-async def check_replay_range(
-    conn: aiosqlite.Connection, device: str, from_seq: int, to_seq: int | None
-) -> ReplayRange:
-    """Is every seq of the range still here? ``to_seq`` None means up to the last stored one.
-
-    Shared with ``edge-gateway replay``, which reads the file of a daemon that may be running.
-    """
-    async with conn.execute("SELECT last_seq FROM devices WHERE device = ?", (device,)) as cur:
-        row = await cur.fetchone()
-    if row is None or int(row[0]) == 0:
-        return ReplayRange(device, from_seq, to_seq or 0, error=f"unknown device {device!r}")
-    last = int(row[0])
-    end = last if to_seq is None else to_seq
-    found = ReplayRange(device, from_seq, end)
-    if from_seq < 1 or end < from_seq:
-        found.error = f"bad range {from_seq}..{end}"
-    elif end > last:
-        found.error = f"to_seq {end} is beyond the last stored seq {last}"
-    if found.error:
-        return found
-    async with conn.execute(
-        "SELECT count(*), coalesce(sum(state < 2), 0), min(seq) FROM events"
-        " WHERE device = ? AND seq BETWEEN ? AND ?",
-        (device, from_seq, end),
-    ) as cur:
-        row = await cur.fetchone()
-    held, unsent, oldest = (int(row[0]), int(row[1]), row[2]) if row else (0, 0, None)
-    if held < end - from_seq + 1:
-        where = f"oldest retained in range is {oldest}" if oldest is not None else "none retained"
-        found.error = f"range {from_seq}..{end} is no longer fully retained ({where})"
-    found.unsent = unsent
-    return found
-
-
-async def replay_rows(
-    conn: aiosqlite.Connection, device: str, from_seq: int, to_seq: int, limit: int
-) -> list[OutgoingEvent]:
-    """Rows already delivered once (sent, confirmed or rejected) in a seq range, seq order."""
-    async with conn.execute(
-        "SELECT rowid, id, device, seq, payload FROM events WHERE device = ?"
-        " AND seq BETWEEN ? AND ? AND state >= ? ORDER BY seq LIMIT ?",
-        (device, from_seq, to_seq, STATE_SENT, limit),
-    ) as cur:
-        return [
-            OutgoingEvent(int(r), id_text(i), str(d), int(s), bytes(p), backlog=True)
-            async for r, i, d, s, p in cur
-        ]
+def _settle(conn: sqlite3.Connection, first: dict[str, bool], now: float) -> SettleResult:
+    return settle(conn, first, now)
 
 
 def _translate(exc: Exception) -> Exception:

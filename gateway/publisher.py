@@ -26,7 +26,8 @@ from typing import Any
 
 import structlog
 
-from buffer.store import Buffer, OutgoingEvent
+from buffer.rows import OutgoingEvent
+from buffer.store import Buffer
 from drivers.backoff import Backoff
 from gateway import __version__
 from gateway.events import mark_historical, rfc3339_now

@@ -18,11 +18,14 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import aiosqlite
 import structlog
 
-from buffer.store import Buffer, ReplayRange, check_replay_range, replay_rows
+from buffer.connection import BufferConnection
+from buffer.replay_reads import ReplayRange, check_range, delivered_rows
+from buffer.store import Buffer
 from gateway.commands import ReplayCommand, result_payload
 from gateway.events import mark_replayed
 from gateway.publisher import publish_oneshot
@@ -163,10 +166,13 @@ async def replay_messages(
     path: str, *, device: str, from_seq: int, to_seq: int | None, topics: Topics, rate: float
 ) -> tuple[ReplayRange, AsyncIterator[tuple[str, bytes]]]:
     """For ``edge-gateway replay``: check the range in the file, then stream it, rate-limited."""
-    conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+    raw = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+    conn = BufferConnection(raw)
     try:
-        await conn.execute("PRAGMA busy_timeout=5000")
-        span = await check_replay_range(conn, device, from_seq, to_seq)
+        await raw.execute("PRAGMA busy_timeout=5000")
+        span = await conn.read(
+            partial(check_range, device=device, from_seq=from_seq, to_seq=to_seq)
+        )
     except BaseException:
         await conn.close()
         raise
@@ -177,7 +183,15 @@ async def replay_messages(
         cursor = span.from_seq
         try:
             while cursor <= span.to_seq:
-                rows = await replay_rows(conn, device, cursor, span.to_seq, CHUNK)
+                rows = await conn.read(
+                    partial(
+                        delivered_rows,
+                        device=device,
+                        from_seq=cursor,
+                        to_seq=span.to_seq,
+                        limit=CHUNK,
+                    )
+                )
                 if not rows:
                     break
                 for row in rows:

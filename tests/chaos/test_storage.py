@@ -63,9 +63,8 @@ async def test_disk_full_refuses_loudly_corrupts_nothing_and_recovers(
     db = tmp_path / "state" / "buffer.db"
     buf = await Buffer.open(db, max_bytes=10**9)
     try:
-        async with buf._conn.execute("PRAGMA page_count") as cur:
-            pages = int((await cur.fetchone())[0])
-        await buf._conn.execute(f"PRAGMA max_page_count={pages + 40}")
+        pages = await buf._db.read(lambda c: int(c.execute("PRAGMA page_count").fetchone()[0]))
+        await buf._db.read(lambda c: c.execute(f"PRAGMA max_page_count={pages + 40}").fetchall())
         stored, reasons = [], []
         with capture_logs() as logs:
             for n in range(2000):
@@ -80,7 +79,9 @@ async def test_disk_full_refuses_loudly_corrupts_nothing_and_recovers(
         assert all("full" in reason for reason in reasons)
         assert any(entry["event"] == "buffer_commit_failed" for entry in logs), "a loud error"
         assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
-        await buf._conn.execute("PRAGMA max_page_count=1073741823")  # space came back
+        await buf._db.read(  # space came back
+            lambda c: c.execute("PRAGMA max_page_count=1073741823").fetchall()
+        )
         again = await buf.append(event("dock", 9999))
         assert again.seq == len(stored) + 1, "refused events took no seq"
     finally:

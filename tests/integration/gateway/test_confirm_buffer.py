@@ -35,10 +35,11 @@ async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
 
 
 async def state_of(buf: Buffer, event_id: str) -> int | None:
-    async with buf._conn.execute(
-        "SELECT state FROM events WHERE id = ?", (id_key(event_id),)
-    ) as cur:
-        row = await cur.fetchone()
+    row = await buf._db.read(
+        lambda conn: conn.execute(
+            "SELECT state FROM events WHERE id = ?", (id_key(event_id),)
+        ).fetchone()
+    )
     return None if row is None else int(row[0])
 
 
