@@ -1,9 +1,13 @@
 """Opening the buffer file: permissions, pragmas, integrity check, quarantine and migrations.
 
 The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[n]`` takes a database from
-version ``n`` to ``n + 1``. A file that fails its integrity check is moved aside (never deleted)
-and a fresh one created, with a loud error: the gateway keeps working, and the corrupt file is
-there for a technician to recover from.
+version ``n`` to ``n + 1``. Only a file that is really damaged (SQLite says ``SQLITE_CORRUPT`` or
+``SQLITE_NOTADB``, or the integrity check fails) is moved aside (never deleted) and a fresh one
+created, with a loud error: the gateway keeps working, the damaged file is there for a
+technician to recover from, and each device's seqs continue after the highest the damaged file
+still shows. Any other error (the file locked by another process, an I/O error, no permission)
+fails the start with a clear message and leaves the file alone: a busy buffer is not a broken
+one, and systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ STATE_NAMES = {
 ProgressFn = Callable[[str], None]
 """Told, now and then, what a long step at open is doing (a migration of a big buffer), so the
 daemon can tell systemd it is still starting."""
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a statement waits for another process's lock before the open fails (not quarantine)."""
 
 PACK_CHUNK = 20_000
 """Rows per transaction when packing ids: small enough to keep the WAL small, and the work done
@@ -163,6 +170,70 @@ def _set_aside_orphan_wal(path: Path) -> None:
     )
 
 
+_DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """True only for errors that mean the file's content is broken, not that it is busy."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _DAMAGED
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> BufferOpenError:
+    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+    return BufferOpenError(
+        f"{path}: cannot open the buffer ({name}: {exc}); the file was left as it is"
+        " (held by another process? try again once it is released)"
+    )
+
+
+def highest_seqs(path: Path) -> dict[str, int]:
+    """Each device's highest seq that a (possibly damaged) buffer file still shows.
+
+    Best effort, table by table: whatever can be read is used, so the fresh buffer never hands
+    out a seq the set-aside file may already have given to another event.
+    """
+    found: dict[str, int] = {}
+    queries = (
+        "SELECT device, last_seq FROM devices",
+        "SELECT device, max(seq) FROM events GROUP BY device",
+    )
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return found
+    try:
+        for sql in queries:
+            try:
+                rows = conn.execute(sql).fetchall()
+            except sqlite3.Error:
+                continue
+            for device, seq in rows:
+                if isinstance(device, str) and isinstance(seq, int):
+                    found[device] = max(found.get(device, 0), seq)
+    finally:
+        conn.close()
+    return found
+
+
+async def _carry_seqs(conn: aiosqlite.Connection, seqs: dict[str, int], moved_to: Path) -> None:
+    """Start the fresh buffer's counters where the set-aside one stopped."""
+    if not seqs:
+        log.error(
+            "buffer_quarantine_seqs_unknown",
+            moved_to=str(moved_to),
+            action="no seq could be read from the damaged file; seqs restart at 1",
+        )
+        return
+    async with transaction(conn):
+        await conn.executemany(
+            "INSERT INTO devices (device, last_seq) VALUES (?, ?) ON CONFLICT (device)"
+            " DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            sorted(seqs.items()),
+        )
+    log.warning("buffer_quarantine_seqs_carried", moved_to=str(moved_to), last_seq=seqs)
+
+
 def quarantine(path: Path, reason: str) -> Path:
     """Move a damaged database (and its WAL/SHM) aside and say so loudly."""
     target = _aside(path, "corrupt")
@@ -184,10 +255,11 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.create_function("edge_id_key", 1, id_key, deterministic=True)  # _pack_ids
+        # First: a lock held by another process is waited for, not mistaken for damage.
+        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=FULL")
         await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
     except BaseException:
         # aiosqlite's worker thread is not a daemon: an unclosed connection keeps the process
         # alive after main() returns.
@@ -202,7 +274,9 @@ async def _check(conn: aiosqlite.Connection) -> str | None:
         async with conn.execute("PRAGMA quick_check") as cur:
             rows = [str(r[0]) for r in await cur.fetchall()]
     except sqlite3.DatabaseError as exc:
-        return str(exc)
+        if is_damage(exc):
+            return str(exc)
+        raise
     if rows != ["ok"]:
         return "; ".join(rows[:5])
     return None
@@ -235,7 +309,10 @@ def _quiet(_what: str) -> None:
 
 
 async def open_database(path: Path, progress: ProgressFn | None = None) -> aiosqlite.Connection:
-    """Open (creating, checking, quarantining and migrating as needed) the buffer database."""
+    """Open (creating, checking, quarantining and migrating as needed) the buffer database.
+
+    Raises BufferOpenError for anything that is not damage: the file is then left untouched.
+    """
     try:
         _set_aside_orphan_wal(path)
         _create_private(path)
@@ -243,26 +320,50 @@ async def open_database(path: Path, progress: ProgressFn | None = None) -> aiosq
         raise BufferOpenError(f"{path}: cannot create buffer file: {exc.strerror}") from exc
     if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
         raise BufferOpenError(f"{path}: buffer file or its directory is not writable")
+    moved: tuple[Path, dict[str, int]] | None = None
     for attempt in range(2):
-        try:
-            conn = await _connect(path)
-        except sqlite3.DatabaseError as exc:
-            if attempt:
-                raise BufferOpenError(f"{path}: {exc}") from exc
-            quarantine(path, str(exc))
-            _create_private(path)
-            continue
+        opened = await _try_open(path, progress or _quiet, moved)
+        if not isinstance(opened, str):
+            return opened
+        if attempt:
+            raise BufferOpenError(f"{path}: a fresh buffer is damaged too: {opened}")
+        moved = _set_aside(path, opened)
+    raise BufferOpenError(f"{path}: could not open")  # pragma: no cover - loop always returns
+
+
+async def _try_open(
+    path: Path, progress: ProgressFn, moved: tuple[Path, dict[str, int]] | None
+) -> aiosqlite.Connection | str:
+    """The checked, migrated connection, or why the file is damaged.
+
+    Any error that is not damage raises BufferOpenError.
+    """
+    try:
+        conn = await _connect(path)
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            return str(exc)
+        raise _unusable(path, exc) from exc
+    try:
         problem = await _check(conn)
         if problem is None:
-            try:
-                await _migrate(conn, path, progress or _quiet)
-            except BaseException:
-                await conn.close()  # its worker thread would otherwise outlive the daemon
-                raise
+            await _migrate(conn, path, progress)
+            if moved is not None:
+                await _carry_seqs(conn, moved[1], moved[0])
             return conn
+    except sqlite3.Error as exc:
+        await conn.close()  # its worker thread would otherwise outlive the daemon
+        raise _unusable(path, exc) from exc
+    except BaseException:
         await conn.close()
-        if attempt:
-            raise BufferOpenError(f"{path}: fresh buffer failed its check: {problem}")
-        quarantine(path, problem)
-        _create_private(path)
-    raise BufferOpenError(f"{path}: could not open")  # pragma: no cover - loop always returns
+        raise
+    await conn.close()
+    return problem
+
+
+def _set_aside(path: Path, problem: str) -> tuple[Path, dict[str, int]]:
+    """Quarantine a damaged file, remembering the seqs it still shows, and start a fresh one."""
+    seqs = highest_seqs(path)
+    target = quarantine(path, problem)
+    _create_private(path)
+    return target, seqs

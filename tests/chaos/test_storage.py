@@ -223,7 +223,8 @@ async def test_damaged_file_is_quarantined_loudly_and_the_gateway_carries_on(
         assert integrity(path) == "ok"
         return
     assert len(quarantined) == 1 and quarantined[0]["log_level"] == "error"
-    assert [p for p in moved if p.name.endswith("Z")] and moved[0].stat().st_size > 0
+    main_file = [p for p in moved if p.name.endswith("Z")]
+    assert main_file and main_file[0].stat().st_size > 0
     assert integrity(path) == "ok"
 
 

@@ -1,0 +1,249 @@
+"""The buffer's guarantees where interleavings and error paths decide them (issue 13).
+
+Each test here failed on the buffer before its fix: durability decided outside the lock, a
+busy file taken for a corrupt one, per-id settle round trips, a commit abandoned by close, a
+byte count restored over a prune. All on real SQLite files; the lock is held by a real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from buffer.schema import BufferOpenError
+from buffer.store import Buffer, BufferClosedError, BufferFullError, NewEvent
+
+
+def make_event(device: str, n: int, *, size: int = 0, event_id: str | None = None) -> NewEvent:
+    def render(seq: int) -> bytes:
+        return json.dumps({"device": device, "n": n, "seq": seq, "pad": "x" * size}).encode()
+
+    return NewEvent(event_id or f"{device}-{n}", device, "t", "t", False, render)
+
+
+def held_payload_bytes(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(
+            conn.execute("SELECT coalesce(sum(length(payload)), 0) FROM events").fetchone()[0]
+        )
+
+
+@pytest.fixture
+async def buf(tmp_path: Path):
+    b = await Buffer.open(tmp_path / "state" / "buffer.db", max_bytes=10**8)
+    yield b
+    await b.close()
+
+
+def modes_at_event_commits(statements: list[str]) -> list[str]:
+    """Replay a statement trace: the synchronous mode in force at each COMMIT that stored events."""
+    mode, inserting, found = "", False, []
+    for sql in statements:
+        text = sql.strip().upper()
+        if text.startswith("PRAGMA SYNCHRONOUS="):
+            mode = text.split("=", 1)[1]
+        elif text.startswith("BEGIN"):
+            inserting = False
+        elif text.startswith("INSERT INTO EVENTS"):
+            inserting = True
+        elif text == "COMMIT" and inserting:
+            found.append(mode)
+    return found
+
+
+async def test_every_append_commits_with_fsync_even_between_lazy_writes(buf: Buffer) -> None:
+    """Defect 1: an append racing a non-durable write (device status, release at disconnect,
+    prune) must still commit with synchronous=FULL. Checked on the statements SQLite really ran,
+    because neither kill -9 nor a frozen copy can tell NORMAL from FULL."""
+    statements: list[str] = []
+    await buf._db.read(lambda conn: conn.set_trace_callback(statements.append))
+    for n in range(6):
+        await asyncio.gather(
+            buf.set_device_status("a", "up" if n % 2 else "down", "", "t"),
+            buf.append(make_event("a", 2 * n)),
+            buf.release_in_flight(),
+            buf.append(make_event("a", 2 * n + 1)),
+            buf.prune(3600),
+        )
+    await buf._db.read(lambda conn: conn.set_trace_callback(None))
+    modes = modes_at_event_commits(statements)
+    assert len(modes) >= 6, statements[:20]
+    assert set(modes) == {"FULL"}, modes
+
+
+async def test_settle_is_one_round_trip_per_batch(buf: Buffer) -> None:
+    """Defect 6: 5,000 verdicts (a few known, the rest unknown ids from anyone allowed to
+    publish) cost one round trip to the SQLite thread, not one or two per id; the result still
+    tells applied, duplicate and unknown apart."""
+    for n in range(3):
+        await buf.append(make_event("a", n))
+    await buf.mark_sent(await buf.claim(10))
+    raw = buf._db._conn
+    calls = 0
+    original = raw._execute
+
+    async def counting(fn, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return await original(fn, *args, **kwargs)
+
+    raw._execute = counting  # type: ignore[method-assign]
+    try:
+        verdicts = [("a-0", True), ("a-1", False), ("a-0", True)]
+        verdicts += [(f"{n:08x}-0000-7000-8000-000000000000", True) for n in range(4997)]
+        result = await buf.settle(verdicts)
+    finally:
+        raw._execute = original  # type: ignore[method-assign]
+    assert calls == 1
+    assert sorted((s.id, s.seq) for s in result.applied) == [("a-0", 1), ("a-1", 2)]
+    assert result.duplicate == 1 and result.unknown == 4997
+    again = await buf.settle([("a-0", False), ("a-2", True)])
+    assert [s.id for s in again.applied] == ["a-2"] and again.duplicate == 1
+
+
+async def test_close_answers_every_append_of_the_commit_under_way(tmp_path: Path) -> None:
+    """Closing while a group commit runs: each append hears how it ended (stored or closed), and
+    every one reported stored is in the file. Before, the batch being committed was abandoned
+    and its callers waited forever."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    appends = [asyncio.ensure_future(b.append(make_event("a", n, size=2000))) for n in range(400)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0.001)
+    await b.close()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*appends, return_exceptions=True)
+    stored = [r for r in results if not isinstance(r, BaseException)]
+    closed = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(r, BufferClosedError) for r in closed), closed[:3]
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        seqs = [s for (s,) in conn.execute("SELECT seq FROM events ORDER BY seq")]
+    assert seqs == sorted(s.seq for s in stored)
+    with pytest.raises(BufferClosedError):
+        await b.append(make_event("a", 999))
+
+
+async def test_failed_commit_does_not_undo_a_prune_in_between(buf: Buffer) -> None:
+    """A commit that fails after a prune ran (both queued behind the lock) must not restore the
+    byte count from before the prune: the cap would then be hit early."""
+    await buf.append(make_event("a", 1, size=5000))
+    await buf.mark_sent(await buf.claim(10))
+    await buf.append(make_event("a", 2, event_id="dup"))  # pending: prune keeps it
+    async with buf._db._lock:
+        prune = asyncio.ensure_future(buf.prune(-1))
+        await asyncio.sleep(0.01)
+        failing = asyncio.ensure_future(buf.append(make_event("a", 3, event_id="dup")))
+        await asyncio.sleep(0.01)
+    assert await prune == 1
+    with pytest.raises(sqlite3.IntegrityError):
+        await failing
+    assert buf.stored_bytes == held_payload_bytes(buf.path) < 5000
+
+
+async def test_refused_event_takes_no_seq_without_a_reopen(tmp_path: Path) -> None:
+    """At the cap a scan is refused; once room is made (in the same process) the next scan
+    gets last+1, not last+2."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=3_000)
+    try:
+        for n in range(2):
+            await b.append(make_event("s", n, size=1000))
+        with pytest.raises(BufferFullError):
+            await b.append(make_event("s", 2, size=1000))
+        await b.mark_sent(await b.claim(10))
+        assert (await b.append(make_event("s", 3, size=1000))).seq == 3
+    finally:
+        await b.close()
+
+
+async def test_seq_survives_pruning_everything_and_a_reopen(tmp_path: Path) -> None:
+    """Append N, send, prune all, reopen, append: N+1 (the devices table remembers, not the
+    events table, which is empty)."""
+    path = tmp_path / "b.db"
+    b = await Buffer.open(path, max_bytes=10**8)
+    for n in range(7):
+        await b.append(make_event("s", n))
+    await b.mark_sent(await b.claim(10))
+    assert await b.prune(-1) == 7
+    await b.close()
+    b = await Buffer.open(path, max_bytes=10**8)
+    try:
+        assert (await b.append(make_event("s", 7))).seq == 8
+    finally:
+        await b.close()
+
+
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def hold_exclusive_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """A technician's sqlite3 shell in exclusive locking mode, as a real second process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+async def test_a_locked_buffer_is_not_quarantined(tmp_path: Path, monkeypatch) -> None:
+    """Defect 2: another process holding the file locked at start is a clear error that leaves
+    the file alone, not corruption: the stored events are still there afterwards and the next
+    seq continues after them."""
+    monkeypatch.setattr("buffer.schema.BUSY_TIMEOUT_MS", 300)
+    path = tmp_path / "b.db"
+    b = await Buffer.open(path, max_bytes=10**8)
+    for n in range(10):
+        await b.append(make_event("s", n))
+    await b.close()
+    locker = hold_exclusive_lock(path, 3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BufferOpenError, match="left as it is"):
+            await Buffer.open(path, max_bytes=10**8)
+        assert time.monotonic() - started < 2.5, "gave up while still locked"
+    finally:
+        locker.kill()
+        locker.wait()
+    assert not list(tmp_path.glob("b.db.corrupt-*"))
+    b = await Buffer.open(path, max_bytes=10**8)
+    try:
+        assert (await b.stats()).by_state["pending"] == 10
+        assert (await b.append(make_event("s", 10))).seq == 11
+    finally:
+        await b.close()
+
+
+async def test_quarantine_continues_seqs_after_the_damaged_files(tmp_path: Path) -> None:
+    """Defect 2: when a buffer really is damaged and set aside, the fresh one's seqs continue
+    after the highest the damaged file still shows, so no seq is ever given twice."""
+    path = tmp_path / "b.db"
+    b = await Buffer.open(path, max_bytes=10**8)
+    for n in range(300):
+        await b.append(make_event("s", n, size=300))
+    await b.append(make_event("t", 0))
+    await b.close()
+    data = bytearray(path.read_bytes())
+    for page in range(len(data) // 4096 - 6, len(data) // 4096):  # the last events pages
+        data[page * 4096 + 8 : page * 4096 + 4000] = bytes([0x5A]) * 3992
+    path.write_bytes(bytes(data))
+    b = await Buffer.open(path, max_bytes=10**8)
+    try:
+        assert list(tmp_path.glob("b.db.corrupt-*")), "the damage was not noticed"
+        assert (await b.append(make_event("s", 300))).seq == 301
+        assert (await b.append(make_event("t", 1))).seq == 2
+    finally:
+        await b.close()
