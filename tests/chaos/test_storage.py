@@ -25,7 +25,7 @@ from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
 from tests.chaos.conftest import ChaosReport, ChaosRow, Stopwatch
 from tests.chaos.workload import BAD, FEEDBACK, GOOD
-from tests.support import ROOT, running_gateway, scanner_device, write_config
+from tests.support import ROOT, GatewayProcess, running_gateway, scanner_device, write_config
 
 
 def event(device: str, n: int, *, droppable: bool = False, size: int = 500) -> NewEvent:
@@ -228,6 +228,86 @@ async def test_damaged_file_is_quarantined_loudly_and_the_gateway_carries_on(
     assert integrity(path) == "ok"
 
 
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+async def test_buffer_locked_at_start_fails_the_start_and_loses_nothing(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    central: CentralCollector,
+    chaos_report: ChaosReport,
+    stopwatch: Stopwatch,
+) -> None:
+    """10 scans stored with the broker down; a technician's sqlite3 shell holds the buffer in
+    exclusive locking mode for 8 s while the real daemon starts: the start fails (exit 1, a clear
+    line), the file stays where it is, and the next start delivers all 10 under their original
+    ids and seqs, the next scan getting seq 11. Before, the busy file was quarantined as corrupt,
+    the 10 never arrived, and new scans reused seqs 1..10."""
+    async with ScannerSimulator(tmp_path / "scan") as sim:
+        cfg = write_config(
+            tmp_path / "gateway.toml",
+            mqtt_port=broker.port,
+            state_dir=tmp_path / "state",
+            devices=[scanner_device("dock", sim.link, **FEEDBACK)],
+        )
+        db = tmp_path / "state" / "buffer.db"
+        broker.stop()
+        async with running_gateway(cfg):
+            await sim.wait_opened(timeout=10)
+            for n in range(10):
+                before = len(sim.feedback_bytes())
+                await sim.type_code(f"LOCKED{n:04d}", aim="")
+                got = await sim.wait_feedback(lambda b, k=before: len(b) > k, timeout=5)
+                assert got[before:].startswith(GOOD)
+        broker.start()
+        locker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LOCKER, str(db), "8", stdout=asyncio.subprocess.PIPE
+        )
+        assert locker.stdout is not None
+        assert (await locker.stdout.readline()).strip() == b"locked"
+        daemon = GatewayProcess(cfg, tmp_path / "gateway.log")
+        try:
+            daemon.start()
+            assert daemon.process is not None
+            code = await asyncio.to_thread(daemon.process.wait, 30)
+        finally:
+            locker.kill()
+            await locker.wait()
+        assert code == 1
+        unusable = [e for e in daemon.log_lines() if e.get("event") == "buffer_unusable"]
+        assert unusable and "left as it is" in unusable[0]["error"], daemon.log_lines()[-3:]
+        assert "Traceback" not in daemon.log_path.read_text()
+        assert not list(db.parent.glob("buffer.db.corrupt-*")), "a busy buffer was quarantined"
+        daemon.start()
+        try:
+            assert await central.wait_for(10, timeout=20), central.unique_count()
+            await sim.wait_opened(timeout=10)
+            await sim.type_code("AFTER", aim="")
+            assert await central.wait_for(11, timeout=20)
+        finally:
+            assert daemon.terminate() == 0
+    seqs = sorted(int(m["seq"]) for m in central.messages)
+    assert seqs[:11] == list(range(1, 12)), seqs
+    chaos_report.add(
+        ChaosRow(
+            "buffer locked by another process at start",
+            faults=1,
+            at_risk=10,
+            lost=10 - len({m["id"] for m in central.messages if int(m["seq"]) <= 10}),
+            new_id_duplicates=len(central.messages) - len({m["id"] for m in central.messages}),
+            seconds=stopwatch.elapsed,
+            note="start failed with exit 1, file kept, all delivered on the next start",
+        )
+    )
+
+
 async def test_wal_without_its_database_is_not_silently_discarded(tmp_path: Path) -> None:
     """Only the WAL survived (a bad restore, a technician deleting buffer.db): its committed
     events must be recovered, or the WAL moved aside with an error, never dropped in silence."""
@@ -305,38 +385,50 @@ WRITER = textwrap.dedent(
             done = await asyncio.gather(*batch)
             print(device, max(stored.seq for stored in done), flush=True)
 
-    async def sender(buf):
+    async def sender(buf, disconnects):
         while True:
             claimed = await buf.claim(50)
             if claimed:
                 await buf.mark_sent(claimed[: len(claimed) // 2])
-                await buf.release(claimed[len(claimed) // 2 :])
+                if disconnects:  # what a lost broker connection writes, then appends go on
+                    await buf.release_in_flight()
+                    await buf.set_device_status("a", "down", "link lost", "t")
+                    print("released", 0, flush=True)
+                else:
+                    await buf.release(claimed[len(claimed) // 2 :])
             await asyncio.sleep(0.005)
 
     async def main():
         buf = await Buffer.open(Path(sys.argv[1]), max_bytes=10**9)
-        await asyncio.gather(writer(buf, "a"), writer(buf, "b"), sender(buf))
+        await asyncio.gather(writer(buf, "a"), writer(buf, "b"), sender(buf, sys.argv[2] == "1"))
 
     asyncio.run(main())
     """
 )
 
 
+@pytest.mark.parametrize("moment", ["random", "after-disconnect"])
 async def test_power_cut_copies_open_intact_with_every_committed_event(
     tmp_path: Path,
     chaos_rng: random.Random,
     chaos_report: ChaosReport,
     stopwatch: Stopwatch,
+    moment: str,
 ) -> None:
     """A writer process is frozen (SIGSTOP) at random moments and its db, WAL and shm copied as
     a crash leaves them: each copy opens, passes integrity_check, and holds every event whose
-    append had returned, with gap-free seqs."""
+    append had returned, with gap-free seqs. ``after-disconnect`` freezes it right after the
+    non-durable writes of a lost connection (release of in-flight rows, device status), the
+    moment after which an append once committed without fsync."""
+    after_disconnect = moment == "after-disconnect"
+    released = asyncio.Event()
     db = tmp_path / "live" / "buffer.db"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         WRITER,
         str(db),
+        "1" if after_disconnect else "0",
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -346,7 +438,9 @@ async def test_power_cut_copies_open_intact_with_every_committed_event(
         assert proc.stdout is not None
         async for line in proc.stdout:
             parts = line.decode().split()
-            if len(parts) == 2 and parts[1].isdigit():  # skip the buffer's own log lines
+            if parts[:1] == ["released"]:
+                released.set()
+            elif len(parts) == 2 and parts[1].isdigit():  # skip the buffer's own log lines
                 committed[parts[0]] = max(committed.get(parts[0], 0), int(parts[1]))
             await asyncio.sleep(0)  # readline does not yield while lines are buffered
 
@@ -355,6 +449,9 @@ async def test_power_cut_copies_open_intact_with_every_committed_event(
     try:
         for index in range(12):
             await asyncio.sleep(chaos_rng.uniform(0.05, 0.4))
+            if after_disconnect:
+                released.clear()
+                await asyncio.wait_for(released.wait(), 10)
             proc.send_signal(signal.SIGSTOP)
             await asyncio.sleep(0.05)  # drain what was printed before the freeze
             snapshot = dict(committed)
@@ -385,7 +482,7 @@ async def test_power_cut_copies_open_intact_with_every_committed_event(
             lost += max(0, seq - len(have))
     chaos_report.add(
         ChaosRow(
-            "power cut (frozen-copy db+WAL)",
+            f"power cut (frozen-copy db+WAL, {moment})",
             faults=len(copies),
             at_risk=at_risk,
             lost=lost,
