@@ -320,12 +320,14 @@ def show_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        shown = json.dumps(value, ensure_ascii=False)
+        return shown if len(shown) <= 80 else f"{shown[:60]}... ({len(value)} characters)"
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list | tuple):
         return "an array"
-    return str(value)
+    shown = str(value)
+    return shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} digits)"
 
 
 def format_key_path(path: Sequence[str | int]) -> str:

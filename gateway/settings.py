@@ -9,6 +9,7 @@ taken relative to the file's own folder, because the daemon's working directory 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -51,12 +52,26 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, 
 _AMOUNT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
 
 
+_LARGEST_AMOUNT = 2.0**62
+"""Beyond any sane size or duration; also keeps ``round()`` and timers away from infinity."""
+
+
 def _amount(value: str, units: dict[str, float], *, fold_case: bool) -> float | None:
+    """The number a ``512MiB``/``30s``-style string stands for; None if it is not one.
+
+    A number too large to be meant (``"1<400 zeros>B"`` is infinity as a float) is a ValueError,
+    reported as a config error with its line, never an OverflowError traceback.
+    """
     match = _AMOUNT_RE.fullmatch(value)
     if match is None:
         return None
     unit = units.get(match[2].lower() if fold_case else match[2])
-    return None if unit is None else float(match[1]) * unit
+    if unit is None:
+        return None
+    amount = float(match[1]) * unit
+    if not math.isfinite(amount) or amount > _LARGEST_AMOUNT:
+        raise ValueError(f"{show_value(value)} is far too large")
+    return amount
 
 
 def _parse_size(value: object) -> object:
@@ -104,6 +119,37 @@ def _readable(value: Path) -> Path:
     return value
 
 
+def _is_systemd_credential(path: Path) -> bool:
+    """A file systemd handed to this service (``LoadCredential=``): only the unit can read it.
+
+    systemd shows such files as 0400, or 0440 when it grants access with an ACL; the directory
+    is private to the unit, so group read there does not widen who can read the secret.
+    """
+    roots = [Path("/run/credentials")]
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        roots.append(Path(os.environ["CREDENTIALS_DIRECTORY"]))
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(root.resolve()) for root in roots)
+
+
+def _check_private(path: Path) -> None:
+    """A secret (broker password, TLS private key) must be readable by this service alone.
+
+    Refused: anything for others, group write, and group read outside systemd's credentials
+    directory (hand the file over with ``LoadCredential=`` instead of widening its mode).
+    """
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o007 or mode & 0o020:
+        raise ValueError(
+            f'"{path}" is open to others or writable by its group (mode {mode:o}); chmod 600 it'
+        )
+    if mode & 0o040 and not _is_systemd_credential(path):
+        raise ValueError(
+            f'"{path}" is readable by its group (mode {mode:o}); chmod 600 it, owned by the'
+            " service user, or pass it with systemd LoadCredential= (see systemd/README.md)"
+        )
+
+
 def _read_secret(path: Path) -> str:
     try:
         secret = path.read_text(encoding="utf-8").rstrip("\r\n")
@@ -112,16 +158,26 @@ def _read_secret(path: Path) -> str:
         raise ValueError(f'cannot read "{path}": {reason}') from None
     if not secret:
         raise ValueError(f'"{path}" is empty')
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ValueError(
-            f'"{path}" is readable or writable by group or others (mode {mode:o}); chmod 600 it'
-        )
+    _check_private(path)
     return secret
 
 
+def _private_key(value: Path | None) -> Path | None:
+    if value is not None:
+        _check_private(value)
+    return value
+
+
 ByteSize = Annotated[int, BeforeValidator(_parse_size), AfterValidator(_at_least_one_mib)]
-Duration = Annotated[float, BeforeValidator(_parse_duration)]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value) or abs(value) > _LARGEST_AMOUNT:
+        raise ValueError(f"must be a finite number of seconds, got {show_value(value)}")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration), AfterValidator(_finite)]
 ConfigPath = Annotated[Path, Strict(strict=False), AfterValidator(_against_config_dir)]
 ReadableFile = Annotated[ConfigPath, AfterValidator(_readable)]
 _SECTION = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -149,8 +205,10 @@ class TlsSection(BaseModel):
 
     ca_file: ReadableFile | None = Field(default=None, description="CA bundle (PEM)")
     cert_file: ReadableFile | None = Field(default=None, description="client certificate (PEM)")
-    key_file: ReadableFile | None = Field(
-        default=None, validate_default=True, description="client private key (PEM)"
+    key_file: Annotated[ReadableFile | None, AfterValidator(_private_key)] = Field(
+        default=None,
+        validate_default=True,
+        description="client private key (PEM), readable by this service alone",
     )
     insecure: bool = Field(default=False, description="skip hostname checks (testing only)")
 
@@ -364,6 +422,8 @@ def load_settings(path: Path | str) -> Settings:
             sections[name] = model.model_validate(data.get(name, {}), context=context)
         except ValidationError as exc:
             problems.extend(describe_errors(exc, model, prefix=(name,)))
+        except Exception as exc:  # a value no validator foresaw: still a config error, no traceback
+            problems.append(((name,), f"invalid value: {type(exc).__name__}: {str(exc)[:200]}"))
     devices = _load_devices(data.get("devices", []), context, problems)
     if problems:
         locator = LineLocator(text)
@@ -400,6 +460,8 @@ def _load_devices(
             devices.append(model.model_validate(entry, context=context))
         except ValidationError as exc:
             problems.extend(describe_errors(exc, model, prefix=loc))
+        except Exception as exc:  # a value the driver's model did not foresee: no traceback
+            problems.append((loc, f"invalid value: {type(exc).__name__}: {str(exc)[:200]}"))
     return devices
 
 

@@ -45,7 +45,7 @@ def test_there_are_enough_golden_cases() -> None:
 def test_golden_case(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each case's config yields exactly its expected.err lines (none for a valid config)."""
     monkeypatch.chdir(CASES / case)
-    for secret in (CASES / case).glob("secret*"):
+    for secret in [*(CASES / case).glob("secret*"), *(CASES / case).glob("*.key")]:
         secret.chmod(0o600)  # git keeps no modes but the exec bit; secrets must be 0600
     monkeypatch.delenv("EDGE_GATEWAY_TEST_UNSET_PASSWORD", raising=False)
     expected = (CASES / case / "expected.err").read_text(encoding="utf-8").splitlines()
