@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from buffer import dropped
 from buffer.rows import chunks, marks
 from buffer.schema import STATE_PENDING, STATE_SENT
 
@@ -40,49 +41,76 @@ class Room:
     """Rows deleted, by transition name (evicted_sent, evicted_unconfirmed, dropped)."""
 
 
+_POLICY = (
+    ("evicted_sent", "state >= {sent} AND NOT ({awaiting})"),
+    ("evicted_unconfirmed", "state >= {sent}"),
+    ("dropped", "state = {pending} AND droppable = 1"),
+)
+
+
+@dataclass(slots=True)
+class _Victims:
+    """Rows chosen by one step of the policy."""
+
+    counter: str
+    rowids: list[int] = field(default_factory=list)
+    seqs: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _pick(
+    conn: sqlite3.Connection, step: _Victims, condition: str, needed: int, taken: set[int]
+) -> int:
+    """Add the oldest rows matching ``condition`` to ``step``; returns the bytes still needed."""
+    for rowid, length, device, seq in conn.execute(
+        f"SELECT rowid, length(payload), device, seq FROM events WHERE {condition}"  # noqa: S608 - constant conditions
+        " ORDER BY rowid"
+    ):
+        if rowid in taken:
+            continue
+        step.rowids.append(int(rowid))
+        step.seqs.append((str(device), int(seq)))
+        needed -= int(length)
+        if needed <= 0:
+            break
+    return needed
+
+
 def make_room(conn: sqlite3.Connection, over: int, keep_unconfirmed: frozenset[str]) -> Room:
     """Delete rows by policy until ``over`` payload bytes are free; nothing if that cannot be.
 
     First the oldest sent events that need nothing more (their replay window shrinks), then the
     oldest sent events still awaiting a central confirm (delivered: only their confirmability
     and replay are lost; counted and logged), then the oldest pending telemetry (``droppable``,
-    counted as dropped). Scans and RFID events are never deleted while pending. When even all of
-    that would not free enough, nothing is deleted: refusing the new event is then unavoidable,
-    and dropping telemetry for it would lose data for nothing.
+    counted as dropped, its seqs recorded by buffer/dropped.py). Scans and RFID events are never
+    deleted while pending. When even all of that would not free enough, nothing is deleted:
+    refusing the new event is then unavoidable, and dropping telemetry for it would lose data
+    for nothing.
     """
     awaiting = awaiting_confirm_sql(keep_unconfirmed)
-    victims: list[tuple[str, list[int]]] = []
+    steps: list[_Victims] = []
+    taken: set[int] = set()
     needed = over
-    for condition, counter in (
-        (f"state >= {STATE_SENT} AND NOT ({awaiting})", "evicted_sent"),
-        (f"state >= {STATE_SENT}", "evicted_unconfirmed"),
-        (f"state = {STATE_PENDING} AND droppable = 1", "dropped"),
-    ):
+    for counter, template in _POLICY:
         if needed <= 0:
             break
-        taken = {rowid for _, rowids in victims for rowid in rowids}
-        picked: list[int] = []
-        for rowid, length in conn.execute(
-            f"SELECT rowid, length(payload) FROM events WHERE {condition} ORDER BY rowid"  # noqa: S608 - constant conditions
-        ):
-            if rowid in taken:
-                continue
-            picked.append(int(rowid))
-            needed -= int(length)
-            if needed <= 0:
-                break
-        victims.append((counter, picked))
+        step = _Victims(counter)
+        condition = template.format(sent=STATE_SENT, pending=STATE_PENDING, awaiting=awaiting)
+        needed = _pick(conn, step, condition, needed, taken)
+        taken.update(step.rowids)
+        steps.append(step)
     room = Room()
     if needed > 0:
         return room
-    for counter, rowids in victims:
-        for chunk in chunks(rowids):
+    for step in steps:
+        for chunk in chunks(step.rowids):
             freed = conn.execute(
                 f"DELETE FROM events WHERE rowid IN ({marks(len(chunk))})"  # noqa: S608
                 " RETURNING length(payload)",
                 chunk,
             ).fetchall()
             room.freed += sum(int(r[0]) for r in freed)
-        if rowids:
-            room.counts[counter] += len(rowids)
+        if step.rowids:
+            room.counts[step.counter] += len(step.rowids)
+        if step.counter == "dropped":
+            dropped.record(conn, step.seqs)
     return room

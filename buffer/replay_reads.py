@@ -8,8 +8,9 @@ writing) run the same queries.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from buffer import dropped
 from buffer.rows import OutgoingEvent, fetch_outgoing
 from buffer.schema import STATE_SENT
 
@@ -24,12 +25,17 @@ class ReplayRange:
     error: str | None = None
     unsent: int = 0
     """Events in the range not yet delivered: the publisher sends them anyway, not the replay."""
+    dropped: list[tuple[int, int]] = field(default_factory=list)
+    """Sub-ranges deleted on purpose (telemetry at the size cap): they will never come."""
 
 
 def check_range(
     conn: sqlite3.Connection, device: str, from_seq: int, to_seq: int | None
 ) -> ReplayRange:
-    """Is every seq of the range still here? ``to_seq`` None means up to the last stored one."""
+    """Whether every seq of the range is still here or was dropped on purpose.
+
+    ``to_seq`` None means up to the last stored one.
+    """
     row = conn.execute("SELECT last_seq FROM devices WHERE device = ?", (device,)).fetchone()
     if row is None or int(row[0]) == 0:
         return ReplayRange(device, from_seq, to_seq or 0, error=f"unknown device {device!r}")
@@ -48,6 +54,8 @@ def check_range(
         (device, from_seq, end),
     ).fetchone()
     held, unsent, oldest = (int(row[0]), int(row[1]), row[2]) if row else (0, 0, None)
+    found.dropped = dropped.in_range(conn, device, from_seq, end)
+    held += sum(last - first + 1 for first, last in found.dropped)
     if held < end - from_seq + 1:
         where = f"oldest retained in range is {oldest}" if oldest is not None else "none retained"
         found.error = f"range {from_seq}..{end} is no longer fully retained ({where})"

@@ -121,6 +121,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # v1 -> v2: ids stored as their 16 bytes, in place.
     _pack_ids,
+    # v2 -> v3: seq ranges deleted on purpose (telemetry dropped at the size cap), so the
+    # checkpoint and replays can tell a deliberate hole from a loss (buffer/dropped.py).
+    """
+    CREATE TABLE dropped (
+        device   TEXT    NOT NULL,
+        from_seq INTEGER NOT NULL,
+        to_seq   INTEGER NOT NULL,
+        PRIMARY KEY (device, from_seq)
+    ) WITHOUT ROWID;
+    ALTER TABLE devices ADD COLUMN dropped_events INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -18,6 +18,11 @@ import aiosqlite
 
 from buffer.schema import STATE_NAMES
 
+DROPPED_SINCE_VERSION = 3
+"""The schema version that records deliberate drops (buffer/dropped.py)."""
+RANGES_SHOWN = 20
+"""Newest dropped ranges per device shown in stats and the checkpoint; the count is complete."""
+
 
 @dataclass(slots=True)
 class DeviceStats:
@@ -31,6 +36,10 @@ class DeviceStats:
     status: str | None = None
     detail: str | None = None
     since: str | None = None
+    dropped_events: int = 0
+    """Telemetry deleted on purpose at the size cap, ever: those seqs will never be delivered."""
+    dropped_ranges: list[tuple[int, int]] = field(default_factory=list)
+    """The newest of those holes as inclusive seq ranges (buffer/dropped.py)."""
 
 
 @dataclass(slots=True)
@@ -87,11 +96,33 @@ async def collect_stats(
             dev = stats.devices.setdefault(device, DeviceStats(device))
             dev.pending = int(count)
             dev.oldest_pending_age_s = round(now - float(oldest), 3)
+    await _add_dropped(conn, stats)
     ages = [
         d.oldest_pending_age_s for d in stats.devices.values() if d.oldest_pending_age_s is not None
     ]
     stats.oldest_unsent_age_s = max(ages) if ages else None
     return stats
+
+
+async def _add_dropped(conn: aiosqlite.Connection, stats: BufferStats) -> None:
+    """Deliberate holes per device; absent from files older than schema v3 (not migrated yet)."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    if row is None or int(row[0]) < DROPPED_SINCE_VERSION:
+        return
+    async with conn.execute("SELECT device, dropped_events FROM devices") as cur:
+        async for device, count in cur:
+            if device in stats.devices:
+                stats.devices[device].dropped_events = int(count)
+    async with conn.execute(
+        "SELECT device, from_seq, to_seq FROM (SELECT device, from_seq, to_seq, row_number()"
+        " OVER (PARTITION BY device ORDER BY from_seq DESC) AS n FROM dropped) WHERE n <= ?"
+        " ORDER BY device, from_seq",
+        (RANGES_SHOWN,),
+    ) as cur:
+        async for device, first, last in cur:
+            if device in stats.devices:
+                stats.devices[device].dropped_ranges.append((int(first), int(last)))
 
 
 async def open_reader(path: Path) -> aiosqlite.Connection:
