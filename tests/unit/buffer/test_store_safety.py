@@ -247,3 +247,24 @@ async def test_quarantine_continues_seqs_after_the_damaged_files(tmp_path: Path)
         assert (await b.append(make_event("t", 1))).seq == 2
     finally:
         await b.close()
+
+
+async def test_a_range_missing_only_its_first_event_is_refused(tmp_path: Path) -> None:
+    """A replay is complete or refused: prune exactly the first event of a range and ask for
+    the range; it must be refused, naming the oldest retained seq, not answered ok with one
+    event missing. (The same for the last event: an off-by-one at either end.)"""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    try:
+        for n in range(10):
+            await b.append(make_event("s", n))
+        claimed = await b.claim(10)
+        await b.mark_sent(claimed[:1])
+        assert await b.prune(-1) == 1
+        await b.mark_sent(claimed[1:])
+        refused = await b.check_replay("s", 1, 10)
+        assert refused.error is not None and "oldest retained in range is 2" in refused.error
+        assert (await b.check_replay("s", 2, 10)).error is None
+        assert (await b.check_replay("s", 1, 1)).error is not None
+        assert (await b.check_replay("s", 2, 11)).error is not None, "beyond the last seq"
+    finally:
+        await b.close()
