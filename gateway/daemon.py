@@ -232,6 +232,7 @@ class Gateway:
         self.buffer.max_bytes = s.buffer.max_bytes
         self.buffer.keep_unconfirmed = frozenset(d.id for d in s.devices if d.confirm == "accepted")
         self.publisher.reconfigure(s.mqtt)
+        self.replays.reconfigure(rate=s.mqtt.replay_rate)
         self.housekeeping.configure(s)
 
     async def _stop_driver(self, device: str) -> None:

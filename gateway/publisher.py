@@ -32,6 +32,7 @@ from drivers.backoff import Backoff
 from gateway import __version__
 from gateway.events import mark_historical, rfc3339_now
 from gateway.mqtt_link import LinkError, MqttLink
+from gateway.reload import session_changed
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 
@@ -280,8 +281,10 @@ class Publisher:
         """Take new broker settings (a reload): end the session cleanly, connect with them."""
         if mqtt == self._mqtt:
             return
+        reconnect = session_changed(self._mqtt, mqtt)
         self._mqtt = mqtt
-        self._reconnect.set()
+        if reconnect:
+            self._reconnect.set()
 
     # --- events ------------------------------------------------------------------------------
 

@@ -58,3 +58,13 @@ def test_identity_changes_need_a_restart_and_are_not_applied(tmp_path: Path) -> 
     assert running.gateway.id == old.gateway.id
     assert running.topic_root == old.topic_root
     assert running.mqtt.keepalive == 60
+
+
+def test_checkpoint_interval_and_replay_rate_apply_without_a_reconnect(tmp_path: Path) -> None:
+    """They pace our own jobs, not the broker session; a keepalive change still reconnects."""
+    old = settings(tmp_path, "old.toml", [])
+    paced = settings(tmp_path, "paced.toml", [], mqtt={"checkpoint_interval": 5, "replay_rate": 50})
+    assert old.mqtt != paced.mqtt
+    assert not plan_reload(old, paced).mqtt_changed
+    keepalive = settings(tmp_path, "keepalive.toml", [], mqtt={"keepalive": 45})
+    assert plan_reload(old, keepalive).mqtt_changed
