@@ -135,7 +135,10 @@ async def test_disk_full_refuses_scans_then_everything_resumes(
                 assert refused == 3 and accepted > 0, (accepted, refused)
                 broker.start()  # the backlog is published into the full file
                 await asyncio.sleep(4)
-                assert await scan(sim, "STILLFULL" + "x" * 3000) == BAD
+                # Still answering. Usually still refused; pages the drain freed may take it.
+                fed = await scan(sim, "STILLFULL" + "x" * 3000)
+                assert fed in (GOOD, BAD)
+                accepted += fed == GOOD
                 await conn.execute("PRAGMA max_page_count=1073741823")  # room came back
                 assert await scan(sim, "ROOM" + "x" * 3000) == GOOD
                 assert await central.wait_for(300 + accepted + 1, timeout=30)
