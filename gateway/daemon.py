@@ -149,11 +149,12 @@ class Gateway:
         failure = await sv.wait(stop)
         notify("STOPPING=1")
         log.info("gateway_stopping")
+        bound = self.settings.gateway.shutdown_timeout  # as reloaded
         try:
-            async with asyncio.timeout(s.gateway.shutdown_timeout):
+            async with asyncio.timeout(bound):
                 await self._shutdown(publisher_task)
         except TimeoutError:
-            log.warning("shutdown_timeout", bound_s=s.gateway.shutdown_timeout)
+            log.warning("shutdown_timeout", bound_s=bound)
             publisher_task.cancel()
         await self.buffer.close()
         gc.unfreeze()  # collectable again: several gateways may run in one (test) process
