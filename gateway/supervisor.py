@@ -129,9 +129,12 @@ class Watchdog:
     timeout sends nothing and is killed, as it should be.
     """
 
-    def __init__(self, healthy: Callable[[], bool], interval: float) -> None:
+    def __init__(
+        self, healthy: Callable[[], bool], interval: float, errors: JobErrors | None = None
+    ) -> None:
         self._healthy = healthy
         self._interval = interval
+        self._errors = errors or JobErrors()
         self.pings = 0
 
     async def run(self) -> None:
@@ -140,9 +143,9 @@ class Watchdog:
             await asyncio.sleep(self._interval)
             try:
                 healthy = self._healthy()
-            except Exception:
-                log.exception("watchdog_health_check_failed")
-                healthy = False
+            except Exception as exc:
+                self._errors.failed("watchdog", exc)
+                continue
             if healthy and notify("WATCHDOG=1"):
                 self.pings += 1
 
@@ -180,7 +183,7 @@ class Supervisor:
         interval = watchdog_interval()
         if interval is None:
             return None
-        return self._start("watchdog", Watchdog(healthy, interval).run())
+        return self._start("watchdog", Watchdog(healthy, interval, self.errors).run())
 
     def _start(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
