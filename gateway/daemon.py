@@ -1,4 +1,8 @@
-"""The supervisor: wires buffer, pipeline, drivers, publisher and confirmations, and stops them.
+"""The wiring: builds buffer, pipeline, drivers, publisher and confirmations, and stops them.
+
+What runs, what restarts and what is fatal is gateway/supervisor.py; the periodic jobs are
+gateway/housekeeping.py; every setting a reload may change reaches the components through
+:meth:`Gateway._configure`, the one place that hands settings out.
 
 Start order matters: the buffer opens first (nothing is read from a device before there is
 somewhere durable to put it), then the publisher and the drivers. Stop order is the reverse,
@@ -11,18 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from buffer.stats import BufferStats
 from buffer.store import Buffer
 from drivers import registry
-from drivers.backoff import Backoff
 from drivers.base import DeviceConfig, Driver, Outcome, StatusFn
 from gateway.confirmations import Confirmations
 from gateway.events import rfc3339_now
+from gateway.housekeeping import JOBS, Housekeeping, Parts
 from gateway.inbound import Inbound
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
@@ -30,19 +32,13 @@ from gateway.reload import effective, plan_reload
 from gateway.replay import ReplayWorker
 from gateway.sdnotify import notify
 from gateway.settings import ConfigError, Settings, load_settings
+from gateway.supervisor import Supervisor
 from gateway.topics import Topics
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
-
-PRUNE_INTERVAL_S = 60.0
-CHECKPOINT_TICK_S = 0.25
-"""How soon a change of state (connect, drain start or end) reaches the checkpoint."""
-TICKS_PER_S = 4
-STATS_COST_FACTOR = 20.0
-"""Metrics refresh buffer stats no sooner than this many times their last duration."""
 
 
 def freeze_startup_objects() -> None:
@@ -76,8 +72,7 @@ class Gateway:
         self._feedback_tasks: set[asyncio.Task[None]] = set()
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload = asyncio.Event()
-        self._buffer_stats: BufferStats | None = None
-        self._buffer_stats_due = 0.0
+        self.supervisor = Supervisor()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down within the configured bound."""
@@ -119,32 +114,47 @@ class Gateway:
             answer=lambda body: self.publisher.publish_soon(topics.cmd_result, body),
         )
         self.metrics = self._start_metrics()
-        publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        self.housekeeping = Housekeeping(
+            Parts(
+                self.buffer,
+                self.publisher,
+                self.confirmations,
+                self.pipeline,
+                self.inbound,
+                self.device_states,
+                self.supervisor.errors,
+            ),
+            s,
+            self.metrics,
+        )
+        self._configure(s)
+        sv = self.supervisor
+        publisher_task = sv.essential("publisher", self.publisher.run())
         self._driver_tasks = {device.id: self._start_driver(device) for device in s.devices}
-        housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        sv.watchdog(lambda: self.buffer.healthy)
+        self.housekeeping.start(sv)
         helpers = [
-            asyncio.create_task(self.inbound.run(), name="inbound"),
-            asyncio.create_task(self.replays.run(), name="replays"),
+            sv.restarting("inbound", self.inbound.run),
+            sv.restarting("replays", self.replays.run),
         ]
         self._helpers = helpers
         if not s.devices:
             log.warning("no_devices_configured", config=str(s.source_path))
-        helpers.append(asyncio.create_task(self._reloader(), name="reloader"))
+        helpers.append(sv.restarting("reloader", self._reloader))
         freeze_startup_objects()
         notify("READY=1", f"STATUS=running with {len(self._driver_tasks)} devices")
         log.info(
             "gateway_started", gateway=s.gateway.id, site=s.gateway.site, devices=len(s.devices)
         )
-        stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait([stopped, publisher_task], return_when=asyncio.FIRST_COMPLETED)
-        failure = publisher_task.exception() if publisher_task.done() else None
+        failure = await sv.wait(stop)
         notify("STOPPING=1")
         log.info("gateway_stopping")
+        bound = self.settings.gateway.shutdown_timeout  # as reloaded
         try:
-            async with asyncio.timeout(s.gateway.shutdown_timeout):
-                await self._shutdown(publisher_task, housekeeping)
+            async with asyncio.timeout(bound):
+                await self._shutdown(publisher_task)
         except TimeoutError:
-            log.warning("shutdown_timeout", bound_s=s.gateway.shutdown_timeout)
+            log.warning("shutdown_timeout", bound_s=bound)
             publisher_task.cancel()
         await self.buffer.close()
         gc.unfreeze()  # collectable again: several gateways may run in one (test) process
@@ -168,32 +178,6 @@ class Gateway:
             return None
         log.info("metrics_serving", listen=listen)
         return metrics
-
-    async def _sample_metrics(self) -> None:
-        if self.metrics is None:
-            return
-        loop = asyncio.get_running_loop()
-        if self._buffer_stats is None or loop.time() >= self._buffer_stats_due:
-            # Buffer stats scan the table (over a second at a million rows): refresh them at
-            # most every 20x their own duration, so they never take more than 5% of a core.
-            started = loop.time()
-            self._buffer_stats = await self.buffer.stats()
-            took = loop.time() - started
-            self._buffer_stats_due = loop.time() + STATS_COST_FACTOR * took
-        self.metrics.sample(
-            stats=self._buffer_stats,
-            transitions=self.buffer.transitions,
-            device_states=self.device_states,
-            connected=self.publisher.connected.is_set(),
-            reconnects=self.publisher.reconnects,
-            outcomes=self.confirmations.outcomes,
-            latencies_total=self.confirmations.latencies_total,
-            latencies=self.confirmations.latencies,
-            inbound=self.inbound.counters,
-            publish_latencies_total=self.publisher.publish_latencies_total,
-            publish_latencies=self.publisher.publish_latencies,
-            stored=self.pipeline.stored,
-        )
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the config file (applied by the reloader task)."""
@@ -228,11 +212,7 @@ class Gateway:
         devices = {d.id: d for d in self.settings.devices}
         for device in plan.start_devices:
             self._driver_tasks[device] = self._start_driver(devices[device])
-        self.buffer.max_bytes = self.settings.buffer.max_bytes
-        self.buffer.keep_unconfirmed = frozenset(
-            d.id for d in self.settings.devices if d.confirm == "accepted"
-        )
-        self.publisher.reconfigure(self.settings.mqtt)
+        self._configure(self.settings)
         log.info(
             "config_reloaded",
             added=list(plan.added),
@@ -243,6 +223,18 @@ class Gateway:
         freeze_startup_objects()
         notify("READY=1", f"STATUS=running with {len(self._driver_tasks)} devices")
         return True
+
+    def _configure(self, s: Settings) -> None:
+        """Hand the settings a reload may change to every component: at start and on reload.
+
+        The one place settings reach running components, so none keeps a stale copy.
+        Devices are not here: a changed device is a restarted driver (see :meth:`reload`).
+        """
+        self.buffer.max_bytes = s.buffer.max_bytes
+        self.buffer.keep_unconfirmed = frozenset(d.id for d in s.devices if d.confirm == "accepted")
+        self.publisher.reconfigure(s.mqtt)
+        self.replays.reconfigure(rate=s.mqtt.replay_rate)
+        self.housekeeping.configure(s)
 
     async def _stop_driver(self, device: str) -> None:
         task = self._driver_tasks.pop(device, None)
@@ -263,22 +255,13 @@ class Gateway:
             device, emit=self.pipeline.emitter(device), report_status=self._reporter(device.id)
         )
         self.drivers[device.id] = driver
-        return asyncio.create_task(self._supervise(driver), name=f"driver-{device.id}")
-
-    async def _supervise(self, driver: Driver[Any]) -> None:
-        """Restart a driver that raised, with backoff, so one device's bug cannot stop the rest.
-
-        Drivers retry device faults themselves; this catches their bugs.
-        """
-        backoff = Backoff(1.0, 30.0)
-        while True:
-            try:
-                await driver.run()
-                log.warning("driver_returned", device=driver.device_id)
-            except Exception:
-                log.exception("driver_crashed", device=driver.device_id)
-                driver.set_status(False, "driver error, restarting")
-            await asyncio.sleep(backoff.next())
+        # Drivers retry device faults themselves; this catches their bugs, so one device's
+        # bug cannot stop the rest.
+        return self.supervisor.restarting(
+            f"driver-{device.id}",
+            driver.run,
+            on_crash=lambda: driver.set_status(False, "driver error, restarting"),
+        )
 
     def _reporter(self, device: str) -> StatusFn:
         def report(up: bool, detail: str) -> None:
@@ -324,62 +307,15 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _housekeeping(self) -> None:
-        """Watchdog, checkpoints, retention: each on its own period, from one 1 s tick."""
-        s = self.settings
-        watchdog = "WATCHDOG_USEC" in os.environ
-        tick = 0
-        last_checkpoint = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(CHECKPOINT_TICK_S)
-            tick += 1
-            if watchdog and self.buffer.healthy and tick % TICKS_PER_S == 0:
-                notify("WATCHDOG=1")
-            if tick % TICKS_PER_S == 0:
-                await self._sample_metrics()
-            due = loop.time() - last_checkpoint >= s.mqtt.checkpoint_interval
-            if due or self.publisher.changed.is_set():
-                self.publisher.changed.clear()
-                if await self.publish_checkpoint():
-                    last_checkpoint = loop.time()
-            if tick % int(PRUNE_INTERVAL_S * TICKS_PER_S) == 0:
-                pruned = await self.buffer.prune(s.buffer.retention)
-                if pruned:
-                    log.info("buffer_pruned", events=pruned)
-
     async def publish_checkpoint(self) -> bool:
-        """Retained per-device parity figures for central consumers; False if not connected.
+        """Publish the retained checkpoint now; False if not connected (see Housekeeping)."""
+        return await self.housekeeping.publish_checkpoint()
 
-        ``last_sent_seq`` is the highest seq the broker acknowledged; every seq up to it was
-        delivered unless ``pending`` says some still wait (a live-first drain, ``draining``).
-        """
-        stats = await self.buffer.stats()
-        body = {
-            "time": rfc3339_now(),
-            "gateway": self.settings.gateway.id,
-            "site": self.settings.gateway.site,
-            "draining": self.publisher.draining,
-            "devices": {
-                name: {
-                    "last_seq": d.last_seq,
-                    "last_sent_seq": d.last_sent_seq,
-                    "pending": d.pending,
-                    "oldest_pending_age_s": d.oldest_pending_age_s,
-                }
-                for name, d in stats.devices.items()
-            },
-        }
-        return await self.publisher.publish_checkpoint(body)
-
-    async def _shutdown(
-        self, publisher_task: asyncio.Task[None], housekeeping: asyncio.Task[None]
-    ) -> None:
-        housekeeping.cancel()
+    async def _shutdown(self, publisher_task: asyncio.Task[None]) -> None:
+        await self.supervisor.cancel("watchdog", *JOBS)  # housekeeping
         for task in self._helpers:
             task.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
-        await asyncio.gather(housekeeping, return_exceptions=True)
         for device in list(self._driver_tasks):
             await self._stop_driver(device)
         with contextlib.suppress(Exception):

@@ -58,6 +58,17 @@ class GatewayMetrics:
         self.reconnects = Counter(
             "edge_gateway_mqtt_reconnects", "Lost broker connections", registry=r
         )
+        self.store_errors = Counter(
+            "edge_gateway_publisher_store_errors",
+            "Publisher sessions ended by a buffer error (disk full, I/O error, locked file)",
+            registry=r,
+        )
+        self.job_errors = Counter(
+            "edge_gateway_job_errors",
+            "Failures of a periodic job (metrics, checkpoint, prune), each counted",
+            ["job"],
+            registry=r,
+        )
         self.broker_connected = Gauge(
             "edge_gateway_mqtt_connected", "1 while connected to the broker", registry=r
         )
@@ -102,6 +113,8 @@ class GatewayMetrics:
         publish_latencies_total: int = 0,
         publish_latencies: Sequence[float] = (),
         stored: Mapping[tuple[str, str], int] | None = None,
+        store_errors: int = 0,
+        job_errors: Mapping[str, int] | None = None,
     ) -> None:
         """Bring every series up to date with the gateway's own counters."""
         for name, value in transitions.items():
@@ -112,6 +125,9 @@ class GatewayMetrics:
             self._advance(self.stored.labels(device, type_), f"s:{device}:{type_}", value)
         for name, value in (inbound or {}).items():
             self._advance(self.inbound.labels(name), f"i:{name}", value)
+        self._advance(self.store_errors, "store_errors", store_errors)
+        for name, value in (job_errors or {}).items():
+            self._advance(self.job_errors.labels(name), f"j:{name}", value)
         for state, count in stats.by_state.items():
             self.buffer_events.labels(state).set(count)
         self.buffer_bytes.set(stats.payload_bytes)

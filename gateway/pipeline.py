@@ -7,6 +7,7 @@ event, so a fast device is slowed to the disk's pace instead of queueing without
 from __future__ import annotations
 
 import collections
+import sqlite3
 import time
 
 import structlog
@@ -54,7 +55,9 @@ class Pipeline:
             new = NewEvent(event_id, device.id, stamp, event.type, event.droppable, render)
             try:
                 stored = await self._buffer.append(new)
-            except BufferFullError as exc:
+            except (BufferFullError, sqlite3.Error) as exc:
+                # Any store error (an I/O error, a lock held too long) means "not stored":
+                # the worker hears a bad read and scans again, exactly as for a full disk.
                 self.refused += 1
                 log.error("event_refused", device=device.id, type=event.type, reason=str(exc))
                 if event.feedback:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from drivers.backoff import Backoff
 from gateway import __version__
 from gateway.events import mark_historical, rfc3339_now
 from gateway.mqtt_link import LinkError, MqttLink
+from gateway.reload import session_changed
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 
@@ -43,6 +45,13 @@ smaller one simply goes first, so short outages keep strict per-device seq order
 
 ACK_CHECK_INTERVAL = 1.0
 """How often the oldest unacknowledged publish is checked against ``publish_timeout``."""
+
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+"""What the buffer raises when its file misbehaves (disk full, I/O error, a foreign lock).
+
+Caught *after* :class:`LinkError` (a ``ConnectionError``, so an ``OSError`` too): a store error
+ends the session like a lost link does, and the next session starts once the store answers.
+"""
 
 DeliveredFn = Callable[[Sequence[OutgoingEvent]], None]
 MessageFn = Callable[[str, bytes], None]
@@ -91,6 +100,10 @@ class Publisher:
         self.connected = asyncio.Event()
         self.draining = False
         self.reconnects = 0
+        self.store_errors = 0
+        """Sessions ended (or kept from starting) by a buffer error, for metrics."""
+        self._store_backoff = Backoff(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
+        self._release_owed = False
         self.changed = asyncio.Event()
         """Set on connect and when a drain starts or ends: the checkpoint is then republished."""
 
@@ -110,34 +123,72 @@ class Publisher:
         )
 
     async def run(self) -> None:
-        """Connect, drain, reconnect with backoff, until :meth:`stop` is called."""
+        """Connect, drain, reconnect with backoff, until :meth:`stop` is called.
+
+        A store error (disk full, I/O error, a lock held by another process) ends the session
+        like a lost connection, loudly and counted in :attr:`store_errors`, and backs off on a
+        curve of its own: connecting succeeds each time, so the link's backoff would reset and
+        a persistent store fault would otherwise reconnect in a tight loop.
+        """
         backoff = Backoff(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
         while not self._stopping.is_set():
             self._reconnect.clear()
-            link = self._make_link()
-            try:
-                await link.connect()
-                self._link = link
-                backoff.reset()
-                await self._session(link)
-            except LinkError as exc:
-                self.connected.clear()
-                if self._stopping.is_set():
-                    break
-                self.reconnects += 1
-                log.warning("mqtt_disconnected", error=str(exc), host=self._mqtt.host)
-            finally:
-                self._link = None
-                self.connected.clear()
-                await link.close()
-                await self._settle()
+            store_failed = False
+            if self._release_owed and not await self._release():
+                store_failed = True
+            else:
+                link = self._make_link()
+                try:
+                    await link.connect()
+                    self._link = link
+                    backoff.reset()
+                    await self._session(link)
+                except LinkError as exc:
+                    self.connected.clear()
+                    if self._stopping.is_set():
+                        break
+                    self.reconnects += 1
+                    log.warning("mqtt_disconnected", error=str(exc), host=self._mqtt.host)
+                except STORE_ERRORS as exc:
+                    store_failed = True
+                    self._store_error("publish", exc)
+                finally:
+                    self._link = None
+                    self.connected.clear()
+                    await link.close()
+                    await self._settle()
             if self._reconnect.is_set():
                 continue  # new settings: connect again at once
+            delay = self._store_backoff.next() if store_failed else backoff.next()
             if not self._stopping.is_set():
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff.next()):
+                    async with asyncio.timeout(delay):
                         await self._stopping.wait()
+
+    def _store_error(self, during: str, exc: BaseException) -> None:
+        """Count and log a buffer error that ended (or followed) a session."""
+        self.store_errors += 1
+        log.error(
+            "publisher_store_error",
+            during=during,
+            error=f"{type(exc).__name__}: {exc}",
+            count=self.store_errors,
+        )
+
+    async def _release(self) -> bool:
+        """Put every in-flight row back to pending; False (counted) if the store failed.
+
+        Until this succeeds no session starts: rows left in flight would never be claimed.
+        """
+        try:
+            await self._buffer.release_in_flight()
+        except STORE_ERRORS as exc:
+            self._release_owed = True
+            self._store_error("release", exc)
+            return False
+        self._release_owed = False
+        return True
 
     async def _session(self, link: MqttLink) -> None:
         self._since = rfc3339_now()
@@ -206,13 +257,22 @@ class Publisher:
         await link.publish(self._topics.status, self._status_payload("offline"), retain=True)
 
     async def _settle(self) -> None:
-        """After a session: record the acks we have, release the rest to pending."""
+        """After a session: record the acks we have, release the rest to pending.
+
+        Never raises a store error: acks that could not be recorded stay in flight in the
+        buffer and :meth:`_release` puts them back to pending (now, or before the next session),
+        so they are sent again with the same id and seq, which the contract allows.
+        """
         for task in self._answers:
             task.cancel()
         await asyncio.gather(*self._answers, *self._marking, return_exceptions=True)
-        await self._flush_acks()
+        try:
+            await self._flush_acks()
+        except STORE_ERRORS as exc:
+            self._acked.clear()  # still in flight in the buffer: released below, sent again
+            self._store_error("mark_sent", exc)
         self._in_flight.clear()
-        await self._buffer.release_in_flight()
+        await self._release()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish: drain in flight, publish offline, disconnect."""
@@ -222,8 +282,10 @@ class Publisher:
         """Take new broker settings (a reload): end the session cleanly, connect with them."""
         if mqtt == self._mqtt:
             return
+        reconnect = session_changed(self._mqtt, mqtt)
         self._mqtt = mqtt
-        self._reconnect.set()
+        if reconnect:
+            self._reconnect.set()
 
     # --- events ------------------------------------------------------------------------------
 
@@ -234,7 +296,7 @@ class Publisher:
         if self.draining:
             log.info("backlog_drain_started", events=backlog)
             self.changed.set()
-        overtaken = False
+        overtaken = store_ok = False
         limit = self._mqtt.max_inflight
         in_flight = self._in_flight
         while True:
@@ -249,6 +311,9 @@ class Publisher:
                 continue
             self._buffer.committed.clear()
             batch = await self._buffer.claim(free, live_after if self.draining else None)
+            if not store_ok:  # the store answers again: its next fault backs off from low
+                store_ok = True
+                self._store_backoff.reset()
             if not batch:
                 self._slot_freed.clear()
                 waits = [self._buffer.committed.wait(), self._slot_freed.wait()]

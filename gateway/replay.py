@@ -96,6 +96,10 @@ class ReplayWorker:
         self.replayed = 0
         self.active: ReplayCommand | None = None
 
+    def reconfigure(self, *, rate: float) -> None:
+        """A reload's ``mqtt.replay_rate``: applies from the next window, even mid-replay."""
+        self._bucket.rate = rate
+
     def submit(self, command: ReplayCommand) -> bool:
         """Queue a command; False when too many are already waiting (the caller answers busy)."""
         try:

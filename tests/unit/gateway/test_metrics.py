@@ -62,3 +62,25 @@ def test_endpoint_serves_on_the_configured_address_and_stops() -> None:
         assert 'edge_gateway_device_last_seq{device="dock-1"} 5.0' in body
     finally:
         metrics.close()
+
+
+def test_store_errors_and_job_failures_are_counted() -> None:
+    """The publisher's store errors and each periodic job's failures become counters."""
+    metrics = GatewayMetrics()
+    stats = BufferStats(by_state={}, payload_bytes=0, devices={})
+    common = {
+        "stats": stats,
+        "transitions": {},
+        "device_states": {},
+        "connected": False,
+        "reconnects": 0,
+        "outcomes": {},
+        "latencies_total": 0,
+        "latencies": [],
+    }
+    metrics.sample(**common, store_errors=2, job_errors={"checkpoint": 4})
+    metrics.sample(**common, store_errors=3, job_errors={"checkpoint": 4, "prune": 1})
+    text = generate_latest(metrics.registry).decode()
+    assert "edge_gateway_publisher_store_errors_total 3.0" in text
+    assert 'edge_gateway_job_errors_total{job="checkpoint"} 4.0' in text
+    assert 'edge_gateway_job_errors_total{job="prune"} 1.0' in text

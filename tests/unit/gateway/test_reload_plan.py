@@ -58,3 +58,33 @@ def test_identity_changes_need_a_restart_and_are_not_applied(tmp_path: Path) -> 
     assert running.gateway.id == old.gateway.id
     assert running.topic_root == old.topic_root
     assert running.mqtt.keepalive == 60
+
+
+def test_checkpoint_interval_and_replay_rate_apply_without_a_reconnect(tmp_path: Path) -> None:
+    """They pace our own jobs, not the broker session; a keepalive change still reconnects."""
+    old = settings(tmp_path, "old.toml", [])
+    paced = settings(tmp_path, "paced.toml", [], mqtt={"checkpoint_interval": 5, "replay_rate": 50})
+    assert old.mqtt != paced.mqtt
+    assert not plan_reload(old, paced).mqtt_changed
+    keepalive = settings(tmp_path, "keepalive.toml", [], mqtt={"keepalive": 45})
+    assert plan_reload(old, keepalive).mqtt_changed
+
+
+def test_batch_size_and_logging_need_a_restart_the_shutdown_bound_does_not(tmp_path: Path) -> None:
+    """Nothing is silently ignored: what is not applied is reported as needing a restart."""
+    old = settings(tmp_path, "old.toml", [])
+    new = settings(
+        tmp_path,
+        "new.toml",
+        [],
+        buffer={"batch_max": 50, "retention": 60},
+        gateway={"shutdown_timeout": 20},
+    )
+    new = new.model_copy(update={"logging": new.logging.model_copy(update={"level": "debug"})})
+    plan = plan_reload(old, new)
+    assert set(plan.needs_restart) == {"buffer.batch_max", "logging"}
+    running = effective(old, new)
+    assert running.buffer.batch_max == old.buffer.batch_max
+    assert running.buffer.retention == 60
+    assert running.logging == old.logging
+    assert running.gateway.shutdown_timeout == 20
