@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from buffer.schema import STATE_NAMES
+from buffer.schema import STATE_NAMES, STATE_SENT
 
 
 @dataclass(slots=True)
@@ -31,6 +31,10 @@ class DeviceStats:
     status: str | None = None
     detail: str | None = None
     since: str | None = None
+    unconfirmed: int = 0
+    """Sent events of an ``accepted``-level device still awaiting central's verdict."""
+    lowest_unconfirmed_seq: int | None = None
+    """The lowest seq among them: central re-confirms from here (docs/confirmation.md)."""
 
 
 @dataclass(slots=True)
@@ -55,12 +59,18 @@ class BufferStats:
 
 
 async def collect_stats(
-    conn: aiosqlite.Connection, now: float | None = None, *, payload_bytes: int | None = None
+    conn: aiosqlite.Connection,
+    now: float | None = None,
+    *,
+    payload_bytes: int | None = None,
+    awaiting_verdict: Collection[str] = (),
 ) -> BufferStats:
     """Read every figure in one pass of small queries.
 
     These scan the table: ~1.7 s at a million rows, of which ~0.6 s is summing payload sizes,
     so a caller that already knows ``payload_bytes`` (the daemon keeps it in memory) passes it.
+    ``awaiting_verdict`` names the devices at ``confirm = "accepted"``: their sent events
+    without a verdict are counted per device (see :func:`unconfirmed_by_device`).
     """
     now = time.time() if now is None else now
     stats = BufferStats(by_state=dict.fromkeys(STATE_NAMES.values(), 0))
@@ -87,11 +97,38 @@ async def collect_stats(
             dev = stats.devices.setdefault(device, DeviceStats(device))
             dev.pending = int(count)
             dev.oldest_pending_age_s = round(now - float(oldest), 3)
+    for device, count, lowest in await unconfirmed_by_device(conn, awaiting_verdict):
+        dev = stats.devices.setdefault(device, DeviceStats(device))
+        dev.unconfirmed = count
+        dev.lowest_unconfirmed_seq = lowest
     ages = [
         d.oldest_pending_age_s for d in stats.devices.values() if d.oldest_pending_age_s is not None
     ]
     stats.oldest_unsent_age_s = max(ages) if ages else None
     return stats
+
+
+async def unconfirmed_by_device(
+    conn: aiosqlite.Connection, devices: Collection[str]
+) -> list[tuple[str, int, int]]:
+    """(device, count, lowest seq) of sent events still awaiting central's verdict.
+
+    Only for ``devices`` (those at ``confirm = "accepted"``; at other levels nobody sends a
+    verdict, so "sent" is final) and only events that are not telemetry, the same rows the
+    buffer keeps past retention until they are settled. A confirm that central sent but the
+    gateway never committed (the broker's session expired, or it was evicted from the broker's
+    queue) shows up here, so central can send it again.
+    """
+    if not devices:
+        return []
+    marks = ",".join("?" * len(devices))
+    async with conn.execute(
+        "SELECT device, count(*), min(seq) FROM events"  # noqa: S608 - placeholders only
+        f" WHERE state = {STATE_SENT} AND droppable = 0 AND device IN ({marks})"
+        " GROUP BY device",
+        tuple(devices),
+    ) as cur:
+        return [(str(d), int(n), int(low)) async for d, n, low in cur]
 
 
 async def open_reader(path: Path) -> aiosqlite.Connection:

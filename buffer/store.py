@@ -657,7 +657,9 @@ class Buffer:
         """
         if self._reader is None:
             self._reader = await open_reader(self.path)
-        return await collect_stats(self._reader, payload_bytes=self._bytes)
+        return await collect_stats(
+            self._reader, payload_bytes=self._bytes, awaiting_verdict=self.keep_unconfirmed
+        )
 
     async def close(self) -> None:
         """Stop the writer (failing queued appends) and close the database cleanly."""

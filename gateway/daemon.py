@@ -354,6 +354,8 @@ class Gateway:
 
         ``last_sent_seq`` is the highest seq the broker acknowledged; every seq up to it was
         delivered unless ``pending`` says some still wait (a live-first drain, ``draining``).
+        ``unconfirmed`` and ``lowest_unconfirmed_seq`` show, for ``accepted``-level devices,
+        delivered events still awaiting a verdict, so central can confirm them again.
         """
         stats = await self.buffer.stats()
         body = {
@@ -367,6 +369,8 @@ class Gateway:
                     "last_sent_seq": d.last_sent_seq,
                     "pending": d.pending,
                     "oldest_pending_age_s": d.oldest_pending_age_s,
+                    "unconfirmed": d.unconfirmed,
+                    "lowest_unconfirmed_seq": d.lowest_unconfirmed_seq,
                 }
                 for name, d in stats.devices.items()
             },

@@ -238,3 +238,38 @@ async def test_a_flood_bigger_than_the_byte_bound_does_not_shed_a_genuine_verdic
     # The lock outlasted confirm_timeout: pending feedback, and no late beep for the accept.
     assert GOOD not in scanner.feedback_bytes()
     assert loop_errors == []
+
+
+async def retained_checkpoint(broker: MosquittoBroker) -> dict[str, Any]:
+    async with aiomqtt.Client(broker.host, broker.port, identifier="checkpoint-reader") as client:
+        await client.subscribe(f"{ROOT}/checkpoint", qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                body: dict[str, Any] = json.loads(message.payload)
+                return body
+    raise AssertionError("no checkpoint")
+
+
+async def test_the_checkpoint_shows_delivered_events_still_awaiting_a_verdict(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """Per accepted-level device: how many sent events have no verdict yet, and the lowest
+    seq among them, so central can confirm them again (a confirm it sent may never have been
+    committed: the broker's session expired, or its queue overflowed)."""
+    db = tmp_path / "state" / "buffer.db"
+    async with running_gateway(config(tmp_path, broker, scanner)) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        first = await scan_sent(scanner, db, "CP-1", 1)
+        await scan_sent(scanner, db, "CP-2", 2)
+        assert await gw.publish_checkpoint()
+        device = (await retained_checkpoint(broker))["devices"]["dock-1"]
+        assert (device["unconfirmed"], device["lowest_unconfirmed_seq"]) == (2, 1)
+        await publish(broker, [accept(first)])
+        await wait_until(lambda: states(db) == {1: 3, 2: 2}, timeout=10)
+        assert await gw.publish_checkpoint()
+        device = (await retained_checkpoint(broker))["devices"]["dock-1"]
+        assert (device["unconfirmed"], device["lowest_unconfirmed_seq"]) == (1, 2)
+        assert device["last_sent_seq"] == 2
