@@ -112,6 +112,8 @@ class Inbound:
         by this session, so the broker sends it again in the next.
         """
         if not self._accepting:
+            if not self.counters["held_at_stop"]:
+                log.info("inbound_held_for_next_session", topic=topic[:200])
             self.counters["held_at_stop"] += 1
             return asyncio.get_running_loop().create_future()
         try:
