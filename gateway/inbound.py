@@ -193,15 +193,14 @@ class Inbound:
         """Graceful stop, first step: hold every message that arrives from now on."""
         self._accepting = False
 
-    async def drain(self) -> bool:
+    async def drain(self) -> None:
         """Stop accepting and wait until every confirm already received is committed.
 
         The caller bounds the wait; what is not committed then stays unacknowledged, and the
-        broker sends it again next session. True if everything was committed.
+        broker sends it again next session.
         """
         self.stop_accepting()
         await self._idle.wait()
-        return True
 
     @property
     def pending_bytes(self) -> int:
@@ -269,9 +268,13 @@ class Inbound:
         for settled in result.applied:
             accepted = settled.state == STATE_CONFIRMED
             self.counters["confirm_accepted" if accepted else "confirm_rejected"] += 1
-            self._confirmations.settled(
-                settled.id, settled.device, accepted=accepted, reason=reasons.get(settled.id)
-            )
+            try:
+                self._confirmations.settled(
+                    settled.id, settled.device, accepted=accepted, reason=reasons.get(settled.id)
+                )
+            except Exception:  # a feedback bug must not stop the applier (and every PUBACK)
+                self.counters["feedback_error"] += 1
+                log.exception("confirm_feedback_failed", device=settled.device)
         self.counters["confirm_duplicate"] += result.duplicate
         self.counters["confirm_unknown"] += result.unknown
         if result.unknown:

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,11 @@ async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
 
 
 @pytest.fixture
-def loop_errors() -> Iterator[list[dict[str, Any]]]:
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
     """What reaches the event loop's exception handler ("Exception in callback" and the like):
     gmqtt's PUBACK callback must never raise, whatever happens to the link or the loop."""
     errors: list[dict[str, Any]] = []
-    loop = asyncio.get_event_loop()
+    loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
     yield errors

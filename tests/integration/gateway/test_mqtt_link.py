@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -240,3 +242,89 @@ def test_the_gmqtt_internals_we_lean_on_are_still_there() -> None:
     assert hasattr(client, "_connection")
     assert "self._transport" in inspect.getsource(gmqtt.mqtt.connection.MQTTConnection.__init__)
     assert isinstance(client._persistent_storage._messages, dict)
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """What reaches the event loop's exception handler ("Exception in callback" and the like)."""
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield errors
+    loop.set_exception_handler(previous)
+
+
+def _message_tasks() -> list[asyncio.Task[Any]]:
+    """gmqtt's task for each received message (our handler coroutine)."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "MqttLink._received"
+    ]
+
+
+async def _redelivered(broker: MosquittoBroker, client_id: str) -> list[bytes]:
+    seen: list[bytes] = []
+    link = MqttLink(
+        section(broker.port),
+        client_id,
+        on_message=lambda _t, p: seen.append(p),
+        clean_session=False,
+    )
+    await link.connect()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: bool(seen), timeout=3)
+    finally:
+        await link.close()
+    return seen
+
+
+async def test_a_cancelled_message_task_is_neither_acked_nor_noisy(
+    broker: MosquittoBroker, loop_errors: list[dict[str, Any]]
+) -> None:
+    """If gmqtt's task for a held message is cancelled (the loop shutting down under us), the
+    link aborts its socket first: no PUBACK leaves, nothing raises into gmqtt's callback."""
+
+    def hold(_topic: str, _payload: bytes) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    link = MqttLink(section(broker.port), "link-cancel", on_message=hold, clean_session=False)
+    await link.connect()
+    await link.subscribe("link/in")
+    await _publish_one(broker, "link/in", b"held")
+    await wait_until(lambda: link.unacknowledged == 1, timeout=5)
+    (task,) = _message_tasks()
+    task.cancel()
+    await wait_until(lambda: link.unacknowledged == 0, timeout=2)
+    assert link.lost.is_set()
+    await link.close()
+    await asyncio.sleep(0.1)  # gmqtt's done-callback has run by now
+    assert loop_errors == []
+    assert await _redelivered(broker, "link-cancel") == [b"held"]
+
+
+async def test_a_held_message_when_the_broker_goes_away_is_neither_acked_nor_noisy(
+    broker: MosquittoBroker, loop_errors: list[dict[str, Any]]
+) -> None:
+    """The connection drops while a message is held: the link releases it (gmqtt's PUBACK
+    write meets a closed socket), with no error on the loop; it comes again next session."""
+
+    def hold(_topic: str, _payload: bytes) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    link = MqttLink(section(broker.port), "link-gone", on_message=hold, clean_session=False)
+    await link.connect()
+    await link.subscribe("link/in")
+    await _publish_one(broker, "link/in", b"held")
+    await wait_until(lambda: link.unacknowledged == 1, timeout=5)
+    broker.stop()  # graceful: Mosquitto saves its sessions and queues
+    async with asyncio.timeout(5):
+        await link.lost.wait()
+    await wait_until(lambda: link.unacknowledged == 0, timeout=2)
+    await link.close()
+    await asyncio.sleep(0.1)
+    assert loop_errors == []
+    broker.start()
+    assert await _redelivered(broker, "link-gone") == [b"held"]
