@@ -152,12 +152,12 @@ async def reader(path: Path) -> AsyncIterator[aiosqlite.Connection]:
         await conn.close()
 
 
-async def read_stats(path: Path) -> BufferStats | None:
+async def read_stats(path: Path, *, awaiting_verdict: Collection[str] = ()) -> BufferStats | None:
     """Stats from a buffer file owned by another process; None when it does not exist yet."""
     if not path.exists():  # noqa: ASYNC240 - one stat() call
         return None
     async with reader(path) as conn:
-        return await collect_stats(conn)
+        return await collect_stats(conn, awaiting_verdict=awaiting_verdict)
 
 
 async def read_recent(path: Path, limit: int = 5) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from gateway.daemon import Gateway
 from gateway.settings import load_settings
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
-from tests.support import running_gateway, scanner_device, wait_until, write_config
+from tests.support import cli, running_gateway, scanner_device, wait_until, write_config
 
 ROOT = "edge/site-test/gw-test"
 GOOD, PENDING = b"G\r", b"P\r"
@@ -258,7 +258,8 @@ async def test_the_checkpoint_shows_delivered_events_still_awaiting_a_verdict(
     seq among them, so central can confirm them again (a confirm it sent may never have been
     committed: the broker's session expired, or its queue overflowed)."""
     db = tmp_path / "state" / "buffer.db"
-    async with running_gateway(config(tmp_path, broker, scanner)) as gw:
+    cfg = config(tmp_path, broker, scanner)
+    async with running_gateway(cfg) as gw:
         await scanner.wait_opened(timeout=10)
         async with asyncio.timeout(10):
             await gw.publisher.connected.wait()
@@ -273,3 +274,7 @@ async def test_the_checkpoint_shows_delivered_events_still_awaiting_a_verdict(
         device = (await retained_checkpoint(broker))["devices"]["dock-1"]
         assert (device["unconfirmed"], device["lowest_unconfirmed_seq"]) == (1, 2)
         assert device["last_sent_seq"] == 2
+        status = await asyncio.to_thread(cli, "status", "--json", "--config", str(cfg))
+        assert status.returncode == 0, status.stderr
+        shown = json.loads(status.stdout)["devices"]["dock-1"]
+        assert (shown["unconfirmed"], shown["lowest_unconfirmed_seq"]) == (1, 2)
