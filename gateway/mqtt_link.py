@@ -72,8 +72,9 @@ are gone from the broker, and central re-confirms from the checkpoint's ``unconf
 RECEIVE_MAXIMUM = 32
 """Received QoS 1 messages the broker may have outstanding (sent, not yet PUBACKed) with us.
 
-Each is at most one confirm or command (``max_packet_size`` at the broker, 64 KiB by our own
-cap), so at most ~2 MiB of raw input waits for us; the broker holds the rest in its queue."""
+A valid confirm or command is at most 64 KiB (gateway/commands.py), so at most ~2 MiB of valid
+input waits for us; the broker holds the rest in its queue. (Larger packets are read whole by
+gmqtt before our cap applies: the broker's ``max_packet_size`` must refuse them, issue 18.)"""
 
 SEND_RESERVE = 4
 """Packet ids left free, within the broker's Receive Maximum, for status, checkpoint and answers
@@ -85,7 +86,7 @@ MessageFn = Callable[[str, bytes], Awaitable[Any] | None]
 it once that is done without error, or never (the broker sends it again next session)."""
 
 
-def log_exception(event: str, topic: str) -> None:
+def _log_handler_bug(event: str, topic: str) -> None:
     """A handler bug: logged with its traceback, never raised into gmqtt."""
     structlog.get_logger(__name__).exception(event, topic=topic[:200])
 
@@ -371,7 +372,7 @@ class MqttLink:
         try:
             effect = self._on_message(topic, payload)
         except Exception:
-            log_exception("message_handler_failed", topic)
+            _log_handler_bug("message_handler_failed", topic)
             return None
         return None if effect is None else asyncio.ensure_future(effect)
 
