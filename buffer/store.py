@@ -540,7 +540,9 @@ class Buffer:
         """
         if self._reader is None:
             self._reader = await open_reader(self.path)
-        return await collect_stats(self._reader, payload_bytes=self._bytes)
+        return await collect_stats(
+            self._reader, payload_bytes=self._bytes, awaiting_verdict=self.keep_unconfirmed
+        )
 
     async def close(self) -> None:
         """Finish the commit under way, fail the appends still queued, close the database.

@@ -6,7 +6,8 @@ gateway/housekeeping.py; every setting a reload may change reaches the component
 
 Start order matters: the buffer opens first (nothing is read from a device before there is
 somewhere durable to put it), then the publisher and the drivers. Stop order is the reverse,
-bounded by ``gateway.shutdown_timeout``: drivers stop reading, in-flight publishes get a chance
+bounded by ``gateway.shutdown_timeout``: new confirms are no longer taken and those received are
+committed (and only then acknowledged), drivers stop reading, in-flight publishes get a chance
 at their PUBACK, ``offline`` is published, the buffer checkpoints and closes.
 """
 
@@ -246,8 +247,8 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await driver.stop()
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        self.inbound.handle(topic, payload)
+    def _on_message(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        return self.inbound.handle(topic, payload)
 
     def _start_driver(self, device: DeviceConfig) -> asyncio.Task[None]:
         cls = registry.driver_class(device.driver)
@@ -312,6 +313,12 @@ class Gateway:
         return await self.housekeeping.publish_checkpoint()
 
     async def _shutdown(self, publisher_task: asyncio.Task[None]) -> None:
+        # Stop receiving before stopping the applier: what arrived is committed (and only then
+        # acknowledged to the broker) within half the bound; the rest stays unacknowledged and
+        # the broker sends it again next session (docs/confirmation.md).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.gateway.shutdown_timeout / 2):
+                await self.inbound.drain()
         await self.supervisor.cancel("watchdog", *JOBS)  # housekeeping
         for task in self._helpers:
             task.cancel()

@@ -99,7 +99,11 @@ class Housekeeping:
         """Retained per-device parity figures for central consumers; False if not connected.
 
         ``last_sent_seq`` is the highest seq the broker acknowledged; every seq up to it was
-        delivered unless ``pending`` says some still wait (a live-first drain, ``draining``).
+        delivered unless ``pending`` says some still wait (a live-first drain, ``draining``) or
+        ``dropped_ranges`` says it was telemetry dropped on purpose at the size cap
+        (``dropped_events`` counts them all). ``unconfirmed`` and ``lowest_unconfirmed_seq``
+        show, for ``accepted``-level devices, delivered events still awaiting a verdict, so
+        central can confirm them again.
         """
         stats = await self._parts.buffer.stats()
         gateway_id, site = self._identity
@@ -114,6 +118,10 @@ class Housekeeping:
                     "last_sent_seq": d.last_sent_seq,
                     "pending": d.pending,
                     "oldest_pending_age_s": d.oldest_pending_age_s,
+                    "unconfirmed": d.unconfirmed,
+                    "lowest_unconfirmed_seq": d.lowest_unconfirmed_seq,
+                    "dropped_events": d.dropped_events,
+                    "dropped_ranges": [list(r) for r in d.dropped_ranges],
                 }
                 for name, d in stats.devices.items()
             },

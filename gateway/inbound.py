@@ -1,10 +1,19 @@
 """Messages from central: confirms and commands, dispatched by topic, never trusted.
 
-The publisher hands every received message to :meth:`Inbound.handle` synchronously (parsing is
-cheap and bounded), which validates it and queues the work. Confirms are applied in groups by
-one task: all verdicts that arrived while the previous commit ran share the next transaction,
-then each applied verdict settles its device's waiter. Bad input costs one counter bump, one log
-line per burst, and, for a command whose ``request_id`` is readable, an error on ``cmd/result``.
+The link hands every received message to :meth:`Inbound.handle` (parsing is cheap and bounded),
+which validates it and queues the work. What ``handle`` returns decides when the broker gets its
+PUBACK (gateway/mqtt_link.py): None means at once (an invalid message, a replay command queued
+or refused), a future means once that future is done. For a confirm it is done only when every
+verdict in the message is committed by ``Buffer.settle``: a confirm acknowledged to the broker
+is never lost, and one not yet committed is sent again by the broker in the next session.
+
+Confirms are applied in groups by one task: all verdicts that arrived while the previous commit
+ran share the next transaction, then each applied verdict settles its device's waiter. Pending
+verdicts are bounded by bytes (:data:`MAX_PENDING_BYTES`): beyond it a message waits, not
+acknowledged, until there is room, so the broker (Receive Maximum) stops sending: backpressure,
+never shedding. A failed commit is retried with backoff, loudly, until it succeeds or the gateway
+stops. Bad input costs one counter bump, one log line per burst, and, for a command whose
+``request_id`` is readable, an error on ``cmd/result``.
 """
 
 from __future__ import annotations
@@ -12,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 
 from buffer.schema import STATE_CONFIRMED
 from buffer.store import Buffer
+from drivers.backoff import Backoff
 from gateway.commands import (
     InvalidMessageError,
     parse_confirms,
@@ -30,10 +41,36 @@ from gateway.topics import Topics
 
 log = structlog.get_logger(__name__)
 
-MAX_PENDING_VERDICTS = 100_000
-"""Verdicts waiting for their commit; beyond this a flood is shed (counted), never buffered."""
+MAX_PENDING_BYTES = 1024 * 1024
+"""Payload bytes of confirm messages admitted and not yet committed. A message that would go
+over waits, unacknowledged, until earlier ones are committed (one message is always admitted,
+so a single large one cannot stall). Parsed verdicts kept 1.6 (UUID ids) to 3.4 (short ids)
+times their payload in memory (tracemalloc, 64 KiB messages), so admitted confirms hold at most
+~4 MiB. Messages waiting for room are parsed too, but the broker sends no more than our Receive
+Maximum (32, gateway/mqtt_link.py) unacknowledged: at most 2 MiB of payload in all. This bound
+still matters if a broker ignores Receive Maximum, or if it is raised."""
+
+SETTLE_BATCH = 5000
+"""Verdicts per ``Buffer.settle`` transaction."""
+
+SETTLE_RETRY_MIN_S = 0.2
+SETTLE_RETRY_MAX_S = 10.0
+"""Backoff of a failed settle (a locked or full disk): retried until it commits, never dropped."""
 
 AnswerFn = Callable[[bytes], None]
+Verdict = tuple[str, bool, str | None]
+
+
+@dataclass(eq=False, slots=True)
+class _Message:
+    """One confirm message: its verdicts, and the future its PUBACK waits for."""
+
+    verdicts: list[Verdict]
+    cost: int
+    done: asyncio.Future[None]
+    applied: int = 0
+    taken: int = field(default=0)
+    """Verdicts handed to the settle in progress (committed ones are ``applied``)."""
 
 
 class Inbound:
@@ -52,24 +89,39 @@ class Inbound:
         self._topics = topics
         self._replays = replays
         self._answer = answer
-        self._verdicts: list[tuple[str, bool, str | None]] = []
+        self._admitted: collections.deque[_Message] = collections.deque()
+        self._admitted_bytes = 0
+        self._waiting: collections.deque[_Message] = collections.deque()
         self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = True
         self._answers = TokenBucket(50.0, burst=50.0)
         self._burst = BurstLog()
         self.counters: collections.Counter[str] = collections.Counter()
-        """confirm_{messages,accepted,rejected,duplicate,unknown,invalid,shed}, cmd_*..."""
+        """confirm_{messages,accepted,rejected,duplicate,unknown,invalid,backpressure,
+        store_retry}, cmd_*..."""
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """The only topics the gateway listens on: its own root's confirm and cmd topics."""
         return (self._topics.confirm, self._topics.cmd_replay)
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Dispatch one received message. Never raises."""
+    def handle(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        """Dispatch one received message; acknowledge it when the result is done (None: now).
+
+        Never raises. After :meth:`stop_accepting`, every message is held: never acknowledged
+        by this session, so the broker sends it again in the next.
+        """
+        if not self._accepting:
+            if not self.counters["held_at_stop"]:
+                log.info("inbound_held_for_next_session", topic=topic[:200])
+            self.counters["held_at_stop"] += 1
+            return asyncio.get_running_loop().create_future()
         try:
             if topic == self._topics.confirm:
-                self._confirm(payload)
-            elif topic == self._topics.cmd_replay:
+                return self._confirm(payload)
+            if topic == self._topics.cmd_replay:
                 self._replay(payload)
             else:
                 self.counters["foreign_topic"] += 1
@@ -77,20 +129,42 @@ class Inbound:
         except Exception:
             self.counters["handler_error"] += 1
             log.exception("inbound_handler_failed", topic=topic[:200])
+        return None
 
-    def _confirm(self, payload: bytes) -> None:
+    def _confirm(self, payload: bytes) -> asyncio.Future[None] | None:
         self.counters["confirm_messages"] += 1
         try:
             confirms = parse_confirms(payload)
         except InvalidMessageError as exc:
             self.counters["confirm_invalid"] += 1
             self._burst.warning("confirm_invalid", detail=str(exc))
-            return
-        if len(self._verdicts) + len(confirms) > MAX_PENDING_VERDICTS:
-            self.counters["confirm_shed"] += len(confirms)
-            self._burst.warning("confirm_flood_shed", verdicts=len(confirms))
-            return
-        self._verdicts.extend((c.id, c.status == "accepted", c.reason) for c in confirms)
+            return None
+        if not confirms:
+            return None
+        message = _Message(
+            [(c.id, c.status == "accepted", c.reason) for c in confirms],
+            len(payload),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._idle.clear()
+        if self._waiting or not self._has_room(message):
+            self.counters["confirm_backpressure"] += 1
+            self._burst.warning(
+                "confirm_backpressure",
+                pending_bytes=self._admitted_bytes,
+                bound=MAX_PENDING_BYTES,
+            )
+            self._waiting.append(message)
+        else:
+            self._admit(message)
+        return message.done
+
+    def _has_room(self, message: _Message) -> bool:
+        return not self._admitted or self._admitted_bytes + message.cost <= MAX_PENDING_BYTES
+
+    def _admit(self, message: _Message) -> None:
+        self._admitted.append(message)
+        self._admitted_bytes += message.cost
         self._ready.set()
 
     def _replay(self, payload: bytes) -> None:
@@ -117,29 +191,92 @@ class Inbound:
             return
         self._answer(result_payload(request_id, ok=False, detail=detail))
 
+    def stop_accepting(self) -> None:
+        """Graceful stop, first step: hold every message that arrives from now on."""
+        self._accepting = False
+
+    async def drain(self) -> None:
+        """Stop accepting and wait until every confirm already received is committed.
+
+        The caller bounds the wait; what is not committed then stays unacknowledged, and the
+        broker sends it again next session.
+        """
+        self.stop_accepting()
+        await self._idle.wait()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Payload bytes of admitted confirms not committed yet (metrics, tests)."""
+        return self._admitted_bytes
+
     async def run(self) -> None:
-        """Apply queued verdicts, a group per commit, until cancelled."""
+        """Apply admitted verdicts, a group per commit, until cancelled."""
         while True:
             await self._ready.wait()
             self._ready.clear()
-            while self._verdicts:
-                batch, self._verdicts = self._verdicts[:5000], self._verdicts[5000:]
+            while self._admitted:
+                batch = self._take(SETTLE_BATCH)
                 await self._apply(batch)
+                self._finish_taken()
+            if not self._waiting:
+                self._idle.set()
 
-    async def _apply(self, batch: list[tuple[str, bool, str | None]]) -> None:
-        try:
-            result = await self._buffer.settle([(i, ok) for i, ok, _ in batch])
-        except Exception:
-            self.counters["confirm_store_failed"] += len(batch)
-            log.exception("confirm_store_failed", verdicts=len(batch))
-            return
+    def _take(self, limit: int) -> list[Verdict]:
+        """The next verdicts in arrival order, across messages, at most ``limit``."""
+        batch: list[Verdict] = []
+        for message in self._admitted:
+            start = message.applied
+            count = min(len(message.verdicts) - start, limit - len(batch))
+            batch.extend(message.verdicts[start : start + count])
+            message.taken = count
+            if len(batch) >= limit:
+                break
+        return batch
+
+    def _finish_taken(self) -> None:
+        """The batch committed: acknowledge each message whose every verdict is in."""
+        while self._admitted:
+            message = self._admitted[0]
+            message.applied += message.taken
+            message.taken = 0
+            if message.applied < len(message.verdicts):
+                break
+            self._admitted.popleft()
+            self._admitted_bytes -= message.cost
+            if not message.done.done():
+                message.done.set_result(None)
+        while self._waiting and self._has_room(self._waiting[0]):
+            self._admit(self._waiting.popleft())
+
+    async def _apply(self, batch: list[Verdict]) -> None:
+        """Commit ``batch``, retrying with backoff until it commits; then give feedback."""
+        backoff = Backoff(SETTLE_RETRY_MIN_S, SETTLE_RETRY_MAX_S)
+        while True:
+            try:
+                result = await self._buffer.settle([(i, ok) for i, ok, _ in batch])
+                break
+            except Exception as exc:
+                delay = backoff.next()
+                self.counters["confirm_store_retry"] += 1
+                log.error(
+                    "confirm_store_failed",
+                    verdicts=len(batch),
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(delay, 2),
+                    note="not acknowledged to the broker; retried until committed",
+                )
+                await asyncio.sleep(delay)
         reasons = {i: reason for i, _, reason in batch}
         for settled in result.applied:
             accepted = settled.state == STATE_CONFIRMED
             self.counters["confirm_accepted" if accepted else "confirm_rejected"] += 1
-            self._confirmations.settled(
-                settled.id, settled.device, accepted=accepted, reason=reasons.get(settled.id)
-            )
+            try:
+                self._confirmations.settled(
+                    settled.id, settled.device, accepted=accepted, reason=reasons.get(settled.id)
+                )
+            except Exception:  # a feedback bug must not stop the applier (and every PUBACK)
+                self.counters["feedback_error"] += 1
+                log.exception("confirm_feedback_failed", device=settled.device)
         self.counters["confirm_duplicate"] += result.duplicate
         self.counters["confirm_unknown"] += result.unknown
         if result.unknown:

@@ -19,6 +19,18 @@ What this module adds to gmqtt, and why:
   parses late would carry a mid that the next link is already reusing for another event.
 - **Bounded waits.** CONNACK, SUBACK and awaited PUBACKs each have a timeout; gmqtt would wait
   forever on a blackholed broker.
+- **A received message is acknowledged after its effect.** The link speaks MQTT 5 with
+  ``optimistic_acknowledgement`` off (below v5 gmqtt always PUBACKs on arrival). ``on_message``
+  may return an awaitable: gmqtt sends the PUBACK when our handler coroutine returns, and it
+  returns once that awaitable is done (a confirm's verdicts committed). PUBACKs go out in the
+  order the messages came (MQTT 5, 4.6). What is not done when the link ends is never
+  acknowledged: the coroutine returns only after the transport is closed, so gmqtt's PUBACK
+  write goes nowhere, and the broker sends the message again in the next session.
+- **A session that persists, with a bounded window.** Clean start off and a session expiry
+  interval (:data:`SESSION_EXPIRY_S`) keep our subscriptions and queued confirms across a
+  reconnect or restart; Receive Maximum (:data:`RECEIVE_MAXIMUM`) caps how many unacknowledged
+  messages the broker pushes at us. The broker's own Receive Maximum caps our publishes:
+  :attr:`MqttLink.send_quota`.
 
 asyncio sets TCP_NODELAY on every TCP transport, so a PUBLISH never waits behind Nagle's
 algorithm for the broker's delayed ACK.
@@ -30,11 +42,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gmqtt
-from gmqtt.mqtt.constants import MQTTv311
+import structlog
+from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.storage import PersistentStorage
 
 from gateway.settings import MqttSection
@@ -47,8 +60,44 @@ _NO_RECONNECT = -2
 """gmqtt reconnects while ``failed_connections <= reconnect_retries`` (``-1`` is unlimited):
 below that, never. We reconnect ourselves, with jittered backoff and a fresh session."""
 
+SESSION_EXPIRY_S = 7 * 24 * 3600
+"""How long the broker keeps our session (subscriptions, queued confirms) while we are away.
+
+MQTT 5 ends a session at disconnect unless this is > 0. A week covers a gateway switched off
+over a long weekend or waiting for a spare part; beyond it, the confirms central sent meanwhile
+are gone from the broker, and central re-confirms from the checkpoint's ``unconfirmed`` figures
+(docs/confirmation.md). The broker may lower it (Mosquitto: ``persistent_client_expiration``).
+"""
+
+RECEIVE_MAXIMUM = 32
+"""Received QoS 1 messages the broker may have outstanding (sent, not yet PUBACKed) with us.
+
+A valid confirm or command is at most 64 KiB (gateway/commands.py), so at most ~2 MiB of valid
+input waits for us; the broker holds the rest in its queue. (Larger packets are read whole by
+gmqtt before our cap applies: the broker's ``max_packet_size`` must refuse them, issue 18.)"""
+
+SEND_RESERVE = 4
+"""Packet ids left free, within the broker's Receive Maximum, for status, checkpoint and answers
+while the event pump fills its window (:attr:`MqttLink.send_quota`)."""
+
 AckFn = Callable[[int], None]
-MessageFn = Callable[[str, bytes], None]
+MessageFn = Callable[[str, bytes], Awaitable[Any] | None]
+"""Handles one received message. None: acknowledge it (in order) now; an awaitable: acknowledge
+it once that is done without error, or never (the broker sends it again next session)."""
+
+
+def _log_handler_bug(event: str, topic: str) -> None:
+    """A handler bug: logged with its traceback, never raised into gmqtt."""
+    structlog.get_logger(__name__).exception(event, topic=topic[:200])
+
+
+async def _first(*aws: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class LinkError(ConnectionError):
@@ -110,12 +159,21 @@ class MqttLink:
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._subacks: dict[int, asyncio.Future[None]] = {}
         self._store = _AckStore(self._acked)
+        self._acks_freed = asyncio.Event()
+        self._released: asyncio.Future[None] | None = None
+        """Done once the transport is closed: held messages then end without a PUBACK."""
+        self._ack_tail: asyncio.Future[None] | None = None
+        self.unacknowledged = 0
+        """Received messages whose PUBACK waits for their effect."""
         will_message = gmqtt.Message(will[0], will[1], qos=1, retain=True) if will else None
         self._client = gmqtt.Client(
             client_id,
             clean_session=clean_session,
+            optimistic_acknowledgement=False,
             will_message=will_message,
             persistent_storage=self._store,
+            receive_maximum=RECEIVE_MAXIMUM,
+            session_expiry_interval=0 if clean_session else SESSION_EXPIRY_S,
         )
         self._client.reconnect_retries = _NO_RECONNECT
         self._client.on_message = self._received
@@ -135,7 +193,7 @@ class MqttLink:
                     self._mqtt.port,
                     ssl=tls_context(self._mqtt) or False,
                     keepalive=self._mqtt.keepalive,
-                    version=MQTTv311,
+                    version=MQTTv50,
                 )
         except TimeoutError as exc:
             await self.close()
@@ -146,6 +204,22 @@ class MqttLink:
         if not self._client.is_connected:
             await self.close()
             raise LinkError("connection closed during connect")
+
+    @property
+    def send_quota(self) -> int:
+        """How many of our QoS 1 publishes may await their PUBACK at once, minus a reserve.
+
+        MQTT 5 lets the broker cap this with its Receive Maximum (Mosquitto: its
+        ``max_inflight_messages``, 20 by default); gmqtt then refuses the next packet id. The
+        event pump keeps within this, leaving :data:`SEND_RESERVE` ids for everything else.
+        """
+        # gmqtt keeps the CONNACK's properties as lists; absent means 65535 (MQTT 5 3.2.2.3.3).
+        values = self._client._package_handler._connack_properties.get("receive_maximum")  # noqa: SLF001
+        broker = int(values[0]) if values else 65535
+        return max(1, broker - 1 - SEND_RESERVE)
+
+    def _ids_in_use(self) -> int:
+        return len(self._store._messages)  # noqa: SLF001
 
     def send(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
         """Write one QoS 1 PUBLISH and return its mid; its PUBACK comes to ``on_ack``."""
@@ -160,7 +234,18 @@ class MqttLink:
         return int(self._store.last_mid)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """QoS 1 publish that returns after its PUBACK; raises LinkError if none comes."""
+        """QoS 1 publish that returns after its PUBACK; raises LinkError if none comes.
+
+        Waits (bounded by ``publish_timeout``) for a free packet id within the broker's Receive
+        Maximum rather than failing when the reserve is in use.
+        """
+        if self._ids_in_use() >= self.send_quota + SEND_RESERVE:
+            async with asyncio.timeout(self._mqtt.publish_timeout):
+                while self._ids_in_use() >= self.send_quota + SEND_RESERVE:
+                    if self.lost.is_set():
+                        raise LinkError("not connected")
+                    self._acks_freed.clear()
+                    await _first(self._acks_freed.wait(), self.lost.wait())
         mid = self.send(topic, payload, retain=retain)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[mid] = waiter
@@ -190,16 +275,37 @@ class MqttLink:
             raise LinkError(f"no {what}" + (": connection lost" if self.lost.is_set() else ""))
 
     async def close(self) -> None:
-        """Disconnect cleanly (the broker then discards the will) and stop for good."""
+        """Disconnect cleanly (the broker then discards the will) and stop for good.
+
+        Received messages still held (their effect not done) end without a PUBACK, only now
+        that the transport is closed: the broker sends them again in the next session.
+        """
         self.lost.set()
         # Closing a broken link can fail in many ways; it is closed either way.
         with contextlib.suppress(Exception):
             await self._client.disconnect()
         self._fail_waiters()
+        self._release()
+
+    def _release(self) -> None:
+        if self._released is None:
+            self._released = asyncio.get_running_loop().create_future()
+        if not self._released.done():
+            self._released.set_result(None)
+
+    def _abort_transport(self) -> bool:
+        """Close the socket at once (no further bytes go out); False if gmqtt has no transport."""
+        transport = getattr(getattr(self._client, "_connection", None), "_transport", None)
+        if transport is None:
+            return False
+        self.lost.set()
+        transport.abort()
+        return True
 
     # --- gmqtt callbacks ---------------------------------------------------------------------
 
     def _acked(self, mid: int) -> None:
+        self._acks_freed.set()
         if self.lost.is_set():
             # gmqtt's read loop may still parse PUBACKs buffered before the connection died,
             # after we have moved on. The next link numbers its messages from 1 again, so a
@@ -218,7 +324,7 @@ class MqttLink:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _received(
+    async def _received(
         self,
         _client: Any,  # noqa: ANN401
         topic: str,
@@ -226,13 +332,54 @@ class MqttLink:
         _qos: int,
         _properties: Any,  # noqa: ANN401
     ) -> int:
-        if self._on_message is not None:
-            self._on_message(topic, bytes(payload))
-        return 0  # PUBACK reason code: success (we took it; the handler logs what it rejects)
+        """Handle one message; gmqtt runs this as a task and PUBACKs (QoS 1) when it returns.
+
+        gmqtt's done-callback calls ``result()``: an exception or a cancellation here would be
+        an "Exception in callback" from the event loop, so this never raises. It returns when
+        the message's effect is done and every earlier message's PUBACK went out (MQTT 5 4.6:
+        PUBACKs in order), or when the link is released (transport closed: the PUBACK gmqtt
+        then writes goes nowhere). Cancelled (the loop shutting down under us), it aborts the
+        transport first so that nothing unfinished is acknowledged.
+        """
+        loop = asyncio.get_running_loop()
+        if self._released is None:
+            self._released = loop.create_future()
+        released = self._released
+        previous, mine = self._ack_tail, loop.create_future()
+        self._ack_tail = mine
+        self.unacknowledged += 1
+        try:
+            effect = self._start_effect(topic, bytes(payload))
+            if effect is not None:
+                await asyncio.wait({effect, released}, return_when=asyncio.FIRST_COMPLETED)
+                if not effect.done() or effect.cancelled() or effect.exception() is not None:
+                    await released  # not applied: never acknowledged, sent again next session
+            if previous is not None and not previous.done():
+                await asyncio.wait({previous, released}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not released.done() and not self._abort_transport():
+                raise  # cannot make sure no PUBACK goes out: let gmqtt see the cancellation
+        finally:
+            self.unacknowledged -= 1
+            mine.set_result(None)
+            if self._ack_tail is mine:
+                self._ack_tail = None
+        return 0  # PUBACK reason code: success
+
+    def _start_effect(self, topic: str, payload: bytes) -> asyncio.Future[Any] | None:
+        if self._on_message is None:
+            return None
+        try:
+            effect = self._on_message(topic, payload)
+        except Exception:
+            _log_handler_bug("message_handler_failed", topic)
+            return None
+        return None if effect is None else asyncio.ensure_future(effect)
 
     def _disconnected(self, _client: Any, _packet: Any, _exc: Any = None) -> None:  # noqa: ANN401
         self.lost.set()
         self._fail_waiters()
+        self._release()  # gmqtt calls this from connection_lost: the transport is closed
 
     def _fail_waiters(self) -> None:
         for waiter in [*self._waiters.values(), *self._subacks.values()]:

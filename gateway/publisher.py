@@ -10,9 +10,11 @@ The hot path has no task, future or lock per event: the pump writes each claimed
 one writer marks sent in groups (the acks that arrive during one commit share the next).
 
 It also receives: after each connect it subscribes (QoS 1) to the topics it is given, only under
-this gateway's root, and hands every message to ``on_message`` (see gateway/inbound.py). The
-session is persistent (``clean_session`` off) so a confirm central sends while we reconnect is
-queued by the broker instead of lost.
+this gateway's root, and hands every message to ``on_message`` (see gateway/inbound.py), which
+may return an awaitable: the message is PUBACKed only once that is done (gateway/mqtt_link.py).
+The session is persistent (MQTT 5 clean start off, a session expiry interval) so a confirm
+central sends while we reconnect or restart is queued by the broker instead of lost, and one we
+received but had not applied when the link went down is sent again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -54,7 +56,7 @@ ends the session like a lost link does, and the next session starts once the sto
 """
 
 DeliveredFn = Callable[[Sequence[OutgoingEvent]], None]
-MessageFn = Callable[[str, bytes], None]
+MessageFn = Callable[[str, bytes], Awaitable[Any] | None]
 
 
 class NotConnectedError(ConnectionError):
@@ -238,13 +240,14 @@ class Publisher:
                 if waited > self._mqtt.publish_timeout:
                     raise LinkError(f"no PUBACK for {waited:.1f} s")
 
-    def _handle_message(self, topic: str, payload: bytes) -> None:
+    def _handle_message(self, topic: str, payload: bytes) -> Awaitable[Any] | None:
         if self._on_message is None:
-            return
+            return None
         try:
-            self._on_message(topic, payload)
+            return self._on_message(topic, payload)
         except Exception:
             log.exception("message_handler_failed", topic=topic[:200])
+            return None
 
     async def _finish(self, link: MqttLink) -> None:
         """Graceful stop: let in-flight publishes get their PUBACK, then say offline."""
@@ -297,7 +300,7 @@ class Publisher:
             log.info("backlog_drain_started", events=backlog)
             self.changed.set()
         overtaken = store_ok = False
-        limit = self._mqtt.max_inflight
+        limit = min(self._mqtt.max_inflight, link.send_quota)
         in_flight = self._in_flight
         while True:
             if self.draining and not await self._buffer.unsent_count(live_after, at_most=1):

@@ -52,7 +52,8 @@ def render_text(stats: BufferStats, settings: Settings) -> str:
 
 async def show_status(settings: Settings, *, as_json: bool) -> int:
     """Print the status; exit code 0 even with no buffer yet (that is a valid state)."""
-    stats = await read_stats(settings.database_path)
+    accepted = {d.id for d in settings.devices if d.confirm == "accepted"}
+    stats = await read_stats(settings.database_path, awaiting_verdict=accepted)
     if stats is None:
         stats = BufferStats()
     if as_json:

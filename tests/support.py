@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from buffer.schema import MIGRATIONS
+from buffer.store import Buffer
 from gateway.daemon import Gateway
 from gateway.settings import load_settings
 
@@ -200,3 +201,14 @@ def make_v1_buffer(path: Path, ids: list[str | bytes]) -> None:
         conn.execute("INSERT INTO devices (device, last_seq) VALUES ('dock', ?)", (len(ids),))
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+async def page_count(buffer: Buffer) -> int:
+    """Pages the buffer's file has, read on the buffer's own connection."""
+    return await buffer._db.read(lambda conn: int(conn.execute("PRAGMA page_count").fetchone()[0]))
+
+
+async def limit_pages(buffer: Buffer, pages: int | None) -> None:
+    """A full disk as SQLite sees it: no page beyond ``pages`` (None: room comes back)."""
+    limit = 1073741823 if pages is None else pages
+    await buffer._db.read(lambda conn: conn.execute(f"PRAGMA max_page_count={limit}").fetchall())

@@ -29,7 +29,7 @@ from tests.chaos.workload import (
     describe_lost,
     wait_delivered,
 )
-from tests.support import running_gateway, scanner_device, write_config
+from tests.support import limit_pages, page_count, running_gateway, scanner_device, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -64,15 +64,13 @@ async def fill_disk(gw: object, broker: MosquittoBroker, backlog_s: float, full_
     then room returns."""
     await asyncio.to_thread(broker.stop)
     await asyncio.sleep(backlog_s)
-    conn = gw.buffer._conn  # type: ignore[attr-defined]
-    async with conn.execute("PRAGMA page_count") as cur:
-        pages = int((await cur.fetchone())[0])
-    await conn.execute(f"PRAGMA max_page_count={pages}")
+    buffer = gw.buffer  # type: ignore[attr-defined]
+    await limit_pages(buffer, await page_count(buffer))
     try:
         await asyncio.to_thread(broker.start)
         await asyncio.sleep(full_s)
     finally:
-        await conn.execute("PRAGMA max_page_count=1073741823")
+        await limit_pages(buffer, None)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
 from tests.chaos.workload import BAD, FEEDBACK, GOOD
-from tests.support import running_gateway, scanner_device, write_config
+from tests.support import limit_pages, page_count, running_gateway, scanner_device, write_config
 
 LOCK_HOLDER = textwrap.dedent(
     """
@@ -118,10 +118,7 @@ async def test_disk_full_refuses_scans_then_everything_resumes(
                 async with asyncio.timeout(15):
                     while gw.pipeline.stored["dock", "warehouse.barcode.scanned.v1"] < 300:
                         await asyncio.sleep(0.05)
-                conn = gw.buffer._conn
-                async with conn.execute("PRAGMA page_count") as cur:
-                    pages = int((await cur.fetchone())[0])
-                await conn.execute(f"PRAGMA max_page_count={pages + 20}")
+                await limit_pages(gw.buffer, await page_count(gw.buffer) + 20)
                 accepted, refused = 0, 0
                 for n in range(300):
                     fed = await scan(sim, f"FULL{n:04d}" + "x" * 3000)
@@ -139,7 +136,7 @@ async def test_disk_full_refuses_scans_then_everything_resumes(
                 fed = await scan(sim, "STILLFULL" + "x" * 3000)
                 assert fed in (GOOD, BAD)
                 accepted += fed == GOOD
-                await conn.execute("PRAGMA max_page_count=1073741823")  # room came back
+                await limit_pages(gw.buffer, None)  # room came back
                 assert await scan(sim, "ROOM" + "x" * 3000) == GOOD
                 assert await central.wait_for(300 + accepted + 1, timeout=30)
                 async with asyncio.timeout(10):
