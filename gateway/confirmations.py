@@ -23,8 +23,12 @@ from dataclasses import dataclass
 import structlog
 
 from drivers.base import DeviceConfig, Outcome, StoredEvent
+from gateway.commands import echo
 
 log = structlog.get_logger(__name__)
+
+REASON_LIMIT = 200
+"""Characters of a rejection's reason repeated in the log."""
 
 FeedbackFn = Callable[[str, Outcome], None]
 """Starts a device's feedback and returns at once (the daemon's ``_feedback``): feedback runs
@@ -75,7 +79,9 @@ class Confirmations:
     def settled(self, event_id: str, device: str, *, accepted: bool, reason: str | None) -> None:
         """Central's verdict, already recorded in the buffer: feedback if someone still waits."""
         if not accepted:
-            log.warning("event_rejected", device=device, id=event_id, reason=reason)
+            # The reason is central's free text: bounded and escaped before it reaches the log.
+            shown = None if reason is None else echo(reason, REASON_LIMIT)
+            log.warning("event_rejected", device=device, id=event_id, reason=shown)
         waiter = self._waiting.pop(event_id, None)
         if waiter is None:
             return

@@ -19,6 +19,7 @@ from buffer.schema import STATE_CONFIRMED
 from buffer.store import Buffer
 from gateway.commands import (
     InvalidMessageError,
+    echo,
     parse_confirms,
     parse_replay,
     request_id_of,
@@ -73,10 +74,10 @@ class Inbound:
                 self._replay(payload)
             else:
                 self.counters["foreign_topic"] += 1
-                self._burst.warning("message_on_unexpected_topic", topic=topic[:200])
+                self._burst.warning("message_on_unexpected_topic", topic=echo(topic, 200))
         except Exception:
             self.counters["handler_error"] += 1
-            log.exception("inbound_handler_failed", topic=topic[:200])
+            log.exception("inbound_handler_failed", topic=echo(topic, 200))
 
     def _confirm(self, payload: bytes) -> None:
         self.counters["confirm_messages"] += 1

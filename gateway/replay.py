@@ -23,7 +23,7 @@ import aiosqlite
 import structlog
 
 from buffer.store import Buffer, ReplayRange, check_replay_range, replay_rows
-from gateway.commands import ReplayCommand, result_payload
+from gateway.commands import MAX_DETAIL, ReplayCommand, echo, result_payload
 from gateway.events import mark_replayed
 from gateway.publisher import publish_oneshot
 from gateway.settings import Settings
@@ -110,7 +110,8 @@ class ReplayWorker:
                 await self._serve(command)
             except Exception as exc:
                 log.exception("replay_failed", request_id=command.request_id)
-                self._answer(result_payload(command.request_id, ok=False, detail=str(exc)))
+                detail = echo(str(exc) or type(exc).__name__, MAX_DETAIL)
+                self._answer(result_payload(command.request_id, ok=False, detail=detail))
             finally:
                 self.active = None
 
