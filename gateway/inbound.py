@@ -103,10 +103,11 @@ class Inbound:
             self._burst.warning("cmd_invalid", detail=str(exc))
             self._refuse(request_id_of(payload), str(exc))
             return
-        if not self._replays.submit(command):
+        refusal = self._replays.submit(command)
+        if refusal is not None:
             self.counters["cmd_busy"] += 1
             self._burst.warning("cmd_replay_busy", request_id=command.request_id)
-            self._refuse(command.request_id, "busy: too many replays queued, retry later")
+            self._refuse(command.request_id, refusal)
             return
         self.counters["cmd_replay_queued"] += 1
 
