@@ -1,7 +1,9 @@
 """The pipeline: stamps each driver event (id, capture time), stores it, starts its confirmation.
 
 Each device gets its own ``emit`` coroutine. It returns only after the buffer committed the
-event, so a fast device is slowed to the disk's pace instead of queueing without bound.
+event, so a fast device is slowed to the disk's pace instead of queueing without bound. What
+the worker hears about the event is not decided here: every stored or refused event goes to
+:class:`Confirmations` with its device's feedback policy, which alone decides.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from buffer.store import Buffer, BufferFullError, NewEvent
 from drivers.base import DeviceConfig, DeviceEvent, EmitFn, StoredEvent
 from gateway.confirmations import Confirmations
 from gateway.events import render_event, rfc3339_now, source_for, uuid7
+from gateway.feedback_policy import FeedbackPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -33,9 +36,13 @@ class Pipeline:
         self.stored: collections.Counter[tuple[str, str]] = collections.Counter()
         """Events stored, by (device, type), for metrics."""
 
-    def emitter(self, device: DeviceConfig) -> EmitFn:
-        """The ``emit`` coroutine handed to ``device``'s driver."""
+    def emitter(self, device: DeviceConfig, policy: FeedbackPolicy | None = None) -> EmitFn:
+        """The ``emit`` coroutine handed to ``device``'s driver.
+
+        ``policy`` defaults to the one built from ``device``'s config and registered driver.
+        """
         source = source_for(self._site, self._gateway_id, device.id)
+        policy = policy or FeedbackPolicy.for_device(device)
 
         async def emit(event: DeviceEvent) -> StoredEvent | None:
             captured = time.monotonic()
@@ -55,14 +62,15 @@ class Pipeline:
             try:
                 stored = await self._buffer.append(new)
             except BufferFullError as exc:
-                self.refused += 1
-                log.error("event_refused", device=device.id, type=event.type, reason=str(exc))
-                if event.feedback:
-                    self._confirmations.refused(device.id)
+                self._refused(policy, event, exc)
                 return None
-            if event.feedback and not event.droppable:
-                self._confirmations.stored(device, stored, captured)
+            self._confirmations.stored(policy, stored, captured)
             self.stored[device.id, event.type] += 1
             return stored
 
         return emit
+
+    def _refused(self, policy: FeedbackPolicy, event: DeviceEvent, exc: BufferFullError) -> None:
+        self.refused += 1
+        log.error("event_refused", device=policy.device, type=event.type, reason=str(exc))
+        self._confirmations.refused(policy, event.type)
