@@ -70,6 +70,21 @@ class Confirmations:
             timer = loop.call_later(policy.timeout, self._timed_out, event.id)
             self._waiting[event.id] = _Waiter(policy, event.type, captured, timer)
 
+    def stored_while_stopping(
+        self, policy: FeedbackPolicy, event: StoredEvent, captured: float
+    ) -> None:
+        """An event committed while its device is being stopped: decide now, never wait.
+
+        The driver that could give later feedback is going away (on a reload a new one takes
+        over, on shutdown none does), so an event that reached its level gets that, and one that
+        has not gets the policy's ``stopped`` answer (pending: it is stored, do not scan again).
+        """
+        outcome = policy.outcome(event.type, Stage.STORED)
+        if outcome is None:
+            outcome = policy.outcome(event.type, Stage.STOPPED)
+        if outcome is not None:
+            self._give(policy.device, outcome, captured if outcome is Outcome.GOOD else None)
+
     def refused(self, policy: FeedbackPolicy, type_: str) -> None:
         """The buffer refused an event of ``type_``: whatever the policy says (scan again)."""
         outcome = policy.outcome(type_, Stage.REFUSED)

@@ -8,6 +8,7 @@ the worker hears about the event is not decided here: every stored or refused ev
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 
@@ -59,8 +60,14 @@ class Pipeline:
                 )
 
             new = NewEvent(event_id, device.id, stamp, event.type, event.droppable, render)
+            # A task of its own, shielded: a driver cancelled here (reload, stop) must not leave
+            # an event the buffer commits anyway without its feedback decision.
+            append = asyncio.ensure_future(self._buffer.append(new))
             try:
-                stored = await self._buffer.append(new)
+                stored = await asyncio.shield(append)
+            except asyncio.CancelledError:
+                await self._stored_while_stopping(append, policy, event, captured)
+                raise
             except BufferFullError as exc:
                 self._refused(policy, event, exc)
                 return None
@@ -74,3 +81,45 @@ class Pipeline:
         self.refused += 1
         log.error("event_refused", device=policy.device, type=event.type, reason=str(exc))
         self._confirmations.refused(policy, event.type)
+
+    async def _stored_while_stopping(
+        self,
+        append: asyncio.Future[StoredEvent],
+        policy: FeedbackPolicy,
+        event: DeviceEvent,
+        captured: float,
+    ) -> None:
+        """The driver was cancelled while its event was being committed: finish the decision.
+
+        Waits (in the cancelled task) for the commit, so feedback is given while the driver
+        still holds its device (a serial port closes as the cancellation unwinds). If a second
+        cancellation cuts that wait short, the decision is made when the commit returns.
+        """
+        try:
+            stored = await asyncio.shield(append)
+        except asyncio.CancelledError:
+            append.add_done_callback(lambda done: self._decide_late(done, policy, event, captured))
+            raise
+        except BufferFullError as exc:
+            self._refused(policy, event, exc)
+            return
+        except Exception:  # the buffer failed: nothing stored, nothing to decide
+            return
+        self._confirmations.stored_while_stopping(policy, stored, captured)
+        self.stored[policy.device, event.type] += 1
+
+    def _decide_late(
+        self,
+        done: asyncio.Future[StoredEvent],
+        policy: FeedbackPolicy,
+        event: DeviceEvent,
+        captured: float,
+    ) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if isinstance(exc, BufferFullError):
+            self._refused(policy, event, exc)
+        elif exc is None:
+            self._confirmations.stored_while_stopping(policy, done.result(), captured)
+            self.stored[policy.device, event.type] += 1

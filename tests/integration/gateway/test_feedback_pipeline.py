@@ -1,8 +1,9 @@
 """Feedback decided by the device's policy, through the real pipeline on a real buffer file:
-refusals at the cap (issue 13, defect 7)."""
+refusals at the cap, and a driver cancelled while its event commits (issue 13, defect 7)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,9 @@ from buffer.store import Buffer
 from drivers.base import DeviceConfig, DeviceEvent, Outcome
 from gateway.confirmations import Confirmations
 from gateway.pipeline import Pipeline
+from simulators.broker import MosquittoBroker
+from simulators.scanner import ScannerSimulator
+from tests.support import running_gateway, scanner_device, write_config
 
 SCAN = "warehouse.barcode.scanned.v1"
 ARRIVED = "warehouse.rfid.tag.arrived.v1"
@@ -37,6 +41,11 @@ class Rig:
     def stored_ids(self) -> int:
         with sqlite3.connect(self.buffer.path) as conn:
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    async def settled(self) -> int:
+        """Events in the file once the commit under way (if any) returned."""
+        await asyncio.sleep(0.2)
+        return self.stored_ids()
 
 
 @pytest.fixture
@@ -77,3 +86,94 @@ async def test_stored_telemetry_is_not_tracked(rig: Rig) -> None:
     assert rig.confirmations.waiting == 0 and rig.given == []
     await rig.emit("portal", "rfid-llrp", "delivered")(DeviceEvent(ARRIVED, {"epc": "e"}))
     assert rig.confirmations.waiting == 1
+
+
+async def cancel_mid_emit(emit, event: DeviceEvent) -> asyncio.Task:
+    """Start ``emit`` as a driver's task would, and cancel it while the commit is under way."""
+    task = asyncio.create_task(emit(event))
+    for _ in range(3):  # into emit, into the buffer's queue, the writer picks it up
+        await asyncio.sleep(0)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return task
+
+
+@pytest.mark.parametrize(
+    ("confirm", "expected"),
+    [("stored", Outcome.GOOD), ("delivered", Outcome.PENDING), ("accepted", Outcome.PENDING)],
+)
+async def test_driver_cancelled_mid_emit_still_gets_the_feedback_decision(
+    rig: Rig, confirm: str, expected: Outcome
+) -> None:
+    """Reload or stop cancels the driver while ``emit`` awaits the commit: the scan is stored,
+    and the worker hears about it before the driver lets go of its device: good where storing
+    is the level, pending otherwise (stored, not lost, do not scan again). It used to get no
+    feedback at all."""
+    await cancel_mid_emit(rig.emit("dock-1", "barcode-serial", confirm), DeviceEvent(SCAN, {}))
+    assert rig.given == [("dock-1", expected)], "decided before the cancellation finished"
+    assert await rig.settled() == 1, "the commit went through"
+    assert rig.given == [("dock-1", expected)], "and once only"
+    assert rig.confirmations.waiting == 0, "nobody is left waiting on a stopped driver"
+
+
+async def test_cancelled_mid_emit_and_refused_gets_bad(rig: Rig) -> None:
+    """The same cancellation when the buffer is full: the scan is refused, so bad feedback."""
+    rig.buffer.max_bytes = 1
+    await cancel_mid_emit(rig.emit("dock-1", "barcode-serial"), DeviceEvent(SCAN, {}))
+    assert rig.given == [("dock-1", Outcome.BAD)]
+    assert await rig.settled() == 0
+
+
+async def test_cancelled_mid_emit_telemetry_stays_silent(rig: Rig) -> None:
+    """A reading cancelled mid-emit is stored and, like any reading, gives no feedback."""
+    emit = rig.emit("conveyor", "modbus", "delivered")
+    await cancel_mid_emit(emit, DeviceEvent(READING, {}, droppable=True))
+    assert await rig.settled() == 1 and rig.given == []
+
+
+async def test_scanner_stopped_by_a_reload_mid_commit_still_beeps(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A real pty scanner: its scan is committing (held up by another connection's write lock)
+    when a reload restarts the device. The scan is stored and its good-read reaches the
+    scanner before the port is closed; before, the scan was stored with no feedback at all."""
+    async with ScannerSimulator(tmp_path / "scanner") as sim:
+        feedback = {"feedback": "custom", "feedback_good": "G", "feedback_bad": "B"}
+
+        def config(**extra: object) -> Path:
+            device = scanner_device("dock-1", sim.link, **feedback, **extra)
+            return write_config(
+                tmp_path / "gateway.toml",
+                mqtt_port=broker.port,
+                state_dir=tmp_path / "state",
+                devices=[device],
+            )
+
+        async with running_gateway(config()) as gw:
+            await sim.wait_opened(timeout=10)
+            await sim.type_code("WARM", aim="")
+            assert await sim.wait_feedback(1) == b"G"
+            holder = sqlite3.connect(gw.buffer.path, isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")  # the gateway's commit now waits for us
+                await sim.type_code("MID", aim="")
+                async with asyncio.timeout(5):
+                    while gw.drivers["dock-1"].health().counters.get("scans", 0) < 2:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # in emit, awaiting the commit
+                config(suppress_window=0.5)  # a changed device: reload restarts it
+                reload = asyncio.create_task(gw.reload())
+                await asyncio.sleep(0.3)
+                assert sim.feedback_bytes() == b"G", "nothing yet: the commit is held up"
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            async with asyncio.timeout(10):
+                assert await reload
+            await sim.wait_opened(timeout=10)
+            assert sim.feedback_bytes() == b"GG", "the stored scan got its good-read"
+            async with asyncio.timeout(5):
+                while (await gw.buffer.stats()).devices["dock-1"].last_seq < 2:
+                    await asyncio.sleep(0.02)
