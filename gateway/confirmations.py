@@ -85,6 +85,22 @@ class Confirmations:
         if outcome is not None:
             self._give(policy.device, outcome, captured if outcome is Outcome.GOOD else None)
 
+    def device_stopped(self, device: str) -> int:
+        """``device``'s driver is about to stop: its waiting events get the ``stopped`` answer.
+
+        Called while the driver still holds its device. Later feedback would reach a driver
+        that is gone (shutdown, removal) or a new one after a restart; the worker is told now
+        instead (pending: stored, not lost, no need to scan again). Returns how many.
+        """
+        stopped = [(i, w) for i, w in self._waiting.items() if w.policy.device == device]
+        for event_id, waiter in stopped:
+            del self._waiting[event_id]
+            waiter.timer.cancel()
+            outcome = waiter.policy.outcome(waiter.type, Stage.STOPPED)
+            if outcome is not None:
+                self._give(device, outcome, None)
+        return len(stopped)
+
     def refused(self, policy: FeedbackPolicy, type_: str) -> None:
         """The buffer refused an event of ``type_``: whatever the policy says (scan again)."""
         outcome = policy.outcome(type_, Stage.REFUSED)

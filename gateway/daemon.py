@@ -245,6 +245,7 @@ class Gateway:
         return True
 
     async def _stop_driver(self, device: str) -> None:
+        self.confirmations.device_stopped(device)  # while the driver still holds its device
         task = self._driver_tasks.pop(device, None)
         if task is not None:
             task.cancel()

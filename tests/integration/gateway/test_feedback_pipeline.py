@@ -4,6 +4,7 @@ refusals at the cap, and a driver cancelled while its event commits (issue 13, d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -177,3 +178,50 @@ async def test_scanner_stopped_by_a_reload_mid_commit_still_beeps(
             async with asyncio.timeout(5):
                 while (await gw.buffer.stats()).devices["dock-1"].last_seq < 2:
                     await asyncio.sleep(0.02)
+
+
+async def test_waiting_scans_get_pending_when_their_device_stops(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Scans waiting for ``delivered`` (the broker is down) when their device is removed by a
+    reload, or the gateway stops: pending feedback while the port is still open. Before, the
+    driver was gone by the time anything was decided, and the worker heard nothing."""
+    broker.stop()
+    async with (
+        ScannerSimulator(tmp_path / "a") as a,
+        ScannerSimulator(tmp_path / "b") as b,
+    ):
+        feedback = {"feedback": "custom", "feedback_good": "G", "feedback_pending": "P"}
+
+        def config(*sims: tuple[str, ScannerSimulator]) -> Path:
+            devices = [
+                scanner_device(name, sim.link, confirm="delivered", confirm_timeout=60, **feedback)
+                for name, sim in sims
+            ]
+            return write_config(
+                tmp_path / "gateway.toml",
+                mqtt_port=broker.port,
+                state_dir=tmp_path / "state",
+                devices=devices,
+                gateway={"shutdown_timeout": 5.0},
+            )
+
+        async with running_gateway(config(("dock-a", a), ("dock-b", b))) as gw:
+            await a.wait_opened(timeout=10)
+            await b.wait_opened(timeout=10)
+            for sim in (a, b):
+                await sim.type_code("ONE", aim="")
+                await sim.type_code("TWO", aim="")
+            async with asyncio.timeout(5):
+                while gw.confirmations.waiting < 4:
+                    await asyncio.sleep(0.01)
+            assert a.feedback_bytes() == b.feedback_bytes() == b""
+            config(("dock-b", b))
+            assert await gw.reload()
+            with contextlib.suppress(TimeoutError):
+                await a.wait_feedback(lambda got: len(got) >= 2, timeout=2)
+            assert a.feedback_bytes() == b"PP", "removed: told at once, not never"
+            assert b.feedback_bytes() == b"", "dock-b keeps waiting"
+        with contextlib.suppress(TimeoutError):
+            await b.wait_feedback(lambda got: len(got) >= 2, timeout=2)
+        assert b.feedback_bytes() == b"PP", "shutdown: told before the port closed"
