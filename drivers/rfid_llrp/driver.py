@@ -198,8 +198,8 @@ class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
     def _submit(self, event: DeviceEvent) -> None:
         """Hand ``event`` to ``emit`` without waiting for its commit.
 
-        Tasks start in creation order and ``emit`` enqueues before its first await, so events
-        keep their order in the buffer while many commit in one group.
+        Tasks start in creation order, and so do the buffer appends ``emit`` starts before its
+        first await, so events keep their order in the buffer while many commit in one group.
         """
         self.count("arrived" if event.type.endswith("arrived.v1") else "departed")
         task = asyncio.create_task(self._emit_one(event))
