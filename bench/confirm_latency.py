@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import logs_to_stderr, private_broker
-from drivers.base import DeviceConfig, DeviceEvent
+from drivers.base import DeviceConfig, DeviceEvent, EventFeedback
 from gateway.daemon import Gateway
+from gateway.feedback_policy import FeedbackPolicy
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
@@ -39,7 +40,8 @@ def percentile(ordered: list[float], q: float) -> float:
 async def background(gw: Gateway, rate: float, stop: asyncio.Event) -> int:
     """Emit ``rate`` scans/s on four other devices through the real pipeline."""
     devices = [DeviceConfig(id=f"bg-{n}", driver="bench", confirm="stored") for n in range(4)]
-    emitters = [gw.pipeline.emitter(d) for d in devices]
+    kinds = {"warehouse.barcode.scanned.v1": EventFeedback.CONFIRM}
+    emitters = [gw.pipeline.emitter(d, FeedbackPolicy(d.id, "stored", 3.0, kinds)) for d in devices]
     sent, t0 = 0, time.monotonic()
     while not stop.is_set():
         due = int((time.monotonic() - t0) * rate)

@@ -18,8 +18,9 @@ from pathlib import Path
 from bench import logs_to_stderr, private_broker
 from bench.confirm_latency import latency
 from buffer.store import Buffer
-from drivers.base import DeviceConfig, DeviceEvent, Outcome
+from drivers.base import DeviceConfig, DeviceEvent, EventFeedback, Outcome
 from gateway.confirmations import Confirmations
+from gateway.feedback_policy import FeedbackPolicy
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
@@ -58,7 +59,8 @@ async def throughput(
     pub_task = asyncio.create_task(publisher.run())
     await publisher.connected.wait()
     devices = [DeviceConfig(id=f"dev{i}", driver="bench") for i in range(10)]
-    emitters = [pipeline.emitter(d) for d in devices]
+    kinds = {"warehouse.barcode.scanned.v1": EventFeedback.CONFIRM}
+    emitters = [pipeline.emitter(d, FeedbackPolicy(d.id, "stored", 3.0, kinds)) for d in devices]
     cpu0, t0 = time.process_time(), time.perf_counter()
 
     async def producer(n: int) -> None:

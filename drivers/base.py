@@ -34,6 +34,20 @@ class Outcome(enum.StrEnum):
 ConfirmLevel = Literal["stored", "delivered", "accepted"]
 
 
+class EventFeedback(enum.StrEnum):
+    """Whether a worker waits to hear about an event kind: a driver's only say in feedback.
+
+    The gateway turns this, with the device's ``confirm`` level, into the device's feedback
+    policy (``gateway.feedback_policy``), and nothing else decides who hears what.
+    """
+
+    CONFIRM = "confirm"
+    """Someone waits (a scan, a tag arriving at a portal, a conveyor alarm): good once the
+    device's level is reached, pending on timeout or stop, bad when refused or rejected."""
+    NONE = "none"
+    """Nobody waits (telemetry, a tag leaving): no feedback, whatever happens to the event."""
+
+
 class DeviceConfig(BaseModel):
     """Keys every ``[[devices]]`` entry has, whatever its driver."""
 
@@ -50,15 +64,14 @@ class DeviceEvent:
     """An event as a driver sees it: a CloudEvents type and its body, not yet stamped.
 
     ``droppable`` marks telemetry that the buffer may coalesce or drop under its size cap; scans
-    and RFID arrivals/departures are never droppable (DESIGN section 4). ``feedback`` says
-    whether a worker is waiting to hear about this event: a scan or an arrival, yes; a
-    departure or a telemetry reading, no (the stack light must not flash for those).
+    and RFID arrivals/departures are never droppable (DESIGN section 4). It is the buffer's
+    concern only: who hears about an event is decided by its type, through the driver's
+    ``event_feedback`` table.
     """
 
     type: str
     data: Mapping[str, Any]
     droppable: bool = False
-    feedback: bool = True
 
 
 @dataclass(slots=True)
@@ -85,8 +98,8 @@ class DeviceHealth:
 
 
 EmitFn = Callable[[DeviceEvent], Awaitable[StoredEvent | None]]
-"""Store an event. Returns once committed, or ``None`` when the buffer refused it (bad feedback
-has then already been given)."""
+"""Store an event. Returns once committed, or ``None`` when the buffer refused it (the device's
+feedback policy has then given whatever feedback that deserves)."""
 
 StatusFn = Callable[[bool, str], None]
 """Report the device up (True) or down (False) with a human-readable detail."""
@@ -98,6 +111,9 @@ class Driver(abc.ABC, Generic[ConfigT]):
     """Base class of every driver. Subclasses set ``config_model`` and implement ``run``."""
 
     config_model: ClassVar[type[DeviceConfig]]
+    event_feedback: ClassVar[Mapping[str, EventFeedback]] = {}
+    """Event type -> whether a worker waits to hear about it. Types not listed get no
+    feedback at all: list every type a worker waits on."""
 
     def __init__(self, config: ConfigT, *, emit: EmitFn, report_status: StatusFn) -> None:
         self.config = config

@@ -3,7 +3,9 @@
 Anyone with publish rights on the broker can write there, so every payload is size-bounded,
 parsed as JSON, and validated against a strict model (unknown keys, wrong types and oversize
 lists are errors). Nothing here raises anything but :class:`InvalidMessageError`, whose text
-is safe to log and to echo in a ``cmd/result``.
+is safe to log and to echo in a ``cmd/result``: whatever of the input it names (a key, a
+value) goes through :func:`echo` first, and a ``request_id`` is echoed only when it is short,
+printable text or a 64-bit integer.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from drivers.base import DEVICE_ID_PATTERN
 
@@ -20,8 +29,54 @@ MAX_PAYLOAD = 64 * 1024
 MAX_CONFIRMS = 1000
 MAX_REPLAY_SPAN = 1_000_000
 MAX_REQUEST_ID = 128
+ECHO_LIMIT = 64
+"""Most characters of one untrusted key or value repeated in a log line or a ``cmd/result``."""
+MAX_DETAIL = 240
+"""Most characters of an error detail built from untrusted input."""
 
-RequestId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID)] | int
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as it may be repeated to a log or to central: short, printable, escaped.
+
+    An attacker's key can be 60 KB long and hold newlines, ANSI escapes or bidi overrides: a
+    log line or an answer that repeats it verbatim is forged, split or blown up. Printable
+    characters stay (so a typo stays readable), everything else is written as a Python escape,
+    and the result is cut at ``limit`` characters with the number of characters left off.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    out: list[str] = []
+    used = 0
+    for index, char in enumerate(text):
+        if char == "\\":
+            piece = "\\\\"
+        elif char.isprintable():
+            piece = char
+        else:
+            piece = char.encode("unicode_escape").decode("ascii")
+        if used + len(piece) > limit:
+            out.append(f"...(+{len(text) - index} chars)")
+            break
+        out.append(piece)
+        used += len(piece)
+    return "".join(out)
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("must be printable text (no control or format characters)")
+    return text
+
+
+RequestId = (
+    Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_REQUEST_ID),
+        AfterValidator(_printable),
+    ]
+    | Annotated[int, Field(ge=-(2**63), lt=2**63)]
+)
+"""Echoed verbatim in every answer, so only what is safe to repeat: short printable text or a
+64-bit integer."""
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -70,10 +125,11 @@ def _load(payload: bytes) -> Any:  # noqa: ANN401 - whatever JSON the sender wro
 
 
 def _describe(exc: ValidationError) -> str:
+    """The first error, naming where it is; keys come from the sender, so they are echoed."""
     first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(message)"
+    where = ".".join(echo(p) for p in first["loc"][:4]) or "(message)"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where}: {first['msg']}{more}"[:MAX_DETAIL]
 
 
 def parse_confirms(payload: bytes) -> list[Confirm]:
@@ -113,11 +169,10 @@ def request_id_of(payload: bytes) -> str | int | None:
     if not isinstance(body, dict):
         return None
     rid = body.get("request_id")
-    if isinstance(rid, bool):
-        return None
-    if isinstance(rid, int) or (isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID):
-        return rid
-    return None
+    echoable = (isinstance(rid, int) and not isinstance(rid, bool) and -(2**63) <= rid < 2**63) or (
+        isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID and rid.isprintable()
+    )
+    return rid if echoable else None
 
 
 def result_payload(request_id: str | int | None, *, ok: bool, **fields: Any) -> bytes:  # noqa: ANN401

@@ -1,4 +1,8 @@
-"""Single-touch confirmation (DESIGN section 7): good feedback once, when the level is reached.
+"""Single-touch confirmation (DESIGN section 7): feedback once per event, when it is due.
+
+What an event deserves at each stage (stored, delivered, accepted, rejected, refused, timeout,
+stopped) is its device's :class:`~gateway.feedback_policy.FeedbackPolicy`'s answer; this module
+only tracks the events still waiting for their level and fires the policy's answer once.
 
 ``stored`` devices get good feedback as soon as the buffer commit returns. ``delivered`` devices
 wait for the broker's PUBACK (reported by the publisher after the event is marked sent); if it
@@ -10,6 +14,7 @@ on; a late beep would confuse the next scan).
 feedback, ``rejected`` bad (the reason is logged). A verdict also settles a ``delivered`` waiter
 (central having the event implies the broker had it). Each waiter fires once: a repeated
 confirm, or one arriving after the timeout, is recorded in the buffer but gives no feedback.
+Events of kinds nobody waits on (telemetry, RFID departures) are never tracked.
 See docs/confirmation.md.
 """
 
@@ -22,9 +27,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from drivers.base import DeviceConfig, Outcome, StoredEvent
+from drivers.base import Outcome, StoredEvent
+from gateway.commands import echo
+from gateway.feedback_policy import FeedbackPolicy, Stage
 
 log = structlog.get_logger(__name__)
+
+REASON_LIMIT = 200
+"""Characters of a rejection's reason repeated in the log."""
 
 FeedbackFn = Callable[[str, Outcome], None]
 """Starts a device's feedback and returns at once (the daemon's ``_feedback``): feedback runs
@@ -33,8 +43,8 @@ on the device's time, never on the pipeline's."""
 
 @dataclass(slots=True)
 class _Waiter:
-    device: str
-    level: str
+    policy: FeedbackPolicy
+    type: str
     started: float
     timer: asyncio.TimerHandle
 
@@ -50,40 +60,79 @@ class Confirmations:
         """Seconds from capture to good feedback, most recent last (bounded)."""
         self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
 
-    def stored(self, device: DeviceConfig, event: StoredEvent, captured: float) -> None:
-        """An event of ``device`` committed; give feedback now or start waiting."""
-        if device.confirm == "stored":
-            self._give(device.id, Outcome.GOOD, captured)
-            return
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(device.confirm_timeout, self._timed_out, event.id)
-        self._waiting[event.id] = _Waiter(device.id, device.confirm, captured, timer)
+    def stored(self, policy: FeedbackPolicy, event: StoredEvent, captured: float) -> None:
+        """An event committed: give what the policy says now, or wait for its level."""
+        outcome = policy.outcome(event.type, Stage.STORED)
+        if outcome is not None:
+            self._give(policy.device, outcome, captured)
+        elif policy.waits(event.type):
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(policy.timeout, self._timed_out, event.id)
+            self._waiting[event.id] = _Waiter(policy, event.type, captured, timer)
 
-    def refused(self, device: str) -> None:
-        """The buffer refused the event: the worker must scan again later."""
-        self._give(device, Outcome.BAD, None)
+    def stored_while_stopping(
+        self, policy: FeedbackPolicy, event: StoredEvent, captured: float
+    ) -> None:
+        """An event committed while its device is being stopped: decide now, never wait.
+
+        The driver that could give later feedback is going away (on a reload a new one takes
+        over, on shutdown none does), so an event that reached its level gets that, and one that
+        has not gets the policy's ``stopped`` answer (pending: it is stored, do not scan again).
+        """
+        outcome = policy.outcome(event.type, Stage.STORED)
+        if outcome is None:
+            outcome = policy.outcome(event.type, Stage.STOPPED)
+        if outcome is not None:
+            self._give(policy.device, outcome, captured if outcome is Outcome.GOOD else None)
+
+    def device_stopped(self, device: str) -> int:
+        """``device``'s driver is about to stop: its waiting events get the ``stopped`` answer.
+
+        Called while the driver still holds its device. Later feedback would reach a driver
+        that is gone (shutdown, removal) or a new one after a restart; the worker is told now
+        instead (pending: stored, not lost, no need to scan again). Returns how many.
+        """
+        stopped = [(i, w) for i, w in self._waiting.items() if w.policy.device == device]
+        for event_id, waiter in stopped:
+            del self._waiting[event_id]
+            waiter.timer.cancel()
+            outcome = waiter.policy.outcome(waiter.type, Stage.STOPPED)
+            if outcome is not None:
+                self._give(device, outcome, None)
+        return len(stopped)
+
+    def refused(self, policy: FeedbackPolicy, type_: str) -> None:
+        """The buffer refused an event of ``type_``: whatever the policy says (scan again)."""
+        outcome = policy.outcome(type_, Stage.REFUSED)
+        if outcome is not None:
+            self._give(policy.device, outcome, None)
 
     def delivered(self, event_ids: Iterable[str]) -> None:
         """The broker acknowledged these events."""
         for event_id in event_ids:
             waiter = self._waiting.get(event_id)
-            if waiter is not None and waiter.level == "delivered":
+            if waiter is None:
+                continue
+            outcome = waiter.policy.outcome(waiter.type, Stage.DELIVERED)
+            if outcome is not None:
                 del self._waiting[event_id]
                 waiter.timer.cancel()
-                self._give(waiter.device, Outcome.GOOD, waiter.started)
+                self._give(waiter.policy.device, outcome, waiter.started)
 
     def settled(self, event_id: str, device: str, *, accepted: bool, reason: str | None) -> None:
         """Central's verdict, already recorded in the buffer: feedback if someone still waits."""
         if not accepted:
-            log.warning("event_rejected", device=device, id=event_id, reason=reason)
+            # The reason is central's free text: bounded and escaped before it reaches the log.
+            shown = None if reason is None else echo(reason, REASON_LIMIT)
+            log.warning("event_rejected", device=device, id=event_id, reason=shown)
         waiter = self._waiting.pop(event_id, None)
         if waiter is None:
             return
         waiter.timer.cancel()
-        if accepted:
-            self._give(waiter.device, Outcome.GOOD, waiter.started)
-        else:
-            self._give(waiter.device, Outcome.BAD, None)
+        outcome = waiter.policy.outcome(waiter.type, Stage.ACCEPTED if accepted else Stage.REJECTED)
+        if outcome is not None:
+            good = outcome is Outcome.GOOD
+            self._give(waiter.policy.device, outcome, waiter.started if good else None)
 
     @property
     def waiting(self) -> int:
@@ -93,8 +142,10 @@ class Confirmations:
     def _timed_out(self, event_id: str) -> None:
         waiter = self._waiting.pop(event_id, None)
         if waiter is not None:
-            log.warning("confirm_timeout", device=waiter.device, id=event_id)
-            self._give(waiter.device, Outcome.PENDING, None)
+            log.warning("confirm_timeout", device=waiter.policy.device, id=event_id)
+            outcome = waiter.policy.outcome(waiter.type, Stage.TIMEOUT)
+            if outcome is not None:
+                self._give(waiter.policy.device, outcome, None)
 
     def _give(self, device: str, outcome: Outcome, captured: float | None) -> None:
         self.outcomes[outcome.value] += 1

@@ -238,6 +238,7 @@ class Gateway:
         self.housekeeping.configure(s)
 
     async def _stop_driver(self, device: str) -> None:
+        self.confirmations.device_stopped(device)  # while the driver still holds its device
         task = self._driver_tasks.pop(device, None)
         if task is not None:
             task.cancel()

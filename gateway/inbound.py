@@ -30,6 +30,7 @@ from buffer.store import Buffer
 from drivers.backoff import Backoff
 from gateway.commands import (
     InvalidMessageError,
+    echo,
     parse_confirms,
     parse_replay,
     request_id_of,
@@ -125,10 +126,10 @@ class Inbound:
                 self._replay(payload)
             else:
                 self.counters["foreign_topic"] += 1
-                self._burst.warning("message_on_unexpected_topic", topic=topic[:200])
+                self._burst.warning("message_on_unexpected_topic", topic=echo(topic, 200))
         except Exception:
             self.counters["handler_error"] += 1
-            log.exception("inbound_handler_failed", topic=topic[:200])
+            log.exception("inbound_handler_failed", topic=echo(topic, 200))
         return None
 
     def _confirm(self, payload: bytes) -> asyncio.Future[None] | None:
@@ -176,10 +177,11 @@ class Inbound:
             self._burst.warning("cmd_invalid", detail=str(exc))
             self._refuse(request_id_of(payload), str(exc))
             return
-        if not self._replays.submit(command):
+        refusal = self._replays.submit(command)
+        if refusal is not None:
             self.counters["cmd_busy"] += 1
             self._burst.warning("cmd_replay_busy", request_id=command.request_id)
-            self._refuse(command.request_id, "busy: too many replays queued, retry later")
+            self._refuse(command.request_id, refusal)
             return
         self.counters["cmd_replay_queued"] += 1
 

@@ -1,11 +1,14 @@
 """The pipeline: stamps each driver event (id, capture time), stores it, starts its confirmation.
 
 Each device gets its own ``emit`` coroutine. It returns only after the buffer committed the
-event, so a fast device is slowed to the disk's pace instead of queueing without bound.
+event, so a fast device is slowed to the disk's pace instead of queueing without bound. What
+the worker hears about the event is not decided here: every stored or refused event goes to
+:class:`Confirmations` with its device's feedback policy, which alone decides.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sqlite3
 import time
@@ -16,6 +19,7 @@ from buffer.store import Buffer, BufferFullError, NewEvent
 from drivers.base import DeviceConfig, DeviceEvent, EmitFn, StoredEvent
 from gateway.confirmations import Confirmations
 from gateway.events import render_event, rfc3339_now, source_for, uuid7
+from gateway.feedback_policy import FeedbackPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -34,9 +38,13 @@ class Pipeline:
         self.stored: collections.Counter[tuple[str, str]] = collections.Counter()
         """Events stored, by (device, type), for metrics."""
 
-    def emitter(self, device: DeviceConfig) -> EmitFn:
-        """The ``emit`` coroutine handed to ``device``'s driver."""
+    def emitter(self, device: DeviceConfig, policy: FeedbackPolicy | None = None) -> EmitFn:
+        """The ``emit`` coroutine handed to ``device``'s driver.
+
+        ``policy`` defaults to the one built from ``device``'s config and registered driver.
+        """
         source = source_for(self._site, self._gateway_id, device.id)
+        policy = policy or FeedbackPolicy.for_device(device)
 
         async def emit(event: DeviceEvent) -> StoredEvent | None:
             captured = time.monotonic()
@@ -53,19 +61,68 @@ class Pipeline:
                 )
 
             new = NewEvent(event_id, device.id, stamp, event.type, event.droppable, render)
+            # A task of its own, shielded: a driver cancelled here (reload, stop) must not leave
+            # an event the buffer commits anyway without its feedback decision.
+            append = asyncio.ensure_future(self._buffer.append(new))
             try:
-                stored = await self._buffer.append(new)
+                stored = await asyncio.shield(append)
+            except asyncio.CancelledError:
+                await self._stored_while_stopping(append, policy, event, captured)
+                raise
             except (BufferFullError, sqlite3.Error) as exc:
                 # Any store error (an I/O error, a lock held too long) means "not stored":
                 # the worker hears a bad read and scans again, exactly as for a full disk.
-                self.refused += 1
-                log.error("event_refused", device=device.id, type=event.type, reason=str(exc))
-                if event.feedback:
-                    self._confirmations.refused(device.id)
+                self._refused(policy, event, exc)
                 return None
-            if event.feedback and not event.droppable:
-                self._confirmations.stored(device, stored, captured)
+            self._confirmations.stored(policy, stored, captured)
             self.stored[device.id, event.type] += 1
             return stored
 
         return emit
+
+    def _refused(self, policy: FeedbackPolicy, event: DeviceEvent, exc: Exception) -> None:
+        self.refused += 1
+        log.error("event_refused", device=policy.device, type=event.type, reason=str(exc))
+        self._confirmations.refused(policy, event.type)
+
+    async def _stored_while_stopping(
+        self,
+        append: asyncio.Future[StoredEvent],
+        policy: FeedbackPolicy,
+        event: DeviceEvent,
+        captured: float,
+    ) -> None:
+        """The driver was cancelled while its event was being committed: finish the decision.
+
+        Waits (in the cancelled task) for the commit, so feedback is given while the driver
+        still holds its device (a serial port closes as the cancellation unwinds). If a second
+        cancellation cuts that wait short, the decision is made when the commit returns.
+        """
+        try:
+            stored = await asyncio.shield(append)
+        except asyncio.CancelledError:
+            append.add_done_callback(lambda done: self._decide_late(done, policy, event, captured))
+            raise
+        except (BufferFullError, sqlite3.Error) as exc:
+            self._refused(policy, event, exc)
+            return
+        except Exception:  # the buffer failed: nothing stored, nothing to decide
+            return
+        self._confirmations.stored_while_stopping(policy, stored, captured)
+        self.stored[policy.device, event.type] += 1
+
+    def _decide_late(
+        self,
+        done: asyncio.Future[StoredEvent],
+        policy: FeedbackPolicy,
+        event: DeviceEvent,
+        captured: float,
+    ) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if isinstance(exc, BufferFullError):
+            self._refused(policy, event, exc)
+        elif exc is None:
+            self._confirmations.stored_while_stopping(policy, done.result(), captured)
+            self.stored[policy.device, event.type] += 1

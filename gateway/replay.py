@@ -25,8 +25,9 @@ import structlog
 
 from buffer.connection import BufferConnection
 from buffer.replay_reads import ReplayRange, check_range, delivered_rows
+from buffer.stats import reader
 from buffer.store import Buffer
-from gateway.commands import ReplayCommand, result_payload
+from gateway.commands import MAX_DETAIL, MAX_REPLAY_SPAN, ReplayCommand, echo, result_payload
 from gateway.events import mark_replayed
 from gateway.publisher import publish_oneshot
 from gateway.settings import Settings
@@ -38,6 +39,9 @@ CHUNK = 200
 WINDOW = 10
 """Replay publishes outstanding at once: a tenth of the default ``max_inflight``."""
 MAX_QUEUED = 16
+MAX_QUEUED_SPAN = MAX_REPLAY_SPAN
+"""Events the admitted replays waiting to run may cover together (the one running is not
+counted): at the default 500 events/s, about half an hour of work."""
 
 SendFn = Callable[[str, bytes], Awaitable[None]]
 AnswerFn = Callable[[bytes], None]
@@ -92,7 +96,14 @@ class ReplayWorker:
         self._connected = connected
         self._answer = answer
         self._bucket = TokenBucket(rate, burst=WINDOW)
-        self._queue: asyncio.Queue[ReplayCommand] = asyncio.Queue(MAX_QUEUED)
+        self._incoming: asyncio.Queue[ReplayCommand] = asyncio.Queue()
+        self._admitted: asyncio.Queue[tuple[ReplayCommand, int | None]] = asyncio.Queue()
+        self._waiting = 0
+        self._refusals = TokenBucket(50.0, burst=50.0)
+        self._burst = BurstLog()
+        self.queued_span = 0
+        """Events the admitted, waiting commands cover together (at most MAX_QUEUED_SPAN)."""
+        self.refused = 0
         self.replayed = 0
         self.active: ReplayCommand | None = None
 
@@ -100,29 +111,85 @@ class ReplayWorker:
         """A reload's ``mqtt.replay_rate``: applies from the next window, even mid-replay."""
         self._bucket.rate = rate
 
-    def submit(self, command: ReplayCommand) -> bool:
-        """Queue a command; False when too many are already waiting (the caller answers busy)."""
-        try:
-            self._queue.put_nowait(command)
-        except asyncio.QueueFull:
-            return False
-        return True
+    def submit(self, command: ReplayCommand) -> str | None:
+        """Take a command, or say why not (the caller answers with that).
+
+        At most ``MAX_QUEUED`` commands wait; each is then admitted in order, once its end is
+        known, only if the events all admitted commands cover stay within ``MAX_QUEUED_SPAN``.
+        """
+        if self._waiting >= MAX_QUEUED:
+            return f"busy: {MAX_QUEUED} replays already queued, retry later"
+        self._waiting += 1
+        self._incoming.put_nowait(command)
+        return None
 
     async def run(self) -> None:
-        """Serve commands until cancelled; a failing command is answered, never fatal."""
+        """Admit and serve commands until cancelled; a failing command is answered, never fatal."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._admit_loop())
+            group.create_task(self._serve_loop())
+
+    async def _admit_loop(self) -> None:
+        """Resolve each command's end, then refuse it or queue it, in arrival order.
+
+        An open end ("up to the last stored one") is resolved here, not when the command is
+        served, so the span limit and the bound on queued work apply to what it really covers.
+        """
         while True:
-            command = await self._queue.get()
-            self.active = command
+            command = await self._incoming.get()
             try:
-                await self._serve(command)
+                to_seq = command.to_seq
+                if to_seq is None:
+                    to_seq = await self._last_seq(command.device)
+                problem = self._admission_problem(command, to_seq)
             except Exception as exc:
                 log.exception("replay_failed", request_id=command.request_id)
-                self._answer(result_payload(command.request_id, ok=False, detail=str(exc)))
+                problem = echo(str(exc) or type(exc).__name__, MAX_DETAIL)
+            if problem is not None:
+                self._waiting -= 1
+                self._refuse(command, problem)
+                continue
+            self.queued_span += _span(command.from_seq, to_seq)
+            self._admitted.put_nowait((command, to_seq))
+
+    def _admission_problem(self, command: ReplayCommand, to_seq: int | None) -> str | None:
+        """Why ``command`` (ending at ``to_seq``) may not be queued, or None."""
+        span = _span(command.from_seq, to_seq)
+        if to_seq is not None and span > MAX_REPLAY_SPAN:
+            return (
+                f"range {command.from_seq}..{to_seq} is longer than {MAX_REPLAY_SPAN} events;"
+                " split the request with to_seq"
+            )
+        if self.queued_span + span > MAX_QUEUED_SPAN:
+            return (
+                f"busy: replays already queued cover {self.queued_span} events, at most "
+                f"{MAX_QUEUED_SPAN} may wait; retry later"
+            )
+        return None
+
+    def _refuse(self, command: ReplayCommand, detail: str) -> None:
+        self.refused += 1
+        self._burst.warning("replay_refused", request_id=command.request_id, detail=detail)
+        if self._refusals.try_take():
+            self._answer(result_payload(command.request_id, ok=False, detail=detail))
+
+    async def _serve_loop(self) -> None:
+        while True:
+            command, to_seq = await self._admitted.get()
+            self.queued_span -= _span(command.from_seq, to_seq)
+            self._waiting -= 1
+            self.active = command
+            try:
+                await self._serve(command, to_seq)
+            except Exception as exc:
+                log.exception("replay_failed", request_id=command.request_id)
+                detail = echo(str(exc) or type(exc).__name__, MAX_DETAIL)
+                self._answer(result_payload(command.request_id, ok=False, detail=detail))
             finally:
                 self.active = None
 
-    async def _serve(self, command: ReplayCommand) -> None:
-        span = await self._buffer.check_replay(command.device, command.from_seq, command.to_seq)
+    async def _serve(self, command: ReplayCommand, to_seq: int | None) -> None:
+        span = await self._buffer.check_replay(command.device, command.from_seq, to_seq)
         if span.error:
             log.warning("replay_refused", request_id=command.request_id, detail=span.error)
             self._answer(result_payload(command.request_id, ok=False, detail=span.error))
@@ -139,8 +206,14 @@ class ReplayWorker:
                 unsent=span.unsent,
                 from_seq=span.from_seq,
                 to_seq=span.to_seq,
+                **({"dropped": [list(r) for r in span.dropped]} if span.dropped else {}),
             )
         )
+
+    async def _last_seq(self, device: str) -> int | None:
+        """The device's last stored seq, read without the buffer's lock (WAL lets us)."""
+        async with reader(self._buffer.path) as conn:
+            return await last_stored_seq(conn, device)
 
     async def _publish_range(self, span: ReplayRange) -> int:
         topic = self._topics.events(span.device)
@@ -164,6 +237,18 @@ class ReplayWorker:
                 count += len(window)
                 cursor = window[-1].seq + 1
         return count
+
+
+def _span(from_seq: int, to_seq: int | None) -> int:
+    """Events in ``from_seq..to_seq``; 0 for an unknown device (the range check refuses it)."""
+    return 0 if to_seq is None else max(0, to_seq - from_seq + 1)
+
+
+async def last_stored_seq(conn: aiosqlite.Connection, device: str) -> int | None:
+    """``device``'s last stored seq, None if it has none (the range check then says so)."""
+    async with conn.execute("SELECT last_seq FROM devices WHERE device = ?", (device,)) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row is not None and int(row[0]) > 0 else None
 
 
 async def replay_messages(

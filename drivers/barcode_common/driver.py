@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Mapping
 from typing import ClassVar, TypeVar
 
 from drivers.barcode_common.config import BarcodeConfig
 from drivers.barcode_common.framing import FrameMode
-from drivers.barcode_common.scans import ScanReader
-from drivers.base import EmitFn, Outcome, StatusFn
+from drivers.barcode_common.scans import EVENT_TYPE, ScanReader
+from drivers.base import EmitFn, EventFeedback, Outcome, StatusFn
 from drivers.reconnecting import ReconnectingDriver
 
 BarcodeConfigT = TypeVar("BarcodeConfigT", bound=BarcodeConfig)
@@ -24,6 +25,8 @@ BarcodeConfigT = TypeVar("BarcodeConfigT", bound=BarcodeConfig)
 class BarcodeDriver(ReconnectingDriver[BarcodeConfigT]):
     """Base of the barcode drivers: subclasses open and read their transport in ``_session``."""
 
+    event_feedback: ClassVar[Mapping[str, EventFeedback]] = {EVENT_TYPE: EventFeedback.CONFIRM}
+    """A worker waits on every scan."""
     garbage_hint: ClassVar[str] = "check the scanner's settings"
     """Logged once per burst of garbage frames: what to check on this kind of scanner."""
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from drivers.base import DeviceEvent, EmitFn, Outcome, StatusFn
+from drivers.base import DeviceEvent, EmitFn, EventFeedback, Outcome, StatusFn
 from drivers.modbus.alarms import AlarmTracker
 from drivers.modbus.client import DeviceError, LinkDown, ModbusLink
 from drivers.modbus.config import ModbusConfig
@@ -33,6 +34,12 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
     """Reads one Modbus device; see ``drivers/modbus/README.md``."""
 
     config_model = ModbusConfig
+    event_feedback: ClassVar[Mapping[str, EventFeedback]] = {
+        ALARM_TYPE: EventFeedback.CONFIRM,
+        READING_TYPE: EventFeedback.NONE,
+    }
+    """An alarm is confirmed like a scan (and a refused one is a loud bad); telemetry is never
+    announced on the stack light, whatever happens to it."""
     retry_event = "modbus_retry"
 
     def __init__(self, config: ModbusConfig, *, emit: EmitFn, report_status: StatusFn) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from functools import partial
+from typing import ClassVar
 
-from drivers.base import DeviceEvent, EmitFn, Outcome, StatusFn
+from drivers.base import DeviceEvent, EmitFn, EventFeedback, Outcome, StatusFn
 from drivers.reconnecting import ReconnectingDriver
 from drivers.rfid_llrp import messages
 from drivers.rfid_llrp.config import RfidLlrpConfig
@@ -27,7 +29,7 @@ from drivers.rfid_llrp.plan import (
 )
 from drivers.rfid_llrp.session import LlrpSession, SessionError
 from drivers.rfid_llrp.smoothing import Smoother
-from drivers.rfid_llrp.tagevents import tag_event
+from drivers.rfid_llrp.tagevents import ARRIVED, DEPARTED, tag_event
 
 _REQUEST_TIMEOUT = 5.0
 _CLOSE_TIMEOUT = 1.0
@@ -40,6 +42,11 @@ class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
     """Reads an LLRP reader; see ``drivers/rfid_llrp/README.md``."""
 
     config_model = RfidLlrpConfig
+    event_feedback: ClassVar[Mapping[str, EventFeedback]] = {
+        ARRIVED: EventFeedback.CONFIRM,
+        DEPARTED: EventFeedback.NONE,
+    }
+    """An arrival is what the worker at the portal waits on; nobody waits to hear a departure."""
     retry_event = "reader_retry"
 
     def __init__(self, config: RfidLlrpConfig, *, emit: EmitFn, report_status: StatusFn) -> None:
@@ -191,8 +198,8 @@ class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
     def _submit(self, event: DeviceEvent) -> None:
         """Hand ``event`` to ``emit`` without waiting for its commit.
 
-        Tasks start in creation order and ``emit`` enqueues before its first await, so events
-        keep their order in the buffer while many commit in one group.
+        Tasks start in creation order, and so do the buffer appends ``emit`` starts before its
+        first await, so events keep their order in the buffer while many commit in one group.
         """
         self.count("arrived" if event.type.endswith("arrived.v1") else "departed")
         task = asyncio.create_task(self._emit_one(event))

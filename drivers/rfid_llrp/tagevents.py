@@ -49,7 +49,4 @@ def tag_event(presence: Presence, *, departed: bool, decode: bool) -> DeviceEven
         data["dwell_s"] = round(max(0.0, presence.last_wall - presence.first_wall), 3)
     if decode:
         data.update(decode_epc(presence.epc))
-    # A departure needs no stack-light pulse: nobody is waiting at the portal to hear about it.
-    return DeviceEvent(
-        type=DEPARTED if departed else ARRIVED, data=data, droppable=False, feedback=not departed
-    )
+    return DeviceEvent(type=DEPARTED if departed else ARRIVED, data=data, droppable=False)

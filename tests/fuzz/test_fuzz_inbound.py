@@ -68,7 +68,7 @@ def test_confirm_parser_only_raises_its_own_error(payload: bytes) -> None:
     else:
         error = ""
     if error:
-        assert len(error) < 300
+        assert len(error) < 300 and error.isprintable()
         return
     assert 1 <= len(confirms) <= MAX_CONFIRMS
     for confirm in confirms:
@@ -85,6 +85,7 @@ def test_replay_parser_only_raises_its_own_error(payload: bytes) -> None:
         command = parse_replay(payload)
     except InvalidMessageError as exc:
         assert len(exc.args[0]) < 300  # noqa: PT017 - a property over many payloads
+        assert exc.args[0].isprintable()  # noqa: PT017
     else:
         assert command.from_seq >= 1
         assert command.to_seq is None or command.to_seq >= command.from_seq
@@ -92,6 +93,7 @@ def test_replay_parser_only_raises_its_own_error(payload: bytes) -> None:
     rid = request_id_of(payload)
     answer = json.loads(result_payload(rid, ok=False, detail="x"))
     assert answer["request_id"] == rid
+    assert rid is None or isinstance(rid, int) or rid.isprintable()
     assert len(result_payload(rid, ok=False)) < MAX_PAYLOAD + 100
 
 
@@ -101,3 +103,29 @@ def test_oversize_payload_is_refused_before_parsing() -> None:
     for parse in (parse_confirms, parse_replay):
         with pytest.raises(InvalidMessageError, match="exceeds"):
             parse(big)
+
+
+HOSTILE_KEYS = st.text(min_size=1, max_size=3000) | st.sampled_from(
+    ["\n" * 2000, "a\r\nlevel=error event=forged", "\u202e\x1b[2J", "\\n"]
+)
+
+
+@FUZZ
+@given(key=HOSTILE_KEYS, value=SCALARS, rid=SCALARS | st.text(max_size=200))
+def test_echoed_keys_and_ids_are_short_and_printable(key: str, value: Any, rid: Any) -> None:
+    """Whatever key or request id the sender invents, what we repeat of it (error detail, the
+    request id of the answer) is short printable text: no forged log lines, no 60 KB echoes."""
+    for parse, body in (
+        (parse_confirms, {"id": "e", "status": "accepted", key: value}),
+        (parse_replay, {"request_id": rid, "device": "d", "from_seq": 1, key: value}),
+    ):
+        payload = encode(body)
+        try:
+            parse(payload)
+        except InvalidMessageError as exc:
+            detail = str(exc)
+            assert detail.isprintable() and len(detail) <= 240
+        echoed = request_id_of(payload)
+        assert echoed is None or isinstance(echoed, int) or echoed.isprintable()
+        answer = result_payload(echoed, ok=False, detail="x")
+        assert b"\n" not in answer and len(answer) < 400

@@ -90,8 +90,11 @@ async def test_accept_gives_good_and_reject_gives_bad_once(
         assert states(db) == {1: 2, 2: 3, 3: 4}
         assert gw.inbound.counters["confirm_accepted"] == 1
         assert gw.inbound.counters["confirm_rejected"] == 1
-    fed = scanner.feedback_bytes()
-    assert fed.count(GOOD) == 1 and fed.count(BAD) == 1 and PENDING not in fed
+        fed = scanner.feedback_bytes()
+        assert fed.count(GOOD) == 1 and fed.count(BAD) == 1 and PENDING not in fed
+    # SKU-1 never got a verdict: stopping the gateway tells its worker pending, once.
+    await scanner.wait_feedback(lambda b: len(b) > len(fed), timeout=2)
+    assert scanner.feedback_bytes() == fed + PENDING
 
 
 async def test_consumer_down_gives_pending_then_late_accept_confirms_without_beep(

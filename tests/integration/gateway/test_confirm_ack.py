@@ -132,8 +132,10 @@ async def test_a_confirm_arriving_while_the_gateway_stops_is_applied_after_resta
     async with running_gateway(cfg) as gw:
         await wait_until(lambda: states(db) == {1: 3}, timeout=10)
         assert gw.inbound.counters["confirm_accepted"] == 1
-    assert PENDING not in scanner.feedback_bytes()
-    assert scanner.feedback_bytes().count(GOOD) <= 1
+    # The stop told the waiting worker "pending" once (docs/confirmation.md: a device stopping
+    # settles its waiters); the verdict applied after the restart gives no second touch.
+    fed = scanner.feedback_bytes()
+    assert fed.count(PENDING) + fed.count(GOOD) <= 1, fed
     assert loop_errors == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sqlite3
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+import structlog.testing
 
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
@@ -102,3 +104,60 @@ async def test_ten_thousand_hostile_messages(
     assert counters["confirm_unknown"] > 100
     assert counters.get("confirm_accepted", 0) == 0
     assert scanner.feedback_bytes() == b""
+
+
+def _no_raw_newline_and_bounded(value: object, bound: int) -> None:
+    text = value if isinstance(value, str) else repr(value)
+    assert "\n" not in text and "\r" not in text, text[:200]
+    assert len(text) <= bound, f"{len(text)} chars echoed: {text[:200]}..."
+
+
+async def test_a_huge_key_with_newlines_is_not_echoed_raw(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """A 60 KB unknown key full of newlines in a confirm and a cmd: the log lines and the
+    cmd/result name it, bounded and escaped, never verbatim (issue 13, defect 7)."""
+    key = ("evil\n" + "A" * 195) * 300  # 60 KB, 300 newlines
+    cfg = write_config(
+        tmp_path / "gateway.toml",
+        mqtt_port=broker.port,
+        state_dir=tmp_path / "state",
+        devices=[scanner_device("dock-1", scanner.link)],
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running_gateway(cfg) as gw:
+            async with asyncio.timeout(10):
+                await gw.publisher.connected.wait()
+            async with aiomqtt.Client(broker.host, broker.port, identifier="attacker") as client:
+                await client.subscribe(f"{ROOT}/cmd/result", qos=1)
+                confirm = {"id": "x", "status": "accepted", key: 1}
+                command = {"request_id": "r-1", "device": "dock-1", "from_seq": 1, key: 1}
+                newline_id = {"request_id": "r\n2", "device": "dock-1", "from_seq": 1, key: 1}
+                for topic, body in (
+                    (f"{ROOT}/confirm", confirm),
+                    (f"{ROOT}/cmd/replay", command),
+                    (f"{ROOT}/cmd/replay", newline_id),
+                ):
+                    payload = json.dumps(body).encode()
+                    assert 60_000 < len(payload) < 64 * 1024
+                    await client.publish(topic, payload, qos=1)
+                answers: list[aiomqtt.Message] = []
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        async for message in client.messages:
+                            answers.append(message)  # noqa: PERF401 - kept when the timeout ends it
+            async with asyncio.timeout(5):
+                while gw.inbound.counters["cmd_invalid"] < 2:
+                    await asyncio.sleep(0.02)
+    answer = answers[0]
+    assert len(answer.payload) < 600, answer.payload[:300]
+    body = json.loads(answer.payload)
+    assert body["request_id"] == "r-1" and body["ok"] is False
+    _no_raw_newline_and_bounded(body["detail"], 300)
+    assert "evil" in body["detail"], "the key is still named, so a typo can be found"
+    assert len(answers) == 1, "one answer: none for the unprintable request id"
+    refusals = [e for e in logs if e["event"] in ("confirm_invalid", "cmd_invalid")]
+    assert {e["event"] for e in refusals} == {"confirm_invalid", "cmd_invalid"}
+    for entry in logs:
+        for value in entry.values():
+            _no_raw_newline_and_bounded(value, 2_000)

@@ -112,7 +112,7 @@ async def test_replay_errors_are_answered_with_the_request_id(
                     answers[body["request_id"]] = body
                     if len(answers) == len(requests):
                         break
-    assert answers["ok"]["ok"] is True and answers["ok"]["count"] == 1
+    assert answers["ok"]["ok"] is True and answers["ok"]["count"] == 1, answers["ok"]
     for rid in ("unknown", "beyond", "pruned", "bad"):
         assert answers[rid]["ok"] is False and answers[rid]["detail"], rid
     assert "unknown device" in answers["unknown"]["detail"]
@@ -157,3 +157,75 @@ async def test_cli_replay_works_with_the_daemon_stopped(
     assert unknown.returncode == 2 and "unknown device" in unknown.stderr
     with sqlite3.connect(tmp_path / "state" / "buffer.db") as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE state = 2").fetchone() == (10,)
+
+
+async def ask(
+    client: aiomqtt.Client, requests: dict[str, dict[str, int | str]], *, answers: int = 0
+) -> dict:
+    """Publish replay commands in order and collect ``answers`` answers (default: one each)."""
+    for rid, body in requests.items():
+        payload = json.dumps({"request_id": rid, "device": "dock-1", **body})
+        await client.publish(f"{ROOT}/cmd/replay", payload, qos=1)
+    got: dict[str, dict] = {}
+    async with asyncio.timeout(20):
+        async for message in client.messages:
+            body = json.loads(message.payload)
+            got[body["request_id"]] = body
+            if len(got) == (answers or len(requests)):
+                return got
+    return got  # pragma: no cover - the timeout raises first
+
+
+async def test_open_ended_replay_keeps_the_span_limit_and_queued_work_is_bounded(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator, monkeypatch
+) -> None:
+    """A replay without to_seq over a history longer than the span limit is refused (it used
+    to replay all of it), and the events waiting replays cover together are bounded (16 such
+    requests could be queued) (issue 13, defect 7)."""
+    monkeypatch.setattr("gateway.replay.MAX_REPLAY_SPAN", 20, raising=False)
+    monkeypatch.setattr("gateway.replay.MAX_QUEUED_SPAN", 20, raising=False)
+    cfg = write_config(
+        tmp_path / "gateway.toml",
+        mqtt_port=broker.port,
+        state_dir=tmp_path / "state",
+        devices=[scanner_device("dock-1", scanner.link)],
+        mqtt={"replay_rate": 10.0},
+    )
+    async with running_gateway(cfg) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await scan_all_sent(gw, scanner, 30)
+        async with aiomqtt.Client(broker.host, broker.port, identifier="asker") as client:
+            await client.subscribe(f"{ROOT}/cmd/result", qos=1)
+            first = await ask(client, {"all": {"from_seq": 1}, "tail": {"from_seq": 15}})
+            # One running (not counted), then 15 events waiting: 10 more, or an open end that
+            # resolves to 6 (25..30), are over the bound of 20 and refused; 5 more still fit.
+            running = {"request_id": "running", "device": "dock-1", "from_seq": 1, "to_seq": 20}
+            await client.publish(f"{ROOT}/cmd/replay", json.dumps(running), qos=1)
+            async with asyncio.timeout(5):
+                while gw.replays.active is None:
+                    await asyncio.sleep(0.01)
+            queued = await ask(
+                client,
+                {
+                    "waiting": {"from_seq": 1, "to_seq": 15},
+                    "over": {"from_seq": 11, "to_seq": 20},
+                    "open": {"from_seq": 25},
+                    "fits": {"from_seq": 26, "to_seq": 30},
+                },
+                answers=5,
+            )
+        queued_span_after = getattr(gw.replays, "queued_span", None)
+    assert first["all"]["ok"] is False, first["all"]
+    assert "longer than 20 events" in first["all"]["detail"]
+    assert "1..30" in first["all"]["detail"]
+    assert first["tail"]["ok"] is True and first["tail"]["count"] == 16, first["tail"]
+    assert (first["tail"]["from_seq"], first["tail"]["to_seq"]) == (15, 30)
+    for rid in ("running", "waiting", "fits"):
+        assert rid in queued, queued
+        assert queued[rid]["ok"] is True, queued[rid]
+    for rid in ("over", "open"):
+        assert queued[rid]["ok"] is False and "busy" in queued[rid]["detail"], queued[rid]
+    assert "cover 15 events" in queued["over"]["detail"]
+    assert queued_span_after == 0, "every admitted span released once served"

@@ -12,6 +12,7 @@ from gateway.commands import (
     MAX_CONFIRMS,
     MAX_PAYLOAD,
     InvalidMessageError,
+    echo,
     parse_confirms,
     parse_replay,
     request_id_of,
@@ -123,3 +124,37 @@ def test_replayed_marker_is_valid_json_and_keeps_id_and_seq() -> None:
     body = json.loads(mark_replayed(stored))
     assert (body["id"], body["seq"], body["historical"], body["replayed"]) == ("e1", 7, True, True)
     assert json.loads(mark_historical(stored))["historical"] is True
+
+
+def test_echo_is_short_printable_and_escaped() -> None:
+    """Untrusted text repeated to a log or to central: bounded, no control or format characters."""
+    assert echo("dock-1") == "dock-1"
+    assert echo("a\nb\x1b[31m\u202e") == "a\\nb\\x1b[31m\\u202e"
+    assert echo("back\\slash") == "back\\\\slash", "escapes cannot be forged"
+    cut = echo("k" * 60_000)
+    assert cut.startswith("k" * 10) and cut.endswith("(+59936 chars)") and len(cut) < 90
+    assert len(echo("\n" * 60_000)) < 90
+    assert echo(7) == "7"
+
+
+def test_unknown_key_is_named_bounded() -> None:
+    """An unknown key of 60 KB with newlines: the error names it, short and on one line."""
+    key = "x\n" * 20_000
+    for parse, body in (
+        (parse_confirms, {"id": "e", "status": "accepted", key: 1}),
+        (parse_replay, {"request_id": "r", "device": "d", "from_seq": 1, key: 1}),
+    ):
+        with pytest.raises(InvalidMessageError) as caught:
+            parse(json.dumps(body).encode())
+        detail = str(caught.value)
+        assert "\n" not in detail and len(detail) <= 240 and detail.startswith("x\\nx\\n")
+
+
+def test_unprintable_request_ids_are_not_echoed() -> None:
+    """A request id is echoed verbatim, so only printable text or a 64-bit integer is."""
+    for rid in ("r\n1", "\u202eevil", "\x00"):
+        assert request_id_of(json.dumps({"request_id": rid}).encode()) is None
+        with pytest.raises(InvalidMessageError):
+            parse_replay(json.dumps({"request_id": rid, "device": "d", "from_seq": 1}).encode())
+    assert request_id_of(b'{"request_id": 99999999999999999999999}') is None
+    assert request_id_of('{"request_id": "Lager-Ü 7"}'.encode()) == "Lager-Ü 7"
