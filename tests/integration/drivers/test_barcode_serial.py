@@ -376,3 +376,52 @@ async def test_scan_received_before_the_port_fails_is_still_emitted(tmp_path):
         assert "read failed" in h.statuses[1][1]
         await h.sim.replug()  # the harness's exit checks want a scanner to close
 
+
+async def test_refused_scan_is_not_suppressed_on_rescan(tmp_path):
+    """A scan the buffer refused (bad-read) is not recorded as seen: the rescan is emitted."""
+    async with running(tmp_path, suppress_window=60.0) as h:
+        refused: list[str] = []
+        recorded = h.emit
+
+        async def refusing_emit(event: DeviceEvent) -> StoredEvent | None:
+            if not refused:
+                refused.append(event.data["code"])
+                return None  # buffer full: the worker got bad-read feedback
+            return await recorded(event)
+
+        assert h.driver is not None
+        h.driver._scans._emit = refusing_emit
+        await h.sim.type_code("PALLET-1")
+        await wait_until(lambda: refused == ["PALLET-1"])
+        await h.sim.type_code("PALLET-1")  # the rescan bad-read asked for
+        await wait_until(lambda: h.codes == ["PALLET-1"])
+        await h.sim.type_code("PALLET-1")  # a real repeat of a stored scan: suppressed
+        await wait_until(lambda: h.counter("suppressed") == 1)
+        assert h.codes == ["PALLET-1"]
+
+
+async def test_scan_whose_emit_raised_is_not_suppressed_on_rescan(tmp_path):
+    """emit raising (the buffer failed) records nothing as seen: after the restart, the rescan
+    is emitted."""
+    async with running(tmp_path, suppress_window=60.0) as h:
+        assert h.driver is not None
+        recorded = h.emit
+        failed: list[str] = []
+
+        async def failing_emit(event: DeviceEvent) -> StoredEvent:
+            if not failed:
+                failed.append(event.data["code"])
+                raise RuntimeError("disk I/O error")
+            return await recorded(event)
+
+        h.driver._scans._emit = failing_emit
+        assert h.task is not None
+        await h.sim.type_code("PALLET-2")
+        with pytest.raises(RuntimeError):
+            async with asyncio.timeout(TIMEOUT):
+                await h.task
+        h.task = asyncio.create_task(h.driver.run())  # as the gateway's supervisor does
+        await h.sim.wait_opened(TIMEOUT)
+        await h.sim.type_code("PALLET-2")
+        await wait_until(lambda: h.codes == ["PALLET-2"])
+        assert h.counter("suppressed") == 0
