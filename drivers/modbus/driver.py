@@ -15,7 +15,7 @@ from typing import Any
 
 from drivers.base import DeviceEvent, EmitFn, Outcome, StatusFn
 from drivers.modbus.alarms import AlarmTracker
-from drivers.modbus.client import DeviceError, LinkDown, ModbusLink
+from drivers.modbus.client import BadReply, DeviceError, LinkDown, ModbusLink
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.decode import Number, decode_point
 from drivers.modbus.feedback import FeedbackWriter
@@ -113,7 +113,7 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
         for request in list(self._plans[group]):
             try:
                 data = await link.read(request.table, request.start, request.count)
-            except DeviceError as exc:
+            except (DeviceError, BadReply) as exc:
                 self._answered()
                 self._refused(group, request, exc)
                 continue
@@ -142,9 +142,16 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
             data: dict[str, Any] = {"group": group, "reason": reason, "points": entries}
             await self._emit(DeviceEvent(type=READING_TYPE, data=data, droppable=True))
 
-    def _refused(self, group: str, request: Request, exc: DeviceError) -> None:
-        self.count(f"exception_{exc.code:02x}")
-        if exc.code in _SPLIT_CODES and len(request.points) > 1:
+    def _refused(self, group: str, request: Request, exc: DeviceError | BadReply) -> None:
+        if isinstance(exc, BadReply):
+            # Logged below, once per split or failing point: a device that answers short
+            # often cannot do long reads.
+            self.count("bad_replies")
+            split_it = True
+        else:
+            self.count(f"exception_{exc.code:02x}")
+            split_it = exc.code in _SPLIT_CODES
+        if split_it and len(request.points) > 1:
             # One bad address in a merged read must not cost the points around it.
             plans = self._plans[group]
             index = plans.index(request)

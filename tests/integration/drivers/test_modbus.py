@@ -378,3 +378,20 @@ async def test_poll_groups_and_overruns(tmp_path):
         h.sim.model.frozen = True
         h.sim.fail(6)  # every answer busy: each poll now takes > 10 ms of retries
         await wait_until(lambda: h.counter("overruns") > 0)
+
+
+async def test_short_bit_reply_is_a_device_fault_not_a_crash(tmp_path):
+    """A Read Discrete Inputs reply with fewer bits than asked for is counted and logged as a
+    bad reply (the points fail for that poll); run() goes on polling."""
+    motor_fault = {**JAM, "name": "motor_fault", "address": 12}
+    async with running(tmp_path, [SPEED, JAM, motor_fault]) as h:
+        await wait_until(lambda: h.readings)
+        h.sim.short_bit_replies = 3
+        await wait_until(lambda: h.counter("bad_replies") >= 1)
+        await wait_until(lambda: h.sim.short_bit_replies == 0)
+        before = h.counter("reads")
+        await wait_until(lambda: h.counter("reads") > before + 2)
+        h.sim.model.set_fault("jam", True)
+        await wait_until(lambda: [a["state"] for a in h.alarms] == ["raised"])
+        assert h.transitions == [True]
+        assert "failing" not in h.statuses[-1][1], "recovered after good replies"
