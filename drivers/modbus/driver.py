@@ -131,10 +131,14 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
 
     async def _report(self, group: str, values: dict[str, Number]) -> None:
         """Alarms first (they are what someone is waiting for), then the reading."""
-        for body in self._alarms.update(values):
+        for change in self._alarms.update(values):
+            event = DeviceEvent(type=ALARM_TYPE, data=change.body, droppable=False)
+            if await self._emit(event) is None:
+                self.count("alarms_refused")  # the next poll offers it again
+                continue
+            self._alarms.commit(change)
             self.count("alarms")
-            self._log.info("conveyor_alarm", **body)
-            await self._emit(DeviceEvent(type=ALARM_TYPE, data=body, droppable=False))
+            self._log.info("conveyor_alarm", **change.body)
         now = asyncio.get_running_loop().time()
         entries, reason = self._readings.offer(values, now)
         if entries:

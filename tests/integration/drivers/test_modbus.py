@@ -46,6 +46,7 @@ class Harness:
     events: list[DeviceEvent] = field(default_factory=list)
     statuses: list[tuple[bool, str]] = field(default_factory=list)
     driver: ModbusDriver | None = None
+    task: asyncio.Task[None] | None = None
 
     async def emit(self, event: DeviceEvent) -> StoredEvent:
         self.events.append(event)
@@ -123,17 +124,17 @@ async def running(
     )
     harness = Harness(sim)
     harness.driver = ModbusDriver(cfg, emit=harness.emit, report_status=harness.status)
-    task = asyncio.create_task(harness.driver.run())
+    harness.task = asyncio.create_task(harness.driver.run())
     try:
         yield harness
-        assert not task.done(), "run() returned or raised"
+        assert not harness.task.done(), "run() returned or raised"
     finally:
-        task.cancel()
+        harness.task.cancel()
         async with asyncio.timeout(TIMEOUT):
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(harness.task, return_exceptions=True)
         await harness.driver.stop()
         await sim.close()
-    assert task.cancelled()
+    assert harness.task.cancelled()
 
 
 @pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
@@ -395,3 +396,52 @@ async def test_short_bit_reply_is_a_device_fault_not_a_crash(tmp_path):
         await wait_until(lambda: [a["state"] for a in h.alarms] == ["raised"])
         assert h.transitions == [True]
         assert "failing" not in h.statuses[-1][1], "recovered after good replies"
+
+
+async def test_refused_alarm_raise_is_retried(tmp_path):
+    """A jam 'raised' the buffer refused is emitted again at the next poll, so central never
+    gets a 'cleared' it did not see raised."""
+    async with running(tmp_path, [SPEED, JAM]) as h:
+        assert h.driver is not None
+        refused: list[dict[str, Any]] = []
+
+        async def refusing_emit(event: DeviceEvent) -> StoredEvent | None:
+            if event.type == ALARM_TYPE and not refused:
+                refused.append(dict(event.data))
+                return None  # buffer full
+            return await h.emit(event)
+
+        h.driver._emit = refusing_emit
+        await wait_until(lambda: h.readings)
+        h.sim.model.set_fault("jam", True)
+        await wait_until(lambda: [a["state"] for a in h.alarms] == ["raised"])
+        h.sim.model.set_fault("jam", False)
+        await wait_until(lambda: len(h.alarms) == 2)
+    assert [r["state"] for r in refused] == ["raised"]
+    assert [(a["alarm"], a["state"]) for a in h.alarms] == [("jam", "raised"), ("jam", "cleared")]
+    assert h.counter("alarms_refused") == 1
+
+
+async def test_alarm_raise_whose_emit_raised_is_retried_after_restart(tmp_path):
+    """emit raising (the buffer failed) leaves the alarm state alone: run(), restarted as the
+    supervisor does, raises the jam again."""
+    async with running(tmp_path, [JAM]) as h:
+        assert h.driver is not None
+        failed: list[str] = []
+
+        async def failing_emit(event: DeviceEvent) -> StoredEvent | None:
+            if event.type == ALARM_TYPE and not failed:
+                failed.append(event.data["state"])
+                raise RuntimeError("disk I/O error")
+            return await h.emit(event)
+
+        h.driver._emit = failing_emit
+        await wait_until(lambda: h.counter("reads") > 0)
+        h.sim.model.set_fault("jam", True)
+        await wait_until(lambda: failed == ["raised"])
+        assert h.task is not None
+        with pytest.raises(RuntimeError):
+            async with asyncio.timeout(TIMEOUT):
+                await h.task
+        h.task = asyncio.create_task(h.driver.run())
+        await wait_until(lambda: [a["state"] for a in h.alarms] == ["raised"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from drivers.modbus.alarms import AlarmTracker
@@ -102,11 +104,20 @@ def test_alarm_points_are_not_readings():
     assert entries == {}
 
 
+def stored(tracker: AlarmTracker, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alarm event bodies for ``values``, each committed as if the buffer stored it."""
+    bodies = []
+    for change in tracker.update(values):
+        tracker.commit(change)
+        bodies.append(change.body)
+    return bodies
+
+
 def test_bit_alarm_raise_and_clear_once_each():
     """A jam bit high for several polls raises once and clears once, in order."""
     tracker = AlarmTracker([p("jam", table="discrete", type="bool", role="alarm")])
     events = [
-        e for v in [False, True, True, True, False, False] for e in tracker.update({"jam": v})
+        e for v in [False, True, True, True, False, False] for e in stored(tracker, {"jam": v})
     ]
     assert [(e["alarm"], e["state"], e["condition"]) for e in events] == [
         ("jam", "raised", "active"),
@@ -117,16 +128,16 @@ def test_bit_alarm_raise_and_clear_once_each():
 def test_active_low_alarm_and_first_sight():
     """alarm_when = false (a normally-closed e-stop) raises on 0; active at start raises once."""
     tracker = AlarmTracker([p("estop", type="bit", bit=2, role="alarm", alarm_when=False)])
-    assert [e["state"] for e in tracker.update({"estop": False})] == ["raised"]
+    assert [e["state"] for e in stored(tracker, {"estop": False})] == ["raised"]
     assert tracker.active == ["estop"]
-    assert [e["state"] for e in tracker.update({"estop": True})] == ["cleared"]
+    assert [e["state"] for e in stored(tracker, {"estop": True})] == ["cleared"]
 
 
 def test_threshold_alarm_with_hysteresis():
     """Temperature hovering at the limit raises once and clears only below limit - hysteresis."""
     tracker = AlarmTracker([p("t", alarm_above=80.0, hysteresis=5.0, unit="degC")])
     series = [70, 81, 79, 80.5, 76, 74, 82]
-    events = [e for v in series for e in tracker.update({"t": v})]
+    events = [e for v in series for e in stored(tracker, {"t": v})]
     assert [(e["state"], e["value"]) for e in events] == [
         ("raised", 81),
         ("cleared", 74),
@@ -134,4 +145,15 @@ def test_threshold_alarm_with_hysteresis():
     ]
     assert events[0]["limit"] == 80.0 and events[0]["unit"] == "degC"
     low = AlarmTracker([p("s", alarm_below=1.0)])
-    assert [e["condition"] for v in [2, 0.5] for e in low.update({"s": v})] == ["below"]
+    assert [e["condition"] for v in [2, 0.5] for e in stored(low, {"s": v})] == ["below"]
+
+
+def test_alarm_state_moves_only_when_committed():
+    """An uncommitted raise (refused by the buffer) is offered again; its clear is not invented."""
+    tracker = AlarmTracker([p("jam", table="discrete", type="bool", role="alarm")])
+    assert stored(tracker, {"jam": False}) == []
+    assert [c.body["state"] for c in tracker.update({"jam": True})] == ["raised"]  # refused
+    assert tracker.active == []
+    assert [c.body["state"] for c in tracker.update({"jam": False})] == []  # never raised
+    assert [e["state"] for e in stored(tracker, {"jam": True})] == ["raised"]
+    assert tracker.active == ["jam"]
