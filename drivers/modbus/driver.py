@@ -64,9 +64,9 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
             self.count("connect_failures")
             return str(exc)
         self._link = link
-        self._feedback.forget()
         self._plans = self._fresh_plans()
         try:
+            await self._feedback.restore()
             await self._poll_loop(link)
         except LinkDown as exc:
             self.count("link_failures")

@@ -356,7 +356,12 @@ async def test_feedback_writes_coils(tmp_path):
         await h.driver.feedback(Outcome.GOOD)
         await h.driver.feedback(Outcome.BAD)
         await h.driver.feedback(Outcome.PENDING)  # not configured: nothing
-    assert h.sim.writes == [("coil", 0, [1]), ("coil", 2, [1]), ("coil", 2, [0])]
+    assert h.sim.writes == [
+        ("coil", 2, [0]),  # on connect: the pulse output put at rest
+        ("coil", 0, [1]),
+        ("coil", 2, [1]),
+        ("coil", 2, [0]),
+    ]
     assert h.counter("feedback_writes") == 2
 
 
@@ -445,3 +450,48 @@ async def test_alarm_raise_whose_emit_raised_is_retried_after_restart(tmp_path):
                 await h.task
         h.task = asyncio.create_task(h.driver.run())
         await wait_until(lambda: [a["state"] for a in h.alarms] == ["raised"])
+
+
+def coil(h: Harness, address: int) -> int:
+    """The simulated device's coil, as the last write left it."""
+    return h.sim.model.tables["coil"][address]
+
+
+async def test_pulse_is_reset_through_the_new_link_after_a_blip(tmp_path):
+    """A link blip during a pulse: the reset still reaches the device (a horn is not left on)."""
+    async with running(
+        tmp_path, [SPEED], timeout=0.1, feedback_bad={"address": 2, "pulse": 0.5}
+    ) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.transitions == [True])
+        pulse = asyncio.create_task(h.driver.feedback(Outcome.BAD))
+        await wait_until(lambda: coil(h, 2) == 1)
+        h.sim.silent = True  # the link blips: polls time out, the driver reconnects
+        await wait_until(lambda: h.transitions == [True, False])
+        h.sim.silent = False
+        await wait_until(lambda: h.transitions == [True, False, True])
+        await wait_until(lambda: pulse.done() and coil(h, 2) == 0)
+        await pulse
+
+
+async def test_pulse_cancelled_midway_still_resets(tmp_path):
+    """Feedback cancelled during its pulse (a shutdown) still writes the reset."""
+    async with running(tmp_path, [SPEED], feedback_bad={"address": 2, "pulse": 30.0}) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.transitions == [True])
+        pulse = asyncio.create_task(h.driver.feedback(Outcome.BAD))
+        await wait_until(lambda: coil(h, 2) == 1)
+        pulse.cancel()
+        await asyncio.gather(pulse, return_exceptions=True)
+        await wait_until(lambda: coil(h, 2) == 0)
+
+
+async def test_pulse_outputs_are_put_at_rest_on_connect(tmp_path):
+    """An output a pulse left on (a crash, a blip) is reset when the device is (re)connected."""
+    model = ConveyorModel(noise=0.0)
+    model.write("coil", 2, [1])
+    async with running(
+        tmp_path, [SPEED], model=model, feedback_bad={"address": 2, "pulse": 1.0}
+    ) as h:
+        await wait_until(lambda: h.transitions == [True])
+        await wait_until(lambda: coil(h, 2) == 0)
