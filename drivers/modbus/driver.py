@@ -140,7 +140,10 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
             self.count("alarms")
             self._log.info("conveyor_alarm", **change.body)
         now = asyncio.get_running_loop().time()
+        resets = self._readings.counter_resets
         entries, reason = self._readings.offer(values, now)
+        if self._readings.counter_resets > resets:
+            self.count("counter_resets", self._readings.counter_resets - resets)
         if entries:
             self.count("readings")
             data: dict[str, Any] = {"group": group, "reason": reason, "points": entries}

@@ -244,6 +244,21 @@ async def test_counter_rollover_from_the_device(tmp_path):
     ]
 
 
+async def test_counter_reset_by_the_plc_from_the_upper_half(tmp_path):
+    """A PLC resetting its 16-bit counter at 40000 gives 3 cartons and says reset, not 25539."""
+    model = ConveyorModel(noise=0.0, frozen=True)
+    model.set_registers("input", 8, [40000])
+    async with running(tmp_path, [CARTONS16], model=model) as h:
+        await wait_until(lambda: h.readings)
+        model.set_registers("input", 8, [3])
+        await wait_until(lambda: len(h.readings) == 2)
+    assert [r["points"]["cartons16"] for r in h.readings] == [
+        {"value": 40000, "delta": 0},
+        {"value": 3, "delta": 3, "reset": True},
+    ]
+    assert h.counter("counter_resets") == 1
+
+
 async def test_cartons_flow_with_the_belt(tmp_path):
     """A running simulated line advances its counter; deltas add up to the counter's rise."""
     async with running(tmp_path, [CARTONS], model=ConveyorModel(noise=0.0, seed=1)) as h:

@@ -84,9 +84,45 @@ def test_counter_rollover(type_, top):
 def test_counter_reset_by_plc():
     """A counter jumping back (PLC reset to 0) counts from zero instead of a huge wrap."""
     counter = ReadingFilter([p("c", role="counter")], heartbeat=100)
-    reports = run(counter, [20000, 20010, 5], name="c")
-    assert [e["delta"] for _, e, _ in reports] == [0, 10, 5]
+    reports = run(counter, [20000, 20010, 5, 9], name="c")
+    assert [e["delta"] for _, e, _ in reports] == [0, 10, 5, 4]
+    assert [e.get("reset") for _, e, _ in reports] == [None, None, True, None]
     assert counter.counter_resets == 1
+
+
+def test_uint16_reset_from_the_upper_half_is_not_phantom_counts():
+    """40000 -> 3 on a uint16 counter is a reset (3 counts), not a wrap of 25539 cartons."""
+    counter = ReadingFilter([p("c", role="counter")], heartbeat=100)
+    reports = run(counter, [40000, 3], name="c")
+    assert [e for _, e, _ in reports] == [
+        {"value": 40000, "delta": 0},
+        {"value": 3, "delta": 3, "reset": True},
+    ]
+
+
+def test_max_delta_bounds_a_wrap_and_rollover_false_never_wraps():
+    """A wrap is believed only up to max_delta counts; rollover = false makes any fall a reset."""
+    bounded = ReadingFilter([p("c", role="counter", max_delta=5)], heartbeat=100)
+    reports = run(bounded, [65534, 2, 65530, 4], name="c")
+    assert [(e["delta"], e.get("reset", False)) for _, e, _ in reports] == [
+        (0, False),
+        (4, False),  # 65534 -> 2: 4 counts across the wrap
+        (65528, False),  # a rise is taken as it is
+        (4, True),  # 65530 -> 4 would be 10 across the wrap: more than 5, a reset
+    ]
+    plain = ReadingFilter([p("c", role="counter", rollover=False)], heartbeat=100)
+    reports = run(plain, [65534, 2], name="c")
+    assert [(e["delta"], e.get("reset", False)) for _, e, _ in reports] == [(0, False), (2, True)]
+
+
+def test_reset_is_reported_at_once_even_under_the_deadband():
+    """A reset makes the point due, whatever its deadband: central must hear of it."""
+    counter = ReadingFilter([p("c", role="counter", deadband=100)], heartbeat=100)
+    reports = run(counter, [500, 1], name="c")
+    assert [(e["delta"], e.get("reset"), r) for _, e, r in reports] == [
+        (0, None, "change"),
+        (1, True, "change"),
+    ]
 
 
 def test_counter_deltas_accumulate_under_deadband():
