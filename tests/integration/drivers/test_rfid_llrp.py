@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -239,3 +240,22 @@ async def test_sllurp_own_client_accepts_the_simulator():
         assert client.state == LLRPReaderState.STATE_INVENTORYING
         assert tags[0]["EPC"] == PALLET[0].encode()
         assert sim.rospecs_added == 1
+
+
+async def test_keepalive_flood_from_a_peer_that_never_reads_drops_the_session():
+    """A peer flooding KEEPALIVEs and reading nothing: our unsent answers are capped, the
+    session dropped (counted, down once), and a fresh one set up."""
+    async with running(keepalive_s=5.0) as h:
+        await wait_until(lambda: h.sim.active)
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True])
+        assert h.driver is not None
+        assert h.driver._llrp is not None
+        # Our kernel send buffer made small, as the simulator makes its receive buffer: the
+        # flood then reaches our own queue after ~30k keepalives instead of ~1M (5 s of work).
+        sock = h.driver._llrp._writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        h.sim.flood_keepalives()
+        await wait_until(lambda: h.counter("write_overflow") == 1)
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True, False, True])
+        assert "not reading" in h.statuses[1][1]
+        assert h.sim.connections == 2
