@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -76,6 +77,10 @@ class LlrpSession:
         self._malformed_burst = 0
         self._overflow: str | None = None
         self.closed_reason: str | None = None
+        self.last_heard = -math.inf
+        """Event-loop time at which the last bytes from the reader were handled: what it said
+        up to then is known, anything since is not (it may be talking into a dead link, or we
+        may not be reading because emits are backed up)."""
 
     def next_id(self) -> int:
         """A fresh message id; responses echo it."""
@@ -162,6 +167,7 @@ class LlrpSession:
                     break
                 for raw in frames:
                     self._dispatch(raw)
+                self.last_heard = asyncio.get_running_loop().time()
                 if self._overflow is not None:
                     break
                 if self._after_chunk is not None:
