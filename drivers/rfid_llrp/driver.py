@@ -126,6 +126,7 @@ class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
             self._llrp = session
             self.smoother.hold(asyncio.get_running_loop().time())
             self._mark_up(self._describe(self.plan))
+            await self.gpo.reassert()  # setup switched off outputs that are mid-pulse
             reason = await pump
             self.count("disconnects")
             return reason

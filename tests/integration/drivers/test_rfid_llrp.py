@@ -294,3 +294,24 @@ async def test_reader_silence_neither_departs_nor_re_arrives_tags_still_there(ke
         assert sorted(h.of(DEPARTED)) == sorted(tags), "each departed once, after leaving"
         expected = [True] if keepalive_s == 1.0 else [True, False, True]
         assert [up for up, _ in h.statuses] == expected
+
+
+async def test_gpo_pulse_in_progress_is_lit_again_after_a_reconnect():
+    """A reconnect switches every feedback GPO off; one still pulsing is switched on again, and
+    off when its pulse ends (here: cancelled)."""
+    async with running(gpo_good=1, gpo_pulse_ms=20_000) as h:
+        assert h.driver is not None
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True])
+        base = len(h.sim.gpo_writes)
+
+        def writes() -> list[tuple[int, bool]]:
+            return [(port, state) for _, port, state in h.sim.gpo_writes[base:]]
+
+        pulse = asyncio.create_task(h.driver.feedback(Outcome.GOOD))
+        await wait_until(lambda: writes() == [(1, True)])
+        h.sim.drop()
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True, False, True])
+        await wait_until(lambda: writes() == [(1, True), (1, False), (1, True)])
+        pulse.cancel()
+        await asyncio.gather(pulse, return_exceptions=True)
+        await wait_until(lambda: writes() == [(1, True), (1, False), (1, True), (1, False)])
