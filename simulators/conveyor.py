@@ -5,7 +5,8 @@ The register map and the physics are in ``simulators.conveyor_model``. The serve
 hook, which advances the model to "now" and copies its registers in, so values move in real time
 without a background task. Faults are scriptable while it runs: ``model.set_fault("jam", True)``,
 ``silent = True`` (the device stops answering: requests are read, answers never sent), and
-``fail(code, ...)`` (exception responses such as 02 illegal address or 06 busy).
+``fail(code, ...)`` (exception responses such as 02 illegal address or 06 busy), and
+``short_bit_replies = n`` (Modbus TCP: the next n bit reads answered one byte short).
 
 Runnable alone: ``python -m simulators.conveyor --tcp 5020`` or ``--rtu-link /tmp/ttyConveyor``;
 ``--devices 20`` serves 20 conveyors on consecutive TCP ports (the benchmark's load).
@@ -67,6 +68,9 @@ class ConveyorSimulator:
         self.unit = unit
         self.model = model or ConveyorModel()
         self.silent = False
+        self.short_bit_replies = 0
+        """Modbus TCP: answer this many of the next coil / discrete-input reads one data byte
+        short (fewer bits than asked for), as a non-compliant device or gateway does."""
         self.rules: list[FailRule] = []
         self.writes: list[tuple[str, int, list[int]]] = []
         self.requests = 0
@@ -143,8 +147,23 @@ class ConveyorSimulator:
         await self.close()
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
-        """The packet hook of pymodbus: a silent device swallows its answers."""
-        return b"" if sending and self.silent else data
+        """The packet hook of pymodbus: silence swallows answers, a fault cuts bit replies."""
+        if not sending:
+            return data
+        if self.silent:
+            return b""
+        if self.short_bit_replies and self._rtu_link is None:
+            return self._short_bit_reply(data)
+        return data
+
+    def _short_bit_reply(self, adu: bytes) -> bytes:
+        """A TCP read-bits reply (MBAP header, unit, function, byte count, bits) one byte short."""
+        unit, function, count = adu[6:9]
+        if function not in (1, 2) or count == 0:
+            return adu
+        self.short_bit_replies -= 1
+        pdu = bytes([unit, function, count - 1]) + adu[9 : 9 + count - 1]
+        return adu[:4] + len(pdu).to_bytes(2, "big") + pdu
 
     async def _action(  # noqa: PLR0917 - pymodbus's SimAction signature
         self,

@@ -4,7 +4,7 @@ It answers capabilities (the recorded Impinj response, re-stamped), reader confi
 add/enable/start/stop/delete, keepalives and GPO writes (recorded for tests), honours GPI start
 and stop triggers, and streams RO_ACCESS_REPORTs for a scripted ``Population``. Faults on demand:
 drop the connection, go silent (no answers, keepalives or reports), refuse connections, fail a
-request, send raw bytes.
+request, send raw bytes, flood KEEPALIVEs without reading.
 
 Run alone: ``python -m simulators.llrp_reader --port 5084 --tags 40 --rate 20`` (see llrp_cli).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -68,6 +69,7 @@ class LlrpReaderSimulator:
         self.first_read_sent: dict[str, float] = {}
         self.reads_sent = 0
         self.keepalive_acks = 0
+        self.keepalives_flooded = 0
         self.changed = asyncio.Event()
 
     @property
@@ -117,6 +119,26 @@ class LlrpReaderSimulator:
         self.active = False
         if writer is not None:
             writer.transport.abort()
+
+    def flood_keepalives(self) -> None:
+        """A broken peer: stop reading the client, send it KEEPALIVEs as fast as it takes them."""
+        writer = self._writer
+        if writer is not None:
+            sock = writer.get_extra_info("socket")
+            # A small receive window: the client's answers pile up on its side sooner.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            transport = writer.transport
+            assert isinstance(transport, asyncio.ReadTransport)  # a TCP socket's: both ways
+            transport.pause_reading()
+            self._spawn(self._flood(writer))
+
+    async def _flood(self, writer: asyncio.StreamWriter) -> None:
+        batch = b"".join(w.frame(w.KEEPALIVE, self._next_id()) for _ in range(1000))
+        with contextlib.suppress(ConnectionError, OSError):
+            while self._writer is writer and not writer.is_closing():
+                writer.write(batch)
+                await writer.drain()
+                self.keepalives_flooded += 1000
 
     def send_raw(self, data: bytes) -> None:
         """Write arbitrary bytes to the client (malformed frames)."""

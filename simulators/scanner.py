@@ -125,6 +125,25 @@ class ScannerSimulator:
                 continue
             view = view[written:]
 
+    async def wait_taken(self, timeout: float | None = 5.0) -> None:
+        """Wait until the gateway has read every byte typed so far off the port.
+
+        Polls the slave side through a descriptor of our own: the kernel moves bytes still in
+        the pty's flip buffer to the line discipline before it answers a poll, so "nothing to
+        read" means the gateway took them all (we never read from it ourselves).
+        """
+        if self.slave_path is None:
+            raise RuntimeError("scanner is unplugged")
+        fd = os.open(self.slave_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            async with asyncio.timeout(timeout):
+                while any(events & select.POLLIN for _, events in poller.poll(0)):  # noqa: ASYNC110
+                    await asyncio.sleep(_POLL_INTERVAL)
+        finally:
+            os.close(fd)
+
     def feedback_bytes(self) -> bytes:
         """Everything received from the gateway so far, concatenated."""
         return b"".join(data for _, data in self.feedback)

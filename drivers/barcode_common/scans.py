@@ -120,23 +120,23 @@ class ScanReader:
         if not code:
             self._count("empty", 1)
             return True
-        if self._suppressed(text):
+        read_at = asyncio.get_running_loop().time()
+        if self._suppressed(text, read_at):
             self._count("suppressed", 1)
             return True
         self._count("scans", 1)
         data = scan_data(code, aim, name, gs1=self._config.gs1)
-        await self._emit(DeviceEvent(type=EVENT_TYPE, data=data))
+        stored = await self._emit(DeviceEvent(type=EVENT_TYPE, data=data))
+        if stored is not None:
+            # Only a stored scan counts as seen: after a refusal (bad-read feedback) or a
+            # failed emit, the rescan the worker was asked for must go through.
+            self._last_scan = (text, read_at)
         return True
 
-    def _suppressed(self, text: str) -> bool:
-        """Tell a repeat of the last emitted code within ``suppress_window`` of its emission."""
+    def _suppressed(self, text: str, now: float) -> bool:
+        """Tell a repeat of the last stored code within ``suppress_window`` of its reading."""
         window = self._config.suppress_window
-        if window <= 0:
+        if window <= 0 or self._last_scan is None:
             return False
-        now = asyncio.get_running_loop().time()
-        if self._last_scan is not None:
-            last_text, emitted_at = self._last_scan
-            if last_text == text and now - emitted_at < window:
-                return True
-        self._last_scan = (text, now)
-        return False
+        last_text, read_at = self._last_scan
+        return last_text == text and now - read_at < window

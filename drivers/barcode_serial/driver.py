@@ -76,7 +76,7 @@ class BarcodeSerialDriver(BarcodeDriver[BarcodeSerialConfig]):
         """One open-read-close cycle of the port; returns why it ended."""
         port = self.config.port
         try:
-            reader, writer = await self._open()
+            reader, writer, protocol = await self._open()
         except (OSError, ValueError) as exc:  # pyserial's SerialException is an OSError
             self.count("open_failures")
             return f"cannot open {port}: {_reason(exc)}"
@@ -84,7 +84,7 @@ class BarcodeSerialDriver(BarcodeDriver[BarcodeSerialConfig]):
         self._mark_up(f"open {port}")
         self._log.debug("port_open", port=port)
         try:
-            reason = await self._read_loop(reader)
+            reason = await self._read_loop(reader, protocol)
         except OSError as exc:
             reason = f"read failed on {port}: {_reason(exc)}"
         finally:
@@ -93,18 +93,8 @@ class BarcodeSerialDriver(BarcodeDriver[BarcodeSerialConfig]):
         self.count("disconnects")
         return reason
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        cfg = self.config
-        opening = asyncio.ensure_future(
-            serial_asyncio_fast.open_serial_connection(
-                url=cfg.port,
-                baudrate=cfg.baudrate,
-                bytesize=cfg.bytesize,
-                parity=cfg.parity,
-                stopbits=cfg.stopbits,
-                exclusive=True,  # two readers would split the scans between them
-            )
-        )
+    async def _open(self) -> _Port:
+        opening = asyncio.ensure_future(_open_port(self.config))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -112,12 +102,51 @@ class BarcodeSerialDriver(BarcodeDriver[BarcodeSerialConfig]):
             opening.add_done_callback(_close_when_opened)
             raise
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> str:
+    async def _read_loop(self, reader: asyncio.StreamReader, protocol: _PortProtocol) -> str:
         while True:
             chunk = await reader.read(_READ_SIZE)
             if not chunk:
+                if protocol.error is not None:
+                    raise protocol.error  # only now: every byte before it was handed on
                 return f"port {self.config.port} closed (EOF)"
             await self._feed(chunk)
+
+
+class _PortProtocol(asyncio.StreamReaderProtocol):
+    """Hands the reader every byte received before a port error, then EOF; keeps the error.
+
+    ``StreamReader.read`` raises a stored error before it returns the bytes buffered ahead of
+    it: a scan received while the previous one waited for its commit would be lost with the
+    cable (or a USB hub reset). The read loop raises ``error`` once the reader is drained.
+    """
+
+    error: Exception | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Record ``exc`` and end the stream cleanly after the bytes already received."""
+        self.error = exc
+        super().connection_lost(None)
+
+
+_Port = tuple[asyncio.StreamReader, asyncio.StreamWriter, _PortProtocol]
+
+
+async def _open_port(cfg: BarcodeSerialConfig) -> _Port:
+    """``serial_asyncio_fast.open_serial_connection`` with :class:`_PortProtocol`."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = _PortProtocol(reader, loop=loop)
+    transport, _ = await serial_asyncio_fast.create_serial_connection(
+        loop,
+        lambda: protocol,
+        url=cfg.port,
+        baudrate=cfg.baudrate,
+        bytesize=cfg.bytesize,
+        parity=cfg.parity,
+        stopbits=cfg.stopbits,
+        exclusive=True,  # two readers would split the scans between them
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
 
 
 def _reason(exc: Exception) -> str:
@@ -135,8 +164,6 @@ async def _close(writer: asyncio.StreamWriter) -> None:
             await writer.wait_closed()
 
 
-def _close_when_opened(
-    opening: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
-) -> None:
+def _close_when_opened(opening: asyncio.Future[_Port]) -> None:
     if not opening.cancelled() and opening.exception() is None:
         opening.result()[1].close()

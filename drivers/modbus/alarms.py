@@ -4,7 +4,9 @@ An alarm is an edge, not a level: one event when it is raised and one when it cl
 repeated while it stays, so central can open and close a ticket per occurrence. Thresholds have
 hysteresis so a temperature hovering at its limit does not raise and clear on every poll.
 State lives only in memory: after a gateway restart an alarm still active is raised again,
-which consumers treat as the same open alarm.
+which consumers treat as the same open alarm. State moves only when the transition's event was
+stored (``commit``): a raise the buffer refused, or whose store failed, is offered again at the
+next poll, so central never gets a "cleared" it did not see raised.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ from drivers.modbus.config import PointConfig
 from drivers.modbus.decode import Number
 
 Condition = Literal["active", "above", "below"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """An alarm changing state, and the body of its event."""
+
+    key: tuple[str, Condition]
+    raised: bool
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,21 +63,25 @@ class AlarmTracker:
             if on
         )
 
-    def update(self, values: Mapping[str, Number]) -> list[dict[str, Any]]:
-        """Event bodies for every alarm that changed state with these values, raises first."""
-        events: list[dict[str, Any]] = []
+    def update(self, values: Mapping[str, Number]) -> list[Transition]:
+        """Every alarm that changes state with these values; none moves until committed."""
+        changes: list[Transition] = []
         for name, value in values.items():
             for alarm in self._alarms.get(name, ()):
                 key = (name, alarm.condition)
                 was = self._active.get(key)
                 now = _active(alarm, value, bool(was))
-                self._active[key] = now
+                if was is None and not now:
+                    self._active[key] = False  # first sight and quiet: nothing happened
+                    continue
                 if now == bool(was) and was is not None:
                     continue
-                if was is None and not now:
-                    continue  # first sight and quiet: nothing happened
-                events.append(_body(alarm, value, now))
-        return events
+                changes.append(Transition(key, now, _body(alarm, value, now)))
+        return changes
+
+    def commit(self, change: Transition) -> None:
+        """``change``'s event was stored: the alarm is now in its new state."""
+        self._active[change.key] = change.raised
 
 
 def _active(alarm: _Alarm, value: Number, was: bool) -> bool:

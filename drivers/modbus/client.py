@@ -4,7 +4,8 @@ pymodbus 3.16 returns exception responses instead of raising, raises its own exc
 timeouts and lost connections, and would reconnect on its own schedule. The driver needs three
 outcomes instead: data; ``DeviceError`` (the device answered but refused: a wrong map entry or a
 busy PLC, the link is fine); ``LinkDown`` (nobody answers: mark down, back off, reconnect on *our*
-schedule with jitter).
+schedule with jitter); ``BadReply`` (the device answered out of shape: a non-compliant device
+or gateway; the link is fine).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class DeviceError(Exception):
         self.code = code
         name = EXCEPTION_NAMES.get(code, "unknown")
         super().__init__(f"exception 0x{code:02X} ({name}) for {request}")
+
+
+class BadReply(Exception):  # noqa: N818 - a device fault, named like DeviceError's peers
+    """The device answered, but not in the shape asked for (too few bits or registers)."""
 
 
 class ModbusLink:
@@ -151,11 +156,19 @@ class ModbusLink:
 
 
 def _values(response: Any, table: Table, count: int, label: str) -> list[int]:  # noqa: ANN401
+    """The reply's values, after checking it holds what was asked for: ``BadReply`` if not.
+
+    pymodbus does not check counts. Bits come padded to whole bytes, so a reply may carry up to
+    7 more bits than asked for, never fewer; registers come exactly.
+    """
     if table in ("coil", "discrete"):
-        return [int(bit) for bit in response.bits[:count]]
-    registers = [int(word) for word in response.registers]
+        bits = list(getattr(response, "bits", None) or [])
+        if not count <= len(bits) < count + 8:
+            raise BadReply(f"bad reply to {label}: {len(bits)} bits")
+        return [int(bit) for bit in bits[:count]]
+    registers = [int(word) for word in getattr(response, "registers", None) or []]
     if len(registers) != count:
-        raise DeviceError(3, f"{label} (got {len(registers)} registers)")
+        raise BadReply(f"bad reply to {label}: {len(registers)} registers")
     return registers
 
 

@@ -83,6 +83,8 @@ class PointConfig(_Strict):
     alarm_above: float | None = None
     alarm_below: float | None = None
     hysteresis: float = Field(default=0.0, ge=0)
+    rollover: bool = True
+    max_delta: int = Field(default=1000, ge=1, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -112,6 +114,14 @@ class PointConfig(_Strict):
             problems.append(("role", "alarm points are bits; use alarm_above/alarm_below"))
         if self.role == "counter" and self.type not in ("uint16", "uint32"):
             problems.append(("role", "counters must be uint16 or uint32 (they roll over)"))
+        if self.role != "counter":
+            problems.extend(
+                (key, "only used with role = 'counter'")
+                for key in ("rollover", "max_delta")
+                if key in self.model_fields_set
+            )
+        elif self.type == "uint16" and self.max_delta > 0xFFFF:
+            problems.append(("max_delta", "must be below 65536 for a uint16 counter"))
         if boolean and (self.alarm_above is not None or self.alarm_below is not None):
             problems.append(("alarm_above", "thresholds need a numeric type"))
         if self.deadband and self.deadband_percent is not None:

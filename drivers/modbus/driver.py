@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from drivers.base import DeviceEvent, EmitFn, EventFeedback, Outcome, StatusFn
 from drivers.modbus.alarms import AlarmTracker
-from drivers.modbus.client import DeviceError, LinkDown, ModbusLink
+from drivers.modbus.client import BadReply, DeviceError, LinkDown, ModbusLink
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.decode import Number, decode_point
 from drivers.modbus.feedback import FeedbackWriter
@@ -71,9 +71,9 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
             self.count("connect_failures")
             return str(exc)
         self._link = link
-        self._feedback.forget()
         self._plans = self._fresh_plans()
         try:
+            await self._feedback.restore()
             await self._poll_loop(link)
         except LinkDown as exc:
             self.count("link_failures")
@@ -120,7 +120,7 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
         for request in list(self._plans[group]):
             try:
                 data = await link.read(request.table, request.start, request.count)
-            except DeviceError as exc:
+            except (DeviceError, BadReply) as exc:
                 self._answered()
                 self._refused(group, request, exc)
                 continue
@@ -138,20 +138,34 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
 
     async def _report(self, group: str, values: dict[str, Number]) -> None:
         """Alarms first (they are what someone is waiting for), then the reading."""
-        for body in self._alarms.update(values):
+        for change in self._alarms.update(values):
+            event = DeviceEvent(type=ALARM_TYPE, data=change.body, droppable=False)
+            if await self._emit(event) is None:
+                self.count("alarms_refused")  # the next poll offers it again
+                continue
+            self._alarms.commit(change)
             self.count("alarms")
-            self._log.info("conveyor_alarm", **body)
-            await self._emit(DeviceEvent(type=ALARM_TYPE, data=body, droppable=False))
+            self._log.info("conveyor_alarm", **change.body)
         now = asyncio.get_running_loop().time()
+        resets = self._readings.counter_resets
         entries, reason = self._readings.offer(values, now)
+        if self._readings.counter_resets > resets:
+            self.count("counter_resets", self._readings.counter_resets - resets)
         if entries:
             self.count("readings")
             data: dict[str, Any] = {"group": group, "reason": reason, "points": entries}
             await self._emit(DeviceEvent(type=READING_TYPE, data=data, droppable=True))
 
-    def _refused(self, group: str, request: Request, exc: DeviceError) -> None:
-        self.count(f"exception_{exc.code:02x}")
-        if exc.code in _SPLIT_CODES and len(request.points) > 1:
+    def _refused(self, group: str, request: Request, exc: DeviceError | BadReply) -> None:
+        if isinstance(exc, BadReply):
+            # Logged below, once per split or failing point: a device that answers short
+            # often cannot do long reads.
+            self.count("bad_replies")
+            split_it = True
+        else:
+            self.count(f"exception_{exc.code:02x}")
+            split_it = exc.code in _SPLIT_CODES
+        if split_it and len(request.points) > 1:
             # One bad address in a merged read must not cost the points around it.
             plans = self._plans[group]
             index = plans.index(request)

@@ -4,8 +4,10 @@ Conveyor telemetry polled at 10 Hz would flood the broker with identical numbers
 reported when it moves beyond its deadband since the value last *reported* (not last polled, so
 a slow drift still gets through once it adds up), or when ``heartbeat`` seconds passed without a
 report, which tells central "still alive, still this value". Counters (photo-eye carton counts)
-are reported as deltas with 16/32-bit rollover handled, so a wrap from 65535 to 3 reads as 4
-cartons, not -65532.
+are reported as deltas. A counter that falls has either wrapped (65535 -> 3 is 4 cartons, not
+-65532) or been reset by the PLC (40000 -> 3 is 3 cartons since the reset, not 25539): it is
+taken for a wrap only when the point rolls over and the counts across the wrap are plausible
+for one poll (``max_delta``), else for a reset, which the next reading says (``reset``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class _Reported:
     raw: int = 0
     pending: int = 0
     """Counters: counts seen since the last report (the delta the next report carries)."""
+    reset: bool = False
+    """Counters: a reset was assumed since the last report (the next report says so)."""
 
 
 class ReadingFilter:
@@ -72,15 +76,20 @@ class ReadingFilter:
         if last is None:
             self._last[point.name] = _Reported(raw, now, raw=raw)
             return "change"
-        modulus = 1 << (16 if point.type == "uint16" else 32)
-        delta = (raw - last.raw) % modulus
-        if delta > modulus // 2:
-            # Far more than a conveyor can count in one poll: the PLC reset its counter.
-            self.counter_resets += 1
-            delta = raw
+        delta = raw - last.raw
+        if delta < 0:
+            wrapped = delta + (1 << (16 if point.type == "uint16" else 32))
+            if point.rollover and wrapped <= point.max_delta:
+                delta = wrapped
+            else:
+                # No wrap, or more than the line can count in one poll: the PLC reset it, and
+                # what it shows now was counted since.
+                self.counter_resets += 1
+                last.reset = True
+                delta = raw
         last.raw = raw
         last.pending += delta
-        if last.pending > point.deadband:
+        if last.reset or last.pending > point.deadband:
             last.value, last.at = raw, now
             return "change"
         if now - last.at >= self._heartbeat:
@@ -93,7 +102,9 @@ class ReadingFilter:
         if point.role == "counter":
             last = self._last[point.name]
             entry["delta"] = last.pending
-            last.pending = 0
+            if last.reset:
+                entry["reset"] = True
+            last.pending, last.reset = 0, False
         if point.unit is not None:
             entry["unit"] = point.unit
         return entry

@@ -71,6 +71,7 @@ class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
         self._in_flight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
+        self._probe: asyncio.Task[None] | None = None
         self.plan: ReaderPlan | None = None
 
     async def run(self) -> None:
@@ -80,7 +81,10 @@ class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
             await super().run()
         finally:
             expiry.cancel()
-            await asyncio.gather(expiry, return_exceptions=True)
+            probe, self._probe = self._probe, None
+            if probe is not None:
+                probe.cancel()
+            await asyncio.gather(expiry, *([probe] if probe else []), return_exceptions=True)
 
     async def feedback(self, outcome: Outcome) -> None:
         """Pulse the GPO configured for ``outcome``; a no-op without one or without a reader."""
@@ -129,6 +133,7 @@ class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
             self._llrp = session
             self.smoother.hold(asyncio.get_running_loop().time())
             self._mark_up(self._describe(self.plan))
+            await self.gpo.reassert()  # setup switched off outputs that are mid-pulse
             reason = await pump
             self.count("disconnects")
             return reason
@@ -184,16 +189,44 @@ class RfidLlrpDriver(ReconnectingDriver[RfidLlrpConfig]):
                 self._submit(tag_event(presence, departed=False, decode=decode))
 
     async def _expire_loop(self) -> None:
-        """Departures: checked a few times a second while the reader is connected."""
+        """Departures: checked a few times a second while the reader is connected.
+
+        A tag departs only once the reader has been heard from after its deadline: silence is
+        not absence. A reader that rebooted, a pulled cable (noticed only after 3 keepalives)
+        or a socket left unread while emits are backed up all look like silence, and would
+        otherwise make every present tag depart and then arrive again.
+        """
         tick = min(0.1, min(self.config.departure_of_zone().values()) / 4)
         loop = asyncio.get_running_loop()
         decode = self.config.decode_epc
         while True:
             await asyncio.sleep(tick)
-            if self._llrp is None:
+            session = self._llrp
+            if session is None:
                 continue  # nothing can be seen while down; not a reason to depart
-            for presence in self.smoother.expire(loop.time()):
+            for presence in self.smoother.expire(session.last_heard):
                 self._submit(tag_event(presence, departed=True, decode=decode))
+            deadline = self.smoother.next_deadline()
+            if deadline is not None and session.last_heard < deadline <= loop.time():
+                self._ask(session)
+
+    def _ask(self, session: LlrpSession) -> None:
+        """A departure is due and the reader has been quiet since: ask it something.
+
+        Its answer comes after every report it sent before, so it lets the departure go (or
+        the tag's reads come first). Without it a quiet field would wait for the next keepalive.
+        """
+        if self._probe is not None and not self._probe.done():
+            return
+        self._probe = asyncio.create_task(self._probe_once(session))
+
+    async def _probe_once(self, session: LlrpSession) -> None:
+        self.count("probes")
+        # Any answer will do, an error status included; no answer is the keepalive watchdog's.
+        with contextlib.suppress(SessionError):
+            await session.request(
+                messages.get_reader_identification, "GET_READER_CONFIG", _REQUEST_TIMEOUT
+            )
 
     def _submit(self, event: DeviceEvent) -> None:
         """Hand ``event`` to ``emit`` without waiting for its commit.

@@ -3,7 +3,9 @@
 A pallet of 40 tags confirms 40 events within a few hundred milliseconds. Forty separate on/off
 pairs would flicker and flood the reader with SET_READER_CONFIG messages, so a pulse requested
 while the same output is already on extends it instead: one visible pulse, counted as merged.
-The output is always switched off again, even if the pulse is cancelled mid-way.
+The output is always switched off again, even if the pulse is cancelled mid-way. A reconnect
+switches every output off (the reader may have kept one on); ``reassert`` then switches on again
+the ones still pulsing, so a pulse (or a good merged into it) is not dark for its remainder.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ class GpoPulser:
     def ports(self) -> list[int]:
         """Every configured port, to switch off after a reconnect."""
         return sorted(set(self._ports.values()))
+
+    async def reassert(self) -> None:
+        """After a (re)connect switched every port off: switch on those still pulsing.
+
+        Each pulse's own end switches its port off later, after this write on the wire.
+        """
+        for port in sorted(self._until):
+            if port in self._until:  # the pulse may have ended while we awaited the last one
+                await self._write(port, True)
 
     async def pulse(self, outcome: Outcome) -> None:
         """Turn the outcome's port on for ``pulse_s`` (extending a pulse already running)."""

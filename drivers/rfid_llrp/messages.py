@@ -24,6 +24,7 @@ TYPE_CUSTOM = 1023
 VENDOR_IMPINJ = 25882
 
 GET_READER_CAPABILITIES = 1
+GET_READER_CONFIG = 2
 SET_READER_CONFIG = 3
 CLOSE_CONNECTION = 14
 ADD_ROSPEC = 20
@@ -62,6 +63,14 @@ def param(param_type: int, body: bytes) -> bytes:
 def get_reader_capabilities(msg_id: int) -> bytes:
     """Ask for all capabilities (RequestedData 0)."""
     return frame(GET_READER_CAPABILITIES, msg_id, b"\x00")
+
+
+def get_reader_identification(msg_id: int) -> bytes:
+    """GET_READER_CONFIG for the Identification only (RequestedData 1).
+
+    The smallest question every reader answers: asked to hear from a reader that was quiet.
+    """
+    return frame(GET_READER_CONFIG, msg_id, struct.pack("!HBHH", 0, 1, 0, 0))
 
 
 def impinj_enable_extensions(msg_id: int) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +36,10 @@ from drivers.rfid_llrp.framing import Framer, FramingError
 
 _READ_SIZE = 256 * 1024
 _MSG_ID_MAX = 0xFFFFFFFF
+MAX_UNSENT = 256 * 1024
+"""Bytes queued for the reader and not yet taken by the socket. Everything we send is small
+(requests, GPO writes, KEEPALIVE_ACKs); a peer that lets this much pile up is not reading, and
+answering its keepalives would grow our memory without bound."""
 
 ReportFn = Callable[[list[TagRead]], None]
 CountFn = Callable[[str, int], None]
@@ -70,7 +75,12 @@ class LlrpSession:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._malformed_burst = 0
+        self._overflow: str | None = None
         self.closed_reason: str | None = None
+        self.last_heard = -math.inf
+        """Event-loop time at which the last bytes from the reader were handled: what it said
+        up to then is known, anything since is not (it may be talking into a dead link, or we
+        may not be reading because emits are backed up)."""
 
     def next_id(self) -> int:
         """A fresh message id; responses echo it."""
@@ -78,20 +88,30 @@ class LlrpSession:
 
     def send(self, data: bytes) -> None:
         """Queue bytes for the reader (no response expected)."""
-        if self.closed_reason is None:
-            self._writer.write(data)
+        if self.closed_reason is None and self._overflow is None:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Queue ``data``; drop the session if the reader has stopped taking what we send."""
+        self._writer.write(data)
+        unsent = self._writer.transport.get_write_buffer_size()
+        if unsent > MAX_UNSENT and self._overflow is None:
+            self._overflow = f"reader is not reading: {unsent} bytes unsent"
+            self._count("write_overflow", 1)
+            self._log.warning("llrp_reader_not_reading", unsent=unsent)
+            self._writer.transport.abort()  # the pump ends on the EOF this gives
 
     async def request(
         self, build: Callable[[int], bytes], what: str, timeout: float
     ) -> dict[str, Any]:
         """Send one message and return its response's body; raise unless its status is Success."""
-        if self.closed_reason is not None:
-            raise SessionError(self.closed_reason)
+        if self.closed_reason is not None or self._overflow is not None:
+            raise SessionError(self.closed_reason or self._overflow or "")
         msg_id = self.next_id()
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
         try:
-            self._writer.write(build(msg_id))
+            self._write(build(msg_id))
             async with asyncio.timeout(timeout):
                 await self._writer.drain()
                 body = await future
@@ -147,9 +167,13 @@ class LlrpSession:
                     break
                 for raw in frames:
                     self._dispatch(raw)
+                self.last_heard = asyncio.get_running_loop().time()
+                if self._overflow is not None:
+                    break
                 if self._after_chunk is not None:
                     await self._after_chunk()
         finally:
+            reason = self._overflow or reason
             self._close(reason)
         return reason
 

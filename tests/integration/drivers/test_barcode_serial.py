@@ -342,3 +342,86 @@ async def test_scanner_cli(tmp_path):
     assert "typed 2: ]C10109501101020917\\x1d10L" in text
     assert "feedback: 1b 37 2c" in text
     assert not link.exists()
+
+
+async def test_scan_received_before_the_port_fails_is_still_emitted(tmp_path):
+    """Scan B, read while scan A waits for its commit, is emitted even if the cable goes next."""
+    async with running(tmp_path) as h:
+        gate = asyncio.Event()
+        recorded = h.emit
+
+        async def slow_emit(event: DeviceEvent) -> StoredEvent:
+            if not h.events:
+                h.events.append(event)  # seen now, committed only when the gate opens
+                await gate.wait()
+                h.events.pop()
+            return await recorded(event)
+
+        assert h.driver is not None
+        h.driver._scans._emit = slow_emit  # the pipeline's emit, slowed down by a busy disk
+        await h.sim.type_code("SCAN-A")
+        await wait_until(lambda: h.codes == ["SCAN-A"])
+        await h.sim.type_code("SCAN-B")
+        await h.sim.wait_taken(TIMEOUT)  # the gateway has B's bytes ...
+        writer = h.driver._writer
+        assert writer is not None
+        await h.sim.unplug()  # ... then the cable goes
+        with contextlib.suppress(OSError):
+            async with asyncio.timeout(TIMEOUT):
+                await writer.wait_closed()  # the port error has reached the driver's reader
+        gate.set()
+        await wait_until(lambda: len(h.events) == 2)
+        assert h.codes == ["SCAN-A", "SCAN-B"]
+        await wait_until(lambda: h.ups == [True, False])
+        assert "read failed" in h.statuses[1][1]
+        await h.sim.replug()  # the harness's exit checks want a scanner to close
+
+
+async def test_refused_scan_is_not_suppressed_on_rescan(tmp_path):
+    """A scan the buffer refused (bad-read) is not recorded as seen: the rescan is emitted."""
+    async with running(tmp_path, suppress_window=60.0) as h:
+        refused: list[str] = []
+        recorded = h.emit
+
+        async def refusing_emit(event: DeviceEvent) -> StoredEvent | None:
+            if not refused:
+                refused.append(event.data["code"])
+                return None  # buffer full: the worker got bad-read feedback
+            return await recorded(event)
+
+        assert h.driver is not None
+        h.driver._scans._emit = refusing_emit
+        await h.sim.type_code("PALLET-1")
+        await wait_until(lambda: refused == ["PALLET-1"])
+        await h.sim.type_code("PALLET-1")  # the rescan bad-read asked for
+        await wait_until(lambda: h.codes == ["PALLET-1"])
+        await h.sim.type_code("PALLET-1")  # a real repeat of a stored scan: suppressed
+        await wait_until(lambda: h.counter("suppressed") == 1)
+        assert h.codes == ["PALLET-1"]
+
+
+async def test_scan_whose_emit_raised_is_not_suppressed_on_rescan(tmp_path):
+    """emit raising (the buffer failed) records nothing as seen: after the restart, the rescan
+    is emitted."""
+    async with running(tmp_path, suppress_window=60.0) as h:
+        assert h.driver is not None
+        recorded = h.emit
+        failed: list[str] = []
+
+        async def failing_emit(event: DeviceEvent) -> StoredEvent:
+            if not failed:
+                failed.append(event.data["code"])
+                raise RuntimeError("disk I/O error")
+            return await recorded(event)
+
+        h.driver._scans._emit = failing_emit
+        assert h.task is not None
+        await h.sim.type_code("PALLET-2")
+        with pytest.raises(RuntimeError):
+            async with asyncio.timeout(TIMEOUT):
+                await h.task
+        h.task = asyncio.create_task(h.driver.run())  # as the gateway's supervisor does
+        await h.sim.wait_opened(TIMEOUT)
+        await h.sim.type_code("PALLET-2")
+        await wait_until(lambda: h.codes == ["PALLET-2"])
+        assert h.counter("suppressed") == 0

@@ -46,6 +46,7 @@ class Harness:
     events: list[DeviceEvent] = field(default_factory=list)
     statuses: list[tuple[bool, str]] = field(default_factory=list)
     driver: ModbusDriver | None = None
+    task: asyncio.Task[None] | None = None
 
     async def emit(self, event: DeviceEvent) -> StoredEvent:
         self.events.append(event)
@@ -123,17 +124,17 @@ async def running(
     )
     harness = Harness(sim)
     harness.driver = ModbusDriver(cfg, emit=harness.emit, report_status=harness.status)
-    task = asyncio.create_task(harness.driver.run())
+    harness.task = asyncio.create_task(harness.driver.run())
     try:
         yield harness
-        assert not task.done(), "run() returned or raised"
+        assert not harness.task.done(), "run() returned or raised"
     finally:
-        task.cancel()
+        harness.task.cancel()
         async with asyncio.timeout(TIMEOUT):
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(harness.task, return_exceptions=True)
         await harness.driver.stop()
         await sim.close()
-    assert task.cancelled()
+    assert harness.task.cancelled()
 
 
 @pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
@@ -241,6 +242,21 @@ async def test_counter_rollover_from_the_device(tmp_path):
         {"value": 65530, "delta": 0},
         {"value": 3, "delta": 9},
     ]
+
+
+async def test_counter_reset_by_the_plc_from_the_upper_half(tmp_path):
+    """A PLC resetting its 16-bit counter at 40000 gives 3 cartons and says reset, not 25539."""
+    model = ConveyorModel(noise=0.0, frozen=True)
+    model.set_registers("input", 8, [40000])
+    async with running(tmp_path, [CARTONS16], model=model) as h:
+        await wait_until(lambda: h.readings)
+        model.set_registers("input", 8, [3])
+        await wait_until(lambda: len(h.readings) == 2)
+    assert [r["points"]["cartons16"] for r in h.readings] == [
+        {"value": 40000, "delta": 0},
+        {"value": 3, "delta": 3, "reset": True},
+    ]
+    assert h.counter("counter_resets") == 1
 
 
 async def test_cartons_flow_with_the_belt(tmp_path):
@@ -355,7 +371,12 @@ async def test_feedback_writes_coils(tmp_path):
         await h.driver.feedback(Outcome.GOOD)
         await h.driver.feedback(Outcome.BAD)
         await h.driver.feedback(Outcome.PENDING)  # not configured: nothing
-    assert h.sim.writes == [("coil", 0, [1]), ("coil", 2, [1]), ("coil", 2, [0])]
+    assert h.sim.writes == [
+        ("coil", 2, [0]),  # on connect: the pulse output put at rest
+        ("coil", 0, [1]),
+        ("coil", 2, [1]),
+        ("coil", 2, [0]),
+    ]
     assert h.counter("feedback_writes") == 2
 
 
@@ -378,3 +399,114 @@ async def test_poll_groups_and_overruns(tmp_path):
         h.sim.model.frozen = True
         h.sim.fail(6)  # every answer busy: each poll now takes > 10 ms of retries
         await wait_until(lambda: h.counter("overruns") > 0)
+
+
+async def test_short_bit_reply_is_a_device_fault_not_a_crash(tmp_path):
+    """A Read Discrete Inputs reply with fewer bits than asked for is counted and logged as a
+    bad reply (the points fail for that poll); run() goes on polling."""
+    motor_fault = {**JAM, "name": "motor_fault", "address": 12}
+    async with running(tmp_path, [SPEED, JAM, motor_fault]) as h:
+        await wait_until(lambda: h.readings)
+        h.sim.short_bit_replies = 3
+        await wait_until(lambda: h.counter("bad_replies") >= 1)
+        await wait_until(lambda: h.sim.short_bit_replies == 0)
+        before = h.counter("reads")
+        await wait_until(lambda: h.counter("reads") > before + 2)
+        h.sim.model.set_fault("jam", True)
+        await wait_until(lambda: [a["state"] for a in h.alarms] == ["raised"])
+        assert h.transitions == [True]
+        assert "failing" not in h.statuses[-1][1], "recovered after good replies"
+
+
+async def test_refused_alarm_raise_is_retried(tmp_path):
+    """A jam 'raised' the buffer refused is emitted again at the next poll, so central never
+    gets a 'cleared' it did not see raised."""
+    async with running(tmp_path, [SPEED, JAM]) as h:
+        assert h.driver is not None
+        refused: list[dict[str, Any]] = []
+
+        async def refusing_emit(event: DeviceEvent) -> StoredEvent | None:
+            if event.type == ALARM_TYPE and not refused:
+                refused.append(dict(event.data))
+                return None  # buffer full
+            return await h.emit(event)
+
+        h.driver._emit = refusing_emit
+        await wait_until(lambda: h.readings)
+        h.sim.model.set_fault("jam", True)
+        await wait_until(lambda: [a["state"] for a in h.alarms] == ["raised"])
+        h.sim.model.set_fault("jam", False)
+        await wait_until(lambda: len(h.alarms) == 2)
+    assert [r["state"] for r in refused] == ["raised"]
+    assert [(a["alarm"], a["state"]) for a in h.alarms] == [("jam", "raised"), ("jam", "cleared")]
+    assert h.counter("alarms_refused") == 1
+
+
+async def test_alarm_raise_whose_emit_raised_is_retried_after_restart(tmp_path):
+    """emit raising (the buffer failed) leaves the alarm state alone: run(), restarted as the
+    supervisor does, raises the jam again."""
+    async with running(tmp_path, [JAM]) as h:
+        assert h.driver is not None
+        failed: list[str] = []
+
+        async def failing_emit(event: DeviceEvent) -> StoredEvent | None:
+            if event.type == ALARM_TYPE and not failed:
+                failed.append(event.data["state"])
+                raise RuntimeError("disk I/O error")
+            return await h.emit(event)
+
+        h.driver._emit = failing_emit
+        await wait_until(lambda: h.counter("reads") > 0)
+        h.sim.model.set_fault("jam", True)
+        await wait_until(lambda: failed == ["raised"])
+        assert h.task is not None
+        with pytest.raises(RuntimeError):
+            async with asyncio.timeout(TIMEOUT):
+                await h.task
+        h.task = asyncio.create_task(h.driver.run())
+        await wait_until(lambda: [a["state"] for a in h.alarms] == ["raised"])
+
+
+def coil(h: Harness, address: int) -> int:
+    """The simulated device's coil, as the last write left it."""
+    return h.sim.model.tables["coil"][address]
+
+
+async def test_pulse_is_reset_through_the_new_link_after_a_blip(tmp_path):
+    """A link blip during a pulse: the reset still reaches the device (a horn is not left on)."""
+    async with running(
+        tmp_path, [SPEED], timeout=0.1, feedback_bad={"address": 2, "pulse": 0.5}
+    ) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.transitions == [True])
+        pulse = asyncio.create_task(h.driver.feedback(Outcome.BAD))
+        await wait_until(lambda: coil(h, 2) == 1)
+        h.sim.silent = True  # the link blips: polls time out, the driver reconnects
+        await wait_until(lambda: h.transitions == [True, False])
+        h.sim.silent = False
+        await wait_until(lambda: h.transitions == [True, False, True])
+        await wait_until(lambda: pulse.done() and coil(h, 2) == 0)
+        await pulse
+
+
+async def test_pulse_cancelled_midway_still_resets(tmp_path):
+    """Feedback cancelled during its pulse (a shutdown) still writes the reset."""
+    async with running(tmp_path, [SPEED], feedback_bad={"address": 2, "pulse": 30.0}) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.transitions == [True])
+        pulse = asyncio.create_task(h.driver.feedback(Outcome.BAD))
+        await wait_until(lambda: coil(h, 2) == 1)
+        pulse.cancel()
+        await asyncio.gather(pulse, return_exceptions=True)
+        await wait_until(lambda: coil(h, 2) == 0)
+
+
+async def test_pulse_outputs_are_put_at_rest_on_connect(tmp_path):
+    """An output a pulse left on (a crash, a blip) is reset when the device is (re)connected."""
+    model = ConveyorModel(noise=0.0)
+    model.write("coil", 2, [1])
+    async with running(
+        tmp_path, [SPEED], model=model, feedback_bad={"address": 2, "pulse": 1.0}
+    ) as h:
+        await wait_until(lambda: h.transitions == [True])
+        await wait_until(lambda: coil(h, 2) == 0)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from sllurp.llrp import LLRPClient, LLRPMessage, LLRPReaderConfig, LLRPReaderState
 
 from drivers.base import DeviceEvent, Outcome, StoredEvent
 from drivers.rfid_llrp.config import RfidLlrpConfig
 from drivers.rfid_llrp.driver import RfidLlrpDriver
 from drivers.rfid_llrp.tagevents import ARRIVED, DEPARTED
-from simulators.llrp_population import epc_for
+from simulators.llrp_population import SimTag, epc_for
 from simulators.llrp_reader import LlrpReaderSimulator
 from tests import support
 
@@ -239,3 +241,77 @@ async def test_sllurp_own_client_accepts_the_simulator():
         assert client.state == LLRPReaderState.STATE_INVENTORYING
         assert tags[0]["EPC"] == PALLET[0].encode()
         assert sim.rospecs_added == 1
+
+
+async def test_keepalive_flood_from_a_peer_that_never_reads_drops_the_session():
+    """A peer flooding KEEPALIVEs and reading nothing: our unsent answers are capped, the
+    session dropped (counted, down once), and a fresh one set up."""
+    async with running(keepalive_s=5.0) as h:
+        await wait_until(lambda: h.sim.active)
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True])
+        assert h.driver is not None
+        assert h.driver._llrp is not None
+        # Our kernel send buffer made small, as the simulator makes its receive buffer: the
+        # flood then reaches our own queue after ~30k keepalives instead of ~1M (5 s of work).
+        sock = h.driver._llrp._writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        h.sim.flood_keepalives()
+        await wait_until(lambda: h.counter("write_overflow") == 1)
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True, False, True])
+        assert "not reading" in h.statuses[1][1]
+        assert h.sim.connections == 2
+
+
+@pytest.mark.parametrize(
+    "keepalive_s", [1.0, 0.25], ids=["session-survives", "keepalive-lost-and-reconnect"]
+)
+async def test_reader_silence_neither_departs_nor_re_arrives_tags_still_there(keepalive_s):
+    """3 tags that never leave, and the reader says nothing for longer than departure_s (a
+    switch glitch, a pulled cable; long enough, or not, to lose the session): no departure and
+    no second arrival. Once the tags really leave, each departs once."""
+    async with running(
+        departure_s=0.5, keepalive_s=keepalive_s, connect_timeout=0.5, zones={}
+    ) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.sim.active)
+        tags = PALLET[:3]
+        for epc in tags:
+            h.sim.population.add(SimTag(epc, h.sim.now(), None, (1,), reads_per_s=25.0))
+        await wait_until(lambda: len(h.of(ARRIVED)) == 3)
+        h.sim.silent = True
+        if keepalive_s == 1.0:
+            await asyncio.sleep(1.2)  # the silence itself (> departure_s), not a wait for a result
+        else:  # silent until the session is given up (1 s), so the reconnect finds it talking
+            await wait_until(lambda: [up for up, _ in h.statuses] == [True, False])
+        h.sim.silent = False
+        reads = h.driver.smoother.reads
+        # Heard from again (a reconnect that raced the end of the silence waits 5 s for setup).
+        await wait_until(lambda: h.driver.smoother.reads > reads + 30, timeout=15)
+        for epc in tags:
+            h.sim.population.remove(epc)
+        await wait_until(lambda: len(h.of(DEPARTED)) >= 3)
+        assert sorted(h.of(ARRIVED)) == sorted(tags), "no tag arrived twice"
+        assert sorted(h.of(DEPARTED)) == sorted(tags), "each departed once, after leaving"
+        expected = [True] if keepalive_s == 1.0 else [True, False, True]
+        assert [up for up, _ in h.statuses] == expected
+
+
+async def test_gpo_pulse_in_progress_is_lit_again_after_a_reconnect():
+    """A reconnect switches every feedback GPO off; one still pulsing is switched on again, and
+    off when its pulse ends (here: cancelled)."""
+    async with running(gpo_good=1, gpo_pulse_ms=20_000) as h:
+        assert h.driver is not None
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True])
+        base = len(h.sim.gpo_writes)
+
+        def writes() -> list[tuple[int, bool]]:
+            return [(port, state) for _, port, state in h.sim.gpo_writes[base:]]
+
+        pulse = asyncio.create_task(h.driver.feedback(Outcome.GOOD))
+        await wait_until(lambda: writes() == [(1, True)])
+        h.sim.drop()
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True, False, True])
+        await wait_until(lambda: writes() == [(1, True), (1, False), (1, True)])
+        pulse.cancel()
+        await asyncio.gather(pulse, return_exceptions=True)
+        await wait_until(lambda: writes() == [(1, True), (1, False), (1, True), (1, False)])

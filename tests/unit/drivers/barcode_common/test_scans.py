@@ -10,7 +10,7 @@ import pytest
 
 from drivers.barcode_common.config import BarcodeConfig
 from drivers.barcode_common.scans import EVENT_TYPE, ScanReader, scan_data
-from drivers.base import DeviceEvent
+from drivers.base import DeviceEvent, StoredEvent
 
 GS = "\x1d"
 
@@ -31,6 +31,7 @@ def make(mode="cr", **settings):
 
     async def emit(event):
         events.append(event)
+        return StoredEvent(f"e{len(events)}", "s", len(events), "2026-01-01T00:00:00Z", event.type)
 
     def count(name, amount):
         counters[name] += amount

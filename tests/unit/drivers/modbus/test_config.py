@@ -88,6 +88,18 @@ def test_defaults():
             "uint16 or uint32",
         ),
         ({"points": [{**POINT, "role": "alarm"}]}, "points.0.role", "alarm points are bits"),
+        ({"points": [{**POINT, "max_delta": 10}]}, "points.0.max_delta", "role = 'counter'"),
+        ({"points": [{**POINT, "rollover": False}]}, "points.0.rollover", "role = 'counter'"),
+        (
+            {"points": [{**POINT, "role": "counter", "max_delta": 70000}]},
+            "points.0.max_delta",
+            "below 65536",
+        ),
+        (
+            {"points": [{**POINT, "role": "counter", "max_delta": 0}]},
+            "points.0.max_delta",
+            "greater than or equal to 1",
+        ),
         (
             {"points": [{**POINT, "deadband": 1, "deadband_percent": 2}]},
             "points.0.deadband_percent",

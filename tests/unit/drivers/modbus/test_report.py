@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from drivers.modbus.alarms import AlarmTracker
@@ -82,9 +84,45 @@ def test_counter_rollover(type_, top):
 def test_counter_reset_by_plc():
     """A counter jumping back (PLC reset to 0) counts from zero instead of a huge wrap."""
     counter = ReadingFilter([p("c", role="counter")], heartbeat=100)
-    reports = run(counter, [20000, 20010, 5], name="c")
-    assert [e["delta"] for _, e, _ in reports] == [0, 10, 5]
+    reports = run(counter, [20000, 20010, 5, 9], name="c")
+    assert [e["delta"] for _, e, _ in reports] == [0, 10, 5, 4]
+    assert [e.get("reset") for _, e, _ in reports] == [None, None, True, None]
     assert counter.counter_resets == 1
+
+
+def test_uint16_reset_from_the_upper_half_is_not_phantom_counts():
+    """40000 -> 3 on a uint16 counter is a reset (3 counts), not a wrap of 25539 cartons."""
+    counter = ReadingFilter([p("c", role="counter")], heartbeat=100)
+    reports = run(counter, [40000, 3], name="c")
+    assert [e for _, e, _ in reports] == [
+        {"value": 40000, "delta": 0},
+        {"value": 3, "delta": 3, "reset": True},
+    ]
+
+
+def test_max_delta_bounds_a_wrap_and_rollover_false_never_wraps():
+    """A wrap is believed only up to max_delta counts; rollover = false makes any fall a reset."""
+    bounded = ReadingFilter([p("c", role="counter", max_delta=5)], heartbeat=100)
+    reports = run(bounded, [65534, 2, 65530, 4], name="c")
+    assert [(e["delta"], e.get("reset", False)) for _, e, _ in reports] == [
+        (0, False),
+        (4, False),  # 65534 -> 2: 4 counts across the wrap
+        (65528, False),  # a rise is taken as it is
+        (4, True),  # 65530 -> 4 would be 10 across the wrap: more than 5, a reset
+    ]
+    plain = ReadingFilter([p("c", role="counter", rollover=False)], heartbeat=100)
+    reports = run(plain, [65534, 2], name="c")
+    assert [(e["delta"], e.get("reset", False)) for _, e, _ in reports] == [(0, False), (2, True)]
+
+
+def test_reset_is_reported_at_once_even_under_the_deadband():
+    """A reset makes the point due, whatever its deadband: central must hear of it."""
+    counter = ReadingFilter([p("c", role="counter", deadband=100)], heartbeat=100)
+    reports = run(counter, [500, 1], name="c")
+    assert [(e["delta"], e.get("reset"), r) for _, e, r in reports] == [
+        (0, None, "change"),
+        (1, True, "change"),
+    ]
 
 
 def test_counter_deltas_accumulate_under_deadband():
@@ -102,11 +140,20 @@ def test_alarm_points_are_not_readings():
     assert entries == {}
 
 
+def stored(tracker: AlarmTracker, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alarm event bodies for ``values``, each committed as if the buffer stored it."""
+    bodies = []
+    for change in tracker.update(values):
+        tracker.commit(change)
+        bodies.append(change.body)
+    return bodies
+
+
 def test_bit_alarm_raise_and_clear_once_each():
     """A jam bit high for several polls raises once and clears once, in order."""
     tracker = AlarmTracker([p("jam", table="discrete", type="bool", role="alarm")])
     events = [
-        e for v in [False, True, True, True, False, False] for e in tracker.update({"jam": v})
+        e for v in [False, True, True, True, False, False] for e in stored(tracker, {"jam": v})
     ]
     assert [(e["alarm"], e["state"], e["condition"]) for e in events] == [
         ("jam", "raised", "active"),
@@ -117,16 +164,16 @@ def test_bit_alarm_raise_and_clear_once_each():
 def test_active_low_alarm_and_first_sight():
     """alarm_when = false (a normally-closed e-stop) raises on 0; active at start raises once."""
     tracker = AlarmTracker([p("estop", type="bit", bit=2, role="alarm", alarm_when=False)])
-    assert [e["state"] for e in tracker.update({"estop": False})] == ["raised"]
+    assert [e["state"] for e in stored(tracker, {"estop": False})] == ["raised"]
     assert tracker.active == ["estop"]
-    assert [e["state"] for e in tracker.update({"estop": True})] == ["cleared"]
+    assert [e["state"] for e in stored(tracker, {"estop": True})] == ["cleared"]
 
 
 def test_threshold_alarm_with_hysteresis():
     """Temperature hovering at the limit raises once and clears only below limit - hysteresis."""
     tracker = AlarmTracker([p("t", alarm_above=80.0, hysteresis=5.0, unit="degC")])
     series = [70, 81, 79, 80.5, 76, 74, 82]
-    events = [e for v in series for e in tracker.update({"t": v})]
+    events = [e for v in series for e in stored(tracker, {"t": v})]
     assert [(e["state"], e["value"]) for e in events] == [
         ("raised", 81),
         ("cleared", 74),
@@ -134,4 +181,15 @@ def test_threshold_alarm_with_hysteresis():
     ]
     assert events[0]["limit"] == 80.0 and events[0]["unit"] == "degC"
     low = AlarmTracker([p("s", alarm_below=1.0)])
-    assert [e["condition"] for v in [2, 0.5] for e in low.update({"s": v})] == ["below"]
+    assert [e["condition"] for v in [2, 0.5] for e in stored(low, {"s": v})] == ["below"]
+
+
+def test_alarm_state_moves_only_when_committed():
+    """An uncommitted raise (refused by the buffer) is offered again; its clear is not invented."""
+    tracker = AlarmTracker([p("jam", table="discrete", type="bool", role="alarm")])
+    assert stored(tracker, {"jam": False}) == []
+    assert [c.body["state"] for c in tracker.update({"jam": True})] == ["raised"]  # refused
+    assert tracker.active == []
+    assert [c.body["state"] for c in tracker.update({"jam": False})] == []  # never raised
+    assert [e["state"] for e in stored(tracker, {"jam": True})] == ["raised"]
+    assert tracker.active == ["jam"]

@@ -39,6 +39,7 @@ GOOD_READING = {
     "points": {
         "belt_speed": {"value": 1.5, "unit": "m/s"},
         "cartons": {"value": 65535, "delta": 3, "unit": "cartons"},
+        "cartons16": {"value": 3, "delta": 3, "reset": True},
         "running": {"value": True},
     },
 }
@@ -74,6 +75,7 @@ def test_alarm_accepted(alarm):
         {**GOOD_READING, "points": {"x": {"unit": "A"}}},
         {**GOOD_READING, "points": {"x": {"value": "1"}}},
         {**GOOD_READING, "points": {"x": {"value": 1, "delta": -1}}},
+        {**GOOD_READING, "points": {"x": {"value": 1, "delta": 1, "reset": False}}},
         {"reason": "change", "points": {"x": {"value": 1}}},
     ],
 )
