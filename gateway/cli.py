@@ -107,6 +107,7 @@ def cmd_run(path: Path) -> int:
 
     from buffer.schema import BufferOpenError  # noqa: PLC0415
     from gateway.logging import configure_logging  # noqa: PLC0415
+    from gateway.statelock import AlreadyRunningError  # noqa: PLC0415
 
     settings = _load(path)
     if settings is None:
@@ -115,6 +116,9 @@ def cmd_run(path: Path) -> int:
     log = structlog.get_logger("gateway")
     try:
         asyncio.run(_run_until_signalled(settings))
+    except AlreadyRunningError as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except BufferOpenError as exc:
         log.error("buffer_unusable", error=str(exc))
         return EXIT_RUNTIME

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from buffer.schema import BufferOpenError
 from buffer.store import Buffer
 from drivers import registry
 from drivers.base import DeviceConfig, Driver, Outcome, StatusFn
@@ -33,6 +34,7 @@ from gateway.reload import effective, plan_reload
 from gateway.replay import ReplayWorker
 from gateway.sdnotify import notify
 from gateway.settings import ConfigError, Settings, load_settings
+from gateway.statelock import StateLock
 from gateway.supervisor import Supervisor
 from gateway.topics import Topics
 
@@ -76,7 +78,23 @@ class Gateway:
         self.supervisor = Supervisor()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then shut down within the configured bound."""
+        """Run until ``stop`` is set, then shut down within the configured bound.
+
+        The state directory is locked first (gateway/statelock.py): a second daemon on the same
+        buffer raises :class:`~gateway.statelock.AlreadyRunningError` before touching anything.
+        """
+        state_dir = self.settings.gateway.state_dir
+        try:
+            lock = StateLock.acquire(state_dir)
+        except OSError as exc:
+            msg = f"{state_dir}: cannot lock the state directory: {exc.strerror or exc}"
+            raise BufferOpenError(msg) from exc
+        try:
+            await self._run(stop)
+        finally:
+            lock.release()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         s = self.settings
         self.buffer = await Buffer.open(
             s.database_path,

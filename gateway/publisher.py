@@ -48,6 +48,12 @@ smaller one simply goes first, so short outages keep strict per-device seq order
 ACK_CHECK_INTERVAL = 1.0
 """How often the oldest unacknowledged publish is checked against ``publish_timeout``."""
 
+QUICK_DROP_S = 5.0
+QUICK_DROPS_SUSPECT = 3
+"""Sessions the broker ends this soon after CONNACK, this many times in a row, look like a
+second client with our client id: MQTT lets only one hold it, so each connect drops the other
+(issue 14). Logged once per streak, with the client id, so a technician can look for it."""
+
 STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
 """What the buffer raises when its file misbehaves (disk full, I/O error, a foreign lock).
 
@@ -106,6 +112,7 @@ class Publisher:
         """Sessions ended (or kept from starting) by a buffer error, for metrics."""
         self._store_backoff = Backoff(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
         self._release_owed = False
+        self._quick_drops = 0
         self.changed = asyncio.Event()
         """Set on connect and when a drain starts or ends: the checkpoint is then republished."""
 
@@ -140,8 +147,10 @@ class Publisher:
                 store_failed = True
             else:
                 link = self._make_link()
+                connected_at: float | None = None
                 try:
                     await link.connect()
+                    connected_at = time.monotonic()
                     self._link = link
                     backoff.reset()
                     await self._session(link)
@@ -151,6 +160,8 @@ class Publisher:
                         break
                     self.reconnects += 1
                     log.warning("mqtt_disconnected", error=str(exc), host=self._mqtt.host)
+                    if connected_at is not None:
+                        self._count_quick_drop(time.monotonic() - connected_at)
                 except STORE_ERRORS as exc:
                     store_failed = True
                     self._store_error("publish", exc)
@@ -167,6 +178,21 @@ class Publisher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
+
+    def _count_quick_drop(self, lasted: float) -> None:
+        """Warn once per streak when sessions keep ending right after CONNACK."""
+        if lasted >= QUICK_DROP_S:
+            self._quick_drops = 0
+            return
+        self._quick_drops += 1
+        if self._quick_drops == QUICK_DROPS_SUSPECT:
+            log.warning(
+                "mqtt_client_id_in_use_elsewhere",
+                client_id=self._client_id,
+                drops=self._quick_drops,
+                hint="the broker keeps dropping us right after CONNACK: another client may be "
+                "using the same client id (a second gateway with this config?)",
+            )
 
     def _store_error(self, during: str, exc: BaseException) -> None:
         """Count and log a buffer error that ended (or followed) a session."""
