@@ -46,7 +46,9 @@ LIVE_FIRST_BACKLOG = 1000
 smaller one simply goes first, so short outages keep strict per-device seq order."""
 
 ACK_CHECK_INTERVAL = 1.0
-"""How often the oldest unacknowledged publish is checked against ``publish_timeout``."""
+"""The longest the PUBACK watcher sleeps with nothing in flight (it also watches the link). With
+publishes in flight it wakes when the oldest reaches ``publish_timeout``, and a publish entering
+an empty window wakes it, so the timeout fires on time, not up to this much late (issue 14)."""
 
 QUICK_DROP_S = 5.0
 QUICK_DROPS_SUSPECT = 3
@@ -97,6 +99,8 @@ class Publisher:
         self._acked: list[OutgoingEvent] = []
         self._acks_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._window_opened = asyncio.Event()
+        """Set when a publish enters an empty window: the PUBACK watcher then starts its clock."""
         self._marking: set[asyncio.Future[None]] = set()
         self._answers: set[asyncio.Task[None]] = set()
         self.publish_latencies: list[float] = []
@@ -221,13 +225,19 @@ class Publisher:
     async def _session(self, link: MqttLink) -> None:
         self._since = rfc3339_now()
         await link.publish(self._topics.status, self._status_payload("online"), retain=True)
-        for device, payload in list(self._device_status.items()):
-            await self._publish_json(link, self._topics.device_status(device), payload)
+        sent: dict[str, dict[str, Any]] = {}
+        for device in list(self._device_status):
+            sent[device] = await self._publish_status(link, device)
         for topic in self._subscriptions:
             await link.subscribe(topic)
         log.info("mqtt_connected", host=self._mqtt.host, port=self._mqtt.port)
         self.connected.set()
         self.changed.set()
+        # A device that changed while the session was being set up (its change was not sent:
+        # not connected yet) is sent now; from connected on, device_status sends each change.
+        for device, body in list(self._device_status.items()):
+            if sent.get(device) is not body:
+                await self._publish_status(link, device)
         pump = asyncio.create_task(self._pump(link), name="publisher-pump")
         tasks = [
             pump,
@@ -255,16 +265,19 @@ class Publisher:
         keepalive alone would take up to twice its period.
         """
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ACK_CHECK_INTERVAL):
-                    await link.lost.wait()
-            if link.lost.is_set():
-                raise LinkError("connection lost")
+            wait = ACK_CHECK_INTERVAL
+            self._window_opened.clear()
             if self._in_flight:
                 _, written = next(iter(self._in_flight.values()))
                 waited = time.monotonic() - written
-                if waited > self._mqtt.publish_timeout:
+                if waited >= self._mqtt.publish_timeout:
                     raise LinkError(f"no PUBACK for {waited:.1f} s")
+                # Wake when the oldest publish's time is up, not at the next tick: a
+                # publish_timeout of 4 s fires after 4 s, not up to 5 (issue 14).
+                wait = min(wait, self._mqtt.publish_timeout - waited)
+            await _first_of(link.lost.wait(), self._window_opened.wait(), timeout=wait)
+            if link.lost.is_set():
+                raise LinkError("connection lost")
 
     def _handle_message(self, topic: str, payload: bytes) -> Awaitable[Any] | None:
         if self._on_message is None:
@@ -348,16 +361,27 @@ class Publisher:
                 waits = [self._buffer.committed.wait(), self._slot_freed.wait()]
                 await _first_of(*waits, timeout=1.0)
                 continue
-            now = time.monotonic()
-            for event in batch:
-                payload = event.payload
-                if event.backlog and overtaken:
-                    payload = mark_historical(payload)
-                elif not event.backlog and self.draining:
-                    overtaken = True
-                # A LinkError here ends the session; _settle releases the whole claim.
-                mid = link.send(self._topics.events(event.device), payload)
-                in_flight[mid] = (event, now)
+            overtaken = self._write(link, batch, overtaken=overtaken)
+
+    def _write(self, link: MqttLink, batch: Sequence[OutgoingEvent], *, overtaken: bool) -> bool:
+        """Write a claimed batch; True once live events have overtaken the backlog.
+
+        No await: the whole batch is written, or a LinkError ends the session.
+        """
+        in_flight = self._in_flight
+        if not in_flight:  # this does not yield: the watcher wakes to a filled window
+            self._window_opened.set()
+        now = time.monotonic()
+        for event in batch:
+            payload = event.payload
+            if event.backlog and overtaken:
+                payload = mark_historical(payload)
+            elif not event.backlog and self.draining:
+                overtaken = True
+            # A LinkError here ends the session; _settle releases the whole claim.
+            mid = link.send(self._topics.events(event.device), payload)
+            in_flight[mid] = (event, now)
+        return overtaken
 
     def _on_ack(self, mid: int) -> None:
         """PUBACK for an event (called by the link, on the event loop)."""
@@ -402,12 +426,25 @@ class Publisher:
         self._device_status[device] = body
         link = self._link
         if link is not None and self.connected.is_set():
-            task = asyncio.create_task(self._publish_quietly(link, device, body))
+            task = asyncio.create_task(self._publish_quietly(link, device))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    async def _publish_quietly(self, link: MqttLink, device: str, body: Any) -> None:  # noqa: ANN401
-        with contextlib.suppress(LinkError):
+    async def _publish_status(self, link: MqttLink, device: str) -> dict[str, Any]:
+        """Publish the device's current state retained; again if it changed meanwhile.
+
+        Publishes of one device may overtake each other (each waits for a packet id of its
+        own), so whichever finishes last checks that what it sent is still the current state:
+        the retained message always ends as the device's state, whatever the interleaving.
+        """
+        while True:
+            body = self._device_status[device]
             await self._publish_json(link, self._topics.device_status(device), body)
+            if self._device_status.get(device) is body:
+                return body
+
+    async def _publish_quietly(self, link: MqttLink, device: str) -> None:
+        with contextlib.suppress(LinkError):
+            await self._publish_status(link, device)
 
     async def publish_checkpoint(self, body: dict[str, Any]) -> bool:
         """Publish the retained checkpoint if connected; False when it could not be sent."""

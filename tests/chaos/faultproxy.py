@@ -11,6 +11,8 @@ The gateway connects to the proxy instead of the broker. A test switches the pro
 - ``half_open``: the broker side of every open connection is closed (the broker sees the client
   go), while the client side stays open and whatever it sends is swallowed; new connections
   work. The gateway must notice on its own that nobody is listening.
+- ``delay``: bytes from the broker reach the client ``delay`` seconds late, in order (CONNACK,
+  PUBACK, SUBACK all late), as a slow broker; the client's bytes go through at once.
 - ``pass``: forward normally (the default, and what ``heal`` returns to).
 
 Counters say what happened, so a test can assert that its fault really landed.
@@ -25,7 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal, Self
 
-Mode = Literal["pass", "blackhole", "drip"]
+Mode = Literal["pass", "blackhole", "drip", "delay"]
 
 
 @dataclass(eq=False)  # hashed by identity: links live in a set
@@ -46,6 +48,7 @@ class FaultProxy:
         *,
         drip_bytes: int = 16,
         drip_interval: float = 0.05,
+        delay: float = 1.0,
     ) -> None:
         self.target = (target_host, target_port)
         self.host = "127.0.0.1"
@@ -53,6 +56,7 @@ class FaultProxy:
         self.mode: Mode = "pass"
         self.drip_bytes = drip_bytes
         self.drip_interval = drip_interval
+        self.delay = delay
         self.accepted = 0
         self.resets = 0
         self.half_opened = 0
@@ -101,6 +105,13 @@ class FaultProxy:
     def drip(self) -> None:
         """Forward slowly: ``drip_bytes`` per ``drip_interval`` in each direction."""
         self.mode = "drip"
+        self._flowing.set()
+
+    def delay_replies(self, seconds: float | None = None) -> None:
+        """Deliver the broker's bytes ``seconds`` (default ``self.delay``) late, in order."""
+        if seconds is not None:
+            self.delay = seconds
+        self.mode = "delay"
         self._flowing.set()
 
     def cut(self) -> None:
@@ -164,7 +175,11 @@ class FaultProxy:
             except (ConnectionError, OSError):
                 data = b""
             if not data:
-                if not link.half_open:
+                if link.half_open:
+                    return
+                if self.mode == "delay" and not to_upstream:
+                    asyncio.get_running_loop().call_later(self.delay, dst.close)
+                else:
                     dst.close()
                 return
             while not self._flowing.is_set():  # blackholed mid-read: hold the bytes
@@ -173,11 +188,21 @@ class FaultProxy:
                 if to_upstream:
                     continue  # swallowed: the broker is not there any more
                 return
+            if self.mode == "delay" and not to_upstream:
+                # Timers fire in order of their due time, so the bytes keep their order.
+                asyncio.get_running_loop().call_later(self.delay, _write_quietly, dst, data)
+                continue
             dst.write(data)
             with contextlib.suppress(ConnectionError, OSError):
                 await dst.drain()
             if self.mode == "drip":
                 await asyncio.sleep(self.drip_interval)
+
+
+def _write_quietly(writer: asyncio.StreamWriter, data: bytes) -> None:
+    if not writer.is_closing():
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            writer.write(data)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
