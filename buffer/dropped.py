@@ -1,4 +1,4 @@
-"""Seq ranges deleted on purpose: telemetry dropped at the size cap (DESIGN section 4).
+"""Seq ranges deleted on purpose: telemetry dropped at the size cap (contract section 4).
 
 Dropping leaves holes in a device's seqs. Without a record, central's parity could never close
 (the checkpoint would say everything up to ``last_sent_seq`` was delivered while seqs are

@@ -1,4 +1,4 @@
-"""The size cap's policy (DESIGN section 4): what goes, in which order, when an event needs room.
+"""The size cap's policy (contract section 4): what goes, in which order, when an event needs room.
 
 Run inside the commit's own transaction on the SQLite thread, so the rows it deletes and the
 event it makes room for are committed together or not at all.

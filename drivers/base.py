@@ -64,7 +64,7 @@ class DeviceEvent:
     """An event as a driver sees it: a CloudEvents type and its body, not yet stamped.
 
     ``droppable`` marks telemetry that the buffer may coalesce or drop under its size cap; scans
-    and RFID arrivals/departures are never droppable (DESIGN section 4). It is the buffer's
+    and RFID arrivals/departures are never droppable (contract section 4). It is the buffer's
     concern only: who hears about an event is decided by its type, through the driver's
     ``event_feedback`` table.
     """

@@ -1,4 +1,4 @@
-"""``edge-gateway``: run | check-config | status | replay | demo (DESIGN section 8).
+"""``edge-gateway``: run | check-config | status | replay | demo (contract section 8).
 
 Exit codes: 0 success, 2 bad usage or invalid config, 1 runtime failure. A user's mistake gets a
 message, never a traceback.

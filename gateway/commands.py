@@ -1,4 +1,4 @@
-"""Untrusted input from central: ``{root}/confirm`` and ``{root}/cmd/*`` payloads (DESIGN 6).
+"""Untrusted input from central: ``{root}/confirm`` and ``{root}/cmd/*`` (contract section 6).
 
 Anyone with publish rights on the broker can write there, so every payload is size-bounded,
 parsed as JSON, and validated against a strict model (unknown keys, wrong types and oversize

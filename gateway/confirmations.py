@@ -1,4 +1,4 @@
-"""Single-touch confirmation (DESIGN section 7): feedback once per event, when it is due.
+"""Single-touch confirmation (contract section 7): feedback once per event, when it is due.
 
 What an event deserves at each stage (stored, delivered, accepted, rejected, refused, timeout,
 stopped) is its device's :class:`~gateway.feedback_policy.FeedbackPolicy`'s answer; this module

@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 structured-JSON payloads (DESIGN section 5) and their ids.
+"""CloudEvents 1.0 structured-JSON payloads (contract section 5) and their ids.
 
 The payload is rendered once, inside the buffer's commit (when ``seq`` is known), and stored as
 the exact bytes that go on the wire: a redelivery or replay sends the same id, seq and body.
@@ -101,5 +101,5 @@ def mark_historical(payload: bytes) -> bytes:
 
 
 def mark_replayed(payload: bytes) -> bytes:
-    """Flag a replayed event: historical (DESIGN section 5) and ``replayed`` (cmd/replay)."""
+    """Flag a replayed event: historical (contract section 5) and ``replayed`` (cmd/replay)."""
     return payload[:-1] + _REPLAYED_SUFFIX

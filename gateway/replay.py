@@ -1,4 +1,4 @@
-"""Replays (DESIGN section 6, ``cmd/replay``): re-publish a stored seq range, rate-limited.
+"""Replays (contract section 6, ``cmd/replay``): re-publish a stored seq range, rate-limited.
 
 A replay sends the stored payload bytes again, so ids and seqs are the originals, flagged
 ``"historical": true, "replayed": true``. Only events already delivered once are replayed;

@@ -1,4 +1,4 @@
-"""MQTT topic names (DESIGN section 6), derived from one root."""
+"""MQTT topic names (contract section 6), derived from one root."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reference central consumer: what a central team copies to start (issue 5, DESIGN 4-7).
+"""The reference central consumer: what a central team copies to start (contract sections 4-7).
 
 - Receives ``edge/+/+/events/#``, with an MQTT 5 shared subscription (``$share/<group>/...``)
   when ``share_group`` is set, so several instances split the stream.

@@ -2,7 +2,7 @@
 
 sllurp encodes only client messages, so a simulated reader needs its own. Written from the LLRP
 1.0.1 spec with struct, deliberately independent of the driver's code, so that a bug shared by
-both cannot hide itself in the tests; the recorded vectors in ``../shared/vectors/llrp/`` check
+both cannot hide itself in the tests; the recorded vectors in ``tests/vectors/llrp/`` check
 these encoders against bytes a real Impinj reader produced.
 """
 

@@ -1,7 +1,7 @@
 """Workers at scanners, and the parity check a chaos scenario ends with.
 
 A ``Worker`` behaves like a person at a scanner: scan, wait briefly for the beep, and move on to
-the next parcel. A code that got good feedback was *acknowledged*: DESIGN section 4 says it must
+the next parcel. A code that got good feedback was *acknowledged*: contract section 4 says it must
 reach central. Codes are never repeated, so two ids for one code are new-id duplicates.
 
 ``check_parity`` compares three sources of truth: the buffer file (every event ever stored, with

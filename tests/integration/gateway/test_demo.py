@@ -23,7 +23,7 @@ def test_demo_runs_every_device_kind_through_an_outage_and_exits_cleanly() -> No
         assert " up " in row, row
         numbers = [int(n) for n in re.findall(r"│\s+(\d+)\s", row)]
         assert numbers and numbers[0] > 0, f"{device} stored nothing: {row}"
-    # The outages may cause same-id redeliveries (DESIGN section 4.2: only around a lost
+    # The outages may cause same-id redeliveries (contract section 4.2: only around a lost
     # connection; consumers deduplicate on the id), so the duplicate count is not asserted:
     # a CI run saw one. The chaos tests check that no event is lost or duplicated with a new id.
     assert re.search(r"central: [1-9]\d* events, \d+\s+duplicates", last_frame), last_frame

@@ -22,7 +22,7 @@ from gateway.events import mark_historical, mark_replayed, render_event
 
 
 def test_one_confirm_or_a_list() -> None:
-    """DESIGN 6: one object or a JSON list of them; reason optional."""
+    """contract section 6: one object or a JSON list of them; reason optional."""
     one = parse_confirms(b'{"id": "a", "status": "accepted"}')
     assert [(c.id, c.status) for c in one] == [("a", "accepted")]
     many = parse_confirms(

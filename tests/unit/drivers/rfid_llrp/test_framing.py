@@ -10,7 +10,7 @@ import pytest
 from drivers.rfid_llrp.decode import MalformedMessageError, TagRead, decode, status, tag_reads
 from drivers.rfid_llrp.framing import Framer, FramingError
 
-VECTORS = Path(__file__).resolve().parents[5] / "shared" / "vectors" / "llrp"
+VECTORS = Path(__file__).resolve().parents[3] / "vectors" / "llrp"
 STREAM = (VECTORS / "ro_access_report_stream_45msgs.bin").read_bytes()
 
 

@@ -13,7 +13,7 @@ from drivers.rfid_llrp.config import RfidLlrpConfig
 from drivers.rfid_llrp.plan import ReaderMismatchError, plan_from_capabilities
 from simulators import llrp_wire
 
-VECTORS = Path(__file__).resolve().parents[5] / "shared" / "vectors" / "llrp"
+VECTORS = Path(__file__).resolve().parents[3] / "vectors" / "llrp"
 CAPS = LLRPMessage(
     msgbytes=(VECTORS / "caps_impinj_get_reader_capabilities_response.bin").read_bytes()
 ).msgdict["GET_READER_CAPABILITIES_RESPONSE"]

@@ -1,0 +1,66 @@
+"""The repo stands alone: nothing in it reads or cites files beside the checkout (issue 14)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tracked() -> list[Path]:
+    out = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    return [ROOT / name for name in out.split("\0") if name]
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout"
+)
+def test_no_tracked_file_points_outside_the_repo() -> None:
+    """No `../shared` (or any sibling of the checkout) in code, tests or docs."""
+    offenders = []
+    for path in _tracked():
+        if not path.is_file() or path.suffix == ".bin" or path == Path(__file__).resolve():
+            continue
+        text = path.read_text(errors="replace")
+        if "../shared" in text or "DESIGN.md" in text:
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout"
+)
+def test_a_clone_with_nothing_beside_it_runs_the_vector_tests(tmp_path: Path) -> None:
+    """`git clone` into an empty directory: the RFID tests that read captures pass there."""
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    clone = lonely / "x"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    assert sorted(p.name for p in lonely.iterdir()) == ["x"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/unit/drivers/rfid_llrp/test_framing.py",
+            "tests/unit/drivers/rfid_llrp/test_messages.py",
+            "tests/unit/drivers/rfid_llrp/test_vectors.py",
+        ],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
