@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--device", required=True, metavar="D")
     replay.add_argument("--from-seq", required=True, type=int, metavar="N")
     replay.add_argument("--to-seq", type=int, default=None, metavar="M")
+    replay.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="read the broker password from PATH instead of the config's source",
+    )
     demo = sub.add_parser("demo", help="simulated scanners, broker and central system")
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     demo.add_argument("--rate", type=float, default=2.0, help="scans per second per scanner")
@@ -79,11 +86,21 @@ def _load(path: Path) -> Settings | None:
 
 
 def cmd_check_config(path: Path) -> int:
-    """Validate; print every error as PATH:LINE: key.path: message."""
+    """Validate; print every error as PATH:LINE: key.path: message.
+
+    Run from a shell, a ``password_file`` that is a systemd credential is checked at the source
+    its unit's ``LoadCredential=`` names (gateway/credentials.py), and the output says so.
+    """
+    from gateway.settings import secret_source  # noqa: PLC0415
+
     settings = _load(path)
     if settings is None:
         return EXIT_USAGE
     print(f"{path}: ok ({len(settings.devices)} devices)")
+    if settings.mqtt.password_file is not None:
+        _, note = secret_source(settings.mqtt.password_file)
+        if note:
+            print(f"mqtt.password_file: {note}: checked")
     return EXIT_OK
 
 
@@ -130,23 +147,56 @@ def cmd_run(path: Path) -> int:
 
 def cmd_status(path: Path, *, as_json: bool, watch: bool = False) -> int:
     """Buffer and device state, read from the buffer file whether or not the daemon runs."""
+    from gateway.settings import ConfigError, load_settings, status_settings  # noqa: PLC0415
     from gateway.status import show_status, watch_status  # noqa: PLC0415
 
-    settings = _load(path)
-    if settings is None:
-        return EXIT_USAGE
+    errors: list[str] = []
+    accepted: frozenset[str] | None = None
+    try:  # no password needed: status never talks to the broker
+        settings = load_settings(path, secrets=False)
+    except ConfigError as exc:
+        errors = exc.errors
+        fallback = status_settings(path)
+        if fallback is None:  # not even [gateway]: nowhere to look
+            for line in errors:
+                print(line, file=sys.stderr)
+            return EXIT_USAGE
+        settings, accepted = fallback
     try:
         if watch:
             with contextlib.suppress(KeyboardInterrupt):
                 return asyncio.run(watch_status(settings))
             return EXIT_OK
-        return asyncio.run(show_status(settings, as_json=as_json))
+        return asyncio.run(
+            show_status(settings, as_json=as_json, config_errors=errors, accepted=accepted)
+        )
     except Exception as exc:  # a locked or unreadable file is a runtime failure, not a crash
         print(f"edge-gateway status: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
 
 
-def cmd_replay(path: Path, device: str, from_seq: int, to_seq: int | None) -> int:
+def _load_for_replay(path: Path, password_file: Path | None) -> Settings | None:
+    """The config, with the password from ``password_file`` when given (not the config's)."""
+    from gateway.settings import ConfigError, load_settings  # noqa: PLC0415
+
+    if password_file is None:
+        return _load(path)
+    try:
+        settings = load_settings(path, secrets=False)
+        mqtt = settings.mqtt.with_password_file(password_file)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return None
+    except ValueError as exc:
+        print(f"edge-gateway replay: --password-file: {exc}", file=sys.stderr)
+        return None
+    return settings.model_copy(update={"mqtt": mqtt})
+
+
+def cmd_replay(
+    path: Path, device: str, from_seq: int, to_seq: int | None, password_file: Path | None = None
+) -> int:
     """Re-publish a range straight from the buffer file, whether or not the daemon runs.
 
     It reads the file read-only and publishes over its own short MQTT connection (client id
@@ -155,7 +205,7 @@ def cmd_replay(path: Path, device: str, from_seq: int, to_seq: int | None) -> in
     """
     from gateway.replay import replay_from_file  # noqa: PLC0415 - keeps check-config light
 
-    settings = _load(path)
+    settings = _load_for_replay(path, password_file)
     if settings is None:
         return EXIT_USAGE
     if from_seq < 1 or (to_seq is not None and to_seq < from_seq):
@@ -205,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         return cmd_status(args.config, as_json=args.json, watch=args.watch)
     if args.command == "replay":
-        return cmd_replay(args.config, args.device, args.from_seq, args.to_seq)
+        return cmd_replay(args.config, args.device, args.from_seq, args.to_seq, args.password_file)
     return cmd_demo(args)
 
 

@@ -32,6 +32,7 @@ from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.reload import effective, plan_reload
 from gateway.replay import ReplayWorker
+from gateway.runstate import write_link_state
 from gateway.sdnotify import notify
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.statelock import StateLock
@@ -116,6 +117,7 @@ class Gateway:
             on_delivered=lambda batch: self.confirmations.delivered(e.id for e in batch),
             on_message=self._on_message,
             subscriptions=(topics.confirm, topics.cmd_replay),
+            on_link=self._link_changed,
         )
         self.replays = ReplayWorker(
             self.buffer,
@@ -180,6 +182,16 @@ class Gateway:
         log.info("gateway_stopped")
         if failure is not None:
             raise failure
+
+    def _link_changed(self, connected: bool, since: str) -> None:
+        """Record the MQTT link's state for ``status`` (gateway/runstate.py)."""
+        mqtt = self.settings.mqtt
+        write_link_state(
+            self.settings.gateway.state_dir,
+            connected=connected,
+            since=since,
+            broker=f"{mqtt.host}:{mqtt.port}",
+        )
 
     def _start_metrics(self) -> GatewayMetrics | None:
         """The Prometheus endpoint, if configured; a busy port is logged, never fatal."""

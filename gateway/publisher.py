@@ -84,6 +84,7 @@ class Publisher:
         on_delivered: DeliveredFn,
         on_message: MessageFn | None = None,
         subscriptions: Sequence[str] = (),
+        on_link: Callable[[bool, str], None] | None = None,
     ) -> None:
         self._mqtt = mqtt
         self._buffer = buffer
@@ -92,6 +93,9 @@ class Publisher:
         self._on_delivered = on_delivered
         self._on_message = on_message
         self._subscriptions = tuple(subscriptions)
+        self._on_link = on_link
+        self._announced = False
+        """Told (connected, since) when the session becomes usable and when it ends."""
         self._link: MqttLink | None = None
         self._device_status: dict[str, dict[str, Any]] = {}
         self._in_flight: dict[int, tuple[OutgoingEvent, float]] = {}
@@ -171,6 +175,9 @@ class Publisher:
                     self._store_error("publish", exc)
                 finally:
                     self._link = None
+                    if self._announced and self._on_link is not None:
+                        self._on_link(False, rfc3339_now())
+                    self._announced = False
                     self.connected.clear()
                     await link.close()
                     await self._settle()
@@ -232,6 +239,9 @@ class Publisher:
             await link.subscribe(topic)
         log.info("mqtt_connected", host=self._mqtt.host, port=self._mqtt.port)
         self.connected.set()
+        if self._on_link is not None:
+            self._on_link(True, self._since)
+        self._announced = True
         self.changed.set()
         # A device that changed while the session was being set up (its change was not sent:
         # not connected yet) is sent now; from connected on, device_status sends each change.

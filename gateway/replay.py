@@ -16,7 +16,7 @@ import asyncio
 import collections
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -253,7 +253,7 @@ async def last_stored_seq(conn: aiosqlite.Connection, device: str) -> int | None
 
 async def replay_messages(
     path: str, *, device: str, from_seq: int, to_seq: int | None, topics: Topics, rate: float
-) -> tuple[ReplayRange, AsyncIterator[tuple[str, bytes]]]:
+) -> tuple[ReplayRange, _RowStream]:
     """For ``edge-gateway replay``: check the range in the file, then stream it, rate-limited."""
     raw = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
     conn = BufferConnection(raw)
@@ -266,37 +266,58 @@ async def replay_messages(
         await conn.close()
         raise
 
-    async def stream() -> AsyncIterator[tuple[str, bytes]]:
+    async def stream() -> AsyncGenerator[tuple[str, bytes], None]:
         bucket = TokenBucket(rate, burst=WINDOW)
         topic = topics.events(device)
         cursor = span.from_seq
-        try:
-            while cursor <= span.to_seq:
-                rows = await conn.read(
-                    partial(
-                        delivered_rows,
-                        device=device,
-                        from_seq=cursor,
-                        to_seq=span.to_seq,
-                        limit=CHUNK,
-                    )
+        while cursor <= span.to_seq:
+            rows = await conn.read(
+                partial(
+                    delivered_rows,
+                    device=device,
+                    from_seq=cursor,
+                    to_seq=span.to_seq,
+                    limit=CHUNK,
                 )
-                if not rows:
-                    break
-                for row in rows:
-                    await bucket.take()
-                    yield topic, mark_replayed(row.payload)
-                cursor = rows[-1].seq + 1
-        finally:
-            await conn.close()
+            )
+            if not rows:
+                break
+            for row in rows:
+                await bucket.take()
+                yield topic, mark_replayed(row.payload)
+            cursor = rows[-1].seq + 1
 
     if span.error:
         await conn.close()
-        return span, _empty()
-    return span, stream()
+        return span, _RowStream(_empty(), None)
+    return span, _RowStream(stream(), conn)
 
 
-async def _empty() -> AsyncIterator[tuple[str, bytes]]:
+class _RowStream:
+    """The replay's messages; :meth:`aclose` closes the buffer file, iterated or not.
+
+    A generator that never started never runs its ``finally``: with the broker unreachable the
+    file stayed open, and aiosqlite's thread kept ``edge-gateway replay`` from exiting (issue 14).
+    """
+
+    def __init__(
+        self, rows: AsyncGenerator[tuple[str, bytes], None], conn: BufferConnection | None
+    ) -> None:
+        self._rows = rows
+        self._conn = conn
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
+        return self._rows
+
+    async def aclose(self) -> None:
+        """Stop the stream and close the file (once)."""
+        await self._rows.aclose()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
+async def _empty() -> AsyncGenerator[tuple[str, bytes], None]:
     return
     yield  # pragma: no cover - makes this an async generator
 
@@ -350,7 +371,13 @@ async def replay_from_file(
     if span.error:
         return outcome
     base = settings.mqtt.client_id or f"edge-gateway-{settings.gateway.site}-{settings.gateway.id}"
-    outcome.count = await publish_oneshot(
-        settings.mqtt, client_id=f"{base}-replay-{os.getpid()}", messages=messages, window=WINDOW
-    )
+    try:
+        outcome.count = await publish_oneshot(
+            settings.mqtt,
+            client_id=f"{base}-replay-{os.getpid()}",
+            messages=messages,
+            window=WINDOW,
+        )
+    finally:
+        await messages.aclose()
     return outcome

@@ -43,6 +43,7 @@ from gateway.config_lines import (
     format_problem,
     show_value,
 )
+from gateway.credentials import outside_service
 
 MIB = 2**20
 GIB = 2**30
@@ -150,16 +151,41 @@ def _check_private(path: Path) -> None:
         )
 
 
+def secret_source(path: Path) -> tuple[Path, str]:
+    """The file a secret is read from, and a note saying why when it is not ``path``.
+
+    A systemd credential path read from a shell is not there: its ``LoadCredential=`` source
+    is read instead (gateway/credentials.py), so ``check-config`` checks the file the service
+    will get and ``replay`` can run as root.
+    """
+    credential = outside_service(path)
+    if credential is None:
+        return path, ""
+    if credential.source is None:
+        raise ValueError(
+            f'"{path}" is a {credential.describe()}: only the service gets it; name its source in'
+            f" the unit (LoadCredential={credential.name}:/etc/edge-gateway/{credential.name})"
+        )
+    return credential.source, credential.describe()
+
+
 def _read_secret(path: Path) -> str:
+    source, note = secret_source(path)
+    hint = f" ({note}; run as root to read it)" if note else ""
     try:
-        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+        secret = source.read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
-        raise ValueError(f'cannot read "{path}": {reason}') from None
+        raise ValueError(f'cannot read "{source}": {reason}{hint}') from None
     if not secret:
-        raise ValueError(f'"{path}" is empty')
-    _check_private(path)
+        raise ValueError(f'"{source}" is empty' + (f" ({note})" if note else ""))
+    _check_private(source)
     return secret
+
+
+def _secrets_wanted(info: ValidationInfo) -> bool:
+    """False for ``status``: it needs no password, and must work where none can be read."""
+    return bool((info.context or {}).get("secrets", True))
 
 
 def _private_key(value: Path | None) -> Path | None:
@@ -277,10 +303,11 @@ class MqttSection(BaseModel):
     @classmethod
     def _one_password(cls, value: Path | str, info: ValidationInfo) -> Path | str:
         if isinstance(value, Path):
-            _read_secret(value)
+            if _secrets_wanted(info):
+                _read_secret(value)
         elif info.data.get("password_file", "invalid, so given") is not None:
             raise ValueError("give password_file or password_env, not both")
-        elif not os.environ.get(value):
+        elif _secrets_wanted(info) and not os.environ.get(value):
             raise ValueError(f"environment variable {value} is not set or empty")
         if "username" in info.data and info.data["username"] is None:
             raise ValueError("needs username as well: MQTT sends a password only with a user name")
@@ -295,12 +322,27 @@ class MqttSection(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _keep_password(self) -> Self:
+    def _keep_password(self, info: ValidationInfo) -> Self:
+        if not _secrets_wanted(info):
+            return self
         if self.password_file is not None:
             self._password = SecretStr(_read_secret(self.password_file))
         elif self.password_env is not None:
             self._password = SecretStr(os.environ[self.password_env])
         return self
+
+    def with_password_file(self, path: Path) -> MqttSection:
+        """A copy with the password read from ``path`` (``replay --password-file``).
+
+        Raises ValueError (the message names the file) if it cannot be read or is not private.
+        """
+        if self.username is None:
+            raise ValueError(
+                "mqtt.username is not set: MQTT sends a password only with a user name"
+            )
+        section = self.model_copy(update={"password_file": path, "password_env": None})
+        section._password = SecretStr(_read_secret(path))  # noqa: SLF001 - our own private attr
+        return section
 
     def password(self) -> str | None:
         """Return the broker password, if one is configured; read at load time, never logged."""
@@ -397,8 +439,11 @@ _SECTIONS: dict[str, type[BaseModel]] = {
 _TOP_LEVEL = sorted([*_SECTIONS, "devices"])
 
 
-def load_settings(path: Path | str) -> Settings:
-    """Read and validate a config file; raise ``ConfigError`` listing every problem found."""
+def load_settings(path: Path | str, *, secrets: bool = True) -> Settings:
+    """Read and validate a config file; raise ``ConfigError`` listing every problem found.
+
+    ``secrets=False`` (``status``) neither reads nor checks the broker password.
+    """
     shown, source = str(path), Path(path)
     try:
         text = source.read_bytes().decode("utf-8")
@@ -410,7 +455,7 @@ def load_settings(path: Path | str) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{shown}:{_syntax_line(exc, text)}: (syntax): {exc}"]) from None
 
-    context = {"config_dir": source.parent}
+    context = {"config_dir": source.parent, "secrets": secrets}
     problems: list[Problem] = [
         ((key,), f"unknown key (allowed: {', '.join(_TOP_LEVEL)})")
         for key in data
@@ -431,7 +476,10 @@ def load_settings(path: Path | str) -> Settings:
             ((locator.line_of(loc), loc, msg) for loc, msg in problems), key=lambda item: item[0]
         )
         raise ConfigError([format_problem(shown, *item) for item in located])
-    return Settings(**sections, devices=tuple(devices), source_path=source)
+    # With the context: pydantic runs the sections' model validators again here.
+    return Settings.model_validate(
+        {**sections, "devices": tuple(devices), "source_path": source}, context=context
+    )
 
 
 def _load_devices(
@@ -484,3 +532,26 @@ def _syntax_line(exc: tomllib.TOMLDecodeError, text: str) -> int:
     if match:
         return int(match[1])
     return max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
+
+
+def status_settings(path: Path) -> tuple[Settings, frozenset[str]] | None:
+    """What ``status`` needs from a config that does not validate: ``[gateway]`` alone.
+
+    The daemon keeps running on its old config after a rejected reload, which is exactly when a
+    technician asks for the status. Returns the settings with no devices, and the ids of the
+    devices the raw file puts at ``confirm = "accepted"``; None if even ``[gateway]`` is unusable.
+    """
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        gateway = GatewaySection.model_validate(
+            data.get("gateway", {}), context={"config_dir": path.parent}
+        )
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError):
+        return None
+    raw_devices = data.get("devices", [])
+    accepted = frozenset(
+        str(d["id"])
+        for d in (raw_devices if isinstance(raw_devices, list) else [])
+        if isinstance(d, dict) and d.get("confirm") == "accepted" and isinstance(d.get("id"), str)
+    )
+    return Settings(gateway=gateway, source_path=path), accepted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterable, Sequence
 
 from rich.console import Group
 from rich.live import Live
@@ -12,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from buffer.stats import BufferStats, read_recent, read_stats
+from gateway.runstate import daemon_state, describe
 from gateway.settings import Settings
 
 
@@ -50,24 +52,42 @@ def render_text(stats: BufferStats, settings: Settings) -> str:
     return "\n".join(lines)
 
 
-async def show_status(settings: Settings, *, as_json: bool) -> int:
-    """Print the status; exit code 0 even with no buffer yet (that is a valid state)."""
-    accepted = {d.id for d in settings.devices if d.confirm == "accepted"}
-    stats = await read_stats(settings.database_path, awaiting_verdict=accepted)
+async def show_status(
+    settings: Settings,
+    *,
+    as_json: bool,
+    config_errors: Sequence[str] = (),
+    accepted: Iterable[str] | None = None,
+) -> int:
+    """Print the status, whether the daemon runs and is connected, then any config errors.
+
+    Exit code 0 even with no buffer yet (that is a valid state); 2 when the config has errors
+    (shown below the status, which came from ``[gateway]`` alone).
+    """
+    if accepted is None:
+        accepted = {d.id for d in settings.devices if d.confirm == "accepted"}
+    stats = await read_stats(settings.database_path, awaiting_verdict=set(accepted))
     if stats is None:
         stats = BufferStats()
+    daemon = daemon_state(settings.gateway.state_dir)
     if as_json:
         body = {
             "gateway": settings.gateway.id,
             "site": settings.gateway.site,
             "buffer": str(settings.database_path),
             "time": time.time(),
+            "daemon": daemon,
             **stats.as_dict(),
+            "config_errors": list(config_errors),
         }
         print(json.dumps(body, indent=2))
     else:
-        print(render_text(stats, settings))
-    return 0
+        lines = render_text(stats, settings).split("\n")
+        print("\n".join([*lines[:1], *describe(daemon), *lines[1:]]))
+        if config_errors:
+            print(f"\nconfig errors in {settings.source_path} (a running daemon keeps its config):")
+            print("\n".join(f"  {line}" for line in config_errors))
+    return 2 if config_errors else 0
 
 
 def _watch_view(
