@@ -126,8 +126,8 @@ class Publisher:
 
     # --- connection management -------------------------------------------------------------
 
-    def _status_payload(self, state: str) -> bytes:
-        return json.dumps({"state": state, "since": self._since, "version": __version__}).encode()
+    def _status_payload(self, state: str, since: str | None) -> bytes:
+        return json.dumps({"state": state, "since": since, "version": __version__}).encode()
 
     def _make_link(self) -> MqttLink:
         return MqttLink(
@@ -135,7 +135,9 @@ class Publisher:
             self._client_id,
             on_ack=self._on_ack,
             on_message=self._handle_message,
-            will=(self._topics.status, self._status_payload("offline")),
+            # The broker sends the will when it notices the loss, which no time set here can
+            # date: ``since`` is null, the will's arrival is when the outage began (issue 14).
+            will=(self._topics.status, self._status_payload("offline", None)),
             clean_session=not self._subscriptions,
         )
 
@@ -231,7 +233,8 @@ class Publisher:
 
     async def _session(self, link: MqttLink) -> None:
         self._since = rfc3339_now()
-        await link.publish(self._topics.status, self._status_payload("online"), retain=True)
+        online = self._status_payload("online", self._since)
+        await link.publish(self._topics.status, online, retain=True)
         sent: dict[str, dict[str, Any]] = {}
         for device in list(self._device_status):
             sent[device] = await self._publish_status(link, device)
@@ -306,7 +309,8 @@ class Publisher:
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
         await self._flush_acks()
-        await link.publish(self._topics.status, self._status_payload("offline"), retain=True)
+        offline = self._status_payload("offline", rfc3339_now())  # stopping now, not at connect
+        await link.publish(self._topics.status, offline, retain=True)
 
     async def _settle(self) -> None:
         """After a session: record the acks we have, release the rest to pending.

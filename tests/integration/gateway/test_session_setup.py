@@ -139,3 +139,32 @@ async def test_puback_timeout_fires_on_time(buffer: Buffer, broker: MosquittoBro
             pub.stop()
             async with asyncio.timeout(15):
                 await task
+
+
+async def test_offline_says_when_the_gateway_went_offline(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """A clean stop's offline carries the stop time; the will (a lost link) carries no stale time."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, reconnect_min=5, reconnect_max=5)
+        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-offline", on_delivered=lambda _b: None)
+        task = asyncio.create_task(pub.run())
+        async with asyncio.timeout(10):
+            await pub.connected.wait()
+        proxy.cut()  # the broker sees the connection die and publishes the will
+        async with asyncio.timeout(10):
+            while (await retained(broker, TOPICS.status))["state"] != "offline":
+                await asyncio.sleep(0.05)
+        assert (await retained(broker, TOPICS.status))["since"] is None
+        async with asyncio.timeout(15):
+            while not pub.connected.is_set():
+                await asyncio.sleep(0.05)
+        online = await retained(broker, TOPICS.status)
+        assert online["state"] == "online"
+        await asyncio.sleep(1.2)
+        pub.stop()
+        async with asyncio.timeout(15):
+            await task
+    offline = await retained(broker, TOPICS.status)
+    assert offline["state"] == "offline"
+    assert isinstance(offline["since"], str) and offline["since"] > str(online["since"])
