@@ -42,8 +42,10 @@ def check_range(
     last = int(row[0])
     end = last if to_seq is None else to_seq
     found = ReplayRange(device, from_seq, end)
-    if from_seq < 1 or end < from_seq:
-        found.error = f"bad range {from_seq}..{end}"
+    if to_seq is None and from_seq > last:
+        found.error = f"from_seq {from_seq} is beyond the last stored seq {last}"
+    elif from_seq < 1 or end < from_seq:
+        found.error = f"bad range {from_seq}..{end} (stored seqs are 1..{last})"
     elif end > last:
         found.error = f"to_seq {end} is beyond the last stored seq {last}"
     if found.error:

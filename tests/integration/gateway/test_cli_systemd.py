@@ -210,3 +210,21 @@ async def test_replay_takes_the_password_from_a_file_given_on_the_command_line(
     done = await asyncio.to_thread(run_cli, *args, "--password-file", str(mine), env=env)
     assert done.returncode == 0, done.stderr
     assert "re-published 1 events" in done.stdout
+
+
+async def test_replay_range_errors_say_what_exists(tmp_path: Path) -> None:
+    """`--from-seq 99999` on a device with 3 events names the last stored seq (exit 2)."""
+    buffer = await Buffer.open(tmp_path / "state" / "buffer.db", max_bytes=10**7)
+    for n in range(3):
+        await buffer.append(NewEvent(f"e{n}", "dock-1", "t", "x", False, b'{"seq":%d}'.__mod__))
+    await buffer.close()
+    config = write_config(
+        tmp_path / "gw.toml", mqtt_port=1, state_dir=tmp_path / "state", devices=[]
+    )
+    base = ("replay", "--config", str(config), "--device", "dock-1")
+    beyond = await asyncio.to_thread(run_cli, *base, "--from-seq", "99999")
+    assert beyond.returncode == 2
+    assert "from_seq 99999 is beyond the last stored seq 3" in beyond.stderr
+    past = await asyncio.to_thread(run_cli, *base, "--from-seq", "2", "--to-seq", "7")
+    assert past.returncode == 2
+    assert "beyond the last stored seq 3" in past.stderr
