@@ -97,6 +97,8 @@ def cmd_check_config(path: Path) -> int:
     if settings is None:
         return EXIT_USAGE
     print(f"{path}: ok ({len(settings.devices)} devices)")
+    if not settings.devices:
+        print(f"{path}: warning: no [[devices]]: the gateway will read nothing", file=sys.stderr)
     if settings.mqtt.password_file is not None:
         _, note = secret_source(settings.mqtt.password_file)
         if note:

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from drivers.base import DEVICE_ID_PATTERN
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from pydantic import ValidationError
     from pydantic_core import ErrorDetails
@@ -342,13 +342,30 @@ def format_key_path(path: Sequence[str | int]) -> str:
     return text
 
 
-def format_problem(shown_path: str, line: int, loc: KeyPath, message: str) -> str:
+def format_problem(
+    shown_path: str,
+    line: int,
+    loc: KeyPath,
+    message: str,
+    device_ids: Mapping[int, str] | None = None,
+) -> str:
     """One error line: ``PATH:LINE: key.path: message``.
 
-    Control characters in the message (a value quoted back, an OS error naming a path) are
-    escaped: one problem must stay one line, or tools and eyes reading the output lose track.
+    A device's key names the device too when its id is known: ``devices[0] (id "dock-1").port``
+    (issue 14), so an error in a long file points at the right scanner. Control characters in
+    the message (a value quoted back, an OS error naming a path) are escaped: one problem must
+    stay one line, or tools and eyes reading the output lose track.
     """
-    return f"{shown_path}:{line}: {format_key_path(loc)}: {_CONTROL.sub(_escape, message)}"
+    key = format_key_path(loc)
+    if device_ids and len(loc) >= 2 and loc[0] == "devices" and isinstance(loc[1], int):
+        device_id = device_ids.get(loc[1])
+        if device_id is not None:
+            rest = format_key_path(loc[2:])
+            shown_id = json.dumps(device_id[:64], ensure_ascii=False)
+            key = f"devices[{loc[1]}] (id {shown_id})" + (
+                "" if not rest else rest if rest.startswith("[") else f".{rest}"
+            )
+    return f"{shown_path}:{line}: {_CONTROL.sub(_escape, key)}: {_CONTROL.sub(_escape, message)}"
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

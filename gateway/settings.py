@@ -9,6 +9,7 @@ taken relative to the file's own folder, because the daemon's working directory 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -469,17 +470,76 @@ def load_settings(path: Path | str, *, secrets: bool = True) -> Settings:
             problems.extend(describe_errors(exc, model, prefix=(name,)))
         except Exception as exc:  # a value no validator foresaw: still a config error, no traceback
             problems.append(((name,), f"invalid value: {type(exc).__name__}: {str(exc)[:200]}"))
-    devices = _load_devices(data.get("devices", []), context, problems)
+    raw_devices = data.get("devices", [])
+    devices = _load_devices(raw_devices, context, problems)
     if problems:
         locator = LineLocator(text)
         located = sorted(
             ((locator.line_of(loc), loc, msg) for loc, msg in problems), key=lambda item: item[0]
         )
-        raise ConfigError([format_problem(shown, *item) for item in located])
+        ids = _raw_device_ids(raw_devices)
+        raise ConfigError([format_problem(shown, *item, device_ids=ids) for item in located])
     # With the context: pydantic runs the sections' model validators again here.
     return Settings.model_validate(
         {**sections, "devices": tuple(devices), "source_path": source}, context=context
     )
+
+
+def _raw_device_ids(raw: object) -> dict[int, str]:
+    """Index -> id of each ``[[devices]]`` entry that has a string id, to name it in errors."""
+    if not isinstance(raw, list):
+        return {}
+    return {
+        i: entry["id"]
+        for i, entry in enumerate(raw)
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str)
+    }
+
+
+def _claims(device: DeviceConfig) -> list[tuple[str, str, tuple[Any, ...], int | None]]:
+    """What a device holds alone: (key in its table, what, identity, Modbus unit or None).
+
+    Two devices on one serial port fight over it (only one can open it, or both read half the
+    frames), two on one LLRP reader replace each other's ROSpec, two on one Modbus unit write
+    the same coils. Several Modbus units may share one RTU line: that is what a bus is for.
+    """
+    claims: list[tuple[str, str, tuple[Any, ...], int | None]] = []
+    driver = device.driver
+    serial = getattr(device, "serial_port", None) if driver == "modbus" else None
+    if driver == "barcode-serial":
+        serial = getattr(device, "port", None)
+    unit = getattr(device, "unit", None) if driver == "modbus" else None
+    if serial is not None:
+        key = "serial_port" if driver == "modbus" else "port"
+        claims.append((key, f"serial port {json.dumps(serial)}", ("serial", serial), unit))
+    if driver == "modbus" and getattr(device, "host", None) is not None:
+        host, port = device.host, device.port  # type: ignore[attr-defined]
+        what = f"Modbus unit {unit} at {host}:{port}"
+        claims.append(("unit", what, ("modbus-tcp", host, port, unit), None))
+    if driver == "rfid-llrp":  # by port too: simulated readers share 127.0.0.1
+        host, port = device.host, device.port  # type: ignore[attr-defined]
+        claims.append(("host", f"LLRP reader {host}:{port}", ("llrp", host, port), None))
+    if driver == "barcode-hid" and getattr(device, "path", None) is not None:
+        path = device.path  # type: ignore[attr-defined]
+        claims.append(("path", f"input device {json.dumps(path)}", ("hid", path), None))
+    return claims
+
+
+def _check_shared(devices: list[tuple[int, DeviceConfig]], problems: list[Problem]) -> None:
+    """Two devices holding one port, reader or Modbus unit: an error on the later one."""
+    holders: dict[tuple[Any, ...], list[tuple[int, DeviceConfig, int | None]]] = {}
+    for index, device in devices:
+        for key, what, identity, unit in _claims(device):
+            for first_index, first, first_unit in holders.get(identity, []):
+                bus = device.driver == first.driver == "modbus" and unit != first_unit
+                if not bus:
+                    other = f"devices[{first_index}] (id {json.dumps(first.id)})"
+                    at, held = key, what
+                    if unit is not None and device.driver == first.driver:  # one unit, one bus
+                        at, held = "unit", f"Modbus unit {unit} on {what}"
+                    problems.append((("devices", index, at), f"{held} is already used by {other}"))
+                    break
+            holders.setdefault(identity, []).append((index, device, unit))
 
 
 def _load_devices(
@@ -490,6 +550,7 @@ def _load_devices(
         problems.append((("devices",), f"expected [[devices]] tables, got {show_value(raw)}"))
         return []
     devices: list[DeviceConfig] = []
+    indexed: list[tuple[int, DeviceConfig]] = []
     first_index: dict[str, int] = {}
     for index, entry in enumerate(raw):
         loc: KeyPath = ("devices", index)
@@ -505,12 +566,31 @@ def _load_devices(
             problems.append(((*loc, "driver"), model))
             continue
         try:
-            devices.append(model.model_validate(entry, context=context))
+            devices.append(_validate_device(model, entry, context))
+            indexed.append((index, devices[-1]))
         except ValidationError as exc:
             problems.extend(describe_errors(exc, model, prefix=loc))
         except Exception as exc:  # a value the driver's model did not foresee: no traceback
             problems.append((loc, f"invalid value: {type(exc).__name__}: {str(exc)[:200]}"))
+    _check_shared(indexed, problems)
     return devices
+
+
+def _validate_device(
+    model: type[DeviceConfig], entry: dict[str, Any], context: dict[str, Any]
+) -> DeviceConfig:
+    """Validate one device as strictly as the gateway's own sections (issue 14).
+
+    ``baudrate = "9600"`` used to pass while ``mqtt.port = "18999"`` was refused. Pydantic's
+    strict mode as it applies to JSON input is TOML's too: no string for a number or a boolean,
+    yet arrays for tuples and strings for enums, paths and literals. TOML values JSON cannot
+    hold (dates) fall back to the lax check, which refuses them anyway where they do not belong.
+    """
+    try:
+        text = json.dumps(entry)
+    except (TypeError, ValueError):
+        return model.model_validate(entry, context=context)
+    return model.model_validate_json(text, strict=True, context=context)
 
 
 def _device_model(driver: object) -> type[DeviceConfig] | str:

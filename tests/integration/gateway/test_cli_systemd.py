@@ -228,3 +228,13 @@ async def test_replay_range_errors_say_what_exists(tmp_path: Path) -> None:
     past = await asyncio.to_thread(run_cli, *base, "--from-seq", "2", "--to-seq", "7")
     assert past.returncode == 2
     assert "beyond the last stored seq 3" in past.stderr
+
+
+def test_check_config_warns_about_zero_devices(tmp_path: Path) -> None:
+    """No [[devices]] is valid (exit 0) but said, on stderr: the gateway would read nothing."""
+    config = write_config(
+        tmp_path / "gw.toml", mqtt_port=1883, state_dir=tmp_path / "s", devices=[]
+    )
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"{config}: warning: no [[devices]]" in result.stderr

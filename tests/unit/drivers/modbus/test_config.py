@@ -149,7 +149,7 @@ def test_feedback_writes():
 
 
 def test_check_config_names_file_line_and_key(tmp_path):
-    """check-config prints PATH:LINE: devices[0].points[1].type: message for a bad point."""
+    """check-config prints PATH:LINE: devices[0] (id ...).points[1].type: message."""
     config = tmp_path / "gateway.toml"
     config.write_text(
         '[gateway]\nid = "gw-01"\nsite = "dc"\nstate_dir = "/tmp/x"\n\n[mqtt]\nhost = "h"\n\n'
@@ -161,6 +161,8 @@ def test_check_config_names_file_line_and_key(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     lines = (result.stdout + result.stderr).splitlines()
     assert any(
-        line.startswith(f"{config}:22: devices[0].points[1].type: a coil holds one bit")
+        line.startswith(
+            f'{config}:22: devices[0] (id "conveyor-a").points[1].type: a coil holds one bit'
+        )
         for line in lines
     ), lines

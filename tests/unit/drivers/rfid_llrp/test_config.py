@@ -92,7 +92,7 @@ def test_config_file_error_names_path_line_and_zone(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     expected = (
-        f"{path}:10: devices[0].zones.dock.antennas: antenna 9 is not in antennas [1, 2]; "
+        f'{path}:10: devices[0] (id "p").zones.dock.antennas: antenna 9 is not in antennas [1, 2]; '
         "add it there or remove it here"
     )
     assert info.value.errors == [expected]
