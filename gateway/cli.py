@@ -63,12 +63,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="read the broker password from PATH instead of the config's source",
     )
-    demo = sub.add_parser("demo", help="simulated scanners, broker and central system")
-    demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    demo = sub.add_parser(
+        "demo",
+        help="simulated scanners, broker and central system",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="keys while it runs: b = stop or start the broker (an outage), q = quit."
+        " Ctrl-C, SIGTERM and SIGHUP stop it too, and its private broker with it.",
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after N seconds (None: until q or a signal)",
+    )
     demo.add_argument("--rate", type=float, default=2.0, help="scans per second per scanner")
     demo.add_argument("--scanners", type=int, default=3, help="how many simulated scanners")
     demo.add_argument(
-        "--outage-every", type=float, default=0.0, metavar="S", help="stop the broker every S s"
+        "--outage-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop the broker every S s (0: never)",
     )
     demo.add_argument("--outage-for", type=float, default=8.0, metavar="S", help="for S s")
     return parser

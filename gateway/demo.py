@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import signal
 import sys
 import tempfile
 import termios
@@ -32,7 +33,7 @@ import structlog
 from rich.live import Live
 
 from gateway.daemon import Gateway
-from gateway.demo_view import DemoState, render
+from gateway.demo_view import DemoState, progress_line, render
 from gateway.logging import configure_logging
 from gateway.settings import load_settings
 from simulators.barcodes import generate
@@ -184,6 +185,14 @@ def _keys(on_key: dict[str, asyncio.Event]) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
+
+
 def _write_config(
     root: Path, broker_port: int, sims: list[ScannerSimulator], reader_port: int, modbus_port: int
 ) -> Path:
@@ -198,9 +207,16 @@ def _write_config(
     return path
 
 
+PROGRESS_EVERY = 2.0
+"""With stdout not a terminal (a pipe, a log, CI), a plain progress line this often: the live
+view is only drawn once there, at the end."""
+
+
 async def _show(
     state: DemoState, keys: dict[str, asyncio.Event], broker: Broker, duration: float | None
 ) -> None:
+    plain = not sys.stdout.isatty()
+    next_line = time.monotonic() + PROGRESS_EVERY
     with _keys(keys), Live(refresh_per_second=4, screen=False) as live:
         while duration is None or time.monotonic() - state.started < duration:
             if keys["q"].is_set():
@@ -209,6 +225,9 @@ async def _show(
                 keys["b"].clear()
                 await broker.toggle()
             live.update(await render(state))
+            if plain and time.monotonic() >= next_line:
+                next_line += PROGRESS_EVERY
+                live.console.print(progress_line(state, await state.gateway.buffer.stats()))
             await asyncio.sleep(0.25)
 
 
@@ -243,6 +262,12 @@ async def run_demo(
             state = DemoState(gateway, central, broker, sims, time.monotonic())
             stop = asyncio.Event()
             keys = {"b": asyncio.Event(), "q": asyncio.Event()}
+            # Any of these stops the demo the way `q` does, so the private broker goes with it
+            # (a `kill -INT` or `-TERM` used to leave Mosquitto running under PID 1).
+            loop = asyncio.get_running_loop()
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, keys["q"].set)
+            stack.callback(_remove_handlers, loop)
             tasks = [asyncio.create_task(central.run()), asyncio.create_task(gateway.run(stop))]
             await asyncio.sleep(0.5)
             tasks += [
