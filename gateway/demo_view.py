@@ -85,8 +85,8 @@ async def render(state: DemoState) -> Group:
     )
     table.caption = (
         "level: confirmation level; gaps: seqs central misses; feedback: good/bad/pending beeps"
-        "\npending: the level was not reached within confirm_timeout (the scan is stored and"
-        " will be delivered: no rescan), not scans still waiting"
+        "\npending: not confirmed within confirm_timeout (stored, will be delivered: no rescan),"
+        " not scans still waiting; feedback p99: good beeps only"
     )
     for column in ("device", "state", "level", "stored", "sent", "central", "gaps", "feedback"):
         # Fits 80 columns; nothing wraps, so a narrower terminal crops the right edge instead.
@@ -118,7 +118,7 @@ async def render(state: DemoState) -> Group:
         broker,
         f"   buffer unsent {stats.unsent}",
         "   draining backlog" if gw.publisher.draining else "",
-        f"   good-feedback p99 {good_feedback_p99_ms(gw):.1f} ms",
+        f"   feedback p99 {good_feedback_p99_ms(gw):.1f} ms",
         f"   central: {central.unique_count()} events,"
         f" {sum(t.duplicates for t in central.sources.values())} duplicates",
     )
