@@ -157,6 +157,11 @@ class Gateway:
         except TimeoutError:
             log.warning("shutdown_timeout", bound_s=bound)
             publisher_task.cancel()
+            # Let its cleanup (record the acks it has, release the rest) reach the buffer
+            # before it closes; bounded again, so a stop always ends.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(bound):
+                    await asyncio.gather(publisher_task, return_exceptions=True)
         await self.buffer.close()
         gc.unfreeze()  # collectable again: several gateways may run in one (test) process
         log.info("gateway_stopped")

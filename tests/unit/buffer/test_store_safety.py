@@ -268,3 +268,31 @@ async def test_a_range_missing_only_its_first_event_is_refused(tmp_path: Path) -
         assert (await b.check_replay("s", 2, 11)).error is not None, "beyond the last seq"
     finally:
         await b.close()
+
+
+async def test_events_the_broker_refused_are_held_not_sent_not_pruned(tmp_path: Path) -> None:
+    """Held (refused by the broker): never claimed again in the same session, never counted as
+    sent or pruned, back to pending at the next session (unhold) or the next start."""
+    path = tmp_path / "b.db"
+    b = await Buffer.open(path, max_bytes=10**8)
+    try:
+        for n in range(3):
+            await b.append(make_event("s", n))
+        claimed = await b.claim(10)
+        await b.hold(claimed[1:2])
+        await b.mark_sent([claimed[0], claimed[2]])
+        assert await b.claim(10) == []
+        assert await b.unsent_count() == 0, "a held event does not keep a drain going"
+        assert await b.prune(-1) == 2, "only the two sent ones"
+        assert (await b.stats()).by_state["held_by_broker"] == 1
+        assert await b.unhold() == 1
+        assert [e.seq for e in await b.claim(10)] == [2]
+        await b.release_in_flight()
+        await b.hold(await b.claim(10))
+    finally:
+        await b.close()
+    b = await Buffer.open(path, max_bytes=10**8)
+    try:
+        assert [e.seq for e in await b.claim(10)] == [2], "a restart tries held events again"
+    finally:
+        await b.close()
