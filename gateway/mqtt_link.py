@@ -257,18 +257,30 @@ class MqttLink:
         if available and not available[0]:
             self.retain = False
 
-    @property
-    def send_quota(self) -> int:
-        """How many of our QoS 1 publishes may await their PUBACK at once, minus a reserve.
-
-        MQTT 5 lets the broker cap this with its Receive Maximum (Mosquitto: its
-        ``max_inflight_messages``, 20 by default); gmqtt then refuses the next packet id. The
-        event pump keeps within this, leaving :data:`SEND_RESERVE` ids for everything else.
-        """
+    def _id_limit(self) -> int:
+        """Packet ids gmqtt can hand out at once: the broker's Receive Maximum - 1."""
         # gmqtt keeps the CONNACK's properties as lists; absent means 65535 (MQTT 5 3.2.2.3.3).
         values = self._client._package_handler._connack_properties.get("receive_maximum")  # noqa: SLF001
         broker = int(values[0]) if values else 65535
-        return max(1, broker - 1 - SEND_RESERVE)
+        return max(1, broker - 1)
+
+    def _reserve(self) -> int:
+        """Ids kept for status, checkpoint and answers.
+
+        :data:`SEND_RESERVE`, or half of a small window (a broker's Receive Maximum may be 2).
+        """
+        return max(1, min(SEND_RESERVE, self._id_limit() // 2))
+
+    @property
+    def send_quota(self) -> int:
+        """How many events may await their PUBACK at once: the broker's window minus a reserve.
+
+        MQTT 5 lets the broker cap this with its Receive Maximum (Mosquitto: its
+        ``max_inflight_messages``, 20 by default); gmqtt then refuses the next packet id. The
+        event pump keeps within this; :meth:`publish` keeps within the reserve, so the two
+        together never ask gmqtt for more ids than it has.
+        """
+        return max(1, self._id_limit() - self._reserve())
 
     @property
     def max_packet_size(self) -> int | None:
@@ -293,9 +305,6 @@ class MqttLink:
 
         handler._handle_puback_packet = puback  # noqa: SLF001
 
-    def _ids_in_use(self) -> int:
-        return len(self._store._messages)  # noqa: SLF001
-
     def send(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
         """Write one QoS 1 PUBLISH and return its mid; its PUBACK comes to ``on_ack``."""
         if self.lost.is_set() or not self._client.is_connected:
@@ -319,16 +328,19 @@ class MqttLink:
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """QoS 1 publish that returns after its PUBACK; raises LinkError if none comes.
 
-        Waits (bounded by ``publish_timeout``) for a free packet id within the broker's Receive
-        Maximum rather than failing when the reserve is in use.
+        Waits (bounded by ``publish_timeout``) for one of the reserved packet ids (those the event
+        pump leaves free, :meth:`_reserve`) rather than failing when all are in use.
         """
-        if self._ids_in_use() >= self.send_quota + SEND_RESERVE:
-            async with asyncio.timeout(self._mqtt.publish_timeout):
-                while self._ids_in_use() >= self.send_quota + SEND_RESERVE:
-                    if self.lost.is_set():
-                        raise LinkError("not connected")
-                    self._acks_freed.clear()
-                    await _first(self._acks_freed.wait(), self.lost.wait())
+        if len(self._waiters) >= self._reserve():
+            try:
+                async with asyncio.timeout(self._mqtt.publish_timeout):
+                    while len(self._waiters) >= self._reserve():
+                        if self.lost.is_set():
+                            raise LinkError("not connected")
+                        self._acks_freed.clear()
+                        await _first(self._acks_freed.wait(), self.lost.wait())
+            except TimeoutError as exc:
+                raise LinkError("no free packet id within publish_timeout") from exc
         mid = self.send(topic, payload, retain=retain)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[mid] = waiter
