@@ -1,0 +1,127 @@
+"""Issue 18 against a real Mosquitto: oversized packets, retained and redelivered commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from buffer.event_ids import id_text
+from buffer.schema import STATE_CONFIRMED
+from gateway.mqtt_link import MAX_PACKET_SIZE, MqttLink
+from gateway.settings import MqttSection
+from simulators.broker import MosquittoBroker
+from simulators.scanner import ScannerSimulator
+from tests.support import running_gateway, scanner_device, write_config
+
+ROOT = "edge/site-test/gw-test"
+
+
+@pytest.fixture
+async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
+    async with ScannerSimulator(tmp_path / "scanner0") as sim:
+        yield sim
+
+
+def config(tmp_path: Path, broker: MosquittoBroker, sim: ScannerSimulator) -> Path:
+    return write_config(
+        tmp_path / "gateway.toml",
+        mqtt_port=broker.port,
+        state_dir=tmp_path / "state",
+        devices=[scanner_device("dock-1", sim.link, confirm="accepted", confirm_timeout=60)],
+    )
+
+
+def events(tmp_path: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(tmp_path / "state" / "buffer.db") as conn:
+        rows = conn.execute("SELECT id, state FROM events ORDER BY seq").fetchall()
+    return [(id_text(i), int(state)) for i, state in rows]
+
+
+async def test_an_oversized_confirm_is_never_delivered_nor_redelivered(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """A 4 MiB QoS 1 confirm is dropped by the broker for us (Maximum Packet Size in CONNECT):
+    the gateway never reads it, a genuine confirm behind it is applied, and a restart of the
+    gateway (persistent session) does not get it either (issue 18, finding 1)."""
+    cfg = config(tmp_path, broker, scanner)
+    async with running_gateway(cfg) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await scanner.type_code("BIG1", aim="")
+        async with asyncio.timeout(10):
+            while not events(tmp_path) or events(tmp_path)[0][1] < 2:
+                await asyncio.sleep(0.05)
+        event_id = events(tmp_path)[0][0]
+        huge = b'{"id": "' + b"x" * (4 * 1024 * 1024) + b'", "status": "accepted"}'
+        genuine = json.dumps({"id": event_id, "status": "accepted"}).encode()
+        async with aiomqtt.Client(broker.host, broker.port, identifier="central-big") as client:
+            await client.publish(f"{ROOT}/confirm", huge, qos=1)
+            await client.publish(f"{ROOT}/confirm", genuine, qos=1)
+        async with asyncio.timeout(10):
+            while events(tmp_path)[0][1] != STATE_CONFIRMED:
+                await asyncio.sleep(0.05)
+        counters = dict(gw.inbound.counters)
+        assert counters.get("confirm_messages") == 1, counters
+        assert "confirm_invalid" not in counters, "the oversized message reached the gateway"
+        assert gw.publisher.connected.is_set()
+    async with running_gateway(cfg) as gw:
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await asyncio.sleep(1.0)
+        assert "confirm_messages" not in gw.inbound.counters, "redelivered on reconnect"
+
+
+async def _hostile_broker(written: list[int], stop: asyncio.Event) -> asyncio.Server:
+    """Answers CONNECT, then streams a PUBLISH that says it is 256 MiB long."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # CONNECT
+        writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK, MQTT 5, success, no properties
+        await asyncio.sleep(0.3)  # the link has its CONNACK
+        writer.write(b"\x30\xff\xff\xff\x7f\x00\x03a/b")  # PUBLISH, Remaining Length 256 MiB-1
+        chunk = b"x" * 65536
+        try:
+            while written[0] < 512 * 1024 * 1024 and not stop.is_set():
+                writer.write(chunk)
+                await writer.drain()
+                written[0] += len(chunk)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            stop.set()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_a_hostile_broker_cannot_make_the_link_read_a_huge_packet() -> None:
+    """A broker that ignores our Maximum Packet Size: the link drops the connection once the
+    packet's header says it is too big, not after reading (and copying) it."""
+    written, stop = [0], asyncio.Event()
+    server = await _hostile_broker(written, stop)
+    port = server.sockets[0].getsockname()[1]
+    link = MqttLink(MqttSection(host="127.0.0.1", port=port), "victim")
+    try:
+        cpu = time.process_time()
+        await link.connect()
+        async with asyncio.timeout(10):
+            await link.lost.wait()
+        async with asyncio.timeout(10):
+            await stop.wait()
+        cpu = time.process_time() - cpu
+    finally:
+        stop.set()
+        await link.close()
+        server.close()
+    print(f"hostile broker: {written[0]} bytes written before the cut, {cpu:.3f} s CPU")
+    assert written[0] < 16 * 1024 * 1024, f"{written[0]} bytes taken (socket buffers aside)"
+    assert cpu < 2.0
+    assert MAX_PACKET_SIZE < 70 * 1024
