@@ -248,8 +248,10 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await driver.stop()
 
-    def _on_message(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
-        return self.inbound.handle(topic, payload)
+    def _on_message(
+        self, topic: str, payload: bytes, *, retained: bool = False
+    ) -> asyncio.Future[None] | None:
+        return self.inbound.handle(topic, payload, retained=retained)
 
     def _start_driver(self, device: DeviceConfig) -> asyncio.Task[None]:
         cls = registry.driver_class(device.driver)

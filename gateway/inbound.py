@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,17 @@ SETTLE_RETRY_MIN_S = 0.2
 SETTLE_RETRY_MAX_S = 10.0
 """Backoff of a failed settle (a locked or full disk): retried until it commits, never dropped."""
 
+COMMAND_RATE = 5.0
+COMMAND_BURST = 20.0
+"""Commands taken per second, and in a burst, valid or not: each costs a range check on the
+buffer and often an answer, so a flood is refused at the door (issue 18, finding 8)."""
+
+REQUEST_WINDOW_S = 24 * 3600.0
+REQUEST_WINDOW_MAX = 4096
+"""How long, and how many, ``request_id``s of queued replays are remembered: a command whose
+``request_id`` is still remembered is ignored (a QoS 1 redelivery, DUP, or a repeat). At most
+4,096 ids of at most 128 characters: under 1 MiB (issue 18, finding 3)."""
+
 AnswerFn = Callable[[bytes], None]
 Verdict = tuple[str, bool, str | None]
 
@@ -72,6 +84,40 @@ class _Message:
     applied: int = 0
     taken: int = field(default=0)
     """Verdicts handed to the settle in progress (committed ones are ``applied``)."""
+
+
+class RequestWindow:
+    """The ``request_id``s seen lately: at most ``size``, none older than ``period`` seconds."""
+
+    def __init__(self, period: float = REQUEST_WINDOW_S, size: int = REQUEST_WINDOW_MAX) -> None:
+        self._period = period
+        self._size = size
+        self._seen: collections.OrderedDict[tuple[str, str | int], float] = (
+            collections.OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    @staticmethod
+    def _key(request_id: str | int) -> tuple[str, str | int]:
+        return (type(request_id).__name__, request_id)  # 1 and "1" are different requests
+
+    def __contains__(self, request_id: str | int) -> bool:
+        self._expire()
+        return self._key(request_id) in self._seen
+
+    def add(self, request_id: str | int) -> None:
+        """Remember ``request_id`` from now on; the oldest is forgotten beyond ``size``."""
+        self._seen[self._key(request_id)] = time.monotonic()
+        self._seen.move_to_end(self._key(request_id))
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self._period
+        while self._seen and next(iter(self._seen.values())) < cutoff:
+            self._seen.popitem(last=False)
 
 
 class Inbound:
@@ -98,20 +144,28 @@ class Inbound:
         self._idle.set()
         self._accepting = True
         self._answers = TokenBucket(50.0, burst=50.0)
+        self._commands = TokenBucket(COMMAND_RATE, burst=COMMAND_BURST)
+        self._requests = RequestWindow()
         self._burst = BurstLog()
         self.counters: collections.Counter[str] = collections.Counter()
         """confirm_{messages,accepted,rejected,duplicate,unknown,invalid,backpressure,
-        store_retry}, cmd_*..."""
+        store_retry}, cmd_{messages,invalid,busy,retained,duplicate,rate_limited,replay_queued},
+        ..."""
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """The only topics the gateway listens on: its own root's confirm and cmd topics."""
         return (self._topics.confirm, self._topics.cmd_replay)
 
-    def handle(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+    def handle(
+        self, topic: str, payload: bytes, *, retained: bool = False
+    ) -> asyncio.Future[None] | None:
         """Dispatch one received message; acknowledge it when the result is done (None: now).
 
-        Never raises. After :meth:`stop_accepting`, every message is held: never acknowledged
+        ``retained``: the broker kept the message and sends it because we subscribed; a command
+        is then refused, not run (it would run again on every new subscription). Never raises.
+
+        After :meth:`stop_accepting`, every message is held: never acknowledged
         by this session, so the broker sends it again in the next.
         """
         if not self._accepting:
@@ -123,7 +177,7 @@ class Inbound:
             if topic == self._topics.confirm:
                 return self._confirm(payload)
             if topic == self._topics.cmd_replay:
-                self._replay(payload)
+                self._replay(payload, retained=retained)
             else:
                 self.counters["foreign_topic"] += 1
                 self._burst.warning("message_on_unexpected_topic", topic=echo(topic, 200))
@@ -168,8 +222,16 @@ class Inbound:
         self._admitted_bytes += message.cost
         self._ready.set()
 
-    def _replay(self, payload: bytes) -> None:
+    def _replay(self, payload: bytes, *, retained: bool) -> None:
         self.counters["cmd_messages"] += 1
+        if not self._commands.try_take():
+            self.counters["cmd_rate_limited"] += 1
+            self._burst.warning("cmd_rate_limited", rate=COMMAND_RATE, burst=COMMAND_BURST)
+            self._refuse(
+                request_id_of(payload),
+                f"rate limited: at most {COMMAND_RATE:g} commands/s; retry later",
+            )
+            return
         try:
             command = parse_replay(payload)
         except InvalidMessageError as exc:
@@ -177,12 +239,27 @@ class Inbound:
             self._burst.warning("cmd_invalid", detail=str(exc))
             self._refuse(request_id_of(payload), str(exc))
             return
+        if command.request_id in self._requests:
+            self.counters["cmd_duplicate"] += 1
+            self._burst.warning("cmd_replay_duplicate", request_id=command.request_id)
+            return  # the first one is answered; a redelivery (DUP) must not replay twice
+        if retained:
+            self.counters["cmd_retained"] += 1
+            self._requests.add(command.request_id)
+            self._burst.warning("cmd_replay_retained", request_id=command.request_id)
+            self._refuse(
+                command.request_id,
+                "retained command not run (it would run again on every subscription):"
+                " publish commands with retain=false and clear this retained message",
+            )
+            return
         refusal = self._replays.submit(command)
         if refusal is not None:
             self.counters["cmd_busy"] += 1
             self._burst.warning("cmd_replay_busy", request_id=command.request_id)
             self._refuse(command.request_id, refusal)
             return
+        self._requests.add(command.request_id)
         self.counters["cmd_replay_queued"] += 1
 
     def _refuse(self, request_id: str | int | None, detail: str) -> None:

@@ -8,12 +8,14 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Self
 
 import aiomqtt
 import pytest
 
 from buffer.event_ids import id_text
 from buffer.schema import STATE_CONFIRMED
+from gateway.daemon import Gateway
 from gateway.mqtt_link import MAX_PACKET_SIZE, MqttLink
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
@@ -125,3 +127,157 @@ async def test_a_hostile_broker_cannot_make_the_link_read_a_huge_packet() -> Non
     assert written[0] < 16 * 1024 * 1024, f"{written[0]} bytes taken (socket buffers aside)"
     assert cpu < 2.0
     assert MAX_PACKET_SIZE < 70 * 1024
+
+
+class Listener:
+    """Answers on ``cmd/result`` and replayed events, from a subscriber of its own."""
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.broker = broker
+        self.answers: list[dict[str, object]] = []
+        self.replayed = 0
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with aiomqtt.Client(
+            self.broker.host, self.broker.port, identifier="listener"
+        ) as client:
+            await client.subscribe(f"{ROOT}/cmd/result", qos=1)
+            await client.subscribe(f"{ROOT}/events/#", qos=1)
+            self._ready.set()
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                body = json.loads(message.payload)
+                if message.topic.matches(f"{ROOT}/cmd/result"):
+                    self.answers.append(body)
+                elif body.get("replayed"):
+                    self.replayed += 1
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run())
+        async with asyncio.timeout(10):
+            await self._ready.wait()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def scan_sent(gw: Gateway, sim: ScannerSimulator, count: int) -> None:
+    await sim.write_raw("".join(f"R{i:05d}\r" for i in range(count)).encode())
+    async with asyncio.timeout(15):
+        while (
+            d := (await gw.buffer.stats()).devices.get("dock-1")
+        ) is None or d.last_sent_seq < count:
+            await asyncio.sleep(0.05)
+
+
+def replay_config(
+    tmp_path: Path, broker: MosquittoBroker, sim: ScannerSimulator, client_id: str = ""
+) -> Path:
+    return write_config(
+        tmp_path / "gateway.toml",
+        mqtt_port=broker.port,
+        state_dir=tmp_path / "state",
+        devices=[scanner_device("dock-1", sim.link)],
+        **({"mqtt": {"client_id": client_id}} if client_id else {}),
+    )
+
+
+async def _store_five(tmp_path: Path, broker: MosquittoBroker, sim: ScannerSimulator) -> None:
+    async with running_gateway(replay_config(tmp_path, broker, sim)) as gw:
+        await sim.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await scan_sent(gw, sim, 5)
+
+
+async def _start_three_times(config: Path) -> None:
+    for _ in range(3):
+        async with running_gateway(config) as gw:
+            async with asyncio.timeout(10):
+                await gw.publisher.connected.wait()
+            await asyncio.sleep(1.0)
+    await asyncio.sleep(0.3)
+
+
+async def test_a_command_retained_while_we_were_away_runs_once_over_three_starts(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """The issue's case: a retained ``cmd/replay`` published while the gateway is stopped. Our
+    persistent session queues it as a live command: it runs once, and the retained copy is not
+    sent again when later sessions subscribe (issue 18, finding 3: before, 3 ``ok``, 15 events)."""
+    await _store_five(tmp_path, broker, scanner)
+    command = {"request_id": "kept", "device": "dock-1", "from_seq": 1, "to_seq": 5}
+    async with Listener(broker) as listener:
+        async with aiomqtt.Client(broker.host, broker.port, identifier="central-kept") as client:
+            await client.publish(f"{ROOT}/cmd/replay", json.dumps(command), qos=1, retain=True)
+        await _start_three_times(replay_config(tmp_path, broker, scanner))
+    assert [a["ok"] for a in listener.answers] == [True], listener.answers
+    assert listener.replayed == 5
+
+
+async def test_a_retained_command_on_a_new_subscription_is_refused_once(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """A retained ``cmd/replay`` the broker sends because a new session subscribed (retain flag
+    set): answered once with an error, never run, over three starts (issue 18, finding 3)."""
+    await _store_five(tmp_path, broker, scanner)
+    command = {"request_id": "kept", "device": "dock-1", "from_seq": 1, "to_seq": 5}
+    async with Listener(broker) as listener:
+        async with aiomqtt.Client(broker.host, broker.port, identifier="central-kept") as client:
+            await client.publish(f"{ROOT}/cmd/replay", json.dumps(command), qos=1, retain=True)
+        await _start_three_times(replay_config(tmp_path, broker, scanner, client_id="gw-fresh"))
+    assert [a["ok"] for a in listener.answers] == [False], listener.answers
+    assert "retain" in str(listener.answers[0]["detail"])
+    assert listener.replayed == 0
+
+
+async def test_a_repeated_request_id_replays_once(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """The same replay command delivered twice (a QoS 1 redelivery looks the same to us): one
+    answer, one replay (issue 18, finding 3: before, two of each)."""
+    async with running_gateway(replay_config(tmp_path, broker, scanner)) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await scan_sent(gw, scanner, 5)
+        command = {"request_id": 7, "device": "dock-1", "from_seq": 1, "to_seq": 5}
+        async with Listener(broker) as listener:
+            async with aiomqtt.Client(broker.host, broker.port, identifier="central-2x") as client:
+                for _ in range(2):
+                    await client.publish(f"{ROOT}/cmd/replay", json.dumps(command), qos=1)
+            async with asyncio.timeout(10):
+                while not listener.answers or listener.replayed < 5:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+        assert gw.inbound.counters["cmd_duplicate"] == 1
+    assert [a["ok"] for a in listener.answers] == [True], listener.answers
+    assert listener.replayed == 5
+
+
+async def test_a_command_flood_is_rate_limited_before_any_range_check(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """200 replay commands at once, all to be refused: only a burst reaches the range check,
+    the rest are refused as rate limited (issue 18, finding 8: before, every one was checked)."""
+    async with running_gateway(replay_config(tmp_path, broker, scanner)) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await scan_sent(gw, scanner, 3)
+        async with aiomqtt.Client(broker.host, broker.port, identifier="central-flood") as client:
+            for n in range(200):
+                body = {"request_id": n, "device": "dock-1", "from_seq": 1, "to_seq": 99}
+                await client.publish(f"{ROOT}/cmd/replay", json.dumps(body), qos=1)
+        async with asyncio.timeout(10):
+            while gw.inbound.counters["cmd_messages"] < 200:
+                await asyncio.sleep(0.05)
+        limited = gw.inbound.counters["cmd_rate_limited"]
+        queued = gw.inbound.counters["cmd_replay_queued"]
+    assert limited >= 150, dict(gw.inbound.counters)
+    assert queued + limited == 200
