@@ -148,9 +148,9 @@ class Inbound:
         self._requests = RequestWindow()
         self._burst = BurstLog()
         self.counters: collections.Counter[str] = collections.Counter()
-        """confirm_{messages,accepted,rejected,duplicate,unknown,invalid,backpressure,
-        store_retry}, cmd_{messages,invalid,busy,retained,duplicate,rate_limited,replay_queued},
-        ..."""
+        """confirm_{messages,accepted,rejected,duplicate,unknown,invalid,invalid_verdicts,
+        backpressure,store_retry}, cmd_{messages,invalid,busy,retained,duplicate,rate_limited,
+        replay_queued}, ..."""
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
@@ -189,13 +189,17 @@ class Inbound:
     def _confirm(self, payload: bytes) -> asyncio.Future[None] | None:
         self.counters["confirm_messages"] += 1
         try:
-            confirms = parse_confirms(payload)
+            parsed = parse_confirms(payload)
         except InvalidMessageError as exc:
             self.counters["confirm_invalid"] += 1
             self._burst.warning("confirm_invalid", detail=str(exc))
             return None
-        if not confirms:
-            return None
+        if parsed.refused:
+            self.counters["confirm_invalid_verdicts"] += parsed.refused
+            self._burst.warning(
+                "confirm_verdicts_refused", refused=parsed.refused, detail=parsed.problem
+            )
+        confirms = parsed.confirms
         message = _Message(
             [(c.id, c.status == "accepted", c.reason) for c in confirms],
             len(payload),

@@ -62,7 +62,7 @@ def test_confirm_parser_only_raises_its_own_error(payload: bytes) -> None:
     """Any payload: a bounded list of valid confirms, or InvalidMessageError without the
     payload echoed in it."""
     try:
-        confirms = parse_confirms(payload)
+        confirms = parse_confirms(payload).confirms
     except InvalidMessageError as exc:
         confirms, error = [], str(exc)
     else:

@@ -281,3 +281,31 @@ async def test_a_command_flood_is_rate_limited_before_any_range_check(
         queued = gw.inbound.counters["cmd_replay_queued"]
     assert limited >= 150, dict(gw.inbound.counters)
     assert queued + limited == 200
+
+
+async def test_one_bad_verdict_does_not_cost_the_others(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """A list of three verdicts whose second has a 1,025-character reason: the first and the
+    third are applied (issue 18, finding 4: before, the whole list was refused)."""
+    async with running_gateway(config(tmp_path, broker, scanner)) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        for code in ("A1", "A2", "A3"):
+            await scanner.type_code(code, aim="")
+        async with asyncio.timeout(10):
+            while len(rows := events(tmp_path)) < 3 or any(state < 2 for _, state in rows):
+                await asyncio.sleep(0.05)
+        (first, _), (second, _), (third, _) = events(tmp_path)
+        verdicts = [
+            {"id": first, "status": "accepted"},
+            {"id": second, "status": "rejected", "reason": "r" * 1025},
+            {"id": third, "status": "rejected", "reason": "bad read"},
+        ]
+        async with aiomqtt.Client(broker.host, broker.port, identifier="central-3") as client:
+            await client.publish(f"{ROOT}/confirm", json.dumps(verdicts), qos=1)
+        async with asyncio.timeout(10):
+            while [state for _, state in events(tmp_path)] != [STATE_CONFIRMED, 2, 4]:
+                await asyncio.sleep(0.05)
+        assert gw.inbound.counters["confirm_invalid_verdicts"] == 1
