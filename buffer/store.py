@@ -142,6 +142,8 @@ class Buffer:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._reader: aiosqlite.Connection | None = None
+        self._replay_reader: BufferConnection | None = None
+        """Read-only, for replay range checks (WAL: they never wait for the writer)."""
         self.committed = asyncio.Event()
         """Set after each commit that added events; the publisher waits on it when idle."""
         self.commits = 0
@@ -505,8 +507,14 @@ class Buffer:
         return result
 
     async def check_replay(self, device: str, from_seq: int, to_seq: int | None) -> ReplayRange:
-        """Validate a replay request against what is stored; see :func:`check_range`."""
-        return await self._db.read(
+        """Validate a replay request against what is stored; see :func:`check_range`.
+
+        Runs on a read-only connection of its own, not under the buffer's lock: an appended
+        batch never waits behind a range check (issue 18, finding 8).
+        """
+        if self._replay_reader is None:
+            self._replay_reader = BufferConnection(await open_reader(self.path))
+        return await self._replay_reader.read(
             partial(check_range, device=device, from_seq=from_seq, to_seq=to_seq)
         )
 
@@ -563,6 +571,10 @@ class Buffer:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._reader.close()
             self._reader = None
+        if self._replay_reader is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._replay_reader.close()
+            self._replay_reader = None
         await self._db.close()
 
 
