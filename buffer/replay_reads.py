@@ -107,3 +107,40 @@ def delivered_rows(
         (device, from_seq, to_seq, STATE_SENT, limit),
         backlog=True,
     )
+
+
+MAX_MISSING_RANGES = 20
+"""Missing ranges named in a replay's answer; the count of missing events is complete."""
+
+
+def lost_in_gaps(
+    conn: sqlite3.Connection, device: str, gaps: list[tuple[int, int]]
+) -> tuple[int, list[tuple[int, int]]]:
+    """Of the seqs a replay skipped (``gaps``), those deleted since its range check.
+
+    A skipped seq is either still stored (not delivered yet: the publisher sends it), dropped
+    on purpose (recorded), or deleted by retention or the size cap while the replay ran: only
+    those are lost to it. Returns their count and the first :data:`MAX_MISSING_RANGES` of them
+    as inclusive ranges.
+    """
+    lost = 0
+    ranges: list[tuple[int, int]] = []
+    for first, last in gaps:
+        covered = sorted(
+            [
+                (int(r[0]), int(r[0]))
+                for r in conn.execute(
+                    "SELECT seq FROM events WHERE device = ? AND seq BETWEEN ? AND ?",
+                    (device, first, last),
+                )
+            ]
+            + dropped.in_range(conn, device, first, last)
+        )
+        cursor = first
+        for a, b in [*covered, (last + 1, last + 1)]:
+            if a > cursor:
+                lost += a - cursor
+                if len(ranges) < MAX_MISSING_RANGES:
+                    ranges.append((cursor, a - 1))
+            cursor = max(cursor, b + 1)
+    return lost, ranges

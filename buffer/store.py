@@ -32,7 +32,7 @@ from buffer.confirms import SettleResult, first_verdicts, settle
 from buffer.connection import BufferConnection
 from buffer.event_ids import id_key
 from buffer.eviction import awaiting_confirm_sql, make_room
-from buffer.replay_reads import ReplayRange, check_range, delivered_rows
+from buffer.replay_reads import ReplayRange, check_range, delivered_rows, lost_in_gaps
 from buffer.rows import (
     ADVANCE_LAST_SENT,
     OutgoingEvent,
@@ -517,6 +517,14 @@ class Buffer:
         return await self._replay_reader.read(
             partial(check_range, device=device, from_seq=from_seq, to_seq=to_seq)
         )
+
+    async def replay_lost(
+        self, device: str, gaps: list[tuple[int, int]]
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Of the seqs a replay skipped, those deleted while it ran; see :func:`lost_in_gaps`."""
+        if self._replay_reader is None:
+            self._replay_reader = BufferConnection(await open_reader(self.path))
+        return await self._replay_reader.read(partial(lost_in_gaps, device=device, gaps=gaps))
 
     async def replay_chunk(
         self, device: str, from_seq: int, to_seq: int, limit: int

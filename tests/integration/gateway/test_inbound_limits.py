@@ -309,3 +309,39 @@ async def test_one_bad_verdict_does_not_cost_the_others(
             while [state for _, state in events(tmp_path)] != [STATE_CONFIRMED, 2, 4]:
                 await asyncio.sleep(0.05)
         assert gw.inbound.counters["confirm_invalid_verdicts"] == 1
+
+
+async def test_a_replay_that_loses_rows_to_retention_says_so(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """Retention deletes the rest of a range while its replay runs: the answer is ``ok: false``
+    with the missing count and ranges, not ``ok`` with a smaller count (issue 18, lesser)."""
+    cfg = write_config(
+        tmp_path / "gateway.toml",
+        mqtt_port=broker.port,
+        state_dir=tmp_path / "state",
+        devices=[scanner_device("dock-1", scanner.link)],
+        mqtt={"replay_rate": 200},
+    )
+    async with running_gateway(cfg) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await scan_sent(gw, scanner, 500)  # the replay reads 200 rows at a time
+        command = {"request_id": "r", "device": "dock-1", "from_seq": 1, "to_seq": 500}
+        async with Listener(broker) as listener:
+            async with aiomqtt.Client(broker.host, broker.port, identifier="central-r") as client:
+                await client.publish(f"{ROOT}/cmd/replay", json.dumps(command), qos=1)
+            async with asyncio.timeout(10):
+                while listener.replayed < 10:
+                    await asyncio.sleep(0.02)
+            assert await gw.buffer.prune(retention=1, now=9e12) > 0
+            async with asyncio.timeout(10):
+                while not listener.answers:
+                    await asyncio.sleep(0.05)
+    answer = listener.answers[0]
+    assert answer["ok"] is False, answer
+    count, missing = answer["count"], answer["missing"]
+    assert isinstance(count, int) and isinstance(missing, int)
+    assert (count, missing) == (200, 300)
+    assert answer["missing_ranges"] == [[201, 500]]

@@ -305,3 +305,20 @@ async def test_a_range_with_a_hole_inside_is_refused_and_unsent_counted(tmp_path
         assert refused.error is not None and "no longer fully retained" in refused.error
     finally:
         await b.close()
+
+
+async def test_seqs_a_replay_skipped_are_lost_only_if_deleted(tmp_path: Path) -> None:
+    """Of the seqs a replay skipped, those still stored (undelivered) are not lost; those
+    deleted since are, as ranges (issue 18: a replay that loses rows mid-way says so)."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    try:
+        for n in range(10):
+            await b.append(make_event("s", n))
+        await b._db.write(
+            lambda c: c.execute("DELETE FROM events WHERE device = 's' AND seq IN (3, 4, 9)"),
+            durable=True,
+        )
+        assert await b.replay_lost("s", [(2, 5), (7, 10)]) == (3, [(3, 4), (9, 9)])
+        assert await b.replay_lost("s", [(1, 2)]) == (0, [])
+    finally:
+        await b.close()
