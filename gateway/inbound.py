@@ -231,10 +231,13 @@ class Inbound:
         if not self._commands.try_take():
             self.counters["cmd_rate_limited"] += 1
             self._burst.warning("cmd_rate_limited", rate=COMMAND_RATE, burst=COMMAND_BURST)
-            self._refuse(
-                request_id_of(payload),
-                f"rate limited: at most {COMMAND_RATE:g} commands/s; retry later",
-            )
+            if not self._answers.try_take():  # no answer can go out: do not even parse it
+                self.counters["answers_suppressed"] += 1
+                return
+            request_id = request_id_of(payload)
+            if request_id is not None:
+                detail = f"rate limited: at most {COMMAND_RATE:g} commands/s; retry later"
+                self._answer(result_payload(request_id, ok=False, detail=detail))
             return
         try:
             command = parse_replay(payload)
