@@ -345,3 +345,42 @@ async def test_a_replay_that_loses_rows_to_retention_says_so(
     assert isinstance(count, int) and isinstance(missing, int)
     assert (count, missing) == (200, 300)
     assert answer["missing_ranges"] == [[201, 500]]
+
+
+async def test_a_redelivered_replay_command_dup_runs_once(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """A real QoS 1 redelivery: the connection dies after the gateway took the command but
+    before its PUBACK left, so the broker sends it again (DUP) to the next session. One answer,
+    one replay (issue 18, finding 3: before, the replay ran twice)."""
+    async with running_gateway(replay_config(tmp_path, broker, scanner)) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await scan_sent(gw, scanner, 5)
+        original = gw.inbound.handle
+        seen: list[bytes] = []
+
+        def handle_then_drop(topic: str, payload: bytes, **kw: bool) -> object:
+            result = original(topic, payload, **kw)
+            if topic.endswith("/cmd/replay"):
+                seen.append(payload)
+                if len(seen) == 1:  # the PUBACK for this one never leaves
+                    assert gw.publisher._link is not None
+                    gw.publisher._link._abort_transport()
+            return result
+
+        gw.inbound.handle = handle_then_drop  # type: ignore[method-assign]
+        command = {"request_id": "once", "device": "dock-1", "from_seq": 1, "to_seq": 5}
+        async with Listener(broker) as listener:
+            async with aiomqtt.Client(broker.host, broker.port, identifier="central-dup") as client:
+                await client.publish(f"{ROOT}/cmd/replay", json.dumps(command), qos=1)
+            async with asyncio.timeout(20):
+                while len(seen) < 2:
+                    await asyncio.sleep(0.05)
+            async with asyncio.timeout(10):
+                while not listener.answers or listener.replayed < 5:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+    assert [a["ok"] for a in listener.answers] == [True], listener.answers
+    assert listener.replayed == 5
