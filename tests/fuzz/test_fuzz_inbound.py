@@ -22,8 +22,8 @@ from gateway.commands import (
 )
 from gateway.confirmations import Confirmations
 from gateway.inbound import COMMAND_BURST, COMMAND_RATE, MAX_PENDING_BYTES, Inbound
-from gateway.mqtt_link import MAX_PACKET_SIZE
-from gateway.mqtt_link import _oversized as packet_oversized
+from gateway.mqtt_packets import MAX_PACKET_SIZE
+from gateway.mqtt_packets import oversized as packet_oversized
 from gateway.topics import Topics
 from tests.fuzz.budget import FUZZ
 

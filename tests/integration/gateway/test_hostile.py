@@ -14,7 +14,7 @@ import aiomqtt
 import pytest
 import structlog.testing
 
-from gateway.mqtt_link import MAX_PACKET_SIZE
+from gateway.mqtt_packets import MAX_PACKET_SIZE
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator

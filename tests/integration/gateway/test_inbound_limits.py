@@ -17,7 +17,8 @@ from buffer.event_ids import id_text
 from buffer.schema import STATE_CONFIRMED
 from gateway.daemon import Gateway
 from gateway.inbound import COMMAND_BURST, COMMAND_RATE
-from gateway.mqtt_link import MAX_PACKET_SIZE, MqttLink
+from gateway.mqtt_link import MqttLink
+from gateway.mqtt_packets import MAX_PACKET_SIZE
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
