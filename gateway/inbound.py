@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ import structlog
 from buffer.schema import STATE_CONFIRMED
 from buffer.store import Buffer
 from drivers.backoff import Backoff
+from gateway.command_limits import COMMAND_BURST, COMMAND_RATE, RequestWindow
 from gateway.commands import (
     InvalidMessageError,
     echo,
@@ -59,17 +59,6 @@ SETTLE_RETRY_MIN_S = 0.2
 SETTLE_RETRY_MAX_S = 10.0
 """Backoff of a failed settle (a locked or full disk): retried until it commits, never dropped."""
 
-COMMAND_RATE = 5.0
-COMMAND_BURST = 20.0
-"""Commands taken per second, and in a burst, valid or not: each costs a range check on the
-buffer and often an answer, so a flood is refused at the door (issue 18, finding 8)."""
-
-REQUEST_WINDOW_S = 24 * 3600.0
-REQUEST_WINDOW_MAX = 4096
-"""How long, and how many, ``request_id``s of queued replays are remembered: a command whose
-``request_id`` is still remembered is ignored (a QoS 1 redelivery, DUP, or a repeat). At most
-4,096 ids of at most 128 characters: under 1 MiB (issue 18, finding 3)."""
-
 AnswerFn = Callable[[bytes], None]
 Verdict = tuple[str, bool, str | None]
 
@@ -84,40 +73,6 @@ class _Message:
     applied: int = 0
     taken: int = field(default=0)
     """Verdicts handed to the settle in progress (committed ones are ``applied``)."""
-
-
-class RequestWindow:
-    """The ``request_id``s seen lately: at most ``size``, none older than ``period`` seconds."""
-
-    def __init__(self, period: float = REQUEST_WINDOW_S, size: int = REQUEST_WINDOW_MAX) -> None:
-        self._period = period
-        self._size = size
-        self._seen: collections.OrderedDict[tuple[str, str | int], float] = (
-            collections.OrderedDict()
-        )
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    @staticmethod
-    def _key(request_id: str | int) -> tuple[str, str | int]:
-        return (type(request_id).__name__, request_id)  # 1 and "1" are different requests
-
-    def __contains__(self, request_id: str | int) -> bool:
-        self._expire()
-        return self._key(request_id) in self._seen
-
-    def add(self, request_id: str | int) -> None:
-        """Remember ``request_id`` from now on; the oldest is forgotten beyond ``size``."""
-        self._seen[self._key(request_id)] = time.monotonic()
-        self._seen.move_to_end(self._key(request_id))
-        while len(self._seen) > self._size:
-            self._seen.popitem(last=False)
-
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - self._period
-        while self._seen and next(iter(self._seen.values())) < cutoff:
-            self._seen.popitem(last=False)
 
 
 class Inbound:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.command_limits import COMMAND_BURST, COMMAND_RATE
 from gateway.commands import (
     MAX_CONFIRMS,
     MAX_PAYLOAD,
@@ -21,7 +22,7 @@ from gateway.commands import (
     result_payload,
 )
 from gateway.confirmations import Confirmations
-from gateway.inbound import COMMAND_BURST, COMMAND_RATE, MAX_PENDING_BYTES, Inbound
+from gateway.inbound import MAX_PENDING_BYTES, Inbound
 from gateway.mqtt_packets import MAX_PACKET_SIZE
 from gateway.mqtt_packets import oversized as packet_oversized
 from gateway.topics import Topics

@@ -15,8 +15,8 @@ import pytest
 
 from buffer.event_ids import id_text
 from buffer.schema import STATE_CONFIRMED
+from gateway.command_limits import COMMAND_BURST, COMMAND_RATE
 from gateway.daemon import Gateway
-from gateway.inbound import COMMAND_BURST, COMMAND_RATE
 from gateway.mqtt_link import MqttLink
 from gateway.mqtt_packets import MAX_PACKET_SIZE
 from gateway.settings import MqttSection
