@@ -32,7 +32,7 @@ from buffer.confirms import SettleResult, first_verdicts, settle
 from buffer.connection import BufferConnection
 from buffer.event_ids import id_key
 from buffer.eviction import awaiting_confirm_sql, make_room
-from buffer.replay_reads import ReplayRange, check_range, delivered_rows
+from buffer.replay_reads import ReplayRange, check_range, delivered_rows, lost_in_gaps
 from buffer.rows import (
     ADVANCE_LAST_SENT,
     OutgoingEvent,
@@ -143,6 +143,8 @@ class Buffer:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._reader: aiosqlite.Connection | None = None
+        self._replay_reader: BufferConnection | None = None
+        """Read-only, for replay range checks (WAL: they never wait for the writer)."""
         self.committed = asyncio.Event()
         """Set after each commit that added events; the publisher waits on it when idle."""
         self.commits = 0
@@ -543,10 +545,24 @@ class Buffer:
         return result
 
     async def check_replay(self, device: str, from_seq: int, to_seq: int | None) -> ReplayRange:
-        """Validate a replay request against what is stored; see :func:`check_range`."""
-        return await self._db.read(
+        """Validate a replay request against what is stored; see :func:`check_range`.
+
+        Runs on a read-only connection of its own, not under the buffer's lock: an appended
+        batch never waits behind a range check (issue 18, finding 8).
+        """
+        if self._replay_reader is None:
+            self._replay_reader = BufferConnection(await open_reader(self.path))
+        return await self._replay_reader.read(
             partial(check_range, device=device, from_seq=from_seq, to_seq=to_seq)
         )
+
+    async def replay_lost(
+        self, device: str, gaps: list[tuple[int, int]]
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Of the seqs a replay skipped, those deleted while it ran; see :func:`lost_in_gaps`."""
+        if self._replay_reader is None:
+            self._replay_reader = BufferConnection(await open_reader(self.path))
+        return await self._replay_reader.read(partial(lost_in_gaps, device=device, gaps=gaps))
 
     async def replay_chunk(
         self, device: str, from_seq: int, to_seq: int, limit: int
@@ -601,6 +617,10 @@ class Buffer:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._reader.close()
             self._reader = None
+        if self._replay_reader is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._replay_reader.close()
+            self._replay_reader = None
         await self._db.close()
 
 

@@ -51,6 +51,7 @@ import structlog
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.storage import PersistentStorage
 
+from gateway.mqtt_packets import MAX_PACKET_SIZE
 from gateway.settings import MqttSection
 
 logging.getLogger("gmqtt").setLevel(logging.CRITICAL)
@@ -74,8 +75,8 @@ RECEIVE_MAXIMUM = 32
 """Received QoS 1 messages the broker may have outstanding (sent, not yet PUBACKed) with us.
 
 A valid confirm or command is at most 64 KiB (gateway/commands.py), so at most ~2 MiB of valid
-input waits for us; the broker holds the rest in its queue. (Larger packets are read whole by
-gmqtt before our cap applies: the broker's ``max_packet_size`` must refuse them, issue 18.)"""
+input waits for us; the broker holds the rest in its queue. Larger packets never reach us:
+:data:`MAX_PACKET_SIZE`."""
 
 SEND_RESERVE = 4
 """Packet ids left free, within the broker's Receive Maximum, for status, checkpoint and answers
@@ -84,9 +85,11 @@ while the event pump fills its window (:attr:`MqttLink.send_quota`)."""
 AckFn = Callable[[int], None]
 RefusedFn = Callable[[int, int], None]
 """(mid, reason code) of a message the broker refused in its PUBACK."""
-MessageFn = Callable[[str, bytes], Awaitable[Any] | None]
-"""Handles one received message. None: acknowledge it (in order) now; an awaitable: acknowledge
-it once that is done without error, or never (the broker sends it again next session)."""
+MessageFn = Callable[..., Awaitable[Any] | None]
+"""Handles one received message, called as ``(topic, payload)``, or ``(topic, payload,
+retained=True)`` for a message the broker kept (retained) and sends because we subscribed. None:
+acknowledge it (in order) now; an awaitable: acknowledge it once that is done without error, or
+never (the broker sends it again next session)."""
 
 
 def _log_handler_bug(event: str, topic: str) -> None:
@@ -213,6 +216,7 @@ class MqttLink:
             will_message=will_message,
             persistent_storage=self._store,
             receive_maximum=RECEIVE_MAXIMUM,
+            maximum_packet_size=MAX_PACKET_SIZE,
             session_expiry_interval=0 if clean_session else SESSION_EXPIRY_S,
         )
         self._refusals: dict[int, int] = {}
@@ -350,7 +354,9 @@ class MqttLink:
         """Subscribe at QoS 1 and wait for the SUBACK."""
         if self.lost.is_set():
             raise LinkError("not connected")
-        mid = self._client.subscribe(topic, qos=1)
+        # Retain Handling 1: retained messages only for a new subscription, not again each
+        # time our persistent session resubscribes (issue 18, finding 3).
+        mid = self._client.subscribe(topic, qos=1, retain_handling_options=1)
         waiter = asyncio.get_running_loop().create_future()
         self._subacks[int(mid)] = waiter
         await self._wait(waiter, "SUBACK")
@@ -431,7 +437,7 @@ class MqttLink:
         topic: str,
         payload: bytes,
         _qos: int,
-        _properties: Any,  # noqa: ANN401
+        properties: Any,  # noqa: ANN401
     ) -> int:
         """Handle one message; gmqtt runs this as a task and PUBACKs (QoS 1) when it returns.
 
@@ -450,7 +456,8 @@ class MqttLink:
         self._ack_tail = mine
         self.unacknowledged += 1
         try:
-            effect = self._start_effect(topic, bytes(payload))
+            retained = isinstance(properties, dict) and bool(properties.get("retain"))
+            effect = self._start_effect(topic, bytes(payload), retained=retained)
             if effect is not None:
                 await asyncio.wait({effect, released}, return_when=asyncio.FIRST_COMPLETED)
                 if not effect.done() or effect.cancelled() or effect.exception() is not None:
@@ -467,11 +474,16 @@ class MqttLink:
                 self._ack_tail = None
         return 0  # PUBACK reason code: success
 
-    def _start_effect(self, topic: str, payload: bytes) -> asyncio.Future[Any] | None:
+    def _start_effect(
+        self, topic: str, payload: bytes, *, retained: bool
+    ) -> asyncio.Future[Any] | None:
         if self._on_message is None:
             return None
         try:
-            effect = self._on_message(topic, payload)
+            if retained:
+                effect = self._on_message(topic, payload, retained=True)
+            else:
+                effect = self._on_message(topic, payload)
         except Exception:
             _log_handler_bug("message_handler_failed", topic)
             return None

@@ -59,7 +59,8 @@ ends the session like a lost link does, and the next session starts once the sto
 """
 
 DeliveredFn = Callable[[Sequence[OutgoingEvent]], None]
-MessageFn = Callable[[str, bytes], Awaitable[Any] | None]
+MessageFn = Callable[..., Awaitable[Any] | None]
+"""As gateway/mqtt_link.py's: ``(topic, payload)``, or with ``retained=True``."""
 
 
 class NotConnectedError(ConnectionError):
@@ -258,10 +259,14 @@ class Publisher:
                 if waited > self._mqtt.publish_timeout:
                     raise LinkError(f"no PUBACK for {waited:.1f} s")
 
-    def _handle_message(self, topic: str, payload: bytes) -> Awaitable[Any] | None:
+    def _handle_message(
+        self, topic: str, payload: bytes, *, retained: bool = False
+    ) -> Awaitable[Any] | None:
         if self._on_message is None:
             return None
         try:
+            if retained:
+                return self._on_message(topic, payload, retained=True)
             return self._on_message(topic, payload)
         except Exception:
             log.exception("message_handler_failed", topic=topic[:200])
