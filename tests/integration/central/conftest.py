@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ import pytest
 from central.config import CentralSettings, load_central_settings
 from central.service import Central
 from simulators.broker import MosquittoBroker
+from tests.support import ROOT
 
 
 def write_central_config(
@@ -81,3 +86,39 @@ async def running_central(settings: CentralSettings) -> AsyncIterator[Central]:
         stop.set()
         async with asyncio.timeout(20):
             await task
+
+
+class CentralProcess:
+    """``edge-central run`` as a child process, so tests can kill -9 it."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config, self.log_path = config, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Launch as systemd would."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "central", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def kill9(self) -> None:
+        """SIGKILL: no cleanup at all."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        """SIGTERM and wait for the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def logged(self, event: str) -> bool:
+        """Whether a JSON log line with this event was written."""
+        return f'"event": "{event}"' in self.log_path.read_text()
