@@ -188,13 +188,21 @@ class MqttLink:
         """Connect and wait for CONNACK; raises LinkError (timeout: ``publish_timeout``)."""
         try:
             async with asyncio.timeout(self._mqtt.publish_timeout):
-                await self._client.connect(
-                    self._mqtt.host,
-                    self._mqtt.port,
-                    ssl=tls_context(self._mqtt) or False,
-                    keepalive=self._mqtt.keepalive,
-                    version=MQTTv50,
+                connecting = asyncio.ensure_future(
+                    self._client.connect(
+                        self._mqtt.host,
+                        self._mqtt.port,
+                        ssl=tls_context(self._mqtt) or False,
+                        keepalive=self._mqtt.keepalive,
+                        version=MQTTv50,
+                    )
                 )
+                # A broker shutting down accepts TCP and drops it: gmqtt would then wait for a
+                # CONNACK until the timeout. Lost means failed, at once.
+                await _first(connecting, self.lost.wait())  # cancels the loser
+                if not connecting.done() or connecting.cancelled():
+                    raise LinkError("connection closed during connect")
+                connecting.result()
         except TimeoutError as exc:
             await self.close()
             raise LinkError(f"no CONNACK within {self._mqtt.publish_timeout:g} s") from exc
