@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gmqtt
 import pytest
 
 from central.config import CentralSettings, load_central_settings
@@ -88,7 +89,5 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
 def test_gmqtt_connect_properties_contract() -> None:
     """CentralLink sets session expiry and Receive Maximum through gmqtt's private
     ``_connect_properties``: fail here on the gmqtt upgrade that changes it."""
-    import gmqtt
-
     client = gmqtt.Client("x", session_expiry_interval=5)
     assert client._connect_properties == {"session_expiry_interval": 5}
