@@ -97,7 +97,8 @@ class Central:
         self._link: MqttLink | None = None
         self.connected = asyncio.Event()
         self.totals: dict[str, int] = dict.fromkeys(
-            ("stored", "duplicates", "conflicts", "quarantined", "batches", "confirms"), 0
+            ("stored", "duplicates", "conflicts", "quarantined", "batches", "confirms", "retries"),
+            0,
         )
         self.pool: asyncpg.Pool | None = None
         self.replayer: Replayer | None = None
@@ -146,7 +147,15 @@ class Central:
                 async with self.pool.acquire() as conn:
                     outcome = await write_batch(conn, [item for item, _ in batch], self.rule)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.totals["retries"] += 1
                 log.warning("batch_failed", error=str(exc)[:300], events=len(batch), retry_s=delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                delay = min(self.settings.database.retry_max, delay * 2)
+                continue
+            except Exception:
+                self.totals["retries"] += 1
+                # Not the database being away: a bug. Still nothing is acknowledged; say so loudly.
+                log.exception("batch_failed_unexpectedly", events=len(batch), retry_s=delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
                 delay = min(self.settings.database.retry_max, delay * 2)
                 continue
