@@ -1,7 +1,9 @@
 """Whether a message is a valid event from the gateway whose topic it arrived on.
 
 CloudEvents 1.0 (structured JSON: the required context attributes and their types), the JSON
-Schema the gateway ships for the type (gateway/schemas/), the ``seq`` extension, and the
+Schema the gateway ships for the type (gateway/schemas/, checked with jsonschema-rs: ~2 µs an
+event where the pure-Python ``jsonschema`` took ~200-450 µs and capped ingest near 2k/s), the
+``seq`` extension, and the
 ``source`` against the topic: a gateway must not write events for another gateway or device.
 Anything else becomes a :class:`Quarantined` with the reason; nothing here raises.
 """
@@ -15,7 +17,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-import jsonschema
+import jsonschema_rs
 
 _NAME = re.compile(r"^[^/#+\x00]+$")
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -67,12 +69,12 @@ class Validator:
     def __init__(self, *, prefix: str, max_payload: int, keep_bytes: int) -> None:
         self._prefix, self._max, self._keep = prefix, max_payload, keep_bytes
         self._schemas: dict[str, Any] = {}
-        checker = jsonschema.FormatChecker()
         for item in resources.files("gateway").joinpath("schemas").iterdir():
             if item.name.endswith(".json"):
                 schema = json.loads(item.read_text())
-                cls = jsonschema.validators.validator_for(schema)
-                self._schemas[item.name[:-5]] = cls(schema, format_checker=checker)
+                self._schemas[item.name[:-5]] = jsonschema_rs.validator_for(
+                    schema, validate_formats=True
+                )
 
     def quarantine(self, topic: str, payload: bytes, reason: str) -> Quarantined:
         """A quarantine record with at most ``quarantine_bytes`` of the payload."""
@@ -133,9 +135,8 @@ class Validator:
         except ValueError:
             return "time is not a valid date"
         validator = self._schemas.get(body["type"])
-        if validator is not None:
-            error = next(iter(validator.iter_errors(body)), None)
-            if error is not None:
-                path = "/".join(str(p) for p in error.absolute_path)
-                return f"schema {body['type']}: {path}: {error.message[:300]}"
+        if validator is not None and not validator.is_valid(body):
+            error = next(iter(validator.iter_errors(body)))
+            path = "/".join(str(p) for p in error.instance_path)
+            return f"schema {body['type']}: {path}: {error.message[:300]}"
         return None
