@@ -47,7 +47,9 @@ def event(n: int, run: str) -> tuple[str, bytes]:
 
 async def publish_all(broker: MosquittoBroker, count: int, run: str) -> None:
     acked: list[int] = []
-    link = MqttLink(MqttSection(host=broker.host, port=broker.port), "bench-pub", on_ack=acked.append)
+    link = MqttLink(
+        MqttSection(host=broker.host, port=broker.port), "bench-pub", on_ack=acked.append
+    )
     await link.connect()
     try:
         for n in range(count):
@@ -70,8 +72,13 @@ def config(root: Path, broker: MosquittoBroker, dsn: str, name: str, group: str)
     return path
 
 
-async def run(root: Path, broker: MosquittoBroker, dsn: str, instances: int, count: int) -> dict[str, Any]:
-    settings = [load_central_settings(config(root, broker, dsn, f"c{instances}-{n}", f"g{instances}")) for n in range(instances)]
+async def run(
+    root: Path, broker: MosquittoBroker, dsn: str, instances: int, count: int
+) -> dict[str, Any]:
+    settings = [
+        load_central_settings(config(root, broker, dsn, f"c{instances}-{n}", f"g{instances}"))
+        for n in range(instances)
+    ]
     for s in settings:  # create the sessions, then go away
         central = Central(s)
         stop = asyncio.Event()
