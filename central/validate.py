@@ -114,7 +114,7 @@ class Validator:
             body=body,
         )
 
-    def _problem(self, body: object) -> str | None:  # noqa: C901, PLR0911 - one reason each
+    def _problem(self, body: object) -> str | None:  # noqa: PLR0911 - one reason each
         if not isinstance(body, dict):
             return "not a JSON object"
         if body.get("specversion") != "1.0":

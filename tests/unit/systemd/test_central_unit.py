@@ -31,6 +31,8 @@ def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
 def test_unit_validates_then_runs() -> None:
     """check-config before run, with the same config path; restarts whatever the exit."""
     text = UNIT.read_text()
-    assert re.search(r"^ExecStartPre=\S+/edge-central check-config --config (\S+)$", text, re.M)
-    assert re.search(r"^ExecStart=\S+/edge-central run --config (\S+)$", text, re.M)
-    assert re.search(r"^Restart=always$", text, re.M)
+    assert re.search(
+        r"^ExecStartPre=\S+/edge-central check-config --config (\S+)$", text, re.MULTILINE
+    )
+    assert re.search(r"^ExecStart=\S+/edge-central run --config (\S+)$", text, re.MULTILINE)
+    assert re.search(r"^Restart=always$", text, re.MULTILINE)
