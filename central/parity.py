@@ -67,6 +67,13 @@ class DeviceParity:
         return asdict(self)
 
 
+def _count(value: object) -> int | None:
+    """A checkpoint figure, if it is a sane one: the checkpoint is untrusted input."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
 def _spans(raw: object) -> list[Span]:
     if not isinstance(raw, list):
         return []
@@ -91,10 +98,10 @@ def device_parity(
 ) -> DeviceParity:
     """Compare one device's held ranges with its checkpoint figures."""
     row = DeviceParity(source=source, root=root, device=device, draining=draining)
-    row.gateway_last_seq = int(figures.get("last_seq") or 0)
-    row.gateway_last_sent_seq = int(figures.get("last_sent_seq") or 0)
-    row.gateway_pending = figures.get("pending")
-    row.gateway_unconfirmed = figures.get("unconfirmed")
+    row.gateway_last_seq = _count(figures.get("last_seq")) or 0
+    row.gateway_last_sent_seq = _count(figures.get("last_sent_seq")) or 0
+    row.gateway_pending = _count(figures.get("pending"))
+    row.gateway_unconfirmed = _count(figures.get("unconfirmed"))
     row.dropped = sorted({*_spans(figures.get("dropped_ranges")), *extra_dropped})
     row.held = count(held)
     row.held_ranges = len(held)
@@ -128,9 +135,10 @@ def expected_devices(checkpoints: dict[str, dict[str, Any]]) -> Expected:
     expected: Expected = {}
     for root, body in checkpoints.items():
         parts = root.split("/")
-        site_name = str(body.get("site") or parts[-2])
-        gateway_name = str(body.get("gateway") or parts[-1])
-        for name, figures in (body.get("devices") or {}).items():
+        # The names come from the topic the checkpoint arrived on: a gateway speaks for itself.
+        site_name, gateway_name = parts[-2], parts[-1]
+        devices = body.get("devices")
+        for name, figures in (devices if isinstance(devices, dict) else {}).items():
             if isinstance(figures, dict):
                 source = f"/{site_name}/{gateway_name}/{name}"
                 expected[source] = (root, name, figures, bool(body.get("draining")))

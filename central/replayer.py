@@ -64,7 +64,7 @@ class Replayer:
                             if self.leader:
                                 log.info("replay_leader", instance=self.settings.central.instance)
                         if self.leader:
-                            await self.round(conn)
+                            await self._guarded_round(conn)
                         await asyncio.sleep(replay.interval)
                 finally:
                     self.leader = False
@@ -73,6 +73,17 @@ class Replayer:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("replay_db_unavailable", error=str(exc)[:200])
                 await asyncio.sleep(replay.interval)
+
+    async def _guarded_round(self, conn: Any) -> None:  # noqa: ANN401
+        """A round's own error boundary: a bad checkpoint or a bug costs a round, not the
+        instance; a lost database connection is for ``run`` to handle.
+        """
+        try:
+            await self.round(conn)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+            raise
+        except Exception:
+            log.exception("replay_round_failed")
 
     async def round(self, conn: Any) -> None:  # noqa: ANN401 - an asyncpg connection
         """One look at every device."""
@@ -128,12 +139,15 @@ class Replayer:
             return
         self._next_confirm[row.source] = now + self.settings.replay.min_gap
         lowest = await conn.fetchval(
-            "SELECT (body->'devices'->$2->>'lowest_unconfirmed_seq')::bigint"
-            " FROM checkpoints WHERE root = $1",
+            "SELECT body->'devices'->$2->'lowest_unconfirmed_seq' FROM checkpoints WHERE root = $1",
             row.root,
             row.device,
         )
-        if not lowest:
+        try:
+            lowest = int(json.loads(lowest)) if lowest else 0
+        except (TypeError, ValueError):
+            return
+        if not 0 < lowest < 2**63:
             return
         rows = await conn.fetch(
             "SELECT id, status, reason FROM events WHERE source = $1 AND seq >= $2"

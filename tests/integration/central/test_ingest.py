@@ -89,3 +89,34 @@ async def test_hostile_input_is_quarantined_and_the_consumer_stays_up(
     assert any("does not match topic" in r for r in reasons)
     assert any("specversion" in r for r in reasons)
     assert any("B >" in r for r in reasons)
+
+
+async def test_hostile_checkpoints_and_results_do_not_stop_the_leader(
+    broker, central_settings, pg_dsn
+):
+    """Checkpoints with junk figures and junk replay answers: rounds go on, events still land."""
+    settings = central_settings()
+    junk = [
+        (
+            "edge/s1/gw1/checkpoint",
+            b'{"devices": {"dock": {"last_seq": "many", "dropped_ranges": 5}}}',
+        ),
+        ("edge/s1/gw2/checkpoint", b'{"devices": [1, 2]}'),
+        (
+            "edge/s1/gw3/checkpoint",
+            b'{"devices": {"d": {"last_seq": 3, "unconfirmed": 1, "lowest_unconfirmed_seq": "x"}}}',
+        ),
+        ("edge/s1/gw1/cmd/result", b'{"request_id": {"a": 1}, "ok": "yes"}'),
+    ]
+    async with (
+        running_central(settings) as central,
+        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+    ):
+        for topic, payload in junk:
+            await client.publish(topic, payload, qos=1)
+        await asyncio.sleep(1.0)  # several leader rounds over the junk
+        good = scan_event(1)
+        await client.publish(topic_of(good), raw(good), qos=1)
+        await wait_until(lambda: central.totals["stored"] == 1, timeout=10)
+        assert central.replayer is not None
+        assert central.replayer.leader
