@@ -75,8 +75,10 @@ class Replayer:
                 await asyncio.sleep(replay.interval)
 
     async def _guarded_round(self, conn: Any) -> None:  # noqa: ANN401
-        """A round's own error boundary: a bad checkpoint or a bug costs a round, not the
-        instance; a lost database connection is for ``run`` to handle.
+        """Run one round inside its own error boundary.
+
+        A bad checkpoint or a bug costs a round, not the instance; a lost database connection
+        is for ``run`` to handle.
         """
         try:
             await self.round(conn)
