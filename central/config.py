@@ -93,6 +93,13 @@ class ParitySection(BaseModel):
     threshold: Duration = Field(default=300.0, ge=0)
 
 
+class MetricsSection(BaseModel):
+    """``[metrics]``: Prometheus ``/metrics``."""
+
+    model_config = _SECTION
+    listen: str = Field(default="", pattern=r"^$|^.*:[0-9]{1,5}$", description="host:port")
+
+
 class LoggingSection(BaseModel):
     """``[logging]``."""
 
@@ -112,6 +119,7 @@ class CentralSettings(BaseModel):
     confirm: ConfirmSection = ConfirmSection()
     replay: ReplaySection = ReplaySection()
     parity: ParitySection = ParitySection()
+    metrics: MetricsSection = MetricsSection()
     logging: LoggingSection = LoggingSection()
 
     def mqtt_password(self) -> SecretStr | None:

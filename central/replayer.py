@@ -25,6 +25,7 @@ import asyncpg
 import structlog
 
 from central.config import CentralSettings
+from central.metrics import CentralMetrics
 from central.parity import DeviceParity, parity_report
 
 log = structlog.get_logger("central.replay")
@@ -36,8 +37,11 @@ RECONFIRM_MAX = 1000
 class Replayer:
     """The leader's loop; ``leader`` says whether this instance holds the lock now."""
 
-    def __init__(self, settings: CentralSettings, publish: PublishFn) -> None:
+    def __init__(
+        self, settings: CentralSettings, publish: PublishFn, metrics: CentralMetrics | None = None
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics or CentralMetrics()
         self._publish = publish
         self.leader = False
         self.requests = 0
@@ -63,11 +67,13 @@ class Replayer:
                             )
                             if self.leader:
                                 log.info("replay_leader", instance=self.settings.central.instance)
+                            self.metrics.leader.set(int(self.leader))
                         if self.leader:
                             await self._guarded_round(conn)
                         await asyncio.sleep(replay.interval)
                 finally:
                     self.leader = False
+                    self.metrics.leader.set(0)
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 2)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -91,6 +97,9 @@ class Replayer:
         """One look at every device."""
         report = await parity_report(conn)
         out = [r for r in report if not r.in_parity and r.root]
+        self.metrics.out_of_parity.set(len(out))
+        self.metrics.missing.set(sum(r.missing_count for r in report))
+        self.metrics.lag.set(sum(max(0, r.gateway_last_seq - r.held) for r in report))
         await conn.execute(
             "UPDATE devices SET out_since = NULL WHERE out_since IS NOT NULL"
             " AND NOT (source = ANY($1::text[]))",
@@ -134,6 +143,7 @@ class Replayer:
             )
             sent = await self._publish(f"{row.root}/cmd/replay", json.dumps(body).encode())
             self.requests += int(sent)
+            self.metrics.replays.inc(int(sent))
             log.info("replay_requested", source=row.source, from_seq=first, to_seq=last, sent=sent)
 
     async def _reconfirm(self, conn: Any, row: DeviceParity, now: float) -> None:  # noqa: ANN401

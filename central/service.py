@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -28,6 +29,7 @@ import structlog
 
 from central.config import CentralSettings
 from central.ledger import BatchOutcome, Checkpoint, Item, ReplayResult, write_batch
+from central.metrics import CentralMetrics
 from central.replayer import Replayer
 from central.rules import Rule, load_rule
 from central.schema import migrate
@@ -102,6 +104,7 @@ class Central:
         )
         self.pool: asyncpg.Pool | None = None
         self.replayer: Replayer | None = None
+        self.metrics = CentralMetrics()
 
     # --- receiving ---------------------------------------------------------------------------
 
@@ -145,15 +148,19 @@ class Central:
             batch = self._queue[: self.settings.ingest.batch_max]
             try:
                 async with self.pool.acquire() as conn:
+                    began = time.perf_counter()
                     outcome = await write_batch(conn, [item for item, _ in batch], self.rule)
+                    self.metrics.commit_seconds.observe(time.perf_counter() - began)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.totals["retries"] += 1
+                self.metrics.batch_failures.inc()
                 log.warning("batch_failed", error=str(exc)[:300], events=len(batch), retry_s=delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
                 delay = min(self.settings.database.retry_max, delay * 2)
                 continue
             except Exception:
                 self.totals["retries"] += 1
+                self.metrics.batch_failures.inc()
                 # Not the database being away: a bug. Still nothing is acknowledged; say so loudly.
                 log.exception("batch_failed_unexpectedly", events=len(batch), retry_s=delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
@@ -171,6 +178,7 @@ class Central:
         self.totals["batches"] += 1
         for key in ("stored", "duplicates", "conflicts", "quarantined"):
             self.totals[key] += getattr(outcome, key)
+            self.metrics.events.labels(key).inc(getattr(outcome, key))
         if outcome.conflicts:
             log.error("conflicts_in_batch", count=outcome.conflicts)
 
@@ -186,6 +194,7 @@ class Central:
                 body = json.dumps(verdicts[start : start + size]).encode()
                 sends.append(link.publish(f"{root}/confirm", body))
                 self.totals["confirms"] += len(verdicts[start : start + size])
+                self.metrics.confirms.inc(len(verdicts[start : start + size]))
         # Concurrently, but not in the writer's way for long: a lost confirm is sent again when
         # the gateway redelivers the event or its checkpoint shows it unconfirmed.
         results = await asyncio.gather(*sends, return_exceptions=True)
@@ -219,12 +228,14 @@ class Central:
         """Until ``stop`` is set."""
         self.pool = await self.open_database()
         log.info("central_started", instance=self.settings.central.instance)
+        if self.settings.metrics.listen:
+            self.metrics.serve(self.settings.metrics.listen)
         try:
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._writer())
                 session = tasks.create_task(self._sessions(stop))
                 if self.settings.replay.enabled:
-                    self.replayer = Replayer(self.settings, self._publish)
+                    self.replayer = Replayer(self.settings, self._publish, self.metrics)
                     replayer = tasks.create_task(self.replayer.run())
                 await stop.wait()
                 session.cancel()
@@ -232,6 +243,7 @@ class Central:
                 if self.settings.replay.enabled:
                     replayer.cancel()
         finally:
+            self.metrics.close()
             await self.pool.close()
             log.info("central_stopped", **self.totals)
 

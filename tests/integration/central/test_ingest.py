@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import urllib.request
 
 import aiomqtt
 import asyncpg
 
-from tests.support import wait_until
+from simulators.broker import free_port
+from tests.support import ROOT, wait_until
 
 from .conftest import running_central
 from .helpers import raw, scan_event, topic_of
@@ -120,3 +123,40 @@ async def test_hostile_checkpoints_and_results_do_not_stop_the_leader(
         await wait_until(lambda: central.totals["stored"] == 1, timeout=10)
         assert central.replayer is not None
         assert central.replayer.leader
+
+
+async def test_metrics_and_tail_follow_commits(broker, central_settings, pg_dsn, tmp_path):
+    """`/metrics` counts what committed; `edge-central tail` prints events after LISTEN/NOTIFY."""
+    port = free_port()
+    settings = central_settings(metrics={"listen": f"127.0.0.1:{port}"})
+    config = tmp_path / "central-a.toml"
+    bodies = [scan_event(n) for n in range(1, 4)]
+    async with (
+        running_central(settings) as central,
+        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+    ):
+        tail = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "central", "tail", "--config", str(config),
+            stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            await asyncio.sleep(1.0)  # tail is listening
+            for body in bodies:
+                await client.publish(topic_of(body), raw(body), qos=1)
+            await wait_until(lambda: central.totals["stored"] == 3, timeout=10)
+            assert tail.stdout is not None
+            lines = []
+            async with asyncio.timeout(10):
+                while len(lines) < 3:
+                    lines.append((await tail.stdout.readline()).decode())
+        finally:
+            tail.terminate()
+            await tail.wait()
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        )
+    assert [line.split()[1] for line in lines] == ["1", "2", "3"]
+    assert all(b["id"] in "".join(lines) for b in bodies)
+    metrics = text.decode()
+    assert 'edge_central_events_total{outcome="stored"} 3.0' in metrics
+    assert "edge_central_batch_commit_seconds_count" in metrics
