@@ -43,8 +43,8 @@ async def main(scans: int, load: float) -> dict[str, Any]:
             central = Central(load_central_settings(path))
             stop_central = asyncio.Event()
             central_task = asyncio.create_task(central.run(stop_central))
-            while not central.connected.is_set():
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(30):
+                await central.connected.wait()
             async with ScannerSimulator(root / "scanner") as sim:
                 config = write_config(
                     root / "gateway.toml",
