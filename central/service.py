@@ -105,6 +105,7 @@ class Central:
         self.pool: asyncpg.Pool | None = None
         self.replayer: Replayer | None = None
         self.metrics = CentralMetrics()
+        self._confirming: set[asyncio.Task[None]] = set()
 
     # --- receiving ---------------------------------------------------------------------------
 
@@ -172,7 +173,11 @@ class Central:
                 if not future.done():
                     future.set_result(None)
             self._count(outcome)
-            await self._confirm(outcome)
+            if outcome.verdicts:
+                # Not in the writer's way: the next batch commits while these PUBACKs travel.
+                task = asyncio.create_task(self._confirm(outcome))
+                self._confirming.add(task)
+                task.add_done_callback(self._confirming.discard)
 
     def _count(self, outcome: BatchOutcome) -> None:
         self.totals["batches"] += 1
