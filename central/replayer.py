@@ -32,6 +32,20 @@ log = structlog.get_logger("central.replay")
 
 PublishFn = Callable[[str, bytes], Awaitable[bool]]
 RECONFIRM_MAX = 1000
+COALESCE_HELD = 64
+"""Gaps this close are asked for as one range: a few held events come again (deduplicated)
+instead of one request per missing seq when a dead group member took every other event."""
+
+
+def coalesce(spans: list[tuple[int, int]], held: int = COALESCE_HELD) -> list[tuple[int, int]]:
+    """Join ranges separated by at most ``held`` seqs."""
+    out: list[tuple[int, int]] = []
+    for first, last in spans:
+        if out and first - out[-1][1] - 1 <= held:
+            out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return out
 
 
 class Replayer:
@@ -125,7 +139,7 @@ class Replayer:
     async def _ask(self, conn: Any, row: DeviceParity, now: float) -> None:  # noqa: ANN401
         upto = max(row.gateway_last_sent_seq, row.highest_held)
         spans = [s for s in row.missing if s[0] <= upto]
-        spans = [(first, min(last, upto)) for first, last in spans]
+        spans = coalesce([(first, min(last, upto)) for first, last in spans])
         if not spans:
             return
         self._next[row.source] = now + self.settings.replay.min_gap

@@ -248,6 +248,9 @@ class Central:
                 if self.settings.replay.enabled:
                     replayer.cancel()
         finally:
+            for task in self._confirming:
+                task.cancel()
+            await asyncio.gather(*self._confirming, return_exceptions=True)
             self.metrics.close()
             await self.pool.close()
             log.info("central_stopped", **self.totals)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from central.ledger import merge_ranges
 from central.parity import device_parity, subtract
+from central.replayer import coalesce
 
 
 def test_subtract_and_merge() -> None:
@@ -32,3 +33,9 @@ def test_ledger_behind_the_checkpoint_is_missing() -> None:
     row = device_parity("/s/g/d", "edge/s/g", "d", [(1, 5)], {"last_seq": 8, "last_sent_seq": 6})
     assert row.missing == [(6, 8)]
     assert (row.held, row.held_ranges, row.highest_held) == (5, 1, 5)
+
+
+def test_close_gaps_are_asked_for_as_one_range() -> None:
+    """Every other seq missing: one request, not one per seq."""
+    assert coalesce([(1, 1), (3, 3), (5, 5)]) == [(1, 5)]
+    assert coalesce([(1, 1), (100, 100)], held=10) == [(1, 1), (100, 100)]
