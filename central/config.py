@@ -1,7 +1,8 @@
 """``central.toml``: validated with pydantic, every error as ``PATH:LINE: key.path: message``.
 
 The same error wording and line finding as the gateway's config (gateway/config_lines.py), so a
-technician reads both the same way. See config/central.toml for every key and its default.
+technician reads both the same way. See config/central.example.toml for every key and its
+default.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from central.config import CentralSettings, load_central_settings
 from gateway.settings import ConfigError
 from tests.support import ROOT
 
-EXAMPLE = ROOT / "config" / "central.toml"
+EXAMPLE = ROOT / "config" / "central.example.toml"
 
 
 def test_example_loads_and_documents_every_key_with_its_default() -> None:
