@@ -124,8 +124,12 @@ WHERE source = ANY($1::text[]) ORDER BY source, first_seq
 """
 _REPLAYS = """
 SELECT source, answered IS NULL AS open, result->'dropped' AS dropped FROM replays
-WHERE source = ANY($1::text[]) AND (answered IS NULL OR result ? 'dropped')
+WHERE source = ANY($1::text[])
+  AND ((answered IS NULL AND requested > clock_timestamp() - interval '10 minutes')
+       OR result ? 'dropped')
 """
+"""Outstanding: asked in the last 10 minutes and not answered (a request to a gateway that was
+offline is asked again, not waited for forever)."""
 
 Expected = dict[str, tuple[str, str, dict[str, Any], bool]]
 
