@@ -14,7 +14,7 @@ import structlog
 
 from buffer import dropped
 from buffer.rows import chunks, marks
-from buffer.schema import STATE_PENDING, STATE_SENT
+from buffer.schema import STATE_HELD, STATE_PENDING, STATE_SENT
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,7 @@ class Room:
 _POLICY = (
     ("evicted_sent", "state >= {sent} AND NOT ({awaiting})"),
     ("evicted_unconfirmed", "state >= {sent}"),
-    ("dropped", "state = {pending} AND droppable = 1"),
+    ("dropped", "state IN ({held}, {pending}) AND droppable = 1"),
 )
 
 
@@ -94,7 +94,9 @@ def make_room(conn: sqlite3.Connection, over: int, keep_unconfirmed: frozenset[s
         if needed <= 0:
             break
         step = _Victims(counter)
-        condition = template.format(sent=STATE_SENT, pending=STATE_PENDING, awaiting=awaiting)
+        condition = template.format(
+            sent=STATE_SENT, pending=STATE_PENDING, held=STATE_HELD, awaiting=awaiting
+        )
         needed = _pick(conn, step, condition, needed, taken)
         taken.update(step.rowids)
         steps.append(step)

@@ -26,12 +26,16 @@ from buffer.event_ids import id_key
 
 log = structlog.get_logger(__name__)
 
+STATE_HELD = -1
+"""The broker refused it (a PUBACK reason code of 0x80 or more, or larger than the broker's
+Maximum Packet Size): not delivered, kept, and tried again at the next broker session."""
 STATE_PENDING = 0
 STATE_IN_FLIGHT = 1
 STATE_SENT = 2
 STATE_CONFIRMED = 3
 STATE_REJECTED = 4
 STATE_NAMES = {
+    STATE_HELD: "held_by_broker",
     STATE_PENDING: "pending",
     STATE_IN_FLIGHT: "in_flight",
     STATE_SENT: "sent",

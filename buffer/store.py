@@ -32,7 +32,7 @@ from buffer.confirms import SettleResult, first_verdicts, settle
 from buffer.connection import BufferConnection
 from buffer.event_ids import id_key
 from buffer.eviction import awaiting_confirm_sql, make_room
-from buffer.replay_reads import ReplayRange, check_range, delivered_rows
+from buffer.replay_reads import ReplayRange, check_range, delivered_rows, lost_in_gaps
 from buffer.rows import (
     ADVANCE_LAST_SENT,
     OutgoingEvent,
@@ -43,6 +43,7 @@ from buffer.rows import (
 )
 from buffer.schema import (
     STATE_CONFIRMED,
+    STATE_HELD,
     STATE_IN_FLIGHT,
     STATE_PENDING,
     STATE_SENT,
@@ -88,7 +89,7 @@ _INSERT_EVENT = (
 )
 _UPSERT_DEVICE = (
     "INSERT INTO devices (device, last_seq) VALUES (?, ?)"
-    " ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq"
+    " ON CONFLICT (device) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
 )
 _CLAIMABLE = (
     "SELECT rowid, id, device, seq, payload, created FROM events"  # noqa: S608 - constants
@@ -142,6 +143,8 @@ class Buffer:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._reader: aiosqlite.Connection | None = None
+        self._replay_reader: BufferConnection | None = None
+        """Read-only, for replay range checks (WAL: they never wait for the writer)."""
         self.committed = asyncio.Event()
         """Set after each commit that added events; the publisher waits on it when idle."""
         self.commits = 0
@@ -182,7 +185,8 @@ class Buffer:
             }
             row = conn.execute("SELECT coalesce(sum(length(payload)), 0) FROM events").fetchone()
             reset = conn.execute(
-                "UPDATE events SET state = ? WHERE state = ?", (STATE_PENDING, STATE_IN_FLIGHT)
+                "UPDATE events SET state = ? WHERE state IN (?, ?)",
+                (STATE_PENDING, STATE_IN_FLIGHT, STATE_HELD),
             ).rowcount
             return last_seq, int(row[0]) if row else 0, reset
 
@@ -430,6 +434,40 @@ class Buffer:
         self.transitions["released"] += released
         return released
 
+    async def hold(self, events: Sequence[OutgoingEvent]) -> None:
+        """The broker refused these claimed events: keep them, out of the claim order.
+
+        Not sent (nothing is lost), not pending (the pump would send them again at once, in a
+        loop, and a poison event would stop everything behind it): held until
+        :meth:`unhold` at the next broker session.
+        """
+        if not events:
+            return
+        rowids = [e.rowid for e in events]
+
+        def run(conn: sqlite3.Connection) -> None:
+            for chunk in chunks(rowids):
+                conn.execute(
+                    f"UPDATE events SET state = {STATE_HELD}"  # noqa: S608 - constant
+                    f" WHERE state = {STATE_IN_FLIGHT} AND rowid IN ({marks(len(chunk))})",
+                    chunk,
+                )
+
+        await self._db.write(run, durable=False)
+        self.transitions["held"] += len(events)
+
+    async def unhold(self) -> int:
+        """Put every held event back to pending: a new broker session tries them once more."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE events SET state = ? WHERE state = ?", (STATE_PENDING, STATE_HELD)
+            ).rowcount
+
+        released = await self._db.write(run, durable=False)
+        self.transitions["unheld"] += released
+        return released
+
     async def last_rowid(self) -> int:
         """The newest rowid, used as the boundary between backlog and live events."""
 
@@ -442,11 +480,13 @@ class Buffer:
     async def unsent_count(
         self, up_to_rowid: int | None = None, *, at_most: int | None = None
     ) -> int:
-        """Events not yet acknowledged by the broker (optionally only up to a rowid).
+        """Events waiting to be sent or in flight (optionally only up to a rowid).
+
+        Held ones (refused by the broker) are not counted: they wait for the next session.
 
         ``at_most`` stops counting early: "is anything left?" must not walk a million rows.
         """
-        sql = "SELECT 1 FROM events WHERE state < 2"
+        sql = f"SELECT 1 FROM events WHERE state >= {STATE_PENDING} AND state < 2"  # noqa: S608
         params: tuple[int, ...] = ()
         if up_to_rowid is not None:
             sql += " AND rowid <= ?"
@@ -505,10 +545,24 @@ class Buffer:
         return result
 
     async def check_replay(self, device: str, from_seq: int, to_seq: int | None) -> ReplayRange:
-        """Validate a replay request against what is stored; see :func:`check_range`."""
-        return await self._db.read(
+        """Validate a replay request against what is stored; see :func:`check_range`.
+
+        Runs on a read-only connection of its own, not under the buffer's lock: an appended
+        batch never waits behind a range check (issue 18, finding 8).
+        """
+        if self._replay_reader is None:
+            self._replay_reader = BufferConnection(await open_reader(self.path))
+        return await self._replay_reader.read(
             partial(check_range, device=device, from_seq=from_seq, to_seq=to_seq)
         )
+
+    async def replay_lost(
+        self, device: str, gaps: list[tuple[int, int]]
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Of the seqs a replay skipped, those deleted while it ran; see :func:`lost_in_gaps`."""
+        if self._replay_reader is None:
+            self._replay_reader = BufferConnection(await open_reader(self.path))
+        return await self._replay_reader.read(partial(lost_in_gaps, device=device, gaps=gaps))
 
     async def replay_chunk(
         self, device: str, from_seq: int, to_seq: int, limit: int
@@ -563,6 +617,10 @@ class Buffer:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._reader.close()
             self._reader = None
+        if self._replay_reader is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._replay_reader.close()
+            self._replay_reader = None
         await self._db.close()
 
 

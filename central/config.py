@@ -62,7 +62,7 @@ class IngestSection(BaseModel):
 
     model_config = _SECTION
     batch_max: int = Field(default=1000, ge=1, le=100_000)
-    max_payload: int = Field(default=256 * 1024, ge=1024)
+    max_payload: int = Field(default=64 * 1024, ge=1024, le=64 * 1024)
     quarantine_bytes: int = Field(default=4096, ge=0, le=1024 * 1024)
 
 
@@ -72,7 +72,7 @@ class ConfirmSection(BaseModel):
     model_config = _SECTION
     enabled: bool = True
     rule: str = Field(default="accept-all", min_length=1, description="accept-all, sku, or a:b")
-    batch_max: int = Field(default=500, ge=1, le=1000)
+    batch_max: int = Field(default=500, ge=1, le=500)
 
 
 class ReplaySection(BaseModel):

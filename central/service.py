@@ -109,8 +109,11 @@ class Central:
 
     # --- receiving ---------------------------------------------------------------------------
 
-    def on_message(self, topic: str, payload: bytes) -> Awaitable[None]:
-        """Classify and queue; the returned future is done once the batch holding it committed."""
+    def on_message(self, topic: str, payload: bytes, *, retained: bool = False) -> Awaitable[None]:  # noqa: ARG002
+        """Classify and queue; the returned future is done once the batch holding it committed.
+
+        ``retained`` (a checkpoint kept by the broker) is handled like any other message.
+        """
         item = self._item(topic, payload)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))

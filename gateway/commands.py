@@ -11,6 +11,7 @@ printable text or a 64-bit integer.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,8 +26,13 @@ from pydantic import (
 from drivers.base import DEVICE_ID_PATTERN
 
 MAX_PAYLOAD = 64 * 1024
-"""Largest confirm or cmd payload accepted; a list of 1,000 UUID confirms is about 60 KiB."""
-MAX_CONFIRMS = 1000
+"""Largest confirm or cmd payload accepted (gateway/mqtt_link.py asks the broker to send no
+larger packet)."""
+MAX_CONFIRMS = 500
+"""Most verdicts in one confirm message. Chosen to fit the byte cap: 500 UUID confirms are
+35 KB (43 KB with ``"reason": null``; 62 KB as rejections with 40-character reasons), while
+1,000 (the old limit) were 70-86 KB, over :data:`MAX_PAYLOAD` (issue 18, finding 4)."""
+MAX_REASON = 1024
 MAX_REPLAY_SPAN = 1_000_000
 MAX_REQUEST_ID = 128
 ECHO_LIMIT = 64
@@ -91,7 +97,7 @@ class Confirm(BaseModel):
 
     id: EventId
     status: Literal["accepted", "rejected"]
-    reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    reason: Annotated[str, StringConstraints(max_length=MAX_REASON)] | None = None
 
 
 class ReplayCommand(BaseModel):
@@ -124,26 +130,51 @@ def _load(payload: bytes) -> Any:  # noqa: ANN401 - whatever JSON the sender wro
         raise InvalidMessageError("payload is not JSON (UTF-8)") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> str:
     """The first error, naming where it is; keys come from the sender, so they are echoed."""
     first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(echo(p) for p in first["loc"][:4]) or "(message)"
+    where = ".".join(echo(p) for p in (*prefix, *first["loc"])[:4]) or "(message)"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {first['msg']}{more}"[:MAX_DETAIL]
 
 
-def parse_confirms(payload: bytes) -> list[Confirm]:
-    """One confirm object or a non-empty list of at most ``MAX_CONFIRMS`` of them."""
+@dataclass(slots=True)
+class ParsedConfirms:
+    """The valid verdicts of one confirm message, and how many of its verdicts were refused."""
+
+    confirms: list[Confirm] = field(default_factory=list)
+    refused: int = 0
+    problem: str | None = None
+    """Why the first refused verdict was refused (bounded, escaped), None if none was."""
+
+
+def parse_confirms(payload: bytes) -> ParsedConfirms:
+    """One confirm object or a non-empty list of at most ``MAX_CONFIRMS`` of them.
+
+    A bad verdict in a list is refused alone: the others are kept (one over-long ``reason``
+    used to cost the whole list, issue 18, finding 4). The message as a whole is refused
+    (InvalidMessageError) when it is too big, not JSON, an empty or too long list, a single bad
+    object, or a list of which no verdict is valid.
+    """
     body = _load(payload)
     items = body if isinstance(body, list) else [body]
     if not items:
         raise InvalidMessageError("empty confirm list")
     if len(items) > MAX_CONFIRMS:
         raise InvalidMessageError(f"{len(items)} confirms in one message, at most {MAX_CONFIRMS}")
-    try:
-        return [Confirm.model_validate(item) for item in items]
-    except ValidationError as exc:
-        raise InvalidMessageError(_describe(exc)) from None
+    parsed = ParsedConfirms()
+    for index, item in enumerate(items):
+        try:
+            parsed.confirms.append(Confirm.model_validate(item))
+        except ValidationError as exc:
+            parsed.refused += 1
+            if parsed.problem is None:
+                where = (index,) if isinstance(body, list) else ()
+                parsed.problem = _describe(exc, where)
+    if not parsed.confirms:
+        many = f" (all {len(items)} verdicts refused)" if len(items) > 1 else ""
+        raise InvalidMessageError(f"{parsed.problem or 'no valid verdict'}{many}"[:MAX_DETAIL])
+    return parsed
 
 
 def parse_replay(payload: bytes) -> ReplayCommand:

@@ -157,6 +157,11 @@ class Gateway:
         except TimeoutError:
             log.warning("shutdown_timeout", bound_s=bound)
             publisher_task.cancel()
+            # Let its cleanup (record the acks it has, release the rest) reach the buffer
+            # before it closes; bounded again, so a stop always ends.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(bound):
+                    await asyncio.gather(publisher_task, return_exceptions=True)
         await self.buffer.close()
         gc.unfreeze()  # collectable again: several gateways may run in one (test) process
         log.info("gateway_stopped")
@@ -194,14 +199,36 @@ class Gateway:
         """Apply a changed config without losing a buffered or in-flight event.
 
         An invalid file is rejected with its errors logged, and the running config is kept.
+        Whatever else fails is logged too, and systemd is told the daemon runs on (``READY=1``
+        after ``RELOADING=1``, with a STATUS saying the reload failed): the reloader survives it
+        and the next SIGHUP is served (issue 18, finding 5).
         """
         notify("RELOADING=1")
         try:
             new = load_settings(self.settings.source_path)
         except ConfigError as exc:
             log.error("config_reload_rejected", errors=exc.errors)
-            notify("READY=1")
+            notify("READY=1", "STATUS=running; config reload rejected, see the log")
             return False
+        except Exception as exc:
+            return self._reload_failed(exc)
+        try:
+            await self._apply(new)
+        except Exception as exc:
+            return self._reload_failed(exc)
+        return True
+
+    def _reload_failed(self, exc: Exception) -> bool:
+        log.error("config_reload_failed", error=f"{type(exc).__name__}: {exc}"[:300], exc_info=exc)
+        notify(
+            "READY=1",
+            f"STATUS=running with {len(self._driver_tasks)} devices; last reload failed"
+            f" ({type(exc).__name__}), see the log",
+        )
+        return False
+
+    async def _apply(self, new: Settings) -> None:
+        """Apply a loaded config (the rest of :meth:`reload`)."""
         plan = plan_reload(self.settings, new)
         if plan.needs_restart:
             log.warning("config_change_needs_restart", keys=list(plan.needs_restart))
@@ -223,7 +250,6 @@ class Gateway:
         )
         freeze_startup_objects()
         notify("READY=1", f"STATUS=running with {len(self._driver_tasks)} devices")
-        return True
 
     def _configure(self, s: Settings) -> None:
         """Hand the settings a reload may change to every component: at start and on reload.
@@ -248,8 +274,10 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await driver.stop()
 
-    def _on_message(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
-        return self.inbound.handle(topic, payload)
+    def _on_message(
+        self, topic: str, payload: bytes, *, retained: bool = False
+    ) -> asyncio.Future[None] | None:
+        return self.inbound.handle(topic, payload, retained=retained)
 
     def _start_driver(self, device: DeviceConfig) -> asyncio.Task[None]:
         cls = registry.driver_class(device.driver)

@@ -28,6 +28,7 @@ import structlog
 from buffer.schema import STATE_CONFIRMED
 from buffer.store import Buffer
 from drivers.backoff import Backoff
+from gateway.command_limits import COMMAND_BURST, COMMAND_RATE, RequestWindow
 from gateway.commands import (
     InvalidMessageError,
     echo,
@@ -98,20 +99,28 @@ class Inbound:
         self._idle.set()
         self._accepting = True
         self._answers = TokenBucket(50.0, burst=50.0)
+        self._commands = TokenBucket(COMMAND_RATE, burst=COMMAND_BURST)
+        self._requests = RequestWindow()
         self._burst = BurstLog()
         self.counters: collections.Counter[str] = collections.Counter()
-        """confirm_{messages,accepted,rejected,duplicate,unknown,invalid,backpressure,
-        store_retry}, cmd_*..."""
+        """confirm_{messages,accepted,rejected,duplicate,unknown,invalid,invalid_verdicts,
+        backpressure,store_retry}, cmd_{messages,invalid,busy,retained,duplicate,rate_limited,
+        replay_queued}, ..."""
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """The only topics the gateway listens on: its own root's confirm and cmd topics."""
         return (self._topics.confirm, self._topics.cmd_replay)
 
-    def handle(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+    def handle(
+        self, topic: str, payload: bytes, *, retained: bool = False
+    ) -> asyncio.Future[None] | None:
         """Dispatch one received message; acknowledge it when the result is done (None: now).
 
-        Never raises. After :meth:`stop_accepting`, every message is held: never acknowledged
+        ``retained``: the broker kept the message and sends it because we subscribed; a command
+        is then refused, not run (it would run again on every new subscription). Never raises.
+
+        After :meth:`stop_accepting`, every message is held: never acknowledged
         by this session, so the broker sends it again in the next.
         """
         if not self._accepting:
@@ -123,7 +132,7 @@ class Inbound:
             if topic == self._topics.confirm:
                 return self._confirm(payload)
             if topic == self._topics.cmd_replay:
-                self._replay(payload)
+                self._replay(payload, retained=retained)
             else:
                 self.counters["foreign_topic"] += 1
                 self._burst.warning("message_on_unexpected_topic", topic=echo(topic, 200))
@@ -135,13 +144,17 @@ class Inbound:
     def _confirm(self, payload: bytes) -> asyncio.Future[None] | None:
         self.counters["confirm_messages"] += 1
         try:
-            confirms = parse_confirms(payload)
+            parsed = parse_confirms(payload)
         except InvalidMessageError as exc:
             self.counters["confirm_invalid"] += 1
             self._burst.warning("confirm_invalid", detail=str(exc))
             return None
-        if not confirms:
-            return None
+        if parsed.refused:
+            self.counters["confirm_invalid_verdicts"] += parsed.refused
+            self._burst.warning(
+                "confirm_verdicts_refused", refused=parsed.refused, detail=parsed.problem
+            )
+        confirms = parsed.confirms
         message = _Message(
             [(c.id, c.status == "accepted", c.reason) for c in confirms],
             len(payload),
@@ -168,8 +181,19 @@ class Inbound:
         self._admitted_bytes += message.cost
         self._ready.set()
 
-    def _replay(self, payload: bytes) -> None:
+    def _replay(self, payload: bytes, *, retained: bool) -> None:
         self.counters["cmd_messages"] += 1
+        if not self._commands.try_take():
+            self.counters["cmd_rate_limited"] += 1
+            self._burst.warning("cmd_rate_limited", rate=COMMAND_RATE, burst=COMMAND_BURST)
+            if not self._answers.try_take():  # no answer can go out: do not even parse it
+                self.counters["answers_suppressed"] += 1
+                return
+            request_id = request_id_of(payload)
+            if request_id is not None:
+                detail = f"rate limited: at most {COMMAND_RATE:g} commands/s; retry later"
+                self._answer(result_payload(request_id, ok=False, detail=detail))
+            return
         try:
             command = parse_replay(payload)
         except InvalidMessageError as exc:
@@ -177,12 +201,27 @@ class Inbound:
             self._burst.warning("cmd_invalid", detail=str(exc))
             self._refuse(request_id_of(payload), str(exc))
             return
+        if command.request_id in self._requests:
+            self.counters["cmd_duplicate"] += 1
+            self._burst.warning("cmd_replay_duplicate", request_id=command.request_id)
+            return  # the first one is answered; a redelivery (DUP) must not replay twice
+        if retained:
+            self.counters["cmd_retained"] += 1
+            self._requests.add(command.request_id)
+            self._burst.warning("cmd_replay_retained", request_id=command.request_id)
+            self._refuse(
+                command.request_id,
+                "retained command not run (it would run again on every subscription):"
+                " publish commands with retain=false and clear this retained message",
+            )
+            return
         refusal = self._replays.submit(command)
         if refusal is not None:
             self.counters["cmd_busy"] += 1
             self._burst.warning("cmd_replay_busy", request_id=command.request_id)
             self._refuse(command.request_id, refusal)
             return
+        self._requests.add(command.request_id)
         self.counters["cmd_replay_queued"] += 1
 
     def _refuse(self, request_id: str | int | None, detail: str) -> None:

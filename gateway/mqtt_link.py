@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ import structlog
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.storage import PersistentStorage
 
+from gateway.mqtt_packets import MAX_PACKET_SIZE
 from gateway.settings import MqttSection
 
 logging.getLogger("gmqtt").setLevel(logging.CRITICAL)
@@ -73,22 +75,34 @@ RECEIVE_MAXIMUM = 32
 """Received QoS 1 messages the broker may have outstanding (sent, not yet PUBACKed) with us.
 
 A valid confirm or command is at most 64 KiB (gateway/commands.py), so at most ~2 MiB of valid
-input waits for us; the broker holds the rest in its queue. (Larger packets are read whole by
-gmqtt before our cap applies: the broker's ``max_packet_size`` must refuse them, issue 18.)"""
+input waits for us; the broker holds the rest in its queue. Larger packets never reach us:
+:data:`MAX_PACKET_SIZE`."""
 
 SEND_RESERVE = 4
 """Packet ids left free, within the broker's Receive Maximum, for status, checkpoint and answers
 while the event pump fills its window (:attr:`MqttLink.send_quota`)."""
 
 AckFn = Callable[[int], None]
-MessageFn = Callable[[str, bytes], Awaitable[Any] | None]
-"""Handles one received message. None: acknowledge it (in order) now; an awaitable: acknowledge
-it once that is done without error, or never (the broker sends it again next session)."""
+RefusedFn = Callable[[int, int], None]
+"""(mid, reason code) of a message the broker refused in its PUBACK."""
+MessageFn = Callable[..., Awaitable[Any] | None]
+"""Handles one received message, called as ``(topic, payload)``, or ``(topic, payload,
+retained=True)`` for a message the broker kept (retained) and sends because we subscribed. None:
+acknowledge it (in order) now; an awaitable: acknowledge it once that is done without error, or
+never (the broker sends it again next session)."""
 
 
 def _log_handler_bug(event: str, topic: str) -> None:
     """A handler bug: logged with its traceback, never raised into gmqtt."""
     structlog.get_logger(__name__).exception(event, topic=topic[:200])
+
+
+def log_refusal(reason: int) -> None:
+    """A non-event publish the broker refused: said, not retried.
+
+    Nothing buffered depends on it; the next status or checkpoint publish tries again.
+    """
+    structlog.get_logger(__name__).warning("publish_refused_by_broker", reason_code=hex(reason))
 
 
 async def _first(*aws: Awaitable[Any]) -> None:
@@ -102,6 +116,30 @@ async def _first(*aws: Awaitable[Any]) -> None:
 
 class LinkError(ConnectionError):
     """The broker could not be reached, refused us, or the connection went down."""
+
+
+class PacketTooLargeError(LinkError):
+    """One message is larger than the broker's Maximum Packet Size (its CONNACK).
+
+    It was not sent, and the link is fine. Sending it would make the broker drop the connection,
+    again at every reconnect, so one oversized event would stop all delivery behind it.
+    """
+
+
+class RetainUnsupportedError(LinkError):
+    """The broker refused the connection because it does not take retained messages (0x9A).
+
+    Our will is retained, so such a broker refuses every CONNECT: the caller must connect again
+    with ``retain=False`` (statuses then are plain messages), or nothing is ever delivered.
+    """
+
+
+RETAIN_NOT_SUPPORTED = 0x9A
+
+REFUSED = 0x80
+"""PUBACK reason codes from here up mean the broker did not accept the message (MQTT 5
+3.4.2.1: 0x87 not authorized, 0x95 packet too large, 0x97 quota exceeded...). gmqtt 0.8 does
+not look at them, so :class:`MqttLink` reads them itself: such a PUBACK is no delivery."""
 
 
 class _AckStore(PersistentStorage):  # type: ignore[misc]
@@ -149,9 +187,11 @@ class MqttLink:
         client_id: str,
         *,
         on_ack: AckFn | None = None,
+        on_refused: RefusedFn | None = None,
         on_message: MessageFn | None = None,
         will: tuple[str, bytes] | None = None,
         clean_session: bool = True,
+        retain: bool = True,
     ) -> None:
         self._mqtt = mqtt
         self._on_ack = on_ack
@@ -167,7 +207,10 @@ class MqttLink:
         self._ack_tail: asyncio.Future[None] | None = None
         self.unacknowledged = 0
         """Received messages whose PUBACK waits for their effect."""
-        will_message = gmqtt.Message(will[0], will[1], qos=1, retain=True) if will else None
+        self.retain = retain
+        """Whether retained publishes (and the will) are retained; off for a broker that
+        cannot retain (:class:`RetainUnsupportedError`, or Retain Available 0 in its CONNACK)."""
+        will_message = gmqtt.Message(will[0], will[1], qos=1, retain=retain) if will else None
         self._client = gmqtt.Client(
             client_id,
             clean_session=clean_session,
@@ -175,8 +218,13 @@ class MqttLink:
             will_message=will_message,
             persistent_storage=self._store,
             receive_maximum=RECEIVE_MAXIMUM,
+            maximum_packet_size=MAX_PACKET_SIZE,
             session_expiry_interval=0 if clean_session else SESSION_EXPIRY_S,
         )
+        self._refusals: dict[int, int] = {}
+        """mid -> reason code of a PUBACK that refused the message (>= REFUSED)."""
+        self._on_refused = on_refused
+        self._read_puback_reasons()
         self._client.reconnect_retries = _NO_RECONNECT
         self._client.on_message = self._received
         self._client.on_subscribe = self._subscribed
@@ -208,36 +256,84 @@ class MqttLink:
         except TimeoutError as exc:
             await self.close()
             raise LinkError(f"no CONNACK within {self._mqtt.publish_timeout:g} s") from exc
-        except (OSError, gmqtt.MQTTConnectError, ssl.SSLError) as exc:
+        except gmqtt.MQTTConnectError as exc:
+            await self.close()
+            if getattr(exc, "_code", None) == RETAIN_NOT_SUPPORTED:
+                raise RetainUnsupportedError(str(exc)) from exc
+            raise LinkError(str(exc)) from exc
+        except (OSError, ssl.SSLError) as exc:
             await self.close()
             raise LinkError(str(exc) or type(exc).__name__) from exc
         if not self._client.is_connected:
             await self.close()
             raise LinkError("connection closed during connect")
+        available = self._client._package_handler._connack_properties.get("retain_available")  # noqa: SLF001
+        if available and not available[0]:
+            self.retain = False
 
-    @property
-    def send_quota(self) -> int:
-        """How many of our QoS 1 publishes may await their PUBACK at once, minus a reserve.
-
-        MQTT 5 lets the broker cap this with its Receive Maximum (Mosquitto: its
-        ``max_inflight_messages``, 20 by default); gmqtt then refuses the next packet id. The
-        event pump keeps within this, leaving :data:`SEND_RESERVE` ids for everything else.
-        """
+    def _id_limit(self) -> int:
+        """Packet ids gmqtt can hand out at once: the broker's Receive Maximum - 1."""
         # gmqtt keeps the CONNACK's properties as lists; absent means 65535 (MQTT 5 3.2.2.3.3).
         values = self._client._package_handler._connack_properties.get("receive_maximum")  # noqa: SLF001
         broker = int(values[0]) if values else 65535
-        return max(1, broker - 1 - SEND_RESERVE)
+        return max(1, broker - 1)
 
-    def _ids_in_use(self) -> int:
-        return len(self._store._messages)  # noqa: SLF001
+    def _reserve(self) -> int:
+        """Ids kept for status, checkpoint and answers.
+
+        :data:`SEND_RESERVE`, or half of a small window (a broker's Receive Maximum may be 2).
+        """
+        return max(1, min(SEND_RESERVE, self._id_limit() // 2))
+
+    @property
+    def send_quota(self) -> int:
+        """How many events may await their PUBACK at once: the broker's window minus a reserve.
+
+        MQTT 5 lets the broker cap this with its Receive Maximum (Mosquitto: its
+        ``max_inflight_messages``, 20 by default); gmqtt then refuses the next packet id. The
+        event pump keeps within this; :meth:`publish` keeps within the reserve, so the two
+        together never ask gmqtt for more ids than it has.
+        """
+        return max(1, self._id_limit() - self._reserve())
+
+    @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size from its CONNACK; None when it set none."""
+        values = self._client._package_handler._connack_properties.get("maximum_packet_size")  # noqa: SLF001
+        return int(values[0]) if values else None
+
+    def _read_puback_reasons(self) -> None:
+        """Note each PUBACK's reason code before gmqtt frees the message.
+
+        gmqtt then reports the mid to :class:`_AckStore` as acknowledged; a code of 0x80 or more
+        is a refusal, which :meth:`_acked` reports as one.
+        """
+        handler = self._client._package_handler  # noqa: SLF001
+        original = handler._handle_puback_packet  # noqa: SLF001
+
+        def puback(cmd: int, packet: bytes) -> None:
+            if len(packet) > 2 and packet[2] >= REFUSED:
+                (mid,) = struct.unpack("!H", packet[:2])
+                self._refusals[mid] = packet[2]
+            original(cmd, packet)
+
+        handler._handle_puback_packet = puback  # noqa: SLF001
 
     def send(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
         """Write one QoS 1 PUBLISH and return its mid; its PUBACK comes to ``on_ack``."""
         if self.lost.is_set() or not self._client.is_connected:
             self.lost.set()
             raise LinkError("not connected")
+        limit = self.max_packet_size
+        # Fixed header (<= 5), topic (2 + its bytes), packet id (2), properties (>= 1): an upper
+        # bound of the PUBLISH gmqtt will write for us (we set no properties).
+        if limit is not None and 10 + len(topic.encode()) + len(payload) > limit:
+            raise PacketTooLargeError(
+                f"{len(payload)} bytes on {topic[:120]} exceed the broker's maximum packet"
+                f" size of {limit} bytes"
+            )
         try:
-            self._client.publish(topic, payload, qos=1, retain=retain)
+            self._client.publish(topic, payload, qos=1, retain=retain and self.retain)
         except OverflowError as exc:  # every packet id in use: the broker stopped acking
             self.lost.set()
             raise LinkError("no free MQTT packet id") from exc
@@ -246,16 +342,19 @@ class MqttLink:
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """QoS 1 publish that returns after its PUBACK; raises LinkError if none comes.
 
-        Waits (bounded by ``publish_timeout``) for a free packet id within the broker's Receive
-        Maximum rather than failing when the reserve is in use.
+        Waits (bounded by ``publish_timeout``) for one of the reserved packet ids (those the event
+        pump leaves free, :meth:`_reserve`) rather than failing when all are in use.
         """
-        if self._ids_in_use() >= self.send_quota + SEND_RESERVE:
-            async with asyncio.timeout(self._mqtt.publish_timeout):
-                while self._ids_in_use() >= self.send_quota + SEND_RESERVE:
-                    if self.lost.is_set():
-                        raise LinkError("not connected")
-                    self._acks_freed.clear()
-                    await _first(self._acks_freed.wait(), self.lost.wait())
+        if len(self._waiters) >= self._reserve():
+            try:
+                async with asyncio.timeout(self._mqtt.publish_timeout):
+                    while len(self._waiters) >= self._reserve():
+                        if self.lost.is_set():
+                            raise LinkError("not connected")
+                        self._acks_freed.clear()
+                        await _first(self._acks_freed.wait(), self.lost.wait())
+            except TimeoutError as exc:
+                raise LinkError("no free packet id within publish_timeout") from exc
         mid = self.send(topic, payload, retain=retain)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[mid] = waiter
@@ -265,7 +364,9 @@ class MqttLink:
         """Subscribe at QoS 1 and wait for the SUBACK."""
         if self.lost.is_set():
             raise LinkError("not connected")
-        mid = self._client.subscribe(topic, qos=1)
+        # Retain Handling 1: retained messages only for a new subscription, not again each
+        # time our persistent session resubscribes (issue 18, finding 3).
+        mid = self._client.subscribe(topic, qos=1, retain_handling_options=1)
         waiter = asyncio.get_running_loop().create_future()
         self._subacks[int(mid)] = waiter
         await self._wait(waiter, "SUBACK")
@@ -325,10 +426,16 @@ class MqttLink:
             # late ack would mark the wrong event sent (found by the broker-restart chaos
             # test). A finished link reports nothing: its unacknowledged events are resent.
             return
+        refused = self._refusals.pop(mid, None)
         waiter = self._waiters.pop(mid, None)
         if waiter is not None:
+            if refused is not None:
+                # A status, checkpoint or answer: not buffered, so not retried; said once.
+                log_refusal(refused)
             if not waiter.done():
                 waiter.set_result(None)
+        elif refused is not None and self._on_refused is not None:
+            self._on_refused(mid, refused)
         elif self._on_ack is not None:
             self._on_ack(mid)
 
@@ -343,7 +450,7 @@ class MqttLink:
         topic: str,
         payload: bytes,
         _qos: int,
-        _properties: Any,  # noqa: ANN401
+        properties: Any,  # noqa: ANN401
     ) -> int:
         """Handle one message; gmqtt runs this as a task and PUBACKs (QoS 1) when it returns.
 
@@ -362,7 +469,8 @@ class MqttLink:
         self._ack_tail = mine
         self.unacknowledged += 1
         try:
-            effect = self._start_effect(topic, bytes(payload))
+            retained = isinstance(properties, dict) and bool(properties.get("retain"))
+            effect = self._start_effect(topic, bytes(payload), retained=retained)
             if effect is not None:
                 await self._either(effect, released)
                 if not effect.done() or effect.cancelled() or effect.exception() is not None:
@@ -402,11 +510,16 @@ class MqttLink:
             self._gates.discard(gate)
             future.remove_done_callback(open_gate)
 
-    def _start_effect(self, topic: str, payload: bytes) -> asyncio.Future[Any] | None:
+    def _start_effect(
+        self, topic: str, payload: bytes, *, retained: bool
+    ) -> asyncio.Future[Any] | None:
         if self._on_message is None:
             return None
         try:
-            effect = self._on_message(topic, payload)
+            if retained:
+                effect = self._on_message(topic, payload, retained=True)
+            else:
+                effect = self._on_message(topic, payload)
         except Exception:
             _log_handler_bug("message_handler_failed", topic)
             return None

@@ -121,7 +121,7 @@ class Pipeline:
         if done.cancelled():
             return
         exc = done.exception()
-        if isinstance(exc, BufferFullError):
+        if isinstance(exc, BufferFullError | sqlite3.Error):
             self._refused(policy, event, exc)
         elif exc is None:
             self._confirmations.stored_while_stopping(policy, done.result(), captured)

@@ -34,12 +34,15 @@ from buffer.store import Buffer
 from drivers.backoff import Backoff
 from gateway import __version__
 from gateway.events import mark_historical, rfc3339_now
-from gateway.mqtt_link import LinkError, MqttLink
+from gateway.mqtt_link import LinkError, MqttLink, PacketTooLargeError, RetainUnsupportedError
 from gateway.reload import session_changed
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 
 log = structlog.get_logger(__name__)
+
+PACKET_TOO_LARGE = 0x95
+"""The MQTT 5 reason code we note for an event we did not send: over the broker's limit."""
 
 LIVE_FIRST_BACKLOG = 1000
 """A backlog larger than this (over a second of publishing) lets live events overtake it; a
@@ -56,7 +59,8 @@ ends the session like a lost link does, and the next session starts once the sto
 """
 
 DeliveredFn = Callable[[Sequence[OutgoingEvent]], None]
-MessageFn = Callable[[str, bytes], Awaitable[Any] | None]
+MessageFn = Callable[..., Awaitable[Any] | None]
+"""As gateway/mqtt_link.py's: ``(topic, payload)``, or with ``retained=True``."""
 
 
 class NotConnectedError(ConnectionError):
@@ -89,6 +93,8 @@ class Publisher:
         self._in_flight: dict[int, tuple[OutgoingEvent, float]] = {}
         """mid -> (event, monotonic time written), oldest first."""
         self._acked: list[OutgoingEvent] = []
+        self._refused: list[tuple[OutgoingEvent, int]] = []
+        """Events the broker refused (PUBACK reason code, or too large to send), to be held."""
         self._acks_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._marking: set[asyncio.Future[None]] = set()
@@ -103,6 +109,10 @@ class Publisher:
         self.draining = False
         self.reconnects = 0
         self.store_errors = 0
+        self._retain = True
+        """False once the broker said it cannot retain: statuses are then plain messages."""
+        self.refused_by_broker = 0
+        """Events the broker would not take (held in the buffer, tried again next session)."""
         """Sessions ended (or kept from starting) by a buffer error, for metrics."""
         self._store_backoff = Backoff(self._mqtt.reconnect_min, self._mqtt.reconnect_max)
         self._release_owed = False
@@ -119,9 +129,11 @@ class Publisher:
             self._mqtt,
             self._client_id,
             on_ack=self._on_ack,
+            on_refused=self._on_refused,
             on_message=self._handle_message,
             will=(self._topics.status, self._status_payload("offline")),
             clean_session=not self._subscriptions,
+            retain=self._retain,
         )
 
     async def run(self) -> None:
@@ -145,6 +157,10 @@ class Publisher:
                     self._link = link
                     backoff.reset()
                     await self._session(link)
+                except RetainUnsupportedError as exc:
+                    self._retain = False  # our retained will was refused: connect without it
+                    log.warning("mqtt_broker_cannot_retain", error=str(exc), host=self._mqtt.host)
+                    continue
                 except LinkError as exc:
                     self.connected.clear()
                     if self._stopping.is_set():
@@ -194,6 +210,9 @@ class Publisher:
 
     async def _session(self, link: MqttLink) -> None:
         self._since = rfc3339_now()
+        retrying = await self._buffer.unhold()
+        if retrying:
+            log.info("retrying_events_refused_by_broker", events=retrying)
         await link.publish(self._topics.status, self._status_payload("online"), retain=True)
         for device, payload in list(self._device_status.items()):
             await self._publish_json(link, self._topics.device_status(device), payload)
@@ -240,10 +259,14 @@ class Publisher:
                 if waited > self._mqtt.publish_timeout:
                     raise LinkError(f"no PUBACK for {waited:.1f} s")
 
-    def _handle_message(self, topic: str, payload: bytes) -> Awaitable[Any] | None:
+    def _handle_message(
+        self, topic: str, payload: bytes, *, retained: bool = False
+    ) -> Awaitable[Any] | None:
         if self._on_message is None:
             return None
         try:
+            if retained:
+                return self._on_message(topic, payload, retained=True)
             return self._on_message(topic, payload)
         except Exception:
             log.exception("message_handler_failed", topic=topic[:200])
@@ -270,9 +293,11 @@ class Publisher:
             task.cancel()
         await asyncio.gather(*self._answers, *self._marking, return_exceptions=True)
         try:
+            await self._hold_refused()
             await self._flush_acks()
         except STORE_ERRORS as exc:
             self._acked.clear()  # still in flight in the buffer: released below, sent again
+            self._refused.clear()
             self._store_error("mark_sent", exc)
         self._in_flight.clear()
         await self._release()
@@ -322,16 +347,30 @@ class Publisher:
                 waits = [self._buffer.committed.wait(), self._slot_freed.wait()]
                 await _first_of(*waits, timeout=1.0)
                 continue
-            now = time.monotonic()
-            for event in batch:
-                payload = event.payload
-                if event.backlog and overtaken:
-                    payload = mark_historical(payload)
-                elif not event.backlog and self.draining:
-                    overtaken = True
-                # A LinkError here ends the session; _settle releases the whole claim.
+            overtaken = self._send(link, batch, overtaken=overtaken)
+
+    def _send(self, link: MqttLink, batch: list[OutgoingEvent], *, overtaken: bool) -> bool:
+        """Write a claimed batch; returns whether live events have overtaken the backlog yet.
+
+        A LinkError here ends the session; _settle releases the whole claim. An event too large
+        for the broker is not sent but held (:meth:`_hold_refused`), and the rest go on.
+        """
+        now = time.monotonic()
+        in_flight = self._in_flight
+        for event in batch:
+            payload = event.payload
+            if event.backlog and overtaken:
+                payload = mark_historical(payload)
+            elif not event.backlog and self.draining:
+                overtaken = True
+            try:
                 mid = link.send(self._topics.events(event.device), payload)
-                in_flight[mid] = (event, now)
+            except PacketTooLargeError:
+                self._refused.append((event, PACKET_TOO_LARGE))
+                self._acks_ready.set()
+                continue
+            in_flight[mid] = (event, now)
+        return overtaken
 
     def _on_ack(self, mid: int) -> None:
         """PUBACK for an event (called by the link, on the event loop)."""
@@ -341,11 +380,46 @@ class Publisher:
             self._acks_ready.set()
             self._slot_freed.set()
 
+    def _on_refused(self, mid: int, reason: int) -> None:
+        """A PUBACK with a failure reason code: the broker did not take the event."""
+        entry = self._in_flight.pop(mid, None)
+        if entry is not None:
+            self._refused.append((entry[0], reason))
+            self._acks_ready.set()
+            self._slot_freed.set()
+
+    async def _hold_refused(self) -> None:
+        """Hold what the broker refused: not sent, not lost, tried again next session.
+
+        Never marked sent and never given delivered feedback. Not put back to pending either:
+        the pump would send a refused event again at once, in a loop, and one event the broker
+        will never take would stop everything behind it.
+        """
+        while self._refused:
+            batch, self._refused = self._refused, []
+            events = [event for event, _ in batch]
+            holding = asyncio.ensure_future(self._buffer.hold(events))
+            self._marking.add(holding)
+            holding.add_done_callback(self._marking.discard)
+            await asyncio.shield(holding)
+            self.refused_by_broker += len(batch)
+            event, reason = batch[0]
+            log.error(
+                "events_refused_by_broker",
+                events=len(batch),
+                total=self.refused_by_broker,
+                reason_code=hex(reason),
+                first_device=event.device,
+                first_seq=event.seq,
+                action="held in the buffer, tried again at the next broker session",
+            )
+
     async def _ack_writer(self) -> None:
         """Mark PUBACKed events sent in groups: acks arriving during one commit share the next."""
         while True:
             await self._acks_ready.wait()
             self._acks_ready.clear()
+            await self._hold_refused()
             await self._flush_acks()
 
     async def _flush_acks(self) -> None:

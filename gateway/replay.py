@@ -195,33 +195,49 @@ class ReplayWorker:
             self._answer(result_payload(command.request_id, ok=False, detail=span.error))
             return
         log.info("replay_started", device=span.device, from_seq=span.from_seq, to_seq=span.to_seq)
-        count = await self._publish_range(span)
+        count, gaps = await self._publish_range(span)
         self.replayed += count
-        log.info("replay_finished", request_id=command.request_id, count=count)
-        self._answer(
-            result_payload(
-                command.request_id,
-                ok=True,
-                count=count,
-                unsent=span.unsent,
-                from_seq=span.from_seq,
-                to_seq=span.to_seq,
-                **({"dropped": [list(r) for r in span.dropped]} if span.dropped else {}),
+        lost, lost_ranges = await self._buffer.replay_lost(span.device, gaps) if gaps else (0, [])
+        fields: dict[str, object] = {
+            "count": count,
+            "unsent": span.unsent,
+            "from_seq": span.from_seq,
+            "to_seq": span.to_seq,
+        }
+        if span.dropped:
+            fields["dropped"] = [list(r) for r in span.dropped]
+        if lost:
+            # Deleted by retention (or the size cap) after the range check, before the replay
+            # read them: the answer must not say ok with a silently smaller count (issue 18).
+            log.warning("replay_incomplete", request_id=command.request_id, missing=lost)
+            fields["missing"] = lost
+            fields["missing_ranges"] = [list(r) for r in lost_ranges]
+            fields["detail"] = (
+                f"{lost} events of the range were deleted (retention) while the replay ran;"
+                f" {count} replayed"
             )
-        )
+        log.info("replay_finished", request_id=command.request_id, count=count, missing=lost)
+        self._answer(result_payload(command.request_id, ok=not lost, **fields))
 
     async def _last_seq(self, device: str) -> int | None:
         """The device's last stored seq, read without the buffer's lock (WAL lets us)."""
         async with reader(self._buffer.path) as conn:
             return await last_stored_seq(conn, device)
 
-    async def _publish_range(self, span: ReplayRange) -> int:
+    async def _publish_range(self, span: ReplayRange) -> tuple[int, list[tuple[int, int]]]:
+        """Publish the range's delivered rows; returns how many, and the seqs it skipped."""
         topic = self._topics.events(span.device)
         cursor, count = span.from_seq, 0
+        gaps: list[tuple[int, int]] = []
+        expected = span.from_seq
         while cursor <= span.to_seq:
             rows = await self._buffer.replay_chunk(span.device, cursor, span.to_seq, CHUNK)
             if not rows:
                 break
+            for row in rows:
+                if row.seq > expected:
+                    _add_gap(gaps, expected, row.seq - 1)
+                expected = row.seq + 1
             for start in range(0, len(rows), WINDOW):
                 window = rows[start : start + WINDOW]
                 await self._bucket.take(len(window))
@@ -236,7 +252,22 @@ class ReplayWorker:
                         await asyncio.sleep(0.1)  # the publisher reconnects; send again
                 count += len(window)
                 cursor = window[-1].seq + 1
-        return count
+        if expected <= span.to_seq:
+            _add_gap(gaps, expected, span.to_seq)
+        return count, gaps
+
+
+MAX_GAPS = 10_000
+"""Skipped seq ranges a replay keeps apart; beyond, a new one is merged into the last (a row
+replayed in between and deleted afterwards then counts as missing: an overstatement, never an
+understatement)."""
+
+
+def _add_gap(gaps: list[tuple[int, int]], first: int, last: int) -> None:
+    if len(gaps) >= MAX_GAPS:
+        gaps[-1] = (gaps[-1][0], last)
+    else:
+        gaps.append((first, last))
 
 
 def _span(from_seq: int, to_seq: int | None) -> int:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.command_limits import COMMAND_BURST, COMMAND_RATE
 from gateway.commands import (
     MAX_CONFIRMS,
     MAX_PAYLOAD,
@@ -18,6 +21,11 @@ from gateway.commands import (
     request_id_of,
     result_payload,
 )
+from gateway.confirmations import Confirmations
+from gateway.inbound import MAX_PENDING_BYTES, Inbound
+from gateway.mqtt_packets import MAX_PACKET_SIZE
+from gateway.mqtt_packets import oversized as packet_oversized
+from gateway.topics import Topics
 from tests.fuzz.budget import FUZZ
 
 SCALARS = st.one_of(
@@ -62,7 +70,7 @@ def test_confirm_parser_only_raises_its_own_error(payload: bytes) -> None:
     """Any payload: a bounded list of valid confirms, or InvalidMessageError without the
     payload echoed in it."""
     try:
-        confirms = parse_confirms(payload)
+        confirms = parse_confirms(payload).confirms
     except InvalidMessageError as exc:
         confirms, error = [], str(exc)
     else:
@@ -129,3 +137,122 @@ def test_echoed_keys_and_ids_are_short_and_printable(key: str, value: Any, rid: 
         assert echoed is None or isinstance(echoed, int) or echoed.isprintable()
         answer = result_payload(echoed, ok=False, detail="x")
         assert b"\n" not in answer and len(answer) < 400
+
+
+# --- Oversized and flooding input on both topics, through Inbound.handle (issue 18) ---------
+
+TOPICS = Topics("edge/s/g")
+
+
+class _ClosedBuffer:
+    """A buffer whose commits never finish: every admitted confirm stays pending."""
+
+    async def settle(self, verdicts: Any) -> None:
+        await asyncio.Event().wait()
+
+
+class _Replays:
+    """Records what reaches the replay worker."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Any] = []
+
+    def submit(self, command: Any) -> None:
+        self.submitted.append(command.request_id)
+
+
+def _oversized(n: int) -> bytes:
+    return b'{"id": "' + b"x" * (MAX_PAYLOAD + n) + b'", "status": "accepted"}'
+
+
+MESSAGE = st.one_of(
+    st.tuples(st.just("confirm"), st.integers(0, 3 * MAX_PAYLOAD).map(_oversized)),
+    st.tuples(
+        st.just("confirm"),
+        st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=MAX_CONFIRMS).map(
+            lambda ids: encode([{"id": i, "status": "rejected", "reason": "r"} for i in ids])
+        ),
+    ),
+    st.tuples(st.just("cmd"), st.integers(0, 3 * MAX_PAYLOAD).map(_oversized)),
+    st.tuples(
+        st.just("cmd"),
+        st.integers(0, 30).map(
+            lambda n: encode({"request_id": n, "device": "d", "from_seq": 1, "to_seq": 2})
+        ),
+    ),
+    st.tuples(st.just("cmd"), PAYLOADS),
+)
+
+
+@FUZZ
+@given(flood=st.lists(st.tuples(MESSAGE, st.booleans()), min_size=1, max_size=400))
+def test_floods_and_oversized_input_on_both_topics_stay_bounded(
+    flood: list[tuple[tuple[str, bytes], bool]],
+) -> None:
+    """Any mix of oversized payloads, full confirm lists of unknown ids and repeated, retained
+    or garbage commands, as fast as they come: nothing raises, admitted confirms stay within
+    their byte bound, an oversized message is never admitted, commands reach the replay worker
+    at most at the command rate, a request id at most once and never when retained, and
+    answers stay within their own rate."""
+    answers: list[bytes] = []
+    replays = _Replays()
+
+    async def run() -> None:
+        box = Inbound(
+            _ClosedBuffer(),  # type: ignore[arg-type]
+            Confirmations(lambda _device, _outcome: None),
+            TOPICS,
+            replays,  # type: ignore[arg-type]
+            answers.append,
+        )
+        started = time.monotonic()
+        for (kind, payload), retained in flood:
+            topic = TOPICS.confirm if kind == "confirm" else TOPICS.cmd_replay
+            done = box.handle(topic, payload, retained=retained)
+            if len(payload) > MAX_PAYLOAD:
+                assert done is None, "an oversized message was admitted"
+            assert box.pending_bytes <= MAX_PENDING_BYTES
+        elapsed = time.monotonic() - started
+        assert "handler_error" not in box.counters
+        assert len(replays.submitted) <= COMMAND_BURST + COMMAND_RATE * elapsed + 1
+        assert len(replays.submitted) == len(set(replays.submitted))
+        assert len(answers) <= 50 + 50 * elapsed + 1
+        assert all(len(a) < 1000 for a in answers)
+        live_ids = {
+            json.loads(p)["request_id"]
+            for (kind, p), retained in flood
+            if kind == "cmd" and not retained and p.startswith(b'{"request_id": ')
+        }
+        assert set(replays.submitted) <= live_ids, "a retained command ran"
+
+    asyncio.run(run())
+
+
+@FUZZ
+@given(
+    length=st.integers(0, 2**28 - 1),
+    start=st.binary(max_size=8),
+    cut=st.integers(0, 12),
+    noise=st.binary(max_size=64),
+)
+def test_the_packet_header_bound_decodes_any_remaining_length(
+    length: int, start: bytes, cut: int, noise: bytes
+) -> None:
+    """gmqtt's parser is cut off at a header whose Remaining Length is over MAX_PACKET_SIZE,
+    and only then, however the header is split across reads (issue 18, finding 1)."""
+    varint = bytearray()
+    value = length
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        varint.append(byte | (0x80 if value else 0))
+        if not value:
+            break
+    packet = b"\x30" + bytes(varint) + noise
+    data = start + packet[:cut]
+    whole_header = cut >= 1 + len(varint)
+    verdict = packet_oversized(data, len(start))
+    if whole_header:
+        assert verdict == (length > MAX_PACKET_SIZE)
+    else:
+        assert verdict is False
+    packet_oversized(noise, 0)  # any bytes: no exception

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import aiosqlite
 import gmqtt
+from gmqtt.mqtt.protocol import MQTTProtocol
 from gmqtt.storage import PersistentStorage
 
 from buffer.connection import BufferConnection
 from gateway.mqtt_link import _AckStore
+from gateway.mqtt_packets import bounded_read_packet
 
 
 async def test_aiosqlite_runs_a_function_on_its_thread_with_the_raw_connection(
@@ -60,3 +62,10 @@ def test_gmqtt_storage_hook_sees_every_stored_and_acknowledged_mid() -> None:
     assert issubclass(_AckStore, PersistentStorage)
     for name in ("push_message", "remove_message_by_mid"):
         assert name in vars(PersistentStorage), f"gmqtt PersistentStorage.{name} is gone"
+
+
+def test_gmqtt_parses_packets_in_a_method_we_bound() -> None:
+    """gateway/mqtt_packets.py: gmqtt's read loop calls ``MQTTProtocol._read_packet(data)``, which
+    returns the bytes parsed or -1 to end the loop; the link replaces it with a bounded one."""
+    assert MQTTProtocol._read_packet is bounded_read_packet, "gmqtt's parser is not bounded"
+    assert "_read_packet" in MQTTProtocol._read_loop.__code__.co_names, "gmqtt's read loop changed"

@@ -159,3 +159,40 @@ async def test_duplicate_early_and_foreign_confirms(
         await asyncio.sleep(0.2)
     assert scanner.feedback_bytes() == GOOD
     assert states(db) == {1: 3}
+
+
+async def test_delivered_device_hears_good_only_after_the_puback(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """confirm = "delivered": a scan stored while the broker is down gets no good (stored is not
+    delivered), then pending at its timeout; with the broker back, good comes after the PUBACK.
+    (A plausible bug, good at stored for a delivered device, was caught by one end-to-end test
+    only: issue 19.)"""
+    db = tmp_path / "state" / "buffer.db"
+    cfg = write_config(
+        tmp_path / "gateway.toml",
+        mqtt_port=broker.port,
+        state_dir=tmp_path / "state",
+        devices=[
+            scanner_device(
+                "dock-1", scanner.link, confirm="delivered", confirm_timeout=1.5, **FEEDBACK
+            )
+        ],
+    )
+    broker.stop()
+    async with running_gateway(cfg) as gw:
+        await scanner.wait_opened(timeout=10)
+        await scanner.type_code("HELD-1", aim="")
+        async with asyncio.timeout(5):
+            while states(db) != {1: 0}:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        assert scanner.feedback_bytes() == b"", "stored is not delivered: no good yet"
+        await scanner.wait_feedback(lambda b: PENDING in b, timeout=5)
+        broker.start()
+        async with asyncio.timeout(15):
+            await gw.publisher.connected.wait()
+        await scanner.type_code("LIVE-1", aim="")
+        await scanner.wait_feedback(lambda b: GOOD in b, timeout=10)
+        assert states(db)[2] >= 2, "good only once the broker acknowledged it"
+    assert scanner.feedback_bytes() == PENDING + GOOD

@@ -7,6 +7,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+import structlog.testing
+
+from gateway import daemon
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
@@ -93,3 +97,40 @@ async def test_sighup_to_the_real_daemon_reloads(tmp_path: Path, broker: Mosquit
             assert daemon.terminate() == 0
     reloaded = [line for line in daemon.log_lines() if line.get("event") == "config_reloaded"]
     assert reloaded and reloaded[0]["added"] == ["dock-b"]
+
+
+async def test_a_reload_that_raises_anything_is_logged_told_to_systemd_and_survived(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_settings raising something unexpected (not a ConfigError) on SIGHUP: the failure is
+    logged, systemd gets READY=1 and a STATUS after RELOADING=1, and the next SIGHUP reloads
+    (issue 18, finding 5: the reloader used to die silently, leaving systemd "reloading")."""
+    notified: list[tuple[str, ...]] = []
+    monkeypatch.setattr(daemon, "notify", lambda *lines: notified.append(lines))
+    real_load = daemon.load_settings
+
+    def broken(_path: object) -> object:
+        raise RuntimeError("surprise")
+
+    async with running_gateway(configure(tmp_path, broker)) as gw:
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        notified.clear()
+        monkeypatch.setattr(daemon, "load_settings", broken)
+        with structlog.testing.capture_logs() as logs:
+            gw.request_reload()
+            async with asyncio.timeout(5):
+                while not any("READY=1" in n for n in notified):
+                    await asyncio.sleep(0.02)
+            assert notified[0] == ("RELOADING=1",)
+            ready = next(n for n in notified if "READY=1" in n)
+            assert any(line.startswith("STATUS=") and "reload failed" in line for line in ready)
+            failed = [e for e in logs if e["event"] == "config_reload_failed"]
+            assert failed and "surprise" in failed[0]["error"]
+            monkeypatch.setattr(daemon, "load_settings", real_load)
+            notified.clear()
+            gw.request_reload()
+            async with asyncio.timeout(5):
+                while not any(e["event"] == "config_reloaded" for e in logs):
+                    await asyncio.sleep(0.02)
+        assert notified[0] == ("RELOADING=1",) and "READY=1" in notified[-1]

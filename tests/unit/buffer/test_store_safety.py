@@ -268,3 +268,85 @@ async def test_a_range_missing_only_its_first_event_is_refused(tmp_path: Path) -
         assert (await b.check_replay("s", 2, 11)).error is not None, "beyond the last seq"
     finally:
         await b.close()
+
+
+async def test_events_the_broker_refused_are_held_not_sent_not_pruned(tmp_path: Path) -> None:
+    """Held (refused by the broker): never claimed again in the same session, never counted as
+    sent or pruned, back to pending at the next session (unhold) or the next start."""
+    path = tmp_path / "b.db"
+    b = await Buffer.open(path, max_bytes=10**8)
+    try:
+        for n in range(3):
+            await b.append(make_event("s", n))
+        claimed = await b.claim(10)
+        await b.hold(claimed[1:2])
+        await b.mark_sent([claimed[0], claimed[2]])
+        assert await b.claim(10) == []
+        assert await b.unsent_count() == 0, "a held event does not keep a drain going"
+        assert await b.prune(-1) == 2, "only the two sent ones"
+        assert (await b.stats()).by_state["held_by_broker"] == 1
+        assert await b.unhold() == 1
+        assert [e.seq for e in await b.claim(10)] == [2]
+        await b.release_in_flight()
+        await b.hold(await b.claim(10))
+    finally:
+        await b.close()
+    b = await Buffer.open(path, max_bytes=10**8)
+    try:
+        assert [e.seq for e in await b.claim(10)] == [2], "a restart tries held events again"
+    finally:
+        await b.close()
+
+
+async def test_a_replay_range_check_takes_no_buffer_lock(tmp_path: Path) -> None:
+    """The range check reads on a connection of its own (WAL): it answers while the writer's
+    lock is held, so a commit never waits behind it (issue 18, finding 8)."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    try:
+        for n in range(20):
+            await b.append(make_event("s", n))
+        await b.mark_sent(await b.claim(20))
+        async with b._db._lock:  # a long write in progress
+            async with asyncio.timeout(2):
+                span = await b.check_replay("s", 1, 20)
+            assert span.error is None and span.unsent == 0
+            async with asyncio.timeout(2):
+                assert (await b.check_replay("s", 1, 21)).error is not None
+    finally:
+        await b.close()
+
+
+async def test_a_range_with_a_hole_inside_is_refused_and_unsent_counted(tmp_path: Path) -> None:
+    """Both ends held but one event inside gone: refused. Events not yet delivered are counted
+    in ``unsent`` (the cheap check must not miss either)."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    try:
+        for n in range(10):
+            await b.append(make_event("s", n))
+        claimed = await b.claim(10)
+        await b.mark_sent(claimed[:8])  # seqs 9 and 10 stay in flight
+        assert (await b.check_replay("s", 1, 10)).unsent == 2
+        await b._db.write(
+            lambda c: c.execute("DELETE FROM events WHERE device = 's' AND seq = 5"), durable=True
+        )
+        refused = await b.check_replay("s", 1, 10)
+        assert refused.error is not None and "no longer fully retained" in refused.error
+    finally:
+        await b.close()
+
+
+async def test_seqs_a_replay_skipped_are_lost_only_if_deleted(tmp_path: Path) -> None:
+    """Of the seqs a replay skipped, those still stored (undelivered) are not lost; those
+    deleted since are, as ranges (issue 18: a replay that loses rows mid-way says so)."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    try:
+        for n in range(10):
+            await b.append(make_event("s", n))
+        await b._db.write(
+            lambda c: c.execute("DELETE FROM events WHERE device = 's' AND seq IN (3, 4, 9)"),
+            durable=True,
+        )
+        assert await b.replay_lost("s", [(2, 5), (7, 10)]) == (3, [(3, 4), (9, 9)])
+        assert await b.replay_lost("s", [(1, 2)]) == (0, [])
+    finally:
+        await b.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import uuid
 
 import pytest
 
 from gateway.commands import (
     MAX_CONFIRMS,
+    MAX_DETAIL,
     MAX_PAYLOAD,
     InvalidMessageError,
     echo,
@@ -23,13 +25,13 @@ from gateway.events import mark_historical, mark_replayed, render_event
 
 def test_one_confirm_or_a_list() -> None:
     """DESIGN 6: one object or a JSON list of them; reason optional."""
-    one = parse_confirms(b'{"id": "a", "status": "accepted"}')
+    one = parse_confirms(b'{"id": "a", "status": "accepted"}').confirms
     assert [(c.id, c.status) for c in one] == [("a", "accepted")]
     many = parse_confirms(
         json.dumps(
             [{"id": "a", "status": "accepted"}, {"id": "b", "status": "rejected", "reason": "x"}]
         ).encode()
-    )
+    ).confirms
     assert [c.status for c in many] == ["accepted", "rejected"]
     assert many[1].reason == "x"
 
@@ -64,6 +66,34 @@ def test_confirm_size_and_list_bounds() -> None:
     items = [{"id": str(i), "status": "accepted"} for i in range(MAX_CONFIRMS + 1)]
     with pytest.raises(InvalidMessageError, match="at most"):
         parse_confirms(json.dumps(items, separators=(",", ":")).encode())
+
+
+def test_the_documented_full_list_fits_the_byte_cap() -> None:
+    """MAX_CONFIRMS UUID verdicts fit in MAX_PAYLOAD, even as rejections with 40-character
+    reasons (issue 18, finding 4: 1,000 did not)."""
+    items = [
+        {"id": str(uuid.uuid4()), "status": "rejected", "reason": "r" * 40}
+        for _ in range(MAX_CONFIRMS)
+    ]
+    payload = json.dumps(items).encode()
+    assert len(payload) <= MAX_PAYLOAD
+    assert len(parse_confirms(payload).confirms) == MAX_CONFIRMS
+
+
+def test_a_bad_verdict_is_refused_alone() -> None:
+    """One over-long reason, one wrong type, one non-object in a list of 500: the other 497
+    verdicts are kept, the refusal names the first bad one (issue 18, finding 4)."""
+    items: list[object] = [{"id": f"e{i}", "status": "accepted"} for i in range(500)]
+    items[3] = {"id": "e3", "status": "rejected", "reason": "x\n" * 1025}
+    items[10] = {"id": 10, "status": "accepted"}
+    items[20] = "accepted"
+    parsed = parse_confirms(json.dumps(items).encode())
+    assert len(parsed.confirms) == 497 and parsed.refused == 3
+    assert "e3" not in {c.id for c in parsed.confirms}
+    assert parsed.problem is not None and parsed.problem.startswith("3.reason")
+    assert len(parsed.problem) <= MAX_DETAIL and parsed.problem.isprintable()
+    with pytest.raises(InvalidMessageError, match="all 2 verdicts refused"):
+        parse_confirms(json.dumps([{"id": 1}, "x"]).encode())
 
 
 def test_replay_command_validation() -> None:

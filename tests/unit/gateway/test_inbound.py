@@ -11,7 +11,7 @@ import pytest
 
 from buffer.confirms import Settled, SettleResult
 from buffer.schema import STATE_CONFIRMED
-from gateway import inbound
+from gateway import command_limits, inbound
 from gateway.confirmations import Confirmations
 from gateway.inbound import Inbound
 from gateway.topics import Topics
@@ -131,3 +131,19 @@ async def test_after_stop_accepting_every_message_is_held() -> None:
     assert bad is not None and not bad.done()
     assert box.counters["held_at_stop"] == 2
     runner.cancel()
+
+
+def test_the_request_window_is_bounded_by_count_and_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    """request_ids are remembered for a while, at most so many: memory stays bounded under a
+    flood of fresh ids, and ``1`` and ``"1"`` are different requests (issue 18, finding 3)."""
+    now = [1000.0]
+    monkeypatch.setattr(command_limits.time, "monotonic", lambda: now[0])
+    window = command_limits.RequestWindow(period=60.0, size=100)
+    window.add(1)
+    assert 1 in window and "1" not in window
+    for n in range(10_000):
+        window.add(f"r{n}")
+    assert len(window) == 100
+    assert 1 not in window and "r9999" in window and "r9899" not in window
+    now[0] += 61
+    assert "r9999" not in window and len(window) == 0

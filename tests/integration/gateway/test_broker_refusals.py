@@ -1,0 +1,170 @@
+"""What a hardened or limited broker refuses is not delivery (found by the issue 13 review).
+
+An MQTT 5 PUBACK with a failure reason code (0x87 not authorized, 0x95 packet too large) was
+taken as delivery: the event was marked sent, delivered feedback fired, central never had it. An
+event larger than the broker's Maximum Packet Size killed every session (the broker disconnects
+the client), so nothing behind it was ever delivered. A broker without retain support refused
+every CONNECT (our will is retained). Now refused events are held in the buffer (state
+``held_by_broker``), never marked sent, and tried again at the next session; the rest flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from buffer.store import Buffer, NewEvent
+from gateway.events import render_event
+from gateway.publisher import Publisher
+from gateway.settings import MqttSection
+from simulators.broker import MosquittoBroker
+from simulators.central import CentralCollector
+from tests.integration.gateway.test_publisher import TOPICS
+
+
+def scan(n: int, code: str) -> NewEvent:
+    event_id = f"scan-{n:06d}"
+
+    def render(seq: int) -> bytes:
+        return render_event(
+            event_id=event_id,
+            source="/site-test/gw-test/dock",
+            type_="warehouse.review.scan.v1",
+            time_="2026-11-24T00:00:00.000000Z",
+            seq=seq,
+            data={"code": code},
+        )
+
+    return NewEvent(event_id, "dock", "t", "warehouse.review.scan.v1", False, render)
+
+
+def broker_with(tmp_path: Path, extra: str) -> MosquittoBroker:
+    broker = MosquittoBroker(tmp_path / "hardened")
+    broker.config_path.write_text(broker.config_path.read_text() + extra)
+    broker.start()
+    return broker
+
+
+async def run_case(tmp_path: Path, broker: MosquittoBroker, events: list[NewEvent]) -> None:
+    central = CentralCollector(broker.host, broker.port, client_id="central-hardened")
+    ctask = asyncio.create_task(central.run())
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    delivered: list[str] = []
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
+    pub = Publisher(
+        mqtt,
+        buf,
+        TOPICS,
+        client_id="gw-hardened",
+        on_delivered=lambda b: delivered.extend(e.id for e in b),
+    )
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await central.connected.wait()
+            await pub.connected.wait()
+        for ev in events:
+            await buf.append(ev)
+        await central.wait_for(len(events), timeout=5)
+        await asyncio.sleep(1.0)
+        with sqlite3.connect(buf.path) as conn:
+            states = dict(conn.execute("SELECT seq, state FROM events"))
+        got = {m["seq"] for m in central.messages}
+        wrongly = [s for s, st in states.items() if st in (2, 3, 4) and s not in got]
+        assert not wrongly, (
+            f"seqs {wrongly} marked sent (delivered feedback for {delivered}) though the broker"
+            f" refused them; central has {sorted(got)}"
+        )
+    finally:
+        pub.stop()
+        async with asyncio.timeout(15):
+            await task
+        await buf.close()
+        ctask.cancel()
+        await asyncio.gather(ctask, return_exceptions=True)
+        broker.stop()
+
+
+async def test_puback_packet_too_large_is_not_delivery(tmp_path: Path) -> None:
+    """``message_size_limit`` (a common hardening setting): a long 2D code is refused with
+    PUBACK 0x95; the gateway marks it sent and the worker gets good feedback at ``delivered``."""
+    broker = broker_with(tmp_path, "message_size_limit 2000\n")
+    await run_case(tmp_path, broker, [scan(1, "A1"), scan(2, "X" * 3000), scan(3, "A3")])
+
+
+async def test_puback_not_authorized_is_not_delivery(tmp_path: Path) -> None:
+    """An ACL that does not (yet) cover this gateway's events topic: PUBACK 0x87 per event."""
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "user dummy\ntopic read #\n"
+        "pattern write edge/site-test/gw-test/status\n"
+        "pattern readwrite edge/site-test/gw-test/confirm\n"
+        "pattern read #\n"
+    )
+    broker = broker_with(tmp_path, f"acl_file {acl}\n")
+    await run_case(tmp_path, broker, [scan(1, "A1"), scan(2, "A2")])
+
+
+async def test_one_event_over_broker_max_packet_size_does_not_stop_delivery(
+    tmp_path: Path,
+) -> None:
+    """``max_packet_size`` (what Mosquitto recommends over message_size_limit, and what
+    mqtt_link.py asks brokers to set, issue 18): the broker disconnects a client that sends a
+    bigger packet. The one long scan is resent first on every new session, so every session
+    dies: nothing after it is ever delivered (a poison event)."""
+    broker = broker_with(tmp_path, "max_packet_size 2000\n")
+    events = [scan(1, "A1"), scan(2, "X" * 3000), *(scan(n, f"A{n}") for n in range(3, 21))]
+    central = CentralCollector(broker.host, broker.port, client_id="central-hardened")
+    ctask = asyncio.create_task(central.run())
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
+    pub = Publisher(mqtt, buf, TOPICS, client_id="gw-hardened", on_delivered=lambda b: None)
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await central.connected.wait()
+            await pub.connected.wait()
+        for ev in events:
+            await buf.append(ev)
+        await central.wait_for(19, timeout=15)
+        got = sorted({m["seq"] for m in central.messages})
+        assert set(range(3, 21)) <= set(got), (
+            f"central has {got} after 15 s; sessions lost: {pub.reconnects}"
+        )
+    finally:
+        pub.stop()
+        async with asyncio.timeout(15):
+            await task
+        await buf.close()
+        ctask.cancel()
+        await asyncio.gather(ctask, return_exceptions=True)
+        broker.stop()
+
+
+async def test_broker_without_retain_still_gets_events(tmp_path: Path) -> None:
+    """A broker that says Retain Available = 0 in its CONNACK (Mosquitto ``retain_available
+    false``; some managed brokers): every session starts with a retained ``online`` status,
+    the broker disconnects it (0x9A), and no event is ever delivered."""
+    broker = broker_with(tmp_path, "retain_available false\n")
+    central = CentralCollector(broker.host, broker.port, client_id="central-hardened")
+    ctask = asyncio.create_task(central.run())
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
+    pub = Publisher(mqtt, buf, TOPICS, client_id="gw-hardened", on_delivered=lambda b: None)
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await central.connected.wait()
+        for n in range(1, 6):
+            await buf.append(scan(n, f"A{n}"))
+        ok = await central.wait_for(5, timeout=10)
+        assert ok, f"central has {central.unique_count()} of 5; sessions lost: {pub.reconnects}"
+    finally:
+        pub.stop()
+        async with asyncio.timeout(15):
+            await task
+        await buf.close()
+        ctask.cancel()
+        await asyncio.gather(ctask, return_exceptions=True)
+        broker.stop()

@@ -1,0 +1,90 @@
+"""A broker with a small Receive Maximum (Mosquitto ``max_inflight_messages``).
+
+Found by the issue 13 review: the event pump's window plus what ``publish`` allowed asked gmqtt
+for more packet ids than it had (the broker's Receive Maximum - 1), so a checkpoint or a status
+while events were in flight raised OverflowError, the session was torn down, and so on at every
+session (for ever while a replay ran). Now the pump keeps to the window minus a reserve and
+other publishes keep to the reserve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from buffer.store import Buffer
+from gateway.publisher import Publisher
+from gateway.settings import MqttSection
+from simulators.broker import MosquittoBroker
+from simulators.central import CentralCollector
+from tests.integration.gateway.test_publisher import TOPICS, event
+
+
+def small_window_broker(tmp_path: Path, inflight: int) -> MosquittoBroker:
+    broker = MosquittoBroker(tmp_path / "small")
+    text = broker.config_path.read_text().replace(
+        "max_inflight_messages 100", f"max_inflight_messages {inflight}"
+    )
+    broker.config_path.write_text(text)
+    broker.start()
+    return broker
+
+
+async def run_with_window(tmp_path: Path, *, inflight: int, replay: bool) -> None:
+    """2,000 events, device statuses, a checkpoint every 0.25 s (and replay windows of 10)."""
+    broker = small_window_broker(tmp_path, inflight)
+    central = CentralCollector(broker.host, broker.port, client_id="central-small")
+    ctask = asyncio.create_task(central.run())
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
+    pub = Publisher(mqtt, buf, TOPICS, client_id="gw-small", on_delivered=lambda b: None)
+    task = asyncio.create_task(pub.run())
+    helpers: list[asyncio.Task[None]] = []
+    try:
+        async with asyncio.timeout(10):
+            await central.connected.wait()
+            await pub.connected.wait()
+        for i in range(5):
+            pub.device_status(f"dev{i}", {"state": "up", "since": "x", "detail": ""})
+
+        async def housekeeping() -> None:  # what gateway/housekeeping.py does every 0.25 s
+            while True:
+                await pub.publish_checkpoint({"devices": {}})
+                await asyncio.sleep(0.25)
+
+        async def replay_windows() -> None:  # gateway/replay.py _publish_range, WINDOW = 10
+            while True:
+                await pub.connected.wait()
+                try:
+                    await asyncio.gather(*(pub.publish("edge/x/replayed", b"r") for _ in range(10)))
+                except ConnectionError:
+                    await asyncio.sleep(0.1)
+
+        helpers.append(asyncio.create_task(housekeeping()))
+        if replay:
+            helpers.append(asyncio.create_task(replay_windows()))
+        await asyncio.gather(*(buf.append(event("a", i)) for i in range(2000)))
+        delivered = await central.wait_for(2000, timeout=20)
+        assert delivered, f"{central.unique_count()} of 2000, {pub.reconnects} sessions lost"
+        assert pub.reconnects == 0, f"{pub.reconnects} sessions torn down by the broker's window"
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        pub.stop()
+        async with asyncio.timeout(15):
+            await task
+        await buf.close()
+        ctask.cancel()
+        await asyncio.gather(ctask, return_exceptions=True)
+        broker.stop()
+
+
+async def test_small_broker_receive_maximum_does_not_churn_sessions(tmp_path: Path) -> None:
+    """Receive Maximum 3: the pump, the checkpoint and device statuses share 2 packet ids."""
+    await run_with_window(tmp_path, inflight=3, replay=False)
+
+
+async def test_small_broker_receive_maximum_replay_does_not_wedge_delivery(tmp_path: Path) -> None:
+    """Receive Maximum 5 with a replay running (10 publishes at once)."""
+    await run_with_window(tmp_path, inflight=5, replay=True)
