@@ -55,11 +55,17 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         return EXIT_USAGE
     if args.command == "check-config":
         from central.rules import load_rule  # noqa: PLC0415
+        from central.service import link_section  # noqa: PLC0415
 
         try:
             load_rule(settings.confirm.rule)
         except ValueError as exc:
             print(f"{args.config}: confirm.rule: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            link_section(settings)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            print(f"{args.config}: mqtt: {str(exc)[:500]}", file=sys.stderr)
             return EXIT_USAGE
         print(f"{args.config}: ok (instance {settings.central.instance})")
         return EXIT_OK

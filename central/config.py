@@ -31,6 +31,20 @@ class CentralSection(BaseModel):
     topic_prefix: Name = Field(default="edge", description="first level of the gateways' roots")
 
 
+class TlsSection(BaseModel):
+    """``[mqtt.tls]``: present means TLS, with the system CAs unless ``ca_file`` is set.
+
+    Checked again, as the gateway checks its own (readable files, a private key readable by
+    this service alone), when the link is built and by ``check-config``.
+    """
+
+    model_config = _SECTION
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    insecure: bool = Field(default=False, description="skip hostname checks (testing only)")
+
+
 class MqttSection(BaseModel):
     """``[mqtt]``: the broker connection and the persistent session."""
 
@@ -45,6 +59,7 @@ class MqttSection(BaseModel):
     timeout: Duration = Field(default=10.0, gt=0, description="CONNACK, SUBACK, PUBACK waits")
     reconnect_min: Duration = Field(default=0.2, gt=0)
     reconnect_max: Duration = Field(default=10.0, gt=0)
+    tls: TlsSection | None = None
 
 
 class DatabaseSection(BaseModel):
@@ -151,10 +166,12 @@ def load_central_settings(path: Path | str) -> CentralSettings:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{shown}:1: (syntax): {exc}"]) from None
-    for section in ("mqtt", "database"):
-        body = data.get(section)
-        if isinstance(body, dict) and isinstance(body.get("password_file"), str):
-            body["password_file"] = str((source.parent / body["password_file"]).resolve())
+    mqtt = data.get("mqtt")
+    tables = [data.get("database"), mqtt, mqtt.get("tls") if isinstance(mqtt, dict) else None]
+    for body in tables:  # file paths are relative to the config file
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            if isinstance(body, dict) and isinstance(body.get(key), str):
+                body[key] = str((source.parent / body[key]).resolve())
     problems: list[Problem] = []
     try:
         settings = CentralSettings.model_validate(data)

@@ -22,6 +22,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -56,7 +57,12 @@ def link_section(settings: CentralSettings) -> LinkSection:
         body["username"] = mqtt.username
     if mqtt.password_file:
         body["password_file"] = str(mqtt.password_file)
-    return LinkSection.model_validate(body, context={"config_dir": mqtt.password_file or "."})
+    if mqtt.tls is not None:
+        body["tls"] = {
+            key: value if isinstance(value, bool) else str(value)
+            for key, value in mqtt.tls.model_dump(exclude_none=True).items()
+        }
+    return LinkSection.model_validate(body, context={"config_dir": Path.cwd()})
 
 
 class CentralLink(MqttLink):
