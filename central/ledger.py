@@ -172,14 +172,14 @@ async def _write_events(
             row = held.get(key)
             if row is None or row["status"] is None:
                 conflicts.append((event, None if row is None else row["held_id"]))
-                stats["cf"] += 1
                 continue
             stats["dup"] += 1
             verdict = _verdict(event.id, row["status"], row["reason"])
         outcome.verdicts[event.root].append(verdict)
     outcome.duplicates += sum(s["dup"] for s in per_device.values())
     if conflicts:
-        await _write_conflicts(conn, conflicts, outcome)
+        for source in await _write_conflicts(conn, conflicts, outcome):
+            per_device[source]["cf"] += 1
     await _merge_seq_ranges(conn, new_spans)
     await conn.executemany(
         "INSERT INTO devices (source, root, device, held, duplicates, conflicts)"
@@ -203,8 +203,11 @@ async def _write_conflicts(
     conn: Any,  # noqa: ANN401
     conflicts: list[tuple[Event, str | None]],
     outcome: BatchOutcome,
-) -> None:
-    """Same (source, seq) under another id: kept, counted, logged loudly; never merged."""
+) -> list[str]:
+    """Same (source, seq) under another id: kept, counted, logged loudly; never merged.
+
+    Returns the source of each conflict new to the ledger.
+    """
     rows = await conn.fetch(
         "INSERT INTO conflicts (source, id, seq, held_id, topic, payload)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],"
@@ -216,7 +219,7 @@ async def _write_conflicts(
         [f"{e.root}/events/{e.device}" for e, _ in conflicts],
         [json.dumps(e.body) for e, _ in conflicts],
     )
-    outcome.conflicts += len(conflicts)
+    outcome.conflicts += len(rows)  # a redelivered conflict is kept and counted once
     for row in rows:
         log.error(
             "ledger_conflict",
@@ -226,6 +229,7 @@ async def _write_conflicts(
             held_id=row["held_id"],
             detail="same (source, seq) under another id: kept in conflicts, not merged",
         )
+    return [row["source"] for row in rows]
 
 
 async def _merge_seq_ranges(conn: Any, spans: dict[str, list[tuple[int, int]]]) -> None:  # noqa: ANN401

@@ -64,6 +64,10 @@ async def test_same_seq_other_id_is_a_conflict(conn) -> None:
     assert tuple(row) == ("b", "a", 1)
     assert await conn.fetchval("SELECT id FROM events") == "a"
     assert await conn.fetchval("SELECT conflicts FROM devices") == 1
+    again = await write_batch(conn, events(scan_event(1, event_id="b")), AcceptAll())
+    assert (again.stored, again.conflicts) == (0, 0)  # redelivered: kept and counted once
+    assert await conn.fetchval("SELECT conflicts FROM devices") == 1
+    assert await conn.fetchval("SELECT count(*) FROM conflicts") == 1
 
 
 async def test_sku_rule_reads_the_item_master(conn) -> None:
