@@ -54,7 +54,9 @@ class MqttSection(BaseModel):
     username: str | None = Field(default=None, min_length=1)
     password_file: FilePath | None = None
     keepalive: int = Field(default=30, ge=5, le=3600)
-    session_expiry: Duration = Field(default=3600.0, ge=0, le=0xFFFFFFFF)
+    session_expiry: Duration = Field(default=10.0, ge=0, le=0xFFFFFFFF)
+    """Short on purpose: a dead member's session keeps taking a share until it expires
+    (docs/central.md, "A member that dies for good")."""
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     timeout: Duration = Field(default=10.0, gt=0, description="CONNACK, SUBACK, PUBACK waits")
     reconnect_min: Duration = Field(default=0.2, gt=0)
