@@ -39,7 +39,7 @@ async def main(
             path = root / "central.toml"
             path.write_text(
                 f'[central]\ninstance = "bench"\n[mqtt]\nhost = "{broker.host}"\n'
-                f'port = {broker.port}\nsession_expiry = {session_expiry}\n'
+                f"port = {broker.port}\nsession_expiry = {session_expiry}\n"
                 f'[database]\ndsn = "{server.dsn}"\n'
                 '[logging]\nlevel = "warning"\nformat = "json"\n'
             )
