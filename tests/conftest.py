@@ -12,6 +12,7 @@ import pytest
 
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
+from simulators.postgres import PostgresServer
 
 
 @pytest.fixture(autouse=True)
@@ -52,3 +53,38 @@ async def central(broker: MosquittoBroker) -> AsyncIterator[CentralCollector]:
     yield collector
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL per test session (free port, temp dir); never the one on 5432.
+
+    Started only when a test asks for a database. fsync is off: a kill -9 of the postmaster
+    still keeps the OS cache, and tests stay fast on a shared disk.
+    """
+    server = PostgresServer(durable=False)
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_dsn(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database for this test on the session's server."""
+    import psycopg  # noqa: PLC0415 - only tests that need PostgreSQL import it
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    name = f"{name}_{time.monotonic_ns() % 1_000_000}"
+    postgres_server.start()  # a test may have stopped or killed it
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server.dsn_for(name)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own, which the test may stop, kill -9 and restart."""
+    server = PostgresServer(durable=False)
+    server.start()
+    yield server
+    server.cleanup()

@@ -328,3 +328,28 @@ async def test_a_held_message_when_the_broker_goes_away_is_neither_acked_nor_noi
     assert loop_errors == []
     broker.start()
     assert await _redelivered(broker, "link-gone") == [b"held"]
+
+
+async def test_a_server_that_drops_the_connection_fails_connect_at_once() -> None:
+    """A broker going down (SIGTERM) accepts TCP and closes it: connect fails then, not after
+    ``publish_timeout`` (issue 15: the gateway idled 5 s or more after a restart for nothing)."""
+    accepted: list[int] = []
+
+    async def dropping(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(dropping, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        link = MqttLink(section(port, publish_timeout=30.0), "link-test")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(10):
+            with pytest.raises(LinkError):
+                await link.connect()
+        assert loop.time() - started < 2.0
+        assert accepted, "the TCP connection was accepted, then dropped"
+    finally:
+        server.close()
+        await server.wait_closed()

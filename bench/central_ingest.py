@@ -1,0 +1,143 @@
+"""Events/s from the broker to committed ledger rows, PUBACK after commit, one and two instances.
+
+The events wait in the instances' persistent sessions first (published while they were
+offline), so the figure is the central side alone: broker -> edge-central -> PostgreSQL commit
+-> PUBACK. Private Mosquitto, private PostgreSQL with fsync on, 20 devices, scan events.
+
+    .venv/bin/python -m bench.central_ingest [--events 30000]
+"""
+
+# ruff: noqa: ASYNC110 - polling counters is the simplest honest probe in a bench
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench import logs_to_stderr, private_broker
+from central.config import load_central_settings
+from central.service import Central
+from gateway.mqtt_link import MqttLink
+from gateway.settings import MqttSection
+from simulators.broker import MosquittoBroker
+from simulators.postgres import PostgresServer
+
+TARGET_PER_INSTANCE = 20_000
+
+
+def event(n: int, run: str) -> tuple[str, bytes]:
+    device = f"d{n % 20}"
+    body = {
+        "specversion": "1.0",
+        "id": f"{run}-{n}",
+        "source": f"/bench/gw/{device}",
+        "type": "warehouse.barcode.scanned.v1",
+        "time": "2026-11-30T10:00:00.000001Z",
+        "seq": n // 20 + 1,
+        "datacontenttype": "application/json",
+        "data": {"code": f"{n:013d}", "symbology": "]E0"},
+    }
+    return f"edge/bench/gw/events/{device}", json.dumps(body).encode()
+
+
+async def publish_all(broker: MosquittoBroker, count: int, run: str) -> None:
+    acked: list[int] = []
+    link = MqttLink(
+        MqttSection(host=broker.host, port=broker.port), "bench-pub", on_ack=acked.append
+    )
+    await link.connect()
+    try:
+        for n in range(count):
+            while n - len(acked) >= link.send_quota:
+                await asyncio.sleep(0.001)
+            link.send(*event(n, run))
+        while len(acked) < count:
+            await asyncio.sleep(0.005)
+    finally:
+        await link.close()
+
+
+def config(root: Path, broker: MosquittoBroker, dsn: str, name: str, group: str) -> Path:
+    path = root / f"{name}.toml"
+    path.write_text(
+        f'[central]\ninstance = "{name}"\ngroup = "{group}"\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'[database]\ndsn = "{dsn}"\n[replay]\nenabled = false\n[logging]\nlevel = "warning"\n'
+        'format = "json"\n'
+    )
+    return path
+
+
+async def run(
+    root: Path, broker: MosquittoBroker, dsn: str, instances: int, count: int
+) -> dict[str, Any]:
+    settings = [
+        load_central_settings(config(root, broker, dsn, f"c{instances}-{n}", f"g{instances}"))
+        for n in range(instances)
+    ]
+    for s in settings:  # create the sessions, then go away
+        central = Central(s)
+        stop = asyncio.Event()
+        task = asyncio.create_task(central.run(stop))
+        while not central.connected.is_set():
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("TRUNCATE events, seq_ranges, devices")
+    run_id = uuid.uuid4().hex[:8]
+    await publish_all(broker, count, run_id)
+    centrals = [Central(s) for s in settings]
+    stop = asyncio.Event()
+    start = time.perf_counter()
+    tasks = [asyncio.create_task(c.run(stop)) for c in centrals]
+    async with asyncio.timeout(120):
+        while sum(c.totals["stored"] for c in centrals) < count:
+            await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await asyncio.gather(*tasks)
+    held = await conn.fetchval("SELECT count(*) FROM events")
+    await conn.close()
+    batches = sum(c.totals["batches"] for c in centrals)
+    return {
+        "instances": instances,
+        "events": count,
+        "held": held,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(count / elapsed),
+        "mean_batch": round(count / max(1, batches), 1),
+    }
+
+
+async def main(count: int) -> dict[str, Any]:
+    logs_to_stderr()
+    server = PostgresServer(durable=True)
+    server.start()
+    try:
+        with private_broker() as (root, broker):
+            one = await run(root, broker, server.dsn, 1, count)
+            two = await run(root, broker, server.dsn, 2, count)
+    finally:
+        server.cleanup()
+    return {
+        "bench": "central_ingest",
+        "note": "both instances in one process, 2-core box shared with other work; with startup",
+        "one_instance": one,
+        "two_instances_one_process": two,
+        "target_events_per_s_per_instance": TARGET_PER_INSTANCE,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=30000)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.events))))

@@ -1,0 +1,299 @@
+"""The ledger: one transaction per batch, idempotent, with conflicts and quarantine kept apart.
+
+Everything a batch of MQTT messages changes commits together, so the PUBACKs and confirms that
+follow the commit are true of the database: events (``ON CONFLICT DO NOTHING`` on (source, id)
+and on (source, seq)), the conflicts and duplicates among them, quarantined input, per-device
+seq ranges, the latest checkpoint per gateway and answers to replay requests.
+
+Per device, ``seq_ranges`` holds the seqs as maximal ranges, so gaps cost O(gaps) to find.
+Writers of the same device are serialised by a transaction-scoped advisory lock per source,
+taken in source order (no deadlock between instances).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from central.rules import Rule
+from central.schema import NOTIFY_CHANNEL
+from central.validate import Event, Quarantined
+
+log = structlog.get_logger("central.ledger")
+
+_INSERT = """
+INSERT INTO events (source, id, seq, type, time, historical, data, status, reason)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[],
+                     $6::boolean[], $7::jsonb[], $8::text[], $9::text[])
+ON CONFLICT DO NOTHING
+RETURNING source, id, seq
+"""
+_HELD = """
+SELECT n.source, n.id, e.status, e.reason, s.id AS held_id
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS n(source, id, seq)
+LEFT JOIN events e ON e.source = n.source AND e.id = n.id
+LEFT JOIN events s ON s.source = n.source AND s.seq = n.seq
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A gateway's retained checkpoint."""
+
+    root: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """A ``cmd/result`` answer."""
+
+    root: str
+    body: dict[str, Any]
+
+
+Item = Event | Quarantined | Checkpoint | ReplayResult
+
+
+@dataclass
+class BatchOutcome:
+    """What one committed batch did; confirms are built from ``verdicts``."""
+
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    quarantined: int = 0
+    verdicts: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    """Per gateway root: ``{"id", "status"[, "reason"]}`` for stored and duplicate events."""
+
+
+def merge_ranges(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of inclusive ranges, adjacent ones joined, sorted."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out
+
+
+async def write_batch(conn: Any, items: Sequence[Item], rule: Rule) -> BatchOutcome:  # noqa: ANN401
+    """Apply one batch in one transaction (the caller's connection)."""
+    outcome = BatchOutcome()
+    seen: set[tuple[str, str]] = set()
+    events: list[Event] = []
+    twice: Counter[str] = Counter()
+    for item in items:
+        if not isinstance(item, Event):
+            continue
+        if (item.source, item.id) in seen:
+            twice[item.source] += 1  # redelivered while the first copy waited in this batch
+        else:
+            seen.add((item.source, item.id))
+            events.append(item)
+    events.sort(key=lambda e: (e.source, e.seq))
+    async with conn.transaction():
+        if events:
+            await _write_events(conn, events, rule, outcome, twice)
+        await _write_rest(conn, items, outcome)
+        counts = {
+            "stored": outcome.stored,
+            "duplicates": outcome.duplicates,
+            "conflicts": outcome.conflicts,
+            "quarantined": outcome.quarantined,
+        }
+        await conn.execute(
+            "INSERT INTO counters (name, value) SELECT * FROM unnest($1::text[], $2::bigint[])"
+            " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+            list(counts),
+            list(counts.values()),
+        )
+        if outcome.stored:
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(outcome.stored))
+    return outcome
+
+
+async def _write_events(
+    conn: Any,  # noqa: ANN401
+    events: list[Event],
+    rule: Rule,
+    outcome: BatchOutcome,
+    twice: Counter[str],
+) -> None:
+    sources = sorted({e.source for e in events})
+    await conn.execute(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(s, 0)))"
+        " FROM (SELECT s FROM unnest($1::text[]) s ORDER BY s) q",
+        sources,
+    )
+    reasons = await rule.verdicts(conn, events)
+    rows = await conn.fetch(
+        _INSERT,
+        [e.source for e in events],
+        [e.id for e in events],
+        [e.seq for e in events],
+        [e.type for e in events],
+        [e.time for e in events],
+        [e.historical for e in events],
+        [e.data for e in events],
+        ["accepted" if r is None else "rejected" for r in reasons],
+        reasons,
+    )
+    inserted = {(r["source"], r["id"]) for r in rows}
+    outcome.stored = len(inserted)
+    rest = [e for e in events if (e.source, e.id) not in inserted]
+    held: dict[tuple[str, str], Any] = {}
+    if rest:
+        for row in await conn.fetch(
+            _HELD, [e.source for e in rest], [e.id for e in rest], [e.seq for e in rest]
+        ):
+            held[(row["source"], row["id"])] = row
+    per_device: dict[str, dict[str, Any]] = {}
+    new_spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    conflicts: list[tuple[Event, str | None]] = []
+    for event, reason in zip(events, reasons, strict=True):
+        stats = per_device.setdefault(
+            event.source,
+            {"root": event.root, "device": event.device, "held": 0, "dup": twice[event.source]},
+        )
+        stats.setdefault("cf", 0)
+        key = (event.source, event.id)
+        if key in inserted:
+            stats["held"] += 1
+            new_spans[event.source].append((event.seq, event.seq))
+            verdict = _verdict(event.id, "accepted" if reason is None else "rejected", reason)
+        else:
+            row = held.get(key)
+            if row is None or row["status"] is None:
+                conflicts.append((event, None if row is None else row["held_id"]))
+                continue
+            stats["dup"] += 1
+            verdict = _verdict(event.id, row["status"], row["reason"])
+        outcome.verdicts[event.root].append(verdict)
+    outcome.duplicates += sum(s["dup"] for s in per_device.values())
+    if conflicts:
+        for source in await _write_conflicts(conn, conflicts, outcome):
+            per_device[source]["cf"] += 1
+    await _merge_seq_ranges(conn, new_spans)
+    await conn.executemany(
+        "INSERT INTO devices (source, root, device, held, duplicates, conflicts)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source) DO UPDATE SET"
+        " held = devices.held + excluded.held,"
+        " duplicates = devices.duplicates + excluded.duplicates,"
+        " conflicts = devices.conflicts + excluded.conflicts",
+        [
+            (src, s["root"], s["device"], s["held"], s["dup"], s["cf"])
+            for src, s in sorted(per_device.items())
+        ],
+    )
+
+
+def _verdict(event_id: str, status: str, reason: str | None) -> dict[str, Any]:
+    body = {"id": event_id, "status": status}
+    return body if reason is None else body | {"reason": reason}
+
+
+async def _write_conflicts(
+    conn: Any,  # noqa: ANN401
+    conflicts: list[tuple[Event, str | None]],
+    outcome: BatchOutcome,
+) -> list[str]:
+    """Same (source, seq) under another id: kept, counted, logged loudly; never merged.
+
+    Returns the source of each conflict new to the ledger.
+    """
+    rows = await conn.fetch(
+        "INSERT INTO conflicts (source, id, seq, held_id, topic, payload)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],"
+        " $6::jsonb[]) ON CONFLICT (source, id) DO NOTHING RETURNING source, id, seq, held_id",
+        [e.source for e, _ in conflicts],
+        [e.id for e, _ in conflicts],
+        [e.seq for e, _ in conflicts],
+        [h for _, h in conflicts],
+        [f"{e.root}/events/{e.device}" for e, _ in conflicts],
+        [json.dumps(e.body) for e, _ in conflicts],
+    )
+    outcome.conflicts += len(rows)  # a redelivered conflict is kept and counted once
+    for row in rows:
+        log.error(
+            "ledger_conflict",
+            source=row["source"],
+            seq=row["seq"],
+            id=row["id"],
+            held_id=row["held_id"],
+            detail="same (source, seq) under another id: kept in conflicts, not merged",
+        )
+    return [row["source"] for row in rows]
+
+
+async def _merge_seq_ranges(conn: Any, spans: dict[str, list[tuple[int, int]]]) -> None:  # noqa: ANN401
+    """Fold the batch's new seqs into the stored ranges: cost grows with ranges touched."""
+    if not spans:
+        return
+    news = [
+        (src, first, last) for src, items in spans.items() for first, last in merge_ranges(items)
+    ]
+    touching = await conn.fetch(
+        "SELECT DISTINCT r.source, r.first_seq, r.last_seq FROM seq_ranges r"
+        " JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS n(source, lo, hi)"
+        " ON r.source = n.source AND r.first_seq <= n.hi + 1 AND r.last_seq >= n.lo - 1",
+        [n[0] for n in news],
+        [n[1] for n in news],
+        [n[2] for n in news],
+    )
+    combined: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for src, first, last in news:
+        combined[src].append((first, last))
+    for row in touching:
+        combined[row["source"]].append((row["first_seq"], row["last_seq"]))
+    if touching:
+        await conn.execute(
+            "DELETE FROM seq_ranges r USING unnest($1::text[], $2::bigint[]) AS d(source, f)"
+            " WHERE r.source = d.source AND r.first_seq = d.f",
+            [r["source"] for r in touching],
+            [r["first_seq"] for r in touching],
+        )
+    merged = [(src, f, last) for src, items in combined.items() for f, last in merge_ranges(items)]
+    await conn.execute(
+        "INSERT INTO seq_ranges (source, first_seq, last_seq)"
+        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])",
+        [m[0] for m in merged],
+        [m[1] for m in merged],
+        [m[2] for m in merged],
+    )
+
+
+async def _write_rest(conn: Any, items: Sequence[Item], outcome: BatchOutcome) -> None:  # noqa: ANN401
+    quarantined = [i for i in items if isinstance(i, Quarantined)]
+    if quarantined:
+        await conn.execute(
+            "INSERT INTO quarantine (topic, raw, size, reason)"
+            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::integer[], $4::text[])",
+            [q.topic for q in quarantined],
+            [q.raw for q in quarantined],
+            [q.size for q in quarantined],
+            [q.reason for q in quarantined],
+        )
+        outcome.quarantined = len(quarantined)
+        for q in quarantined[:10]:
+            log.warning("quarantined", topic=q.topic, size=q.size, reason=q.reason)
+    checkpoints = {i.root: i.body for i in items if isinstance(i, Checkpoint)}
+    if checkpoints:
+        await conn.executemany(
+            "INSERT INTO checkpoints (root, body) VALUES ($1, $2::jsonb) ON CONFLICT (root)"
+            " DO UPDATE SET body = excluded.body, received = clock_timestamp()",
+            [(root, json.dumps(body)) for root, body in sorted(checkpoints.items())],
+        )
+    results = [i for i in items if isinstance(i, ReplayResult)]
+    if results:
+        await conn.executemany(
+            "UPDATE replays SET answered = clock_timestamp(), result = $2::jsonb"
+            " WHERE request_id = $1",
+            [(str(r.body.get("request_id")), json.dumps(r.body)) for r in results],
+        )

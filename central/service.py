@@ -1,0 +1,299 @@
+"""``edge-central run``: receive, validate, commit in batches, then PUBACK and confirm.
+
+Flow per MQTT message (QoS 1, shared subscription, persistent session):
+
+    gmqtt -> on_message -> Validator -> queue --(batch)--> PostgreSQL COMMIT
+                                                            |-> future done: PUBACK goes out
+                                                            |-> confirms on {root}/confirm
+
+The MQTT connection is the gateway's :class:`gateway.mqtt_link.MqttLink` (gmqtt with
+``optimistic_acknowledgement`` off): its ``on_message`` may return an awaitable and the PUBACK
+goes out only when that is done, in arrival order; a message whose awaitable is not done when
+the link drops is never acknowledged, so the broker redelivers it to the next session. The
+writer retries a failed batch until PostgreSQL is back: meanwhile nothing is acknowledged and
+the broker stops pushing at ``receive_maximum`` unacknowledged messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from central.config import CentralSettings
+from central.ledger import BatchOutcome, Checkpoint, Item, ReplayResult, write_batch
+from central.metrics import CentralMetrics
+from central.replayer import Replayer
+from central.rules import Rule, load_rule
+from central.schema import migrate
+from central.validate import Validator
+from gateway.mqtt_link import LinkError, MqttLink
+from gateway.settings import MqttSection as LinkSection
+
+log = structlog.get_logger("central")
+
+MAX_CONTROL_PAYLOAD = 256 * 1024
+"""Checkpoints and replay answers larger than this are quarantined unread."""
+
+
+def link_section(settings: CentralSettings) -> LinkSection:
+    """The gateway's MQTT settings model, filled from ``[mqtt]``, for :class:`MqttLink`."""
+    mqtt = settings.mqtt
+    body: dict[str, Any] = {
+        "host": mqtt.host,
+        "port": mqtt.port,
+        "keepalive": mqtt.keepalive,
+        "publish_timeout": mqtt.timeout,
+    }
+    if mqtt.username:
+        body["username"] = mqtt.username
+    if mqtt.password_file:
+        body["password_file"] = str(mqtt.password_file)
+    if mqtt.tls is not None:
+        body["tls"] = {
+            key: value if isinstance(value, bool) else str(value)
+            for key, value in mqtt.tls.model_dump(exclude_none=True).items()
+        }
+    return LinkSection.model_validate(body, context={"config_dir": Path.cwd()})
+
+
+class CentralLink(MqttLink):
+    """An :class:`MqttLink` with the session expiry and Receive Maximum from ``[mqtt]``.
+
+    MqttLink fixes both for the gateway; gmqtt keeps CONNECT properties in
+    ``_connect_properties`` (pinned by tests/unit/central/test_contracts.py).
+    """
+
+    def __init__(self, settings: CentralSettings, on_message: Any) -> None:  # noqa: ANN401
+        client_id = settings.central.instance
+        super().__init__(
+            link_section(settings), client_id, on_message=on_message, clean_session=False
+        )
+        props = self._client._connect_properties  # noqa: SLF001
+        props["session_expiry_interval"] = int(settings.mqtt.session_expiry)
+        props["receive_maximum"] = settings.mqtt.receive_maximum
+
+
+class Central:
+    """One instance of the group: the MQTT session, the writer, the replay leader."""
+
+    def __init__(self, settings: CentralSettings, *, rule: Rule | None = None) -> None:
+        self.settings = settings
+        self.rule = rule or load_rule(settings.confirm.rule)
+        prefix = settings.central.topic_prefix
+        self.validator = Validator(
+            prefix=prefix,
+            max_payload=settings.ingest.max_payload,
+            keep_bytes=settings.ingest.quarantine_bytes,
+        )
+        group = settings.central.group
+        self.subscriptions = (
+            f"$share/{group}/{prefix}/+/+/events/#",
+            f"$share/{group}/{prefix}/+/+/cmd/result",
+            f"{prefix}/+/+/checkpoint",
+        )
+        self._queue: list[tuple[Item, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._link: MqttLink | None = None
+        self.connected = asyncio.Event()
+        self.totals: dict[str, int] = dict.fromkeys(
+            ("stored", "duplicates", "conflicts", "quarantined", "batches", "confirms", "retries"),
+            0,
+        )
+        self.pool: asyncpg.Pool | None = None
+        self.replayer: Replayer | None = None
+        self.metrics = CentralMetrics()
+        self._confirming: set[asyncio.Task[None]] = set()
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def on_message(self, topic: str, payload: bytes, *, retained: bool = False) -> Awaitable[None]:  # noqa: ARG002
+        """Classify and queue; the returned future is done once the batch holding it committed.
+
+        ``retained`` (a checkpoint kept by the broker) is handled like any other message.
+        """
+        item = self._item(topic, payload)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._wake.set()
+        return future
+
+    def _item(self, topic: str, payload: bytes) -> Item:
+        prefix = self.settings.central.topic_prefix + "/"
+        parts = topic.split("/")
+        if topic.startswith(prefix) and len(parts) in (4, 5) and parts[3] != "events":
+            if len(payload) > MAX_CONTROL_PAYLOAD:
+                return self.validator.quarantine(topic, payload, "control message too large")
+            root = "/".join(parts[:3])
+            try:
+                body = json.loads(payload)
+            except (ValueError, RecursionError):
+                body = None
+            if not isinstance(body, dict):
+                return self.validator.quarantine(topic, payload, "not a JSON object")
+            if parts[3:] == ["checkpoint"]:
+                return Checkpoint(root, body)
+            if parts[3:] == ["cmd", "result"]:
+                return ReplayResult(root, body)
+        return self.validator.check(topic, payload)
+
+    # --- the writer ----------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        """Commit what arrived while the last commit ran (natural batching), retrying forever."""
+        assert self.pool is not None
+        delay = 0.05
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = self._queue[: self.settings.ingest.batch_max]
+            try:
+                async with self.pool.acquire() as conn:
+                    began = time.perf_counter()
+                    outcome = await write_batch(conn, [item for item, _ in batch], self.rule)
+                    self.metrics.commit_seconds.observe(time.perf_counter() - began)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.totals["retries"] += 1
+                self.metrics.batch_failures.inc()
+                log.warning("batch_failed", error=str(exc)[:300], events=len(batch), retry_s=delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                delay = min(self.settings.database.retry_max, delay * 2)
+                continue
+            except Exception:
+                self.totals["retries"] += 1
+                self.metrics.batch_failures.inc()
+                # Not the database being away: a bug. Still nothing is acknowledged; say so loudly.
+                log.exception("batch_failed_unexpectedly", events=len(batch), retry_s=delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                delay = min(self.settings.database.retry_max, delay * 2)
+                continue
+            delay = 0.05
+            del self._queue[: len(batch)]
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+            self._count(outcome)
+            if outcome.verdicts:
+                # Not in the writer's way: the next batch commits while these PUBACKs travel.
+                task = asyncio.create_task(self._confirm(outcome))
+                self._confirming.add(task)
+                task.add_done_callback(self._confirming.discard)
+
+    def _count(self, outcome: BatchOutcome) -> None:
+        self.totals["batches"] += 1
+        for key in ("stored", "duplicates", "conflicts", "quarantined"):
+            self.totals[key] += getattr(outcome, key)
+            self.metrics.events.labels(key).inc(getattr(outcome, key))
+        if outcome.conflicts:
+            log.error("conflicts_in_batch", count=outcome.conflicts)
+
+    async def _confirm(self, outcome: BatchOutcome) -> None:
+        """Verdicts of committed events, one JSON list per gateway and chunk."""
+        link = self._link
+        if not self.settings.confirm.enabled or link is None or not outcome.verdicts:
+            return
+        size = self.settings.confirm.batch_max
+        sends = []
+        for root, verdicts in outcome.verdicts.items():
+            for start in range(0, len(verdicts), size):
+                body = json.dumps(verdicts[start : start + size]).encode()
+                sends.append(link.publish(f"{root}/confirm", body))
+                self.totals["confirms"] += len(verdicts[start : start + size])
+                self.metrics.confirms.inc(len(verdicts[start : start + size]))
+        # Concurrently, but not in the writer's way for long: a lost confirm is sent again when
+        # the gateway redelivers the event or its checkpoint shows it unconfirmed.
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("confirm_not_sent", messages=len(failed), error=str(failed[0])[:200])
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def open_database(self) -> asyncpg.Pool:
+        """Connect (retrying until PostgreSQL answers) and migrate."""
+        delay = 0.1
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    self.settings.database.dsn,
+                    password=self.settings.database_password(),
+                    min_size=1,
+                    max_size=self.settings.database.pool_size,
+                )
+                async with pool.acquire() as conn:
+                    await migrate(conn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("database_unavailable", error=str(exc)[:300], retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(self.settings.database.retry_max, delay * 2)
+            else:
+                return pool
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set."""
+        self.pool = await self.open_database()
+        log.info("central_started", instance=self.settings.central.instance)
+        if self.settings.metrics.listen:
+            self.metrics.serve(self.settings.metrics.listen)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                writer = tasks.create_task(self._writer())
+                session = tasks.create_task(self._sessions(stop))
+                if self.settings.replay.enabled:
+                    self.replayer = Replayer(self.settings, self._publish, self.metrics)
+                    replayer = tasks.create_task(self.replayer.run())
+                await stop.wait()
+                session.cancel()
+                writer.cancel()
+                if self.settings.replay.enabled:
+                    replayer.cancel()
+        finally:
+            for task in self._confirming:
+                task.cancel()
+            await asyncio.gather(*self._confirming, return_exceptions=True)
+            self.metrics.close()
+            await self.pool.close()
+            log.info("central_stopped", **self.totals)
+
+    async def _publish(self, topic: str, body: bytes) -> bool:
+        link = self._link
+        if link is None:
+            return False
+        try:
+            await link.publish(topic, body)
+        except LinkError:
+            return False
+        return True
+
+    async def _sessions(self, stop: asyncio.Event) -> None:
+        delay = self.settings.mqtt.reconnect_min
+        while not stop.is_set():
+            link = CentralLink(self.settings, self.on_message)
+            try:
+                await link.connect()
+                for topic in self.subscriptions:
+                    await link.subscribe(topic)
+                self._link = link
+                self.connected.set()
+                log.info("mqtt_connected", subscriptions=list(self.subscriptions))
+                delay = self.settings.mqtt.reconnect_min
+                await link.lost.wait()
+                log.warning("mqtt_lost")
+            except LinkError as exc:
+                log.warning("mqtt_unavailable", error=str(exc)[:200], retry_s=delay)
+            finally:
+                self._link = None
+                self.connected.clear()
+                with contextlib.suppress(Exception):
+                    await link.close()
+            await asyncio.sleep(delay)
+            delay = min(self.settings.mqtt.reconnect_max, delay * 2)

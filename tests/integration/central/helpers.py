@@ -1,0 +1,44 @@
+"""Builders for central tests: CloudEvents as the gateway writes them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+SCAN = "warehouse.barcode.scanned.v1"
+
+
+def scan_event(
+    seq: int,
+    *,
+    site: str = "s1",
+    gateway: str = "gw1",
+    device: str = "dock",
+    code: str = "0123456789012",
+    event_id: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A barcode scan CloudEvent."""
+    return {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": f"/{site}/{gateway}/{device}",
+        "type": SCAN,
+        "time": "2026-11-30T10:00:00.000001Z",
+        "seq": seq,
+        "datacontenttype": "application/json",
+        "data": {"code": code},
+        **extra,
+    }
+
+
+def topic_of(event: dict[str, Any], prefix: str = "edge") -> str:
+    """The events topic that matches the event's source."""
+    _, site, gateway, device = event["source"].split("/")
+    return f"{prefix}/{site}/{gateway}/events/{device}"
+
+
+def raw(event: dict[str, Any]) -> bytes:
+    """As sent on the wire."""
+    return json.dumps(event).encode()
