@@ -28,6 +28,7 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
+from buffer import writer_lock
 from buffer.confirms import SettleResult, first_verdicts, settle
 from buffer.connection import BufferConnection
 from buffer.event_ids import id_key
@@ -142,6 +143,8 @@ class Buffer:
         self._bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._lock_fd: int | None = None
+        """The buffer file's writer lock (buffer/writer_lock.py), held until :meth:`close`."""
         self._reader: aiosqlite.Connection | None = None
         self._replay_reader: BufferConnection | None = None
         """Read-only, for replay range checks (WAL: they never wait for the writer)."""
@@ -166,14 +169,21 @@ class Buffer:
 
         ``progress`` hears about long steps (a schema migration of a big buffer) as they go.
         """
-        db = BufferConnection(await open_database(path, progress))
+        lock = writer_lock.take(path)
+        try:
+            db = BufferConnection(await open_database(path, progress))
+        except BaseException:
+            writer_lock.release(lock)
+            raise
         buf = cls(
             db, path, max_bytes=max_bytes, batch_max=batch_max, keep_unconfirmed=keep_unconfirmed
         )
+        buf._lock_fd = lock
         try:
             await buf._load()
         except BaseException:
             await db.close()
+            writer_lock.release(lock)
             raise
         buf._writer = asyncio.create_task(buf._write_loop(), name="buffer-writer")
         return buf
@@ -622,6 +632,9 @@ class Buffer:
                 await self._replay_reader.close()
             self._replay_reader = None
         await self._db.close()
+        if self._lock_fd is not None:
+            writer_lock.release(self._lock_fd)
+            self._lock_fd = None
 
 
 def _settle(conn: sqlite3.Connection, first: dict[str, bool], now: float) -> SettleResult:

@@ -350,3 +350,25 @@ async def test_seqs_a_replay_skipped_are_lost_only_if_deleted(tmp_path: Path) ->
         assert await b.replay_lost("s", [(1, 2)]) == (0, [])
     finally:
         await b.close()
+
+
+async def test_a_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    """Two writers each keep their own seq counters: once the first one's rows are pruned, the
+    second would give ``seq 1`` to a new id (found by the issue 13 review). The buffer file
+    takes one writer; the second open is a clear error, and works once the first closed."""
+    path = tmp_path / "b.db"
+    first = await Buffer.open(path, max_bytes=10**8)
+    try:
+        with pytest.raises(BufferOpenError, match="another writer"):
+            await Buffer.open(path, max_bytes=10**8)
+        for n in range(3):
+            await first.append(make_event("a", n))
+        await first.mark_sent(await first.claim(10))
+        assert await first.prune(-1) == 3
+    finally:
+        await first.close()
+    second = await Buffer.open(path, max_bytes=10**8)
+    try:
+        assert (await second.append(make_event("a", 3))).seq == 4
+    finally:
+        await second.close()
