@@ -242,6 +242,14 @@ def cmd_replay(
         f"{device}: re-published {outcome.count} events (seq {outcome.from_seq}..{outcome.to_seq})"
         + (f"; {outcome.unsent} not yet delivered, the daemon sends them" if outcome.unsent else "")
     )
+    if outcome.count < outcome.attempted:
+        refused = outcome.attempted - outcome.count
+        print(
+            f"edge-gateway replay: the broker refused {refused} of {outcome.attempted} events"
+            " (too large for it, or not authorized: see its log)",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
     return EXIT_OK
 
 

@@ -51,6 +51,10 @@ class RequestWindow:
         while len(self._seen) > self._size:
             self._seen.popitem(last=False)
 
+    def discard(self, request_id: str | int) -> None:
+        """Forget ``request_id``: it was refused, so the same id may come again and run."""
+        self._seen.pop(self._key(request_id), None)
+
     def _expire(self) -> None:
         cutoff = time.monotonic() - self._period
         while self._seen and next(iter(self._seen.values())) < cutoff:

@@ -90,6 +90,11 @@ class Housekeeping:
         loop = asyncio.get_running_loop()
         publisher = self._parts.publisher
         due = loop.time() - self._last_checkpoint >= self.checkpoint_interval
+        if not publisher.connected.is_set():
+            # Nowhere to publish: do not scan the buffer for nothing every tick while the
+            # backlog grows (a million rows is over a second per scan). Connecting sets
+            # ``changed``, so the checkpoint goes out as soon as the session is up.
+            return
         if due or publisher.changed.is_set():
             publisher.changed.clear()
             if await self.publish_checkpoint():

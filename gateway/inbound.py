@@ -101,6 +101,8 @@ class Inbound:
         self._answers = TokenBucket(50.0, burst=50.0)
         self._commands = TokenBucket(COMMAND_RATE, burst=COMMAND_BURST)
         self._requests = RequestWindow()
+        if replays is not None:  # unit tests build one without a replay worker
+            replays.on_refused = self._requests.discard  # a refused command may be retried
         self._burst = BurstLog()
         self.counters: collections.Counter[str] = collections.Counter()
         """confirm_{messages,accepted,rejected,duplicate,unknown,invalid,invalid_verdicts,

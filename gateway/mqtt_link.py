@@ -98,10 +98,7 @@ def _log_handler_bug(event: str, topic: str) -> None:
 
 
 def log_refusal(reason: int) -> None:
-    """A non-event publish the broker refused: said, not retried.
-
-    Nothing buffered depends on it; the next status or checkpoint publish tries again.
-    """
+    """A publish the broker refused, said where it is noticed (the caller decides what next)."""
     structlog.get_logger(__name__).warning("publish_refused_by_broker", reason_code=hex(reason))
 
 
@@ -135,6 +132,10 @@ class RetainUnsupportedError(LinkError):
 
 
 RETAIN_NOT_SUPPORTED = 0x9A
+
+PACKET_TOO_LARGE = 0x95
+"""The MQTT 5 reason code for a message over the broker's Maximum Packet Size (we note it for
+messages we did not send for that reason)."""
 
 REFUSED = 0x80
 """PUBACK reason codes from here up mean the broker did not accept the message (MQTT 5
@@ -196,7 +197,7 @@ class MqttLink:
         self._mqtt = mqtt
         self._on_ack = on_ack
         self._on_message = on_message
-        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._waiters: dict[int, asyncio.Future[int | None]] = {}
         self._subacks: dict[int, asyncio.Future[None]] = {}
         self._store = _AckStore(self._acked)
         self._acks_freed = asyncio.Event()
@@ -314,7 +315,10 @@ class MqttLink:
         def puback(cmd: int, packet: bytes) -> None:
             if len(packet) > 2 and packet[2] >= REFUSED:
                 (mid,) = struct.unpack("!H", packet[:2])
-                self._refusals[mid] = packet[2]
+                # Only for a message in flight: a stray PUBACK (a misbehaving broker) must not
+                # taint the next message that gets the same id.
+                if mid in self._store._messages:  # noqa: SLF001
+                    self._refusals[mid] = packet[2]
             original(cmd, packet)
 
         handler._handle_puback_packet = puback  # noqa: SLF001
@@ -339,8 +343,12 @@ class MqttLink:
             raise LinkError("no free MQTT packet id") from exc
         return int(self._store.last_mid)
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
         """QoS 1 publish that returns after its PUBACK; raises LinkError if none comes.
+
+        Returns None when the broker took it, or the reason it refused it: a PUBACK reason code
+        of 0x80 or more, or 0x95 when it is larger than the broker's Maximum Packet Size (then
+        it was not sent).
 
         Waits (bounded by ``publish_timeout``) for one of the reserved packet ids (those the event
         pump leaves free, :meth:`_reserve`) rather than failing when all are in use.
@@ -355,10 +363,14 @@ class MqttLink:
                         await _first(self._acks_freed.wait(), self.lost.wait())
             except TimeoutError as exc:
                 raise LinkError("no free packet id within publish_timeout") from exc
-        mid = self.send(topic, payload, retain=retain)
-        waiter = asyncio.get_running_loop().create_future()
+        try:
+            mid = self.send(topic, payload, retain=retain)
+        except PacketTooLargeError:
+            return PACKET_TOO_LARGE
+        waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._waiters[mid] = waiter
         await self._wait(waiter, "PUBACK")
+        return waiter.result()
 
     async def subscribe(self, topic: str) -> None:
         """Subscribe at QoS 1 and wait for the SUBACK."""
@@ -371,7 +383,7 @@ class MqttLink:
         self._subacks[int(mid)] = waiter
         await self._wait(waiter, "SUBACK")
 
-    async def _wait(self, waiter: asyncio.Future[None], what: str) -> None:
+    async def _wait(self, waiter: asyncio.Future[Any], what: str) -> None:
         lost: asyncio.Future[Any] = asyncio.ensure_future(self.lost.wait())
         try:
             done, _ = await asyncio.wait(
@@ -430,10 +442,9 @@ class MqttLink:
         waiter = self._waiters.pop(mid, None)
         if waiter is not None:
             if refused is not None:
-                # A status, checkpoint or answer: not buffered, so not retried; said once.
                 log_refusal(refused)
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(refused)
         elif refused is not None and self._on_refused is not None:
             self._on_refused(mid, refused)
         elif self._on_ack is not None:
@@ -531,7 +542,8 @@ class MqttLink:
         self._release()  # gmqtt calls this from connection_lost: the transport is closed
 
     def _fail_waiters(self) -> None:
-        for waiter in [*self._waiters.values(), *self._subacks.values()]:
+        waiters: list[asyncio.Future[Any]] = [*self._waiters.values(), *self._subacks.values()]
+        for waiter in waiters:
             if not waiter.done():
                 waiter.cancel()
         self._waiters.clear()

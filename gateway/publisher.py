@@ -34,15 +34,22 @@ from buffer.store import Buffer
 from drivers.backoff import Backoff
 from gateway import __version__
 from gateway.events import mark_historical, rfc3339_now
-from gateway.mqtt_link import LinkError, MqttLink, PacketTooLargeError, RetainUnsupportedError
+from gateway.mqtt_link import (
+    PACKET_TOO_LARGE,
+    LinkError,
+    MqttLink,
+    PacketTooLargeError,
+    RetainUnsupportedError,
+)
 from gateway.reload import session_changed
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 
 log = structlog.get_logger(__name__)
 
-PACKET_TOO_LARGE = 0x95
-"""The MQTT 5 reason code we note for an event we did not send: over the broker's limit."""
+HELD_RETRY_MIN = 5.0
+HELD_RETRY_MAX = 300.0
+"""Bounds of the backoff between two offers of held (broker-refused) events in one session."""
 
 LIVE_FIRST_BACKLOG = 1000
 """A backlog larger than this (over a second of publishing) lets live events overtake it; a
@@ -280,6 +287,7 @@ class Publisher:
         tasks = [
             pump,
             asyncio.create_task(self._ack_writer(), name="publisher-acks"),
+            asyncio.create_task(self._retry_held(), name="publisher-held"),
             asyncio.create_task(self._watch_link(link), name="publisher-watch"),
             asyncio.create_task(self._stopping.wait(), name="publisher-stop"),
             asyncio.create_task(self._reconnect.wait(), name="publisher-reconnect"),
@@ -476,6 +484,24 @@ class Publisher:
                 action="held in the buffer, tried again at the next broker session",
             )
 
+    async def _retry_held(self) -> None:
+        """Offer held events to the broker again now and then, within the session.
+
+        A refusal may end without a reconnect (an ACL fixed and reloaded, a quota that freed
+        up): held events must not wait for a session that a healthy link never ends. From
+        :data:`HELD_RETRY_MIN` s, doubling up to :data:`HELD_RETRY_MAX` s while refusals go on
+        (a poison event is tried, and logged, rarely), and from the start again once none is
+        held.
+        """
+        delay = HELD_RETRY_MIN
+        while True:
+            await asyncio.sleep(delay)
+            if await self._buffer.unhold():
+                self._buffer.committed.set()
+                delay = min(delay * 2, HELD_RETRY_MAX)
+            else:
+                delay = HELD_RETRY_MIN
+
     async def _ack_writer(self) -> None:
         """Mark PUBACKed events sent in groups: acks arriving during one commit share the next."""
         while True:
@@ -543,17 +569,18 @@ class Publisher:
             return False
         return True
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
         """QoS 1 publish on the current session; returns after its PUBACK.
 
-        Raises NotConnectedError when there is no session or it broke meanwhile: the caller
-        decides whether to wait for :attr:`connected` and try again.
+        Returns None when the broker took it, else the reason code it refused it with (which
+        sending again will not change). Raises NotConnectedError when there is no session or
+        it broke meanwhile: the caller decides whether to wait for :attr:`connected` and retry.
         """
         link = self._link
         if link is None or not self.connected.is_set():
             raise NotConnectedError("not connected to the broker")
         try:
-            await link.publish(topic, payload, retain=retain)
+            return await link.publish(topic, payload, retain=retain)
         except LinkError as exc:
             raise NotConnectedError(str(exc)) from exc
 
@@ -579,11 +606,12 @@ async def publish_oneshot(
     """Connect, publish every message QoS 1 (``window`` awaiting PUBACK at once), disconnect.
 
     For ``edge-gateway replay``: its own client id, so the daemon's session is not taken over.
-    Returns how many got their PUBACK; raises NotConnectedError if the broker is unreachable or
+    Returns how many the broker took (a PUBACK refusing one, or one over its Maximum Packet
+    Size, does not count); raises NotConnectedError if the broker is unreachable or
     the connection breaks (some messages may then have been published: they are replays, and
     consumers deduplicate).
     """
-    acked = 0
+    acked = refused = 0
     slot = asyncio.Event()
 
     def on_ack(_mid: int) -> None:
@@ -591,16 +619,24 @@ async def publish_oneshot(
         acked += 1
         slot.set()
 
-    link = MqttLink(mqtt, client_id, on_ack=on_ack)
+    def on_refused(_mid: int, _reason: int) -> None:
+        nonlocal refused
+        refused += 1
+        slot.set()
+
+    link = MqttLink(mqtt, client_id, on_ack=on_ack, on_refused=on_refused)
     sent = 0
     try:
         await link.connect()
         async for topic, payload in messages:
-            while sent - acked >= window:
+            while sent - acked - refused >= window:
                 await _wait_for_ack(link, slot, mqtt.publish_timeout)
-            link.send(topic, payload)
+            try:
+                link.send(topic, payload)
+            except PacketTooLargeError:
+                continue  # not sent, so not taken: left out of the count
             sent += 1
-        while acked < sent:
+        while acked + refused < sent:
             await _wait_for_ack(link, slot, mqtt.publish_timeout)
     except LinkError as exc:
         raise NotConnectedError(str(exc)) from exc

@@ -24,6 +24,7 @@ import aiosqlite
 import structlog
 
 from buffer.connection import BufferConnection
+from buffer.dropped import runs
 from buffer.replay_reads import ReplayRange, check_range, delivered_rows
 from buffer.stats import reader
 from buffer.store import Buffer
@@ -43,7 +44,8 @@ MAX_QUEUED_SPAN = MAX_REPLAY_SPAN
 """Events the admitted replays waiting to run may cover together (the one running is not
 counted): at the default 500 events/s, about half an hour of work."""
 
-SendFn = Callable[[str, bytes], Awaitable[None]]
+SendFn = Callable[[str, bytes], Awaitable[int | None]]
+"""Publishes one message; None when the broker took it, else the reason code it refused it with."""
 AnswerFn = Callable[[bytes], None]
 
 
@@ -106,6 +108,9 @@ class ReplayWorker:
         self.refused = 0
         self.replayed = 0
         self.active: ReplayCommand | None = None
+        self.on_refused: Callable[[str | int], None] = _nothing
+        """Told the request_id of a command refused at admission (busy, too long): whoever
+        remembers request_ids against repeats must forget it, so a retry may run."""
 
     def reconfigure(self, *, rate: float) -> None:
         """A reload's ``mqtt.replay_rate``: applies from the next window, even mid-replay."""
@@ -168,6 +173,7 @@ class ReplayWorker:
         return None
 
     def _refuse(self, command: ReplayCommand, detail: str) -> None:
+        self.on_refused(command.request_id)
         self.refused += 1
         self._burst.warning("replay_refused", request_id=command.request_id, detail=detail)
         if self._refusals.try_take():
@@ -195,7 +201,7 @@ class ReplayWorker:
             self._answer(result_payload(command.request_id, ok=False, detail=span.error))
             return
         log.info("replay_started", device=span.device, from_seq=span.from_seq, to_seq=span.to_seq)
-        count, gaps = await self._publish_range(span)
+        count, gaps, refused = await self._publish_range(span)
         self.replayed += count
         lost, lost_ranges = await self._buffer.replay_lost(span.device, gaps) if gaps else (0, [])
         fields: dict[str, object] = {
@@ -216,19 +222,35 @@ class ReplayWorker:
                 f"{lost} events of the range were deleted (retention) while the replay ran;"
                 f" {count} replayed"
             )
+        if refused:
+            # The broker would not take them (over its size limit once marked replayed, or not
+            # authorized): not ok, and said which, so central does not wait for them.
+            log.warning(
+                "replay_refused_by_broker", request_id=command.request_id, events=len(refused)
+            )
+            fields["refused"] = len(refused)
+            fields["refused_ranges"] = [list(r) for r in runs(refused)[:MAX_REPORTED_RANGES]]
+            fields["detail"] = f"the broker refused {len(refused)} of the replayed events"
         log.info("replay_finished", request_id=command.request_id, count=count, missing=lost)
-        self._answer(result_payload(command.request_id, ok=not lost, **fields))
+        self._answer(result_payload(command.request_id, ok=not lost and not refused, **fields))
 
     async def _last_seq(self, device: str) -> int | None:
         """The device's last stored seq, read without the buffer's lock (WAL lets us)."""
         async with reader(self._buffer.path) as conn:
             return await last_stored_seq(conn, device)
 
-    async def _publish_range(self, span: ReplayRange) -> tuple[int, list[tuple[int, int]]]:
-        """Publish the range's delivered rows; returns how many, and the seqs it skipped."""
+    async def _publish_range(
+        self, span: ReplayRange
+    ) -> tuple[int, list[tuple[int, int]], list[int]]:
+        """Publish the range's delivered rows.
+
+        Returns how many the broker took, the seqs it skipped, and the seqs the broker refused
+        (too large, not authorized: sending them again would not change that).
+        """
         topic = self._topics.events(span.device)
         cursor, count = span.from_seq, 0
         gaps: list[tuple[int, int]] = []
+        refused: list[int] = []
         expected = span.from_seq
         while cursor <= span.to_seq:
             rows = await self._buffer.replay_chunk(span.device, cursor, span.to_seq, CHUNK)
@@ -244,18 +266,26 @@ class ReplayWorker:
                 while True:
                     await self._connected()
                     try:
-                        await asyncio.gather(
+                        reasons = await asyncio.gather(
                             *(self._send(topic, mark_replayed(r.payload)) for r in window)
                         )
                         break
                     except ConnectionError:
                         await asyncio.sleep(0.1)  # the publisher reconnects; send again
-                count += len(window)
+                refused += [r.seq for r, reason in zip(window, reasons, strict=True) if reason]
+                count += sum(1 for reason in reasons if reason is None)
                 cursor = window[-1].seq + 1
         if expected <= span.to_seq:
             _add_gap(gaps, expected, span.to_seq)
-        return count, gaps
+        return count, gaps, refused
 
+
+def _nothing(_request_id: str | int) -> None:
+    """Nobody to tell."""
+
+
+MAX_REPORTED_RANGES = 20
+"""Refused ranges named in a replay's answer (the count is complete)."""
 
 MAX_GAPS = 10_000
 """Skipped seq ranges a replay keeps apart; beyond, a new one is merged into the last (a row
@@ -379,6 +409,9 @@ class ReplayOutcome:
     from_seq: int
     to_seq: int
     count: int = 0
+    """Events the broker took."""
+    attempted: int = 0
+    """Events read for the replay; more than ``count`` when the broker refused some."""
     unsent: int = 0
     error: str | None = None
 
@@ -402,11 +435,17 @@ async def replay_from_file(
     if span.error:
         return outcome
     base = settings.mqtt.client_id or f"edge-gateway-{settings.gateway.site}-{settings.gateway.id}"
+
+    async def counted() -> AsyncIterator[tuple[str, bytes]]:
+        async for message in messages:
+            outcome.attempted += 1
+            yield message
+
     try:
         outcome.count = await publish_oneshot(
             settings.mqtt,
             client_id=f"{base}-replay-{os.getpid()}",
-            messages=messages,
+            messages=counted(),
             window=WINDOW,
         )
     finally:
