@@ -286,6 +286,15 @@ class MqttLink:
         """
         return max(1, min(SEND_RESERVE, self._id_limit() // 2))
 
+    def free_ids(self) -> int:
+        """Packet ids gmqtt can still hand out now (each publish awaiting its PUBACK holds one)."""
+        return self._id_limit() - len(self._store._messages)  # noqa: SLF001
+
+    async def ids_freed(self) -> None:
+        """Return once a PUBACK frees a packet id (or the link is lost)."""
+        self._acks_freed.clear()
+        await _first(self._acks_freed.wait(), self.lost.wait())
+
     @property
     def send_quota(self) -> int:
         """How many events may await their PUBACK at once: the broker's window minus a reserve.
@@ -353,10 +362,10 @@ class MqttLink:
         Waits (bounded by ``publish_timeout``) for one of the reserved packet ids (those the event
         pump leaves free, :meth:`_reserve`) rather than failing when all are in use.
         """
-        if len(self._waiters) >= self._reserve():
+        if len(self._waiters) >= self._reserve() or self.free_ids() <= 0:
             try:
                 async with asyncio.timeout(self._mqtt.publish_timeout):
-                    while len(self._waiters) >= self._reserve():
+                    while len(self._waiters) >= self._reserve() or self.free_ids() <= 0:
                         if self.lost.is_set():
                             raise LinkError("not connected")
                         self._acks_freed.clear()

@@ -112,6 +112,9 @@ class Publisher:
         self._in_flight: dict[int, tuple[OutgoingEvent, float]] = {}
         """mid -> (event, monotonic time written), oldest first."""
         self._acked: list[OutgoingEvent] = []
+        self._unsent: list[OutgoingEvent] = []
+        """Claimed events not written yet for want of a free packet id (released at the end of
+        the session like every claimed row)."""
         self._refused: list[tuple[OutgoingEvent, int]] = []
         """Events the broker refused (PUBACK reason code, or too large to send), to be held."""
         self._acks_ready = asyncio.Event()
@@ -367,6 +370,7 @@ class Publisher:
             self._refused.clear()
             self._store_error("mark_sent", exc)
         self._in_flight.clear()
+        self._unsent = []
         await self._release()
 
     def stop(self) -> None:
@@ -399,10 +403,12 @@ class Publisher:
                 self.draining = False
                 log.info("backlog_drain_finished")
                 self.changed.set()
-            free = limit - len(in_flight)
-            if free <= 0:
+            if self._unsent:  # claimed, not yet written: no packet id was free for them
+                overtaken = self._send(link, self._take_unsent(), overtaken=overtaken)
+            free = min(limit - len(in_flight), link.free_ids())
+            if free <= 0 or self._unsent:
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
+                await _first_of(self._slot_freed.wait(), link.ids_freed(), timeout=1.0)
                 continue
             self._buffer.committed.clear()
             batch = await self._buffer.claim(free, live_after if self.draining else None)
@@ -427,7 +433,12 @@ class Publisher:
         in_flight = self._in_flight
         if not in_flight:
             self._window_opened.set()
-        for event in batch:
+        for index, event in enumerate(batch):
+            if link.free_ids() <= 0:
+                # A status or checkpoint took the last id meanwhile (a broker window of 2 has
+                # one): keep the rest, claimed, for when an id frees up, instead of failing.
+                self._unsent = batch[index:]
+                break
             payload = event.payload
             if event.backlog and overtaken:
                 payload = mark_historical(payload)
@@ -449,6 +460,10 @@ class Publisher:
             self._acked.append(entry[0])
             self._acks_ready.set()
             self._slot_freed.set()
+
+    def _take_unsent(self) -> list[OutgoingEvent]:
+        unsent, self._unsent = self._unsent, []
+        return unsent
 
     def _on_refused(self, mid: int, reason: int) -> None:
         """A PUBACK with a failure reason code: the broker did not take the event."""

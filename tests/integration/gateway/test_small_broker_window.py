@@ -52,13 +52,16 @@ async def run_with_window(tmp_path: Path, *, inflight: int, replay: bool) -> Non
                 await pub.publish_checkpoint({"devices": {}})
                 await asyncio.sleep(0.25)
 
-        async def replay_windows() -> None:  # gateway/replay.py _publish_range, WINDOW = 10
+        async def replay_windows() -> None:
+            # What gateway/replay.py's _publish_range does without end: windows of 10, paced by
+            # the worker's token bucket at the default replay_rate (500 events/s).
             while True:
                 await pub.connected.wait()
                 try:
                     await asyncio.gather(*(pub.publish("edge/x/replayed", b"r") for _ in range(10)))
                 except ConnectionError:
                     await asyncio.sleep(0.1)
+                await asyncio.sleep(10 / 500)
 
         helpers.append(asyncio.create_task(housekeeping()))
         if replay:
