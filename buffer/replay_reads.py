@@ -146,3 +146,19 @@ def lost_in_gaps(
                     ranges.append((cursor, a - 1))
             cursor = max(cursor, b + 1)
     return lost, ranges
+
+
+def still_unsent(
+    conn: sqlite3.Connection, device: str, from_seq: int, to_seq: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """A range's figures as a replay ends: events not delivered yet, and the dropped ranges.
+
+    Read again at the end, not taken from the range check: telemetry pending at the check may
+    have been dropped at the cap while the replay ran, and must then be reported as dropped
+    (it will never come), not as unsent (central would wait for it).
+    """
+    row = conn.execute(
+        "SELECT count(*) FROM events WHERE device = ? AND seq BETWEEN ? AND ? AND state < 2",
+        (device, from_seq, to_seq),
+    ).fetchone()
+    return (int(row[0]) if row else 0), dropped.in_range(conn, device, from_seq, to_seq)

@@ -33,7 +33,13 @@ from buffer.confirms import SettleResult, first_verdicts, settle
 from buffer.connection import BufferConnection
 from buffer.event_ids import id_key
 from buffer.eviction import awaiting_confirm_sql, make_room
-from buffer.replay_reads import ReplayRange, check_range, delivered_rows, lost_in_gaps
+from buffer.replay_reads import (
+    ReplayRange,
+    check_range,
+    delivered_rows,
+    lost_in_gaps,
+    still_unsent,
+)
 from buffer.rows import (
     ADVANCE_LAST_SENT,
     OutgoingEvent,
@@ -573,6 +579,16 @@ class Buffer:
         if self._replay_reader is None:
             self._replay_reader = BufferConnection(await open_reader(self.path))
         return await self._replay_reader.read(partial(lost_in_gaps, device=device, gaps=gaps))
+
+    async def replay_figures(
+        self, device: str, from_seq: int, to_seq: int
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Unsent events and dropped ranges of a range as a replay ends (:func:`still_unsent`)."""
+        if self._replay_reader is None:
+            self._replay_reader = BufferConnection(await open_reader(self.path))
+        return await self._replay_reader.read(
+            partial(still_unsent, device=device, from_seq=from_seq, to_seq=to_seq)
+        )
 
     async def replay_chunk(
         self, device: str, from_seq: int, to_seq: int, limit: int

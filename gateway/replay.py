@@ -204,14 +204,16 @@ class ReplayWorker:
         count, gaps, refused = await self._publish_range(span)
         self.replayed += count
         lost, lost_ranges = await self._buffer.replay_lost(span.device, gaps) if gaps else (0, [])
+        # Read again now: telemetry pending at the check may have been dropped meanwhile.
+        unsent, dropped = await self._buffer.replay_figures(span.device, span.from_seq, span.to_seq)
         fields: dict[str, object] = {
             "count": count,
-            "unsent": span.unsent,
+            "unsent": unsent,
             "from_seq": span.from_seq,
             "to_seq": span.to_seq,
         }
-        if span.dropped:
-            fields["dropped"] = [list(r) for r in span.dropped]
+        if dropped:
+            fields["dropped"] = [list(r) for r in dropped]
         if lost:
             # Deleted by retention (or the size cap) after the range check, before the replay
             # read them: the answer must not say ok with a silently smaller count (issue 18).

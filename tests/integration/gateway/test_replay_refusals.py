@@ -1,4 +1,4 @@
-"""Review 2: replays against a broker that refuses what it is sent (real Mosquitto 2.0.11).
+"""Found by the second review of issue 13 (fixed; the text says what went wrong before): replays against a broker that refuses what it is sent (real Mosquitto 2.0.11).
 
 A replayed event is the stored payload plus ``,"historical":true,"replayed":true`` (34 bytes,
 gateway/events.py ``mark_replayed``), so an event delivered just under a broker's limit is over

@@ -1,4 +1,4 @@
-"""Review 2: which refused replay commands are remembered in the request_id window.
+"""Found by the second review of issue 13 (fixed; the text says what went wrong before): which refused replay commands are remembered in the request_id window.
 
 docs/confirmation.md: "a refused (busy, rate limited) command is not remembered and may be sent
 again with the same id". The "busy" refusal of the span admission (gateway/replay.py

@@ -1,4 +1,4 @@
-"""Review 2: a refusing PUBACK for a packet id not in use poisons the next message with that id.
+"""Found by the second review of issue 13 (fixed; the text says what went wrong before): a refusing PUBACK for a packet id not in use poisons the next message with that id.
 
 gateway/mqtt_link.py ``_read_puback_reasons`` notes ``_refusals[mid]`` *before* gmqtt looks the
 mid up; for a mid gmqtt does not hold (a stray or duplicate PUBACK) nothing pops it. The next
