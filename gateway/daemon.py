@@ -91,6 +91,9 @@ class Gateway:
             msg = f"{state_dir}: cannot lock the state directory: {exc.strerror or exc}"
             raise BufferOpenError(msg) from exc
         try:
+            # What a previous daemon wrote is stale now, even if it had this very pid (a pid
+            # namespace restarts at 1): start from "not connected, since now".
+            self._link_changed(False, rfc3339_now())
             await self._run(stop)
         finally:
             lock.release()

@@ -404,7 +404,12 @@ class MqttLink:
             lost.cancel()
         if waiter not in done or waiter.cancelled():
             waiter.cancel()
-            raise LinkError(f"no {what}" + (": connection lost" if self.lost.is_set() else ""))
+            was_lost = self.lost.is_set()
+            # No answer within publish_timeout is what a dead link looks like, whoever asked:
+            # the link is finished, so the session ends at once (a status or checkpoint holding
+            # the only packet id of a small broker window must not hide it from the watcher).
+            self.lost.set()
+            raise LinkError(f"no {what}" + (": connection lost" if was_lost else ""))
 
     async def close(self) -> None:
         """Disconnect cleanly (the broker then discards the will) and stop for good.
@@ -413,9 +418,16 @@ class MqttLink:
         that the transport is closed: the broker sends them again in the next session.
         """
         self.lost.set()
-        # Closing a broken link can fail in many ways; it is closed either way.
-        with contextlib.suppress(Exception):
-            await self._client.disconnect()
+        # Closing a broken link can fail in many ways; it is closed either way. Bounded: to a
+        # peer that stopped reading (a hung broker, a blackholed path), gmqtt's disconnect
+        # waits for its write buffer to drain, for ever; then the socket is aborted, so the
+        # publisher settles (releases what is in flight) and connects again.
+        try:
+            async with asyncio.timeout(self._mqtt.publish_timeout):
+                with contextlib.suppress(Exception):
+                    await self._client.disconnect()
+        except TimeoutError:
+            self._abort_transport()
         self._fail_waiters()
         self._release()
 

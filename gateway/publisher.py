@@ -183,6 +183,9 @@ class Publisher:
                 self._connected_at = None
                 try:
                     await link.connect()
+                    # A fallback holds for this link only: the next connect asks for retain
+                    # again, so a broker that gained retain support gets retained statuses.
+                    self._retain = True
                     self._connected_at = time.monotonic()
                     self._link = link
                     backoff.reset()
@@ -644,7 +647,8 @@ async def publish_oneshot(
     try:
         await link.connect()
         async for topic, payload in messages:
-            while sent - acked - refused >= window:
+            # Within the broker's window too (its Receive Maximum may be 2: one packet id).
+            while sent - acked - refused >= min(window, link.send_quota) or link.free_ids() <= 0:
                 await _wait_for_ack(link, slot, mqtt.publish_timeout)
             try:
                 link.send(topic, payload)
