@@ -6,11 +6,15 @@ window (commit 022cad9) does not cover this path."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from gateway.publisher import publish_oneshot
+from buffer.store import Buffer
+from gateway.publisher import Publisher, publish_oneshot
 from gateway.settings import MqttSection
+from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.integration.gateway.test_small_broker_window import small_window_broker
+from tests.support import cli, write_config
 
 
 async def test_oneshot_replay_on_a_broker_window_of_two(tmp_path: Path) -> None:
@@ -29,11 +33,6 @@ async def test_oneshot_replay_on_a_broker_window_of_two(tmp_path: Path) -> None:
 
 
 async def test_cli_replay_exits_1_on_a_broker_window_of_two(tmp_path: Path) -> None:
-    import asyncio
-
-    from buffer.store import Buffer
-    from tests.integration.gateway.test_publisher import event
-    from tests.support import cli, write_config
 
     broker = small_window_broker(tmp_path, 2)
     try:
@@ -42,8 +41,6 @@ async def test_cli_replay_exits_1_on_a_broker_window_of_two(tmp_path: Path) -> N
         buf = await Buffer.open(state / "buffer.db", max_bytes=10**9)
         await asyncio.gather(*(buf.append(event("a", i)) for i in range(20)))
         # Delivered by the daemon's publisher first (the CLI replays sent events only).
-        from gateway.publisher import Publisher
-        from tests.integration.gateway.test_publisher import TOPICS
 
         pub = Publisher(
             MqttSection(host=broker.host, port=broker.port),

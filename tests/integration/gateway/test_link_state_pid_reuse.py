@@ -21,13 +21,13 @@ from tests.support import ROOT, cli, wait_until, write_config
 
 def start_in_pid_namespace(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen(  # noqa: S603
+        return subprocess.Popen(
             [
                 "unshare",
                 "--pid",
                 "--fork",
                 "--mount-proc",
-                "--kill-child",  # noqa: S607
+                "--kill-child",
                 sys.executable,
                 "-m",
                 "gateway",
@@ -62,7 +62,7 @@ async def test_status_of_a_restarted_daemon_with_the_same_pid_is_not_the_old_lin
     config = write_config(tmp_path / "gw.toml", mqtt_port=broker.port, state_dir=state, devices=[])
     first = start_in_pid_namespace(config, tmp_path / "first.log")
     try:
-        await wait_until(lambda: (state / "mqtt-link.json").exists(), timeout=20)
+        await wait_until((state / "mqtt-link.json").exists, timeout=20)
         before = await asyncio.to_thread(status, config)
         assert '"connected": true' in json.dumps(before)  # the first daemon is connected
         os.kill(daemon_pid(first), signal.SIGKILL)  # kill -9 the daemon (pid 1 in its namespace)
