@@ -65,8 +65,23 @@ async def test_room_is_made_from_both_kinds_of_sent_events_before_refusing(
         assert await seqs_held(b, "plain") == []
         assert await seqs_held(b, "acc") == [2]
         assert (b.transitions["evicted_sent"], b.transitions["evicted_unconfirmed"]) == (1, 1)
-        with pytest.raises(BufferFullError):
-            await b.append(sized("scanner", 1, 301))
+        with pytest.raises(BufferFullError):  # one byte more than the acc event would free
+            await b.append(sized("scanner", 1, 200))
         assert await seqs_held(b, "acc") == [2], "nothing is evicted for an event that cannot fit"
+    finally:
+        await b.close()
+
+
+async def test_retention_keeps_unconfirmed_events_of_every_accepted_device(tmp_path: Path) -> None:
+    """Several devices at the accepted level, one whose id needs SQL quoting: each keeps its
+    sent, unconfirmed events past retention; other devices' sent events go."""
+    accepted = frozenset({"dock-1", "o'hare"})
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**6, keep_unconfirmed=accepted)
+    try:
+        for device in ("dock-1", "o'hare", "plain"):
+            await b.append(sized(device, 0, 10))
+        await b.mark_sent(await b.claim(10))
+        assert await b.prune(retention=-1) == 1
+        assert [await seqs_held(b, d) for d in ("dock-1", "o'hare", "plain")] == [[1], [1], []]
     finally:
         await b.close()
