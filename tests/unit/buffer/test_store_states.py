@@ -1,0 +1,124 @@
+"""The buffer's state changes and counts on a real SQLite file (issue 19, mutation run).
+
+What the publisher, housekeeping and ``edge-gateway status`` rely on: which events each call
+moves, the numbers it returns, the byte total the cap is checked against, and the transition
+counters behind the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from buffer.schema import STATE_NAMES
+from buffer.store import Buffer, NewEvent
+
+
+def make_event(device: str, n: int, *, size: int = 0) -> NewEvent:
+    def render(seq: int) -> bytes:
+        return json.dumps({"n": n, "seq": seq, "pad": "x" * size}).encode()
+
+    return NewEvent(f"{device}-{n}", device, "t", "t", False, render)
+
+
+@pytest.fixture
+async def buf(tmp_path: Path):
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    yield b
+    await b.close()
+
+
+def states(path: Path) -> dict[int, str]:
+    """seq -> state name, read by another connection as ``edge-gateway status`` would."""
+    with sqlite3.connect(path) as conn:
+        return {
+            int(seq): STATE_NAMES[int(state)]
+            for seq, state in conn.execute("SELECT seq, state FROM events")
+        }
+
+
+async def test_release_puts_back_only_what_is_still_in_flight(buf: Buffer) -> None:
+    """A PUBACK that arrived is not undone by releasing the rest of its claim."""
+    for n in range(4):
+        await buf.append(make_event("a", n))
+    claimed = await buf.claim(3)
+    await buf.mark_sent(claimed[:1])
+    await buf.release(claimed)
+    assert states(buf.path) == {1: "sent", 2: "pending", 3: "pending", 4: "pending"}
+    assert [e.seq for e in await buf.claim(10)] == [2, 3, 4]
+
+
+async def test_release_in_flight_returns_what_it_released(buf: Buffer) -> None:
+    for n in range(5):
+        await buf.append(make_event("a", n))
+    claimed = await buf.claim(5)
+    await buf.mark_sent(claimed[:2])
+    assert await buf.release_in_flight() == 3
+    assert buf.transitions["released"] == 3
+    assert await buf.release_in_flight() == 0
+    assert states(buf.path) == {1: "sent", 2: "sent", 3: "pending", 4: "pending", 5: "pending"}
+
+
+async def test_held_events_wait_uncounted_until_unhold(buf: Buffer) -> None:
+    for n in range(4):
+        await buf.append(make_event("a", n))
+    claimed = await buf.claim(4)
+    await buf.hold(claimed[:2])
+    await buf.release(claimed[2:])
+    assert await buf.unsent_count() == 2, "held ones wait for the next session, uncounted"
+    assert await buf.unhold() == 2
+    assert buf.transitions["unheld"] == 2
+    assert await buf.unsent_count() == 4
+
+
+async def test_unsent_count_up_to_a_rowid_and_at_most(buf: Buffer) -> None:
+    for n in range(6):
+        await buf.append(make_event("a", n))
+    boundary = await buf.last_rowid()
+    for n in range(6, 9):
+        await buf.append(make_event("a", n))
+    await buf.mark_sent(await buf.claim(2))
+    assert await buf.unsent_count() == 7
+    assert await buf.unsent_count(boundary) == 4
+    assert await buf.unsent_count(at_most=3) == 3
+    assert await buf.unsent_count(boundary, at_most=10) == 4
+    assert await buf.unsent_count(boundary, at_most=1) == 1
+
+
+async def test_device_status_is_replaced_each_time(buf: Buffer) -> None:
+    await buf.append(make_event("a", 0))
+    await buf.set_device_status("a", "connected", "ok", "2026-01-01T00:00:00Z")
+    await buf.set_device_status("a", "disconnected", "EOF", "2026-01-01T00:01:00Z")
+    a = (await buf.stats()).devices["a"]
+    assert (a.status, a.detail, a.since) == ("disconnected", "EOF", "2026-01-01T00:01:00Z")
+    assert a.last_seq == 1, "a status never touches the device's seqs"
+
+
+async def test_prune_gives_back_exactly_the_bytes_it_deleted(buf: Buffer) -> None:
+    for n in range(6):
+        await buf.append(make_event("a", n, size=10 * n))
+    before = buf.stored_bytes
+    sent = await buf.claim(3)
+    await buf.mark_sent(sent)
+    assert await buf.prune(retention=-1) == 3
+    assert buf.stored_bytes == before - sum(len(e.payload) for e in sent)
+    assert buf.transitions["pruned"] == 3
+    assert (await buf.stats()).payload_bytes == buf.stored_bytes
+
+
+async def test_settle_counts_confirmed_and_rejected_apart(buf: Buffer) -> None:
+    for n in range(5):
+        await buf.append(make_event("a", n))
+    await buf.mark_sent(await buf.claim(5))
+    await buf.settle([("a-0", True), ("a-1", True), ("a-2", False), ("a-0", False)])
+    assert (buf.transitions["confirmed"], buf.transitions["rejected"]) == (2, 1)
+    assert states(buf.path) == {
+        1: "confirmed",
+        2: "confirmed",
+        3: "rejected",
+        4: "sent",
+        5: "sent",
+    }
