@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,21 @@ async def test_settle_counts_confirmed_and_rejected_apart(buf: Buffer) -> None:
         4: "sent",
         5: "sent",
     }
+
+
+async def test_last_sent_seq_is_the_highest_acknowledged_whatever_the_order(buf: Buffer) -> None:
+    """PUBACKs of one batch may be recorded in any order: the checkpoint takes the highest."""
+    for n in range(5):
+        await buf.append(make_event("a", n))
+    claimed = await buf.claim(5)
+    await buf.mark_sent(list(reversed(claimed[:4])))
+    assert (await buf.stats()).devices["a"].last_sent_seq == 4
+
+
+async def test_claimed_events_carry_their_commit_time(buf: Buffer) -> None:
+    """The publish latency metric is measured from it."""
+    before = time.time()
+    await buf.append(make_event("a", 0))
+    after = time.time()
+    (event,) = await buf.claim(1)
+    assert before <= event.created <= after
