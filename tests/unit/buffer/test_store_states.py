@@ -141,3 +141,39 @@ async def test_claimed_events_carry_their_commit_time(buf: Buffer) -> None:
     after = time.time()
     (event,) = await buf.claim(1)
     assert before <= event.created <= after
+
+
+async def test_release_and_hold_add_up_in_the_transition_counters(buf: Buffer) -> None:
+    """The counters feed the metrics: each call adds to them, under its own name."""
+    for n in range(6):
+        await buf.append(make_event("a", n))
+    await buf.release(await buf.claim(2))
+    await buf.release(await buf.claim(3))
+    await buf.hold(await buf.claim(1))
+    await buf.hold(await buf.claim(2))
+    assert (buf.transitions["released"], buf.transitions["held"]) == (5, 3)
+
+
+async def test_an_event_that_needs_room_gets_its_seq_and_the_cap_holds(tmp_path: Path) -> None:
+    """At the cap, a new device's first event is seq 1 and its payload says so; an event one
+    byte over the cap evicts rather than overshoots it."""
+
+    def sized(device: str, n: int, size: int) -> NewEvent:
+        return NewEvent(f"{device}-{n}", device, "t", "t", False, lambda _seq: b"x" * size)
+
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=1_000)
+    try:
+        for n in range(10):
+            await b.append(sized("old", n, 100))
+        await b.mark_sent(await b.claim(100))
+        assert (await b.append(make_event("new", 0))).seq == 1
+        (event,) = await b.claim(100)
+        assert json.loads(event.payload)["seq"] == 1
+        assert b.transitions["evicted_sent"] == 1
+        await b.append(sized("pad", 0, b.max_bytes - b.stored_bytes))
+        assert b.stored_bytes == b.max_bytes
+        await b.append(sized("tiny", 0, 1))
+        assert b.transitions["evicted_sent"] == 2
+        assert b.stored_bytes == b.max_bytes - 100 + 1
+    finally:
+        await b.close()
