@@ -7,6 +7,7 @@ counters behind the metrics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from buffer.schema import STATE_NAMES
-from buffer.store import Buffer, NewEvent
+from buffer.store import Buffer, BufferFullError, NewEvent, _translate
+from drivers.base import StoredEvent
 
 
 def make_event(device: str, n: int, *, size: int = 0) -> NewEvent:
@@ -177,3 +179,28 @@ async def test_an_event_that_needs_room_gets_its_seq_and_the_cap_holds(tmp_path:
         assert b.stored_bytes == b.max_bytes - 100 + 1
     finally:
         await b.close()
+
+
+async def test_a_refusal_at_the_cap_fails_only_its_own_event(tmp_path: Path) -> None:
+    """In one group commit at the cap, a scan too big to fit is refused (saying the cap) and
+    the smaller events after it are still stored, each answered with what was stored."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=1_000)
+    try:
+        await b.append(NewEvent("fill", "s", "t", "t", False, lambda _seq: b"x" * 900))
+        big = NewEvent("big", "s", "t", "t", False, lambda _seq: b"x" * 200)
+        small = NewEvent("small", "s", "2026-01-01T00:00:00Z", "scan", False, lambda _s: b"y")
+        results = await asyncio.gather(b.append(big), b.append(small), return_exceptions=True)
+        assert isinstance(results[0], BufferFullError)
+        assert str(results[0]) == "buffer full (1000 bytes)"
+        assert results[1] == StoredEvent("small", "s", 2, "2026-01-01T00:00:00Z", "scan")
+    finally:
+        await b.close()
+
+
+def test_only_a_full_disk_becomes_buffer_full() -> None:
+    """SQLITE_FULL means the event was refused for room; any other error stays what it is."""
+    assert isinstance(
+        _translate(sqlite3.OperationalError("database or disk is full")), BufferFullError
+    )
+    locked = sqlite3.OperationalError("database is locked")
+    assert _translate(locked) is locked
