@@ -57,3 +57,27 @@ async def test_duplicates_and_unknowns_are_counted_over_a_batch_of_any_size(buf:
     assert (len(first.applied), first.duplicate, first.unknown) == (1200, 0, 0)
     again = await buf.settle([(i, True) for i in ids] + [("never-stored", True)])
     assert (len(again.applied), again.duplicate, again.unknown) == (0, 1200, 1)
+
+
+async def test_verdicts_commit_with_fsync_even_after_a_lazy_write(buf: Buffer) -> None:
+    """A settled verdict is not asked for again: it must survive a power cut, so its commit
+    runs with synchronous=FULL, checked on the statements SQLite really ran."""
+    for i in range(3):
+        await buf.append(make_event("a", i))
+    statements: list[str] = []
+    await buf._db.read(lambda conn: conn.set_trace_callback(statements.append))
+    for i in range(3):
+        await buf.release_in_flight()  # a non-durable write just before
+        await buf.settle([(f"a-{i}", True)])
+    await buf._db.read(lambda conn: conn.set_trace_callback(None))
+    mode, settling, modes = "", False, []
+    for sql in (s.strip().upper() for s in statements):
+        if sql.startswith("PRAGMA SYNCHRONOUS="):
+            mode = sql.split("=", 1)[1]
+        elif sql.startswith("BEGIN"):
+            settling = False
+        elif sql.startswith("UPDATE EVENTS SET STATE =") and "SENT = COALESCE" in sql:
+            settling = True
+        elif sql == "COMMIT" and settling:
+            modes.append(mode)
+    assert modes == ["FULL"] * 3, statements[:20]

@@ -108,7 +108,9 @@ async def test_prune_gives_back_exactly_the_bytes_it_deleted(buf: Buffer) -> Non
     await buf.mark_sent(sent)
     assert await buf.prune(retention=-1) == 3
     assert buf.stored_bytes == before - sum(len(e.payload) for e in sent)
-    assert buf.transitions["pruned"] == 3
+    await buf.mark_sent(await buf.claim(1))
+    assert await buf.prune(retention=-1) == 1
+    assert buf.transitions["pruned"] == 4
     assert (await buf.stats()).payload_bytes == buf.stored_bytes
 
 
@@ -204,3 +206,4 @@ def test_only_a_full_disk_becomes_buffer_full() -> None:
     )
     locked = sqlite3.OperationalError("database is locked")
     assert _translate(locked) is locked
+    assert str(_translate(sqlite3.OperationalError("disk is full"))) == "disk full: disk is full"
