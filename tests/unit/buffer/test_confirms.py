@@ -81,3 +81,14 @@ async def test_verdicts_commit_with_fsync_even_after_a_lazy_write(buf: Buffer) -
         elif sql == "COMMIT" and settling:
             modes.append(mode)
     assert modes == ["FULL"] * 3, statements[:20]
+
+
+async def test_a_confirm_that_overtook_its_puback_counts_as_sent(buf: Buffer) -> None:
+    """Central has it: the event is delivered, and retention takes it like any sent event,
+    even if its PUBACK never comes (the connection dropped)."""
+    await buf.append(make_event("a", 0))
+    claimed = await buf.claim(1)
+    assert [s.id for s in (await buf.settle([("a-0", True)])).applied] == ["a-0"]
+    await buf.release(claimed)
+    assert await buf.unsent_count() == 0
+    assert await buf.prune(retention=-1) == 1
