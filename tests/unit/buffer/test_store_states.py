@@ -62,6 +62,7 @@ async def test_release_in_flight_returns_what_it_released(buf: Buffer) -> None:
     assert await buf.release_in_flight() == 3
     assert buf.transitions["released"] == 3
     assert await buf.release_in_flight() == 0
+    assert buf.transitions["released"] == 3, "the counter adds up across sessions"
     assert states(buf.path) == {1: "sent", 2: "sent", 3: "pending", 4: "pending", 5: "pending"}
 
 
