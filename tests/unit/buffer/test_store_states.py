@@ -208,3 +208,17 @@ def test_only_a_full_disk_becomes_buffer_full() -> None:
     locked = sqlite3.OperationalError("database is locked")
     assert _translate(locked) is locked
     assert str(_translate(sqlite3.OperationalError("disk is full"))) == "disk full: disk is full"
+
+
+async def test_claims_without_a_drain_are_live_and_sent_adds_up(buf: Buffer) -> None:
+    """No drain boundary: nothing claimed is backlog (never marked historical); one event can
+    be claimed at a time; the sent counter adds up over PUBACK batches."""
+    for n in range(4):
+        await buf.append(make_event("a", n))
+    one = await buf.claim(1)
+    rest = await buf.claim(10)
+    assert [e.seq for e in one] == [1]
+    assert [e.backlog for e in one + rest] == [False] * 4
+    await buf.mark_sent(one)
+    await buf.mark_sent(rest)
+    assert buf.transitions["sent"] == 4
