@@ -74,6 +74,7 @@ async def test_held_events_wait_uncounted_until_unhold(buf: Buffer) -> None:
     await buf.release(claimed[2:])
     assert await buf.unsent_count() == 2, "held ones wait for the next session, uncounted"
     assert await buf.unhold() == 2
+    assert await buf.unhold() == 0
     assert buf.transitions["unheld"] == 2
     assert await buf.unsent_count() == 4
 
