@@ -57,3 +57,35 @@ async def test_a_replay_over_a_deliberate_hole_is_complete_and_says_so(tmp_path:
         assert len(kept) + dropped == 20
     finally:
         await b.close()
+
+
+async def test_a_drop_just_before_a_recorded_range_merges_with_it(tmp_path: Path) -> None:
+    """Seqs in flight when later ones were dropped, dropped once released: one range, not two.
+
+    The checkpoint lists at most MAX_RANGES_PER_DEVICE ranges per device, so adjacent drops
+    must merge whichever order they happen in.
+    """
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=4_000)
+    try:
+        n = 0
+        while b.stored_bytes + 400 < b.max_bytes:
+            await b.append(reading("belt", n))
+            n += 1
+        in_flight = await b.claim(2)
+        assert [e.seq for e in in_flight] == [1, 2]
+        for _ in range(2):
+            await b.append(reading("belt", n))
+            n += 1
+        after_first = (await b.stats()).devices["belt"].dropped_ranges
+        assert after_first and after_first[0][0] == 3, after_first
+        await b.release(in_flight)
+        dropped_before = b.transitions["dropped"]
+        while b.transitions["dropped"] < dropped_before + 2:  # the released seqs 1 and 2 go next
+            await b.append(reading("belt", n))
+            n += 1
+        belt = (await b.stats()).devices["belt"]
+        assert belt.dropped_ranges[0][0] == 1, belt.dropped_ranges
+        assert len(belt.dropped_ranges) == 1, belt.dropped_ranges
+        assert belt.dropped_events == b.transitions["dropped"]
+    finally:
+        await b.close()
