@@ -56,8 +56,8 @@ async def test_a_device_known_only_by_its_status_has_no_range(buf: Buffer) -> No
 
 
 async def test_bad_ranges_are_refused_as_bad(buf: Buffer) -> None:
-    assert (await buf.check_replay("s", 0, 5)).error == "bad range 0..5"
-    assert (await buf.check_replay("s", 5, 3)).error == "bad range 5..3"
+    assert (await buf.check_replay("s", 0, 5)).error == "bad range 0..5 (stored seqs are 1..10)"
+    assert (await buf.check_replay("s", 5, 3)).error == "bad range 5..3 (stored seqs are 1..10)"
     assert await buf.check_replay("s", 2, 11) == ReplayRange(
         "s", 2, 11, error="to_seq 11 is beyond the last stored seq 10"
     )
