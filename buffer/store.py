@@ -417,21 +417,35 @@ class Buffer:
         await self._db.write(run, durable=False)
         self.transitions["sent"] += len(events)
 
-    async def release(self, events: Sequence[OutgoingEvent]) -> None:
-        """Put claimed events back to pending (connection lost before their PUBACK)."""
-        if not events:
-            return
+    async def _move(self, events: Sequence[OutgoingEvent], source: int, target: int) -> None:
+        """Move claimed ``events`` still in state ``source`` to ``target`` (lazy write)."""
         rowids = [e.rowid for e in events]
 
         def run(conn: sqlite3.Connection) -> None:
             for chunk in chunks(rowids):
                 conn.execute(
-                    f"UPDATE events SET state = {STATE_PENDING}"  # noqa: S608 - constant
-                    f" WHERE state = {STATE_IN_FLIGHT} AND rowid IN ({marks(len(chunk))})",
+                    f"UPDATE events SET state = {target}"  # noqa: S608 - constants
+                    f" WHERE state = {source} AND rowid IN ({marks(len(chunk))})",
                     chunk,
                 )
 
         await self._db.write(run, durable=False)
+
+    async def _move_all(self, source: int, target: int) -> int:
+        """Move every row in state ``source`` to ``target`` (lazy write); returns how many."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE events SET state = ? WHERE state = ?", (target, source)
+            ).rowcount
+
+        return await self._db.write(run, durable=False)
+
+    async def release(self, events: Sequence[OutgoingEvent]) -> None:
+        """Put claimed events back to pending (connection lost before their PUBACK)."""
+        if not events:
+            return
+        await self._move(events, STATE_IN_FLIGHT, STATE_PENDING)
         self.transitions["released"] += len(events)
 
     async def release_in_flight(self) -> int:
@@ -440,13 +454,7 @@ class Buffer:
         Everything, not just what the publisher still tracks: a session torn down between a
         claim's commit and its return leaves rows in flight that nobody else knows about.
         """
-
-        def run(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE events SET state = ? WHERE state = ?", (STATE_PENDING, STATE_IN_FLIGHT)
-            ).rowcount
-
-        released = await self._db.write(run, durable=False)
+        released = await self._move_all(STATE_IN_FLIGHT, STATE_PENDING)
         self.transitions["released"] += released
         return released
 
@@ -459,28 +467,12 @@ class Buffer:
         """
         if not events:
             return
-        rowids = [e.rowid for e in events]
-
-        def run(conn: sqlite3.Connection) -> None:
-            for chunk in chunks(rowids):
-                conn.execute(
-                    f"UPDATE events SET state = {STATE_HELD}"  # noqa: S608 - constant
-                    f" WHERE state = {STATE_IN_FLIGHT} AND rowid IN ({marks(len(chunk))})",
-                    chunk,
-                )
-
-        await self._db.write(run, durable=False)
+        await self._move(events, STATE_IN_FLIGHT, STATE_HELD)
         self.transitions["held"] += len(events)
 
     async def unhold(self) -> int:
         """Put every held event back to pending: a new broker session tries them once more."""
-
-        def run(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE events SET state = ? WHERE state = ?", (STATE_PENDING, STATE_HELD)
-            ).rowcount
-
-        released = await self._db.write(run, durable=False)
+        released = await self._move_all(STATE_HELD, STATE_PENDING)
         self.transitions["unheld"] += released
         return released
 
