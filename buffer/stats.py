@@ -16,6 +16,7 @@ from typing import Any
 
 import aiosqlite
 
+from buffer.rows import marks
 from buffer.schema import STATE_NAMES, STATE_SENT
 
 DROPPED_SINCE_VERSION = 3
@@ -154,10 +155,9 @@ async def unconfirmed_by_device(
     """
     if not devices:
         return []
-    marks = ",".join("?" * len(devices))
     async with conn.execute(
         "SELECT device, count(*), min(seq) FROM events"  # noqa: S608 - placeholders only
-        f" WHERE state = {STATE_SENT} AND droppable = 0 AND device IN ({marks})"
+        f" WHERE state = {STATE_SENT} AND droppable = 0 AND device IN ({marks(len(devices))})"
         " GROUP BY device",
         tuple(devices),
     ) as cur:

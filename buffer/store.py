@@ -546,11 +546,17 @@ class Buffer:
         if not verdicts:
             return SettleResult()
         first, repeats = first_verdicts(verdicts)
-        result = await self._db.write(partial(_settle, first=first, now=time.time()), durable=True)
+        result = await self._db.write(partial(settle, first=first, now=time.time()), durable=True)
         result.duplicate += repeats
         for s in result.applied:
             self.transitions["confirmed" if s.state == STATE_CONFIRMED else "rejected"] += 1
         return result
+
+    async def _replay_reads(self) -> BufferConnection:
+        """The read-only connection replays read on, opened at first use, beside the writer's."""
+        if self._replay_reader is None:
+            self._replay_reader = BufferConnection(await open_reader(self.path))
+        return self._replay_reader
 
     async def check_replay(self, device: str, from_seq: int, to_seq: int | None) -> ReplayRange:
         """Validate a replay request against what is stored; see :func:`check_range`.
@@ -558,9 +564,7 @@ class Buffer:
         Runs on a read-only connection of its own, not under the buffer's lock: an appended
         batch never waits behind a range check (issue 18, finding 8).
         """
-        if self._replay_reader is None:
-            self._replay_reader = BufferConnection(await open_reader(self.path))
-        return await self._replay_reader.read(
+        return await (await self._replay_reads()).read(
             partial(check_range, device=device, from_seq=from_seq, to_seq=to_seq)
         )
 
@@ -568,17 +572,15 @@ class Buffer:
         self, device: str, gaps: list[tuple[int, int]]
     ) -> tuple[int, list[tuple[int, int]]]:
         """Of the seqs a replay skipped, those deleted while it ran; see :func:`lost_in_gaps`."""
-        if self._replay_reader is None:
-            self._replay_reader = BufferConnection(await open_reader(self.path))
-        return await self._replay_reader.read(partial(lost_in_gaps, device=device, gaps=gaps))
+        return await (await self._replay_reads()).read(
+            partial(lost_in_gaps, device=device, gaps=gaps)
+        )
 
     async def replay_figures(
         self, device: str, from_seq: int, to_seq: int
     ) -> tuple[int, list[tuple[int, int]]]:
         """Unsent events and dropped ranges of a range as a replay ends (:func:`still_unsent`)."""
-        if self._replay_reader is None:
-            self._replay_reader = BufferConnection(await open_reader(self.path))
-        return await self._replay_reader.read(
+        return await (await self._replay_reads()).read(
             partial(still_unsent, device=device, from_seq=from_seq, to_seq=to_seq)
         )
 
@@ -643,10 +645,6 @@ class Buffer:
         if self._lock_fd is not None:
             writer_lock.release(self._lock_fd)
             self._lock_fd = None
-
-
-def _settle(conn: sqlite3.Connection, first: dict[str, bool], now: float) -> SettleResult:
-    return settle(conn, first, now)
 
 
 def _translate(exc: Exception) -> Exception:
