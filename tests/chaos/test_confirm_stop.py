@@ -58,6 +58,34 @@ def ids_in_state(db: Path, state: int) -> set[str]:
         }
 
 
+def explain_stuck(db: Path, central: CentralCollector, daemon: GatewayProcess) -> str:
+    """Why some events did not end confirmed: their rows, what central saw, the gateway's log."""
+    from buffer.event_ids import id_text  # noqa: PLC0415
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        stuck = [
+            (seq, state, id_text(i))
+            for seq, state, i in conn.execute(
+                "SELECT seq, state, id FROM events WHERE state != 3 ORDER BY seq LIMIT 20"
+            )
+        ]
+    track = central.sources[source("dock-c")]
+    seen = [(seq, state, track.ids.get(i)) for seq, state, i in stuck]
+    interesting = {"mqtt_connected", "mqtt_disconnected", "config_reloaded", "stopping", "stopped"}
+    log = [
+        {k: v for k, v in line.items() if k in ("event", "timestamp", "count", "reason")}
+        for line in daemon.log_lines()
+        if line.get("event") in interesting
+        or "confirm" in str(line.get("event"))
+        or "inbound" in str(line.get("event"))
+    ]
+    return (
+        f"not confirmed after 30 s: states {states(db)}; first stuck (seq, state, seq central "
+        f"got or None): {seen}; central confirms sent {dict(central.confirms_sent)}; "
+        f"gateway log: {log[-40:]}"
+    )
+
+
 async def test_confirms_during_stop_and_reload_are_never_lost(
     tmp_path: Path,
     broker: MosquittoBroker,
@@ -104,9 +132,12 @@ async def test_confirms_during_stop_and_reload_are_never_lost(
             stop.set()
             await worker
             # Every stored event reaches central, which confirms it: all must end confirmed.
-            async with asyncio.timeout(30):
-                while set(await asyncio.to_thread(states, db)) != {3}:
-                    await asyncio.sleep(0.25)
+            try:
+                async with asyncio.timeout(30):
+                    while set(await asyncio.to_thread(states, db)) != {3}:
+                        await asyncio.sleep(0.25)
+            except TimeoutError:
+                pytest.fail(explain_stuck(db, confirming_central, daemon))
         finally:
             stop.set()
             worker.cancel()
