@@ -208,6 +208,7 @@ class CentralCollector:
                     await client.subscribe(CHECKPOINT_TOPIC, qos=1)
                     await client.subscribe(RESULT_TOPIC, qos=1)
                     self.connected.set()
+                    self._start_flush()  # verdicts left while the broker was away
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._receive_all(client))
                         if self.replay_after is not None:
@@ -287,22 +288,30 @@ class CentralCollector:
         if reason is not None:
             verdict = {"id": event["id"], "status": "rejected", "reason": reason}
         self._outbox[root].append(verdict)
-        if self._flush is None or self._flush.done():
+        self._start_flush()
+
+    def _start_flush(self) -> None:
+        if self._outbox and (self._flush is None or self._flush.done()):
             self._flush = asyncio.create_task(self._send_confirms())
 
     async def _send_confirms(self) -> None:
+        """Send the outbox until it is empty.
+
+        Verdicts queued while a publish is awaited land in the next outbox, and no new flush
+        starts while this one runs: stopping after one round stranded them whenever the
+        stream ended during a publish (the last events never confirmed).
+        """
         await asyncio.sleep(0)  # let this loop turn's messages join the batch
-        outbox, self._outbox = self._outbox, defaultdict(list)
-        client = self._client
-        if client is None:
-            return
-        for root, verdicts in outbox.items():
-            for start in range(0, len(verdicts), 500):
-                chunk = verdicts[start : start + 500]
-                body = chunk[0] if len(chunk) == 1 else chunk
-                with contextlib.suppress(aiomqtt.MqttError):
-                    await client.publish(f"{root}/confirm", json.dumps(body), qos=1)
-                    self.confirms_sent[root] += len(chunk)
+        while self._outbox and self._client is not None:
+            outbox, self._outbox = self._outbox, defaultdict(list)
+            client = self._client
+            for root, verdicts in outbox.items():
+                for start in range(0, len(verdicts), 500):
+                    chunk = verdicts[start : start + 500]
+                    body = chunk[0] if len(chunk) == 1 else chunk
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        await client.publish(f"{root}/confirm", json.dumps(body), qos=1)
+                        self.confirms_sent[root] += len(chunk)
 
     # --- parity and gaps ---------------------------------------------------------------------
 
