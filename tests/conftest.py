@@ -7,12 +7,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.postgres import PostgresServer
+from tests.chaos.report import REPORT, write_summary
 
 
 @pytest.fixture(autouse=True)
@@ -88,3 +90,18 @@ def private_postgres() -> Iterator[PostgresServer]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """An xdist worker finished: take its chaos rows (tests/chaos/report.py)."""
+    rows = getattr(node, "workeroutput", {}).get("chaos_rows")
+    if rows:
+        REPORT.merge_json(rows)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The chaos summary table, whether the scenarios ran here or in xdist workers."""
+    if REPORT.rows:
+        terminalreporter.section("chaos summary")
+    write_summary(terminalreporter.write_line)

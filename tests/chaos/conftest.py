@@ -19,66 +19,24 @@ is printed, and written as JSON to ``EDGE_CHAOS_REPORT`` when that is set.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
 import zlib
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.chaos.report import REPORT, SEED, ChaosReport, ChaosRow
+
+__all__ = ["ChaosReport", "ChaosRow", "Stopwatch", "knob"]
+
 HERE = Path(__file__).parent
-SEED = int(os.environ.get("EDGE_CHAOS_SEED", "20240607"))
 
 
 def knob(name: str, default: int) -> int:
     """An integer from the environment, for sizing a chaos run."""
     return int(os.environ.get(name, str(default)))
-
-
-@dataclass
-class ChaosRow:
-    """One scenario's outcome, as the summary table prints it."""
-
-    scenario: str
-    faults: int
-    at_risk: int
-    lost: int
-    new_id_duplicates: int
-    same_id_duplicates: int = 0
-    seconds: float = 0.0
-    note: str = ""
-
-
-class ChaosReport:
-    """Rows collected during the session, printed by ``pytest_terminal_summary``."""
-
-    def __init__(self) -> None:
-        self.rows: list[ChaosRow] = []
-
-    def add(self, row: ChaosRow) -> None:
-        """Record a scenario (and print it at once, for ``-s`` runs)."""
-        self.rows.append(row)
-        print(f"chaos: {json.dumps(asdict(row))}")
-
-    def table(self) -> list[str]:
-        """The rows as a fixed-width text table."""
-        head = (
-            f"{'scenario':<34} {'faults':>6} {'at risk':>8} {'lost':>5} {'new-id dup':>10}"
-            f" {'same-id dup':>11} {'secs':>6}  note"
-        )
-        lines = [f"chaos summary (EDGE_CHAOS_SEED={SEED})", head, "-" * len(head)]
-        lines += [
-            f"{r.scenario:<34} {r.faults:>6} {r.at_risk:>8} {r.lost:>5} {r.new_id_duplicates:>10}"
-            f" {r.same_id_duplicates:>11} {r.seconds:>6.1f}  {r.note}"
-            for r in self.rows
-        ]
-        return lines
-
-
-REPORT = ChaosReport()
 
 
 @pytest.fixture
@@ -118,15 +76,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.chaos)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the table (and save it as JSON when ``EDGE_CHAOS_REPORT`` names a file)."""
-    if not REPORT.rows:
-        return
-    terminalreporter.section("chaos summary")
-    for line in REPORT.table():
-        terminalreporter.write_line(line)
-    target = os.environ.get("EDGE_CHAOS_REPORT")
-    if target:
-        Path(target).write_text(
-            json.dumps({"seed": SEED, "rows": [asdict(r) for r in REPORT.rows]}, indent=2)
-        )
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker, hand the rows to the controller, which prints the table."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["chaos_rows"] = REPORT.to_json()
