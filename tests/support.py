@@ -11,13 +11,18 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from buffer.schema import MIGRATIONS
 from buffer.store import Buffer
 from gateway.daemon import Gateway
-from gateway.settings import load_settings
+from gateway.publisher import DeliveredFn, Publisher
+from gateway.settings import MqttSection, load_settings
+from gateway.topics import Topics
+from simulators.broker import MosquittoBroker
+from simulators.central import CentralCollector
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -212,3 +217,59 @@ async def limit_pages(buffer: Buffer, pages: int | None) -> None:
     """A full disk as SQLite sees it: no page beyond ``pages`` (None: room comes back)."""
     limit = 1073741823 if pages is None else pages
     await buffer._db.read(lambda conn: conn.execute(f"PRAGMA max_page_count={limit}").fetchall())
+
+
+def broker_configured(workdir: Path, edit: Callable[[str], str]) -> MosquittoBroker:
+    """A private Mosquitto whose generated config is changed by ``edit`` (a hardened or limited
+    broker: ACLs, size limits, a small window), started."""
+    broker = MosquittoBroker(workdir)
+    broker.config_path.write_text(edit(broker.config_path.read_text()))
+    broker.start()
+    return broker
+
+
+@dataclass
+class PublisherRig:
+    """A publisher on a real buffer file and a central subscriber, on one broker."""
+
+    central: CentralCollector
+    buffer: Buffer
+    publisher: Publisher
+
+
+@contextlib.asynccontextmanager
+async def publisher_and_central(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    topics: Topics,
+    *,
+    name: str,
+    on_delivered: DeliveredFn | None = None,
+    wait_publisher: bool = True,
+) -> AsyncIterator[PublisherRig]:
+    """Run both until the block ends, then stop them and the broker. Central is connected when
+    the block starts, and the publisher too unless ``wait_publisher`` is false (a test of a
+    broker it may never connect to). Client ids are ``gw-{name}`` and ``central-{name}``;
+    reconnects are quick."""
+    central = CentralCollector(broker.host, broker.port, client_id=f"central-{name}")
+    central_task = asyncio.create_task(central.run())
+    buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
+    publisher = Publisher(
+        mqtt, buffer, topics, client_id=f"gw-{name}", on_delivered=on_delivered or (lambda _b: None)
+    )
+    task = asyncio.create_task(publisher.run())
+    try:
+        async with asyncio.timeout(10):
+            await central.connected.wait()
+            if wait_publisher:
+                await publisher.connected.wait()
+        yield PublisherRig(central, buffer, publisher)
+    finally:
+        publisher.stop()
+        async with asyncio.timeout(15):
+            await task
+        await buffer.close()
+        central_task.cancel()
+        await asyncio.gather(central_task, return_exceptions=True)
+        broker.stop()

@@ -14,13 +14,11 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from buffer.store import Buffer, NewEvent
+from buffer.store import NewEvent
 from gateway.events import render_event
-from gateway.publisher import Publisher
-from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
-from simulators.central import CentralCollector
 from tests.integration.gateway.test_publisher import TOPICS
+from tests.support import broker_configured, publisher_and_central
 
 
 def scan(n: int, code: str) -> NewEvent:
@@ -40,50 +38,30 @@ def scan(n: int, code: str) -> NewEvent:
 
 
 def broker_with(tmp_path: Path, extra: str) -> MosquittoBroker:
-    broker = MosquittoBroker(tmp_path / "hardened")
-    broker.config_path.write_text(broker.config_path.read_text() + extra)
-    broker.start()
-    return broker
+    return broker_configured(tmp_path / "hardened", lambda text: text + extra)
 
 
 async def run_case(tmp_path: Path, broker: MosquittoBroker, events: list[NewEvent]) -> None:
-    central = CentralCollector(broker.host, broker.port, client_id="central-hardened")
-    ctask = asyncio.create_task(central.run())
-    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
     delivered: list[str] = []
-    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
-    pub = Publisher(
-        mqtt,
-        buf,
+    async with publisher_and_central(
+        tmp_path,
+        broker,
         TOPICS,
-        client_id="gw-hardened",
+        name="hardened",
         on_delivered=lambda b: delivered.extend(e.id for e in b),
-    )
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await central.connected.wait()
-            await pub.connected.wait()
+    ) as rig:
         for ev in events:
-            await buf.append(ev)
-        await central.wait_for(len(events), timeout=5)
+            await rig.buffer.append(ev)
+        await rig.central.wait_for(len(events), timeout=5)
         await asyncio.sleep(1.0)
-        with sqlite3.connect(buf.path) as conn:
+        with sqlite3.connect(rig.buffer.path) as conn:
             states = dict(conn.execute("SELECT seq, state FROM events"))
-        got = {m["seq"] for m in central.messages}
+        got = {m["seq"] for m in rig.central.messages}
         wrongly = [s for s, st in states.items() if st in (2, 3, 4) and s not in got]
         assert not wrongly, (
             f"seqs {wrongly} marked sent (delivered feedback for {delivered}) though the broker"
             f" refused them; central has {sorted(got)}"
         )
-    finally:
-        pub.stop()
-        async with asyncio.timeout(15):
-            await task
-        await buf.close()
-        ctask.cancel()
-        await asyncio.gather(ctask, return_exceptions=True)
-        broker.stop()
 
 
 async def test_puback_packet_too_large_is_not_delivery(tmp_path: Path) -> None:
@@ -115,31 +93,14 @@ async def test_one_event_over_broker_max_packet_size_does_not_stop_delivery(
     dies: nothing after it is ever delivered (a poison event)."""
     broker = broker_with(tmp_path, "max_packet_size 2000\n")
     events = [scan(1, "A1"), scan(2, "X" * 3000), *(scan(n, f"A{n}") for n in range(3, 21))]
-    central = CentralCollector(broker.host, broker.port, client_id="central-hardened")
-    ctask = asyncio.create_task(central.run())
-    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
-    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
-    pub = Publisher(mqtt, buf, TOPICS, client_id="gw-hardened", on_delivered=lambda b: None)
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await central.connected.wait()
-            await pub.connected.wait()
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="hardened") as rig:
         for ev in events:
-            await buf.append(ev)
-        await central.wait_for(19, timeout=15)
-        got = sorted({m["seq"] for m in central.messages})
+            await rig.buffer.append(ev)
+        await rig.central.wait_for(19, timeout=15)
+        got = sorted({m["seq"] for m in rig.central.messages})
         assert set(range(3, 21)) <= set(got), (
-            f"central has {got} after 15 s; sessions lost: {pub.reconnects}"
+            f"central has {got} after 15 s; sessions lost: {rig.publisher.reconnects}"
         )
-    finally:
-        pub.stop()
-        async with asyncio.timeout(15):
-            await task
-        await buf.close()
-        ctask.cancel()
-        await asyncio.gather(ctask, return_exceptions=True)
-        broker.stop()
 
 
 async def test_broker_without_retain_still_gets_events(tmp_path: Path) -> None:
@@ -147,24 +108,13 @@ async def test_broker_without_retain_still_gets_events(tmp_path: Path) -> None:
     false``; some managed brokers): every session starts with a retained ``online`` status,
     the broker disconnects it (0x9A), and no event is ever delivered."""
     broker = broker_with(tmp_path, "retain_available false\n")
-    central = CentralCollector(broker.host, broker.port, client_id="central-hardened")
-    ctask = asyncio.create_task(central.run())
-    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
-    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
-    pub = Publisher(mqtt, buf, TOPICS, client_id="gw-hardened", on_delivered=lambda b: None)
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await central.connected.wait()
+    async with publisher_and_central(
+        tmp_path, broker, TOPICS, name="hardened", wait_publisher=False
+    ) as rig:
         for n in range(1, 6):
-            await buf.append(scan(n, f"A{n}"))
-        ok = await central.wait_for(5, timeout=10)
-        assert ok, f"central has {central.unique_count()} of 5; sessions lost: {pub.reconnects}"
-    finally:
-        pub.stop()
-        async with asyncio.timeout(15):
-            await task
-        await buf.close()
-        ctask.cancel()
-        await asyncio.gather(ctask, return_exceptions=True)
-        broker.stop()
+            await rig.buffer.append(scan(n, f"A{n}"))
+        ok = await rig.central.wait_for(5, timeout=10)
+        assert ok, (
+            f"central has {rig.central.unique_count()} of 5;"
+            f" sessions lost: {rig.publisher.reconnects}"
+        )

@@ -21,6 +21,7 @@ from gateway.settings import MqttSection
 from simulators.central import CentralCollector
 from tests.integration.gateway.test_broker_refusals import broker_with, scan
 from tests.integration.gateway.test_publisher import TOPICS
+from tests.support import publisher_and_central
 
 
 def sized_scan(n: int, total: int):
@@ -137,17 +138,9 @@ async def test_held_event_is_retried_once_the_broker_takes_it_again(tmp_path: Pa
     )
     acl.write_text(base)
     broker = broker_with(tmp_path, f"acl_file {acl}\n")
-    central = CentralCollector(broker.host, broker.port, client_id="central-r2")
-    ctask = asyncio.create_task(central.run())
-    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
-    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
-    pub = Publisher(mqtt, buf, TOPICS, client_id="gw-r2", on_delivered=lambda b: None)
-    ptask = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await central.connected.wait()
-            await pub.connected.wait()
-        await buf.append(scan(1, "A1"))
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="r2") as rig:
+        central, pub = rig.central, rig.publisher
+        await rig.buffer.append(scan(1, "A1"))
         async with asyncio.timeout(5):
             while pub.refused_by_broker < 1:
                 await asyncio.sleep(0.05)
@@ -155,7 +148,7 @@ async def test_held_event_is_retried_once_the_broker_takes_it_again(tmp_path: Pa
         assert broker.process is not None
         broker.process.send_signal(signal.SIGHUP)
         await asyncio.sleep(1.0)
-        await buf.append(scan(2, "A2"))
+        await rig.buffer.append(scan(2, "A2"))
         assert await central.wait_for(1, timeout=5), "the fixed ACL lets new events through"
         got: set[int] = set()
         for _ in range(100):  # 10 s on the same, healthy session
@@ -167,14 +160,6 @@ async def test_held_event_is_retried_once_the_broker_takes_it_again(tmp_path: Pa
             f"central has {sorted(got)} after 10 s; seq 1 still held by a broker refusal that"
             f" no longer applies (sessions lost: {pub.reconnects})"
         )
-    finally:
-        pub.stop()
-        async with asyncio.timeout(15):
-            await ptask
-        await buf.close()
-        ctask.cancel()
-        await asyncio.gather(ctask, return_exceptions=True)
-        broker.stop()
 
 
 async def test_cli_replay_counts_a_refused_publish_as_replayed(tmp_path: Path) -> None:

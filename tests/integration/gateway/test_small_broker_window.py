@@ -12,38 +12,24 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from buffer.store import Buffer
-from gateway.publisher import Publisher
-from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
-from simulators.central import CentralCollector
 from tests.integration.gateway.test_publisher import TOPICS, event
+from tests.support import broker_configured, publisher_and_central
 
 
 def small_window_broker(tmp_path: Path, inflight: int) -> MosquittoBroker:
-    broker = MosquittoBroker(tmp_path / "small")
-    text = broker.config_path.read_text().replace(
-        "max_inflight_messages 100", f"max_inflight_messages {inflight}"
+    return broker_configured(
+        tmp_path / "small",
+        lambda text: text.replace("max_inflight_messages 100", f"max_inflight_messages {inflight}"),
     )
-    broker.config_path.write_text(text)
-    broker.start()
-    return broker
 
 
 async def run_with_window(tmp_path: Path, *, inflight: int, replay: bool) -> None:
     """2,000 events, device statuses, a checkpoint every 0.25 s (and replay windows of 10)."""
     broker = small_window_broker(tmp_path, inflight)
-    central = CentralCollector(broker.host, broker.port, client_id="central-small")
-    ctask = asyncio.create_task(central.run())
-    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
-    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
-    pub = Publisher(mqtt, buf, TOPICS, client_id="gw-small", on_delivered=lambda b: None)
-    task = asyncio.create_task(pub.run())
     helpers: list[asyncio.Task[None]] = []
-    try:
-        async with asyncio.timeout(10):
-            await central.connected.wait()
-            await pub.connected.wait()
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="small") as rig:
+        pub = rig.publisher
         for i in range(5):
             pub.device_status(f"dev{i}", {"state": "up", "since": "x", "detail": ""})
 
@@ -66,21 +52,15 @@ async def run_with_window(tmp_path: Path, *, inflight: int, replay: bool) -> Non
         helpers.append(asyncio.create_task(housekeeping()))
         if replay:
             helpers.append(asyncio.create_task(replay_windows()))
-        await asyncio.gather(*(buf.append(event("a", i)) for i in range(2000)))
-        delivered = await central.wait_for(2000, timeout=20)
-        assert delivered, f"{central.unique_count()} of 2000, {pub.reconnects} sessions lost"
-        assert pub.reconnects == 0, f"{pub.reconnects} sessions torn down by the broker's window"
-    finally:
-        for helper in helpers:
-            helper.cancel()
-        await asyncio.gather(*helpers, return_exceptions=True)
-        pub.stop()
-        async with asyncio.timeout(15):
-            await task
-        await buf.close()
-        ctask.cancel()
-        await asyncio.gather(ctask, return_exceptions=True)
-        broker.stop()
+        try:
+            await asyncio.gather(*(rig.buffer.append(event("a", i)) for i in range(2000)))
+            delivered = await rig.central.wait_for(2000, timeout=20)
+            assert delivered, f"{rig.central.unique_count()} of 2000, {pub.reconnects} lost"
+            assert pub.reconnects == 0, f"{pub.reconnects} sessions torn down by the window"
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
 
 async def test_small_broker_receive_maximum_does_not_churn_sessions(tmp_path: Path) -> None:
