@@ -13,7 +13,7 @@ from pathlib import Path
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
-from tests.chaos.conftest import ChaosReport, ChaosRow, Stopwatch
+from tests.chaos.conftest import ChaosReport, Stopwatch
 from tests.chaos.workload import FEEDBACK, Worker, check_parity, source, wait_delivered
 from tests.support import GatewayProcess, scanner_device, write_config
 
@@ -139,13 +139,9 @@ async def test_floods_keep_memory_bounded_and_other_devices_working(
     acked_share = len(worker.acked) / max(1, len(worker.typed))
     flood_events = len(central.sources[source("flood")].ids)
     chaos_report.add(
-        ChaosRow(
+        parity.row(
             "device floods",
             faults=3,
-            at_risk=parity.at_risk,
-            lost=len(parity.lost),
-            new_id_duplicates=parity.new_id_duplicates + parity.conflicting,
-            same_id_duplicates=parity.same_id_duplicates,
             seconds=stopwatch.elapsed,
             note=(
                 f"{flooded} flood frames ({flood_events} stored), llrp noise {llrp_sent[0]} B,"

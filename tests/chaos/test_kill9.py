@@ -10,7 +10,7 @@ from pathlib import Path
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
-from tests.chaos.conftest import ChaosReport, ChaosRow, Stopwatch, knob
+from tests.chaos.conftest import ChaosReport, Stopwatch, knob
 from tests.chaos.workload import (
     FEEDBACK,
     Burst,
@@ -83,13 +83,9 @@ async def test_kill9_at_random_moments_loses_nothing_acknowledged(
     parity = check_parity(db, central, workers)
     typed = sum(len(w.typed) for w in workers) + burst.typed
     chaos_report.add(
-        ChaosRow(
+        parity.row(
             "kill -9 during scan+publish",
             faults=KILLS,
-            at_risk=parity.at_risk,
-            lost=len(parity.lost),
-            new_id_duplicates=parity.new_id_duplicates + parity.conflicting,
-            same_id_duplicates=parity.same_id_duplicates,
             seconds=stopwatch.elapsed,
             note=f"{parity.acked} beeped of {typed} typed; {kills_during_startup} kills pre-open",
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
-from tests.chaos.conftest import ChaosReport, ChaosRow, Stopwatch, knob
+from tests.chaos.conftest import ChaosReport, Stopwatch, knob
 from tests.chaos.faultproxy import FaultProxy
 from tests.chaos.workload import (
     FEEDBACK,
@@ -85,13 +85,9 @@ async def test_broker_restarts_lose_nothing(
         reconnects = run["gw"].publisher.reconnects
     parity = check_parity(db, central, run["workers"])
     chaos_report.add(
-        ChaosRow(
+        parity.row(
             "broker restarts",
             faults=RESTARTS,
-            at_risk=parity.at_risk,
-            lost=len(parity.lost),
-            new_id_duplicates=parity.new_id_duplicates + parity.conflicting,
-            same_id_duplicates=parity.same_id_duplicates,
             seconds=stopwatch.elapsed,
             note=f"{reconnects} reconnects, {parity.acked} beeped,"
             f" central took {central.left_over} from a dropped queue",
@@ -145,13 +141,9 @@ async def test_network_faults_through_proxy_lose_nothing(
             reconnects = gw.publisher.reconnects
     parity = check_parity(db, central, run["workers"])
     chaos_report.add(
-        ChaosRow(
+        parity.row(
             "network faults via proxy",
             faults=len(kinds),
-            at_risk=parity.at_risk,
-            lost=len(parity.lost),
-            new_id_duplicates=parity.new_id_duplicates + parity.conflicting,
-            same_id_duplicates=parity.same_id_duplicates,
             seconds=stopwatch.elapsed,
             note=f"{reconnects} reconnects; faults that forced one: {noticed}",
         )

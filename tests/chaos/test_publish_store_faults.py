@@ -20,7 +20,7 @@ import pytest
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
-from tests.chaos.conftest import ChaosReport, ChaosRow, Stopwatch, knob
+from tests.chaos.conftest import ChaosReport, Stopwatch, knob
 from tests.chaos.workload import (
     FEEDBACK,
     Burst,
@@ -151,13 +151,9 @@ async def test_store_errors_while_publishing_lose_nothing(
             refused = gw.pipeline.refused
     parity = check_parity(db, central, workers)
     chaos_report.add(
-        ChaosRow(
+        parity.row(
             "store errors while publishing",
             faults=len(faults),
-            at_risk=parity.at_risk,
-            lost=len(parity.lost),
-            new_id_duplicates=parity.new_id_duplicates + parity.conflicting,
-            same_id_duplicates=parity.same_id_duplicates,
             seconds=stopwatch.elapsed,
             note=f"{store_errors} publisher store errors, {refused} refused, {parity.acked} beeped",
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 from buffer.event_ids import id_key, id_text
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
+from tests.chaos.report import ChaosRow
 
 GOOD, BAD, PENDING = b"G\r", b"B\r", b"P\r"
 FEEDBACK = {
@@ -145,6 +146,19 @@ class Parity:
     same_id_duplicates: int = 0
     conflicting: int = 0
     integrity: str = ""
+
+    def row(self, scenario: str, *, faults: int, seconds: float, note: str) -> ChaosRow:
+        """This outcome as a line of the chaos summary table."""
+        return ChaosRow(
+            scenario,
+            faults=faults,
+            at_risk=self.at_risk,
+            lost=len(self.lost),
+            new_id_duplicates=self.new_id_duplicates + self.conflicting,
+            same_id_duplicates=self.same_id_duplicates,
+            seconds=seconds,
+            note=note,
+        )
 
     @property
     def clean(self) -> bool:
