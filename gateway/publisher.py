@@ -41,6 +41,7 @@ from gateway.mqtt_link import (
     PacketTooLargeError,
     RetainUnsupportedError,
 )
+from gateway.outage_log import OutageLog
 from gateway.reload import session_changed
 from gateway.settings import MqttSection
 from gateway.topics import Topics
@@ -142,6 +143,7 @@ class Publisher:
         self._release_owed = False
         self._quick_drops = 0
         self._connected_at: float | None = None
+        self._outages = OutageLog()
         self.changed = asyncio.Event()
         """Set on connect and when a drain starts or ends: the checkpoint is then republished."""
 
@@ -199,7 +201,9 @@ class Publisher:
                     if self._stopping.is_set():
                         break
                     self.reconnects += 1
-                    log.warning("mqtt_disconnected", error=str(exc), host=self._mqtt.host)
+                    self._outages.failed(
+                        str(exc), self._mqtt.host, was_connected=self._connected_at is not None
+                    )
                     self._count_quick_drop()
                 except STORE_ERRORS as exc:
                     store_failed = True
@@ -278,7 +282,7 @@ class Publisher:
             sent[device] = await self._publish_status(link, device)
         for topic in self._subscriptions:
             await link.subscribe(topic)
-        log.info("mqtt_connected", host=self._mqtt.host, port=self._mqtt.port)
+        self._outages.connected(self._mqtt.host, self._mqtt.port)
         self.connected.set()
         if self._on_link is not None:
             self._on_link(True, self._since)

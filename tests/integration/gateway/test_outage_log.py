@@ -1,0 +1,42 @@
+"""A publisher whose broker is away for a while logs the outage once, and once when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from buffer.store import Buffer
+from gateway.publisher import Publisher
+from gateway.settings import MqttSection
+from simulators.broker import MosquittoBroker
+from tests.integration.gateway.test_publisher import TOPICS
+
+
+async def test_many_failed_attempts_make_two_lines(tmp_path: Path) -> None:
+    """No broker for 1.5 s at a reconnect every ~50 ms (about 30 attempts): one
+    ``mqtt_disconnected`` line, then one ``mqtt_connected`` that counts the attempts."""
+    broker = MosquittoBroker(tmp_path / "broker")  # its port is chosen, nothing listens yet
+    buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.02, reconnect_max=0.05)
+    publisher = Publisher(mqtt, buffer, TOPICS, client_id="gw-outage", on_delivered=lambda _b: None)
+    with capture_logs() as logs:
+        task = asyncio.create_task(publisher.run())
+        try:
+            await asyncio.sleep(1.5)
+            attempts = publisher.reconnects
+            broker.start()
+            async with asyncio.timeout(10):
+                await publisher.connected.wait()
+        finally:
+            publisher.stop()
+            async with asyncio.timeout(15):
+                await task
+            await buffer.close()
+            broker.stop()
+    events = [e["event"] for e in logs if str(e["event"]).startswith("mqtt_")]
+    assert attempts >= 10, f"only {attempts} attempts: the test did not exercise repetition"
+    assert events == ["mqtt_disconnected", "mqtt_connected"], events
+    connected = next(e for e in logs if e["event"] == "mqtt_connected")
+    assert connected["attempts"] >= attempts
