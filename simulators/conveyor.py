@@ -213,7 +213,7 @@ async def _serve(args: argparse.Namespace) -> None:
     else:
         for index in range(args.devices):
             port = args.tcp + index if args.tcp else 0
-            model = ConveyorModel(seed=index, noise=args.noise)
+            model = ConveyorModel(seed=index, noise=args.noise, churn=args.churn)
             sims.append(ConveyorSimulator(unit=args.unit, model=model, tcp_port=port))
     async with contextlib.AsyncExitStack() as stack:
         for sim in sims:
@@ -234,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unit", type=int, default=1, help="Modbus device id")
     parser.add_argument("--devices", type=int, default=1, help="TCP only: how many conveyors")
     parser.add_argument("--noise", type=float, default=1.0, help="0 for flat signals")
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        help="fraction of the spare input registers (10-127) changed every 100 ms",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

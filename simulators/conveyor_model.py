@@ -12,7 +12,7 @@ Register map (0-based protocol addresses), the same one ``drivers/modbus/sample.
 | input | 6-7 | carton count | uint32 CDAB | cartons |
 | input | 8 | carton count | uint16 | cartons (wraps at 65536) |
 | input | 9 | status word | bits | 0 running, 1 jam, 2 e-stop, 3 motor fault |
-| input | 10-127 | spare | uint16 | address x 10, constant |
+| input | 10-127 | spare | uint16 | address x 10, constant (or churning: ``churn``) |
 | discrete | 0-3 | running, jam, e-stop, motor fault | bool | |
 | coil | 0-2 | stack light green, amber, red | bool | written by the gateway |
 | holding | 0 | belt speed setpoint | uint16 | mm/s |
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 SIZES = {"coil": 64, "discrete": 64, "holding": 256, "input": 128}
 FAULTS = ("jam", "estop", "motor_fault")
+SPARE_FIRST = 10
+CHURN_PERIOD = 0.1
 
 
 def _words(fmt: str, value: float, *, swap_words: bool = False) -> list[int]:
@@ -41,12 +43,15 @@ class ConveyorModel:
     """A belt with a drive motor and a photo-eye; ``advance`` moves it on in time.
 
     ``noise`` scales the random parts (0 gives a perfectly flat line once the belt is at speed);
-    ``frozen`` stops time altogether, so tests can set registers and know they stay put.
+    ``frozen`` stops time altogether, so tests can set registers and know they stay put;
+    ``churn`` is the fraction of the spare input registers (10-127) given a new value every
+    100 ms, each within 10 % of address x 10 (a benchmark's "10 % of the registers change").
     """
 
     seed: int = 0
     noise: float = 1.0
     frozen: bool = False
+    churn: float = 0.0
     setpoint: float = 1500.0
     speed: float = 0.0
     temperature: float = 30.0
@@ -62,8 +67,9 @@ class ConveyorModel:
         self._carton_fraction = 0.0
         self._current = 0.0
         self._vibration = 0.0
+        self._churn_clock = 0.0
         self.tables["holding"][0] = int(self.setpoint)
-        for address in range(10, SIZES["input"]):
+        for address in range(SPARE_FIRST, SIZES["input"]):
             self.tables["input"][address] = address * 10
         self._render()
 
@@ -104,7 +110,22 @@ class ConveyorModel:
         whole = int(self._carton_fraction)
         self._carton_fraction -= whole
         self.cartons = (self.cartons + whole) % 2**32
+        if self.churn:
+            self._churn_spare(dt)
         self._render()
+
+    def _churn_spare(self, dt: float) -> None:
+        """Give ``churn`` of the spare registers a new value per 100 ms that passed."""
+        self._churn_clock += dt
+        ticks = int(self._churn_clock / CHURN_PERIOD)
+        self._churn_clock -= ticks * CHURN_PERIOD
+        spare = range(SPARE_FIRST, SIZES["input"])
+        regs = self.tables["input"]
+        for _ in range(ticks):
+            for address in self._rng.sample(spare, round(self.churn * len(spare))):
+                base = address * 10
+                value = base + self._rng.randint(-base // 10, base // 10)
+                regs[address] = value if value != regs[address] else value + 1
 
     def write(self, table: str, address: int, values: list[int]) -> None:
         """A Modbus write from the gateway: coils and holding registers."""
