@@ -1,4 +1,4 @@
-"""The one module that talks to pymodbus: reads and writes with Modbus faults sorted by meaning.
+"""Reads and writes with Modbus faults sorted by meaning (TCP: tcp.py; RTU: pymodbus).
 
 pymodbus 3.16 returns exception responses instead of raising, raises its own exceptions for
 timeouts and lost connections, and would reconnect on its own schedule. The driver needs three
@@ -11,14 +11,16 @@ or gateway; the link is fine).
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
-from drivers.modbus.config import ModbusConfig, Table
+from drivers.modbus.config import BIT_TABLES, ModbusConfig, Table
+from drivers.modbus.tcp import NoAnswer, TcpChannel
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -51,24 +53,28 @@ class BadReply(Exception):  # noqa: N818 - a device fault, named like DeviceErro
     """The device answered, but not in the shape asked for (too few bits or registers)."""
 
 
+_FUNCTION: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+_READ = struct.Struct(">BHH")
+"""A read request's PDU: function, start, count (and a write's: function, address, value)."""
+
+
 class ModbusLink:
-    """One connection (TCP socket or serial port) to one device id."""
+    """One connection (TCP socket or serial port) to one device id.
+
+    Reads return the answer's data bytes as the device sent them: registers big-endian, two
+    bytes each; bits packed eight to a byte, least significant first (the Modbus layout), so
+    the caller can compare them with the previous poll's before decoding anything.
+    Modbus TCP goes through our own ``TcpChannel``; Modbus RTU through pymodbus's client.
+    """
 
     def __init__(self, config: ModbusConfig) -> None:
         self._config = config
-        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
-        # reconnect_delay=0: pymodbus must not reconnect behind our back; run() owns retries.
-        if config.host is not None:
-            self._client = AsyncModbusTcpClient(
-                config.host,
-                port=config.port,
-                timeout=config.timeout,
-                retries=config.retries,
-                reconnect_delay=0,
-            )
-        else:
+        self._tcp: TcpChannel | None = None
+        self._serial: AsyncModbusSerialClient | None = None
+        if config.host is None:
             assert config.serial_port is not None
-            self._client = AsyncModbusSerialClient(
+            # reconnect_delay=0: pymodbus must not reconnect behind our back; run() owns retries.
+            self._serial = AsyncModbusSerialClient(
                 config.serial_port,
                 framer=FramerType.RTU,
                 baudrate=config.baudrate,
@@ -84,60 +90,121 @@ class ModbusLink:
 
     async def open(self) -> None:
         """Connect (or open the serial port); ``LinkDown`` if that fails."""
+        cfg = self._config
         try:
+            if self._serial is None:
+                assert cfg.host is not None
+                channel = TcpChannel(cfg.unit, cfg.timeout, cfg.retries)
+                loop = asyncio.get_running_loop()
+                async with asyncio.timeout(cfg.timeout):
+                    await loop.create_connection(lambda: channel, cfg.host, cfg.port)
+                self._tcp = channel
+                return
             async with asyncio.timeout(self._bound):
-                connected = await self._client.connect()
+                connected = await self._serial.connect()
         except (TimeoutError, OSError, ModbusException) as exc:
-            raise LinkDown(f"cannot connect to {self._config.transport}: {_why(exc)}") from exc
+            raise LinkDown(f"cannot connect to {cfg.transport}: {_why(exc)}") from exc
         if not connected:
-            raise LinkDown(f"cannot connect to {self._config.transport}")
+            raise LinkDown(f"cannot connect to {cfg.transport}")
 
     def close(self) -> None:
         """Drop the connection; safe to call twice."""
-        self._client.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        if self._serial is not None:
+            self._serial.close()
 
-    async def read(self, table: Table, start: int, count: int) -> list[int]:
-        """Registers, or bits as 0/1, with busy answers retried."""
-        label = f"{table} {start}+{count}"
-        unit = self._config.unit
-        client = self._client
-        reader = {
-            "holding": client.read_holding_registers,
-            "input": client.read_input_registers,
-            "coil": client.read_coils,
-            "discrete": client.read_discrete_inputs,
-        }[table]
+    async def read(self, table: Table, start: int, count: int) -> bytes:
+        """The answer's data: ``2 * count`` bytes of registers or ``ceil(count / 8)`` of bits.
 
-        def call() -> Awaitable[Any]:
-            return reader(start, count=count, device_id=unit)
-
+        Busy answers are retried.
+        """
         attempt = 0
         while True:
-            response = await self._execute(call, label)
-            code = _exception_code(response)
-            if code is None:
-                return _values(response, table, count, label)
-            if code not in BUSY_CODES or attempt >= self._config.busy_retries:
-                self._refused(code, label)
+            answer = await self._read_once(table, start, count)
+            if isinstance(answer, bytes):
+                return answer
+            if answer not in BUSY_CODES or attempt >= self._config.busy_retries:
+                self._refused(answer, f"{table} {start}+{count}")
             attempt += 1
             await asyncio.sleep(self._config.busy_delay * attempt)
 
     async def write(self, table: Table, address: int, value: int) -> None:
         """Write one coil or holding register."""
         label = f"write {table} {address}"
-        unit = self._config.unit
-        client = self._client
-        if table == "coil":
-            response = await self._execute(
-                lambda: client.write_coil(address, bool(value), device_id=unit), label
-            )
+        if self._tcp is not None:
+            if table == "coil":
+                pdu = _READ.pack(5, address, 0xFF00 if value else 0)
+            else:
+                pdu = _READ.pack(6, address, value)
+            answer = await self._exchange(pdu, label)
+            code = None if answer[0] == pdu[0] else _exception(answer, pdu[0], label)
         else:
-            response = await self._execute(
-                lambda: client.write_register(address, value, device_id=unit), label
-            )
-        code = _exception_code(response)
+            client = self._serial
+            assert client is not None
+            unit = self._config.unit
+            if table == "coil":
+                response = await self._execute(
+                    lambda: client.write_coil(address, bool(value), device_id=unit), label
+                )
+            else:
+                response = await self._execute(
+                    lambda: client.write_register(address, value, device_id=unit), label
+                )
+            code = _exception_code(response)
         if code is not None:
             self._refused(code, label)
+
+    async def _read_once(self, table: Table, start: int, count: int) -> bytes | int:
+        """The data bytes, or the exception code the device answered with."""
+        bits = table in BIT_TABLES
+        size = (count + 7) >> 3 if bits else count << 1
+        if self._tcp is not None:
+            function = _FUNCTION[table]
+            answer = await self._exchange(_READ.pack(function, start, count), table, start, count)
+            if answer[0] != function:
+                return _exception(answer, function, f"{table} {start}+{count}")
+            data = answer[2:]
+            if len(answer) >= 2 and answer[1] == size == len(data):
+                return data
+            raise BadReply(_short(table, start, count, len(data), bits))
+        return self._serial_read(await self._serial_call(table, start, count), table, start, count)
+
+    async def _exchange(
+        self, pdu: bytes, table: str, start: int | None = None, count: int = 0
+    ) -> bytes:
+        assert self._tcp is not None
+        try:
+            return await self._tcp.exchange(pdu)
+        except NoAnswer as exc:
+            label = table if start is None else f"{table} {start}+{count}"
+            raise LinkDown(f"no answer to {label} from unit {self._config.unit}: {exc}") from exc
+
+    async def _serial_call(self, table: Table, start: int, count: int) -> Any:  # noqa: ANN401
+        client = self._serial
+        assert client is not None
+        reader = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }[table]
+        unit = self._config.unit
+        return await self._execute(
+            lambda: reader(start, count=count, device_id=unit), f"{table} {start}+{count}"
+        )
+
+    def _serial_read(
+        self,
+        response: Any,  # noqa: ANN401 - pymodbus's PDU
+        table: Table,
+        start: int,
+        count: int,
+    ) -> bytes | int:
+        code = _exception_code(response)
+        if code is not None:
+            return code
+        return _packed(response, table, start, count)
 
     async def _execute(self, call: Callable[[], Awaitable[Any]], label: str) -> Any:  # noqa: ANN401
         # The call is made inside the try: pymodbus raises "not connected" before awaiting.
@@ -155,21 +222,38 @@ class ModbusLink:
         raise DeviceError(code, label)
 
 
-def _values(response: Any, table: Table, count: int, label: str) -> list[int]:  # noqa: ANN401
-    """The reply's values, after checking it holds what was asked for: ``BadReply`` if not.
+def _exception(answer: bytes, function: int, label: str) -> int:
+    """The code of an exception answer to ``function``; ``BadReply`` for any other answer."""
+    if answer[0] == function | 0x80 and len(answer) == 2:
+        return answer[1]
+    raise BadReply(f"bad reply to {label}: function 0x{answer[0]:02X}, {len(answer)} bytes")
+
+
+def _short(table: str, start: int, count: int, size: int, bits: bool) -> str:
+    what = f"{size * 8} bits" if bits else f"{size // 2} registers"
+    return f"bad reply to {table} {start}+{count}: {what}"
+
+
+def _packed(response: Any, table: Table, start: int, count: int) -> bytes:  # noqa: ANN401
+    """The reply as the bytes a device sent, after checking it holds what was asked for.
 
     pymodbus does not check counts. Bits come padded to whole bytes, so a reply may carry up to
     7 more bits than asked for, never fewer; registers come exactly.
     """
-    if table in ("coil", "discrete"):
+    label = f"{table} {start}+{count}"
+    if table in BIT_TABLES:
         bits = list(getattr(response, "bits", None) or [])
         if not count <= len(bits) < count + 8:
             raise BadReply(f"bad reply to {label}: {len(bits)} bits")
-        return [int(bit) for bit in bits[:count]]
+        packed = bytearray((count + 7) >> 3)
+        for index, bit in enumerate(bits[:count]):
+            if bit:
+                packed[index >> 3] |= 1 << (index & 7)
+        return bytes(packed)
     registers = [int(word) for word in getattr(response, "registers", None) or []]
     if len(registers) != count:
         raise BadReply(f"bad reply to {label}: {len(registers)} registers")
-    return registers
+    return struct.pack(f">{count}H", *registers)
 
 
 def _exception_code(response: Any) -> int | None:  # noqa: ANN401 - pymodbus's PDU

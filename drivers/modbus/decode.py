@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from drivers.modbus.config import PointConfig, PointType, WordOrder
 
-_STRUCT: dict[str, str] = {
+STRUCT_CODES: dict[str, str] = {
     "int16": "h",
     "uint16": "H",
     "int32": "i",
@@ -30,6 +30,7 @@ _STRUCT: dict[str, str] = {
     "uint64": "Q",
     "float64": "d",
 }
+"""``struct`` format characters of the numeric types."""
 
 Number = int | float | bool
 
@@ -63,7 +64,7 @@ def decode_raw(
         return bool(registers[0])
     words = to_canonical(registers, order)
     packed = b"".join(word.to_bytes(2, "big") for word in words)
-    value: int | float = struct.unpack(">" + _STRUCT[type_], packed)[0]
+    value: int | float = struct.unpack(">" + STRUCT_CODES[type_], packed)[0]
     return value
 
 
@@ -73,7 +74,7 @@ def encode_raw(value: Number, type_: PointType, order: WordOrder, bit: int = 0) 
         return [(1 << bit) if value else 0]
     if type_ == "bool":
         return [1 if value else 0]
-    packed = struct.pack(">" + _STRUCT[type_], value)
+    packed = struct.pack(">" + STRUCT_CODES[type_], value)
     words = [int.from_bytes(packed[i : i + 2], "big") for i in range(0, len(packed), 2)]
     return from_canonical(words, order)
 

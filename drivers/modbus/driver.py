@@ -18,9 +18,10 @@ from drivers.base import DeviceEvent, EmitFn, EventFeedback, Outcome, StatusFn
 from drivers.modbus.alarms import AlarmTracker
 from drivers.modbus.client import BadReply, DeviceError, LinkDown, ModbusLink
 from drivers.modbus.config import ModbusConfig
-from drivers.modbus.decode import Number, decode_point
+from drivers.modbus.decode import Number
 from drivers.modbus.feedback import FeedbackWriter
-from drivers.modbus.plan import Request, plan, split
+from drivers.modbus.image import RequestImage
+from drivers.modbus.plan import plan, split
 from drivers.modbus.report import ReadingFilter
 from drivers.reconnecting import ReconnectingDriver, raise_if_cancelling
 
@@ -50,7 +51,15 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
         self._link: ModbusLink | None = None
         self._feedback = FeedbackWriter(config, lambda: self._link, self.count)
         self._failing: dict[str, str] = {}
-        self._plans: dict[str, list[Request]] = {}
+        self._plans: dict[str, list[RequestImage]] = {}
+        self._values: dict[str, Number] = {}
+        """Every point's latest good value (this session), for heartbeats and alarm retries."""
+        self._names: dict[str, tuple[str, ...]] = {}
+        self._groups: dict[str, frozenset[str]] = {}
+        self._sweep: dict[str, float] = {}
+        """Per group: when a heartbeat falls due, so every point is offered again."""
+        self._alarm_retry: set[str] = set()
+        """Points whose alarm event the buffer refused: offered again at the next poll."""
 
     async def feedback(self, outcome: Outcome) -> None:
         """Write the configured coil or register for ``outcome``; skipped while disconnected."""
@@ -83,19 +92,35 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
             link.close()
         return "poll loop ended"  # pragma: no cover - the loop only ends by raising
 
-    def _fresh_plans(self) -> dict[str, list[Request]]:
-        """Merged reads per group; recomputed per session so a fixed device map is re-merged."""
+    def _fresh_plans(self) -> dict[str, list[RequestImage]]:
+        """Merged reads per group; recomputed per session so a fixed device map is re-merged.
+
+        A new session starts with no previous answers: its first poll decodes and offers every
+        point (an alarm whose event failed to store is offered again).
+        """
         cfg = self.config
-        return {
-            group: plan(
-                (p for p in cfg.points if p.group == group),
-                max_gap=cfg.max_gap,
-                max_registers=cfg.max_registers,
-                max_bits=cfg.max_bits,
-            )
+        self._values.clear()
+        self._alarm_retry.clear()
+        plans = {
+            group: [
+                RequestImage(request)
+                for request in plan(
+                    (p for p in cfg.points if p.group == group),
+                    max_gap=cfg.max_gap,
+                    max_registers=cfg.max_registers,
+                    max_bits=cfg.max_bits,
+                )
+            ]
             for group in self._intervals
             if any(p.group == group for p in cfg.points)
         }
+        self._names = {
+            group: tuple(p.name for image in images for p in image.request.points)
+            for group, images in plans.items()
+        }
+        self._groups = {group: frozenset(names) for group, names in self._names.items()}
+        self._sweep = dict.fromkeys(plans, math.inf)
+        return plans
 
     async def _poll_loop(self, link: ModbusLink) -> None:
         """Poll each group on its own interval; a poll that overruns skips ticks, counted."""
@@ -116,37 +141,79 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
             due[group] += (missed + 1) * interval
 
     async def _poll_group(self, link: ModbusLink, group: str) -> None:
-        values: dict[str, Number] = {}
-        for request in list(self._plans[group]):
+        """Read the group; decode only the points whose registers changed since the last poll."""
+        changed: dict[str, Number] = {}
+        reads = non_finite = 0
+        for image in list(self._plans[group]):
+            request = image.request
             try:
                 data = await link.read(request.table, request.start, request.count)
             except (DeviceError, BadReply) as exc:
                 self._answered()
-                self._refused(group, request, exc)
+                image.forget()
+                for point in request.points:
+                    self._values.pop(point.name, None)
+                self._refused(group, image, exc)
                 continue
-            self._answered()
-            self.count("reads")
-            for point in request.points:
-                value = decode_point(request.slice_for(point, data), point)
-                if isinstance(value, float) and not math.isfinite(value):
-                    self.count("non_finite")  # a NaN "no reading" has no JSON form
-                    continue
-                values[point.name] = value
-                self._recovered(point.name)
-        if values:
-            await self._report(group, values)
+            if not self._up:
+                self._answered()
+            reads += 1
+            if self._failing:
+                for point in request.points:
+                    self._recovered(point.name)
+            non_finite += self._decode(image, data, changed)
+        if reads:
+            self.count("reads", reads)
+        if non_finite:
+            self.count("non_finite", non_finite)  # a NaN "no reading" has no JSON form
+        await self._offer(group, changed)
 
-    async def _report(self, group: str, values: dict[str, Number]) -> None:
+    async def _offer(self, group: str, changed: dict[str, Number]) -> None:
+        """Report what changed; every point of the group when a heartbeat is due."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._sweep[group]:
+            # A heartbeat is due: offer every point, changed or not.
+            names = self._names[group]
+            current = self._values
+            await self._report(group, {n: current[n] for n in names if n in current}, now)
+            self._sweep[group] = self._readings.next_heartbeat(names)
+        elif changed or self._alarm_retry:
+            await self._report(group, changed, now)
+            if self._sweep[group] == math.inf:
+                self._sweep[group] = self._readings.next_heartbeat(self._names[group])
+
+    def _decode(self, image: RequestImage, data: bytes, changed: dict[str, Number]) -> int:
+        """Decode the points ``data`` changed into ``changed``; how many read non-finite."""
+        points = image.request.points
+        current = self._values
+        for index in image.changed(data):
+            name = points[index].name
+            value = image.decode(data, index)
+            if isinstance(value, float) and not math.isfinite(value):
+                image.non_finite.add(index)
+                current.pop(name, None)
+                continue
+            image.non_finite.discard(index)
+            changed[name] = current[name] = value
+        return len(image.non_finite)
+
+    async def _report(self, group: str, values: dict[str, Number], now: float) -> None:
         """Alarms first (they are what someone is waiting for), then the reading."""
+        retry = self._alarm_retry
+        if retry:
+            # A refused alarm is offered again while its condition holds, changed or not.
+            again = [n for n in retry if n in self._values and n in self._groups[group]]
+            values = {**{n: self._values[n] for n in again}, **values}
+            retry.difference_update(again)
         for change in self._alarms.update(values):
             event = DeviceEvent(type=ALARM_TYPE, data=change.body, droppable=False)
             if await self._emit(event) is None:
                 self.count("alarms_refused")  # the next poll offers it again
+                retry.add(change.key[0])
                 continue
             self._alarms.commit(change)
             self.count("alarms")
             self._log.info("conveyor_alarm", **change.body)
-        now = asyncio.get_running_loop().time()
         resets = self._readings.counter_resets
         entries, reason = self._readings.offer(values, now)
         if self._readings.counter_resets > resets:
@@ -156,7 +223,8 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
             data: dict[str, Any] = {"group": group, "reason": reason, "points": entries}
             await self._emit(DeviceEvent(type=READING_TYPE, data=data, droppable=True))
 
-    def _refused(self, group: str, request: Request, exc: DeviceError | BadReply) -> None:
+    def _refused(self, group: str, image: RequestImage, exc: DeviceError | BadReply) -> None:
+        request = image.request
         if isinstance(exc, BadReply):
             # Logged below, once per split or failing point: a device that answers short
             # often cannot do long reads.
@@ -168,8 +236,8 @@ class ModbusDriver(ReconnectingDriver[ModbusConfig]):
         if split_it and len(request.points) > 1:
             # One bad address in a merged read must not cost the points around it.
             plans = self._plans[group]
-            index = plans.index(request)
-            plans[index : index + 1] = split(request)
+            index = plans.index(image)
+            plans[index : index + 1] = [RequestImage(r) for r in split(request)]
             self.count("requests_split")
             self._log.warning("request_split", request=request.label, error=str(exc))
             return

@@ -12,6 +12,7 @@ for one poll (``max_delta``), else for a reset, which the next reading says (``r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -60,6 +61,13 @@ class ReadingFilter:
                 reason = "change"
             entries[name] = self._entry(point, value)
         return entries, reason
+
+    def next_heartbeat(self, names: Iterable[str]) -> float:
+        """When the first of ``names`` is due a heartbeat (inf: none was reported yet)."""
+        last = self._last
+        return self._heartbeat + min(
+            (last[name].at for name in names if name in last), default=math.inf
+        )
 
     def _value(self, point: PointConfig, value: Number, now: float) -> Reason | None:
         last = self._last.get(point.name)
