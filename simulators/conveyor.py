@@ -5,8 +5,10 @@ The register map and the physics are in ``simulators.conveyor_model``. The serve
 hook, which advances the model to "now" and copies its registers in, so values move in real time
 without a background task. Faults are scriptable while it runs: ``model.set_fault("jam", True)``,
 ``silent = True`` (the device stops answering: requests are read, answers never sent), and
-``fail(code, ...)`` (exception responses such as 02 illegal address or 06 busy), and
-``short_bit_replies = n`` (Modbus TCP: the next n bit reads answered one byte short).
+``fail(code, ...)`` (exception responses such as 02 illegal address or 06 busy),
+``dropped_replies = n`` (the next n answers never sent),
+``short_bit_replies = n`` (Modbus TCP: the next n bit reads answered one byte short) and
+``unframed_replies = n`` (Modbus TCP: the next n answers with a protocol id no client frames).
 
 Runnable alone: ``python -m simulators.conveyor --tcp 5020`` or ``--rtu-link /tmp/ttyConveyor``;
 ``--devices 20`` serves 20 conveyors on consecutive TCP ports (the benchmark's load).
@@ -69,6 +71,11 @@ class ConveyorSimulator:
         self.model = model or ConveyorModel()
         self.silent = False
         self.short_bit_replies = 0
+        self.unframed_replies = 0
+        self.dropped_replies = 0
+        """Swallow this many of the next answers (a lost packet), then answer again."""
+        """Modbus TCP: send this many of the next answers with a protocol id of 1, which no
+        client can frame (a device or gateway out of step, or not speaking Modbus TCP)."""
         """Modbus TCP: answer this many of the next coil / discrete-input reads one data byte
         short (fewer bits than asked for), as a non-compliant device or gateway does."""
         self.rules: list[FailRule] = []
@@ -152,6 +159,12 @@ class ConveyorSimulator:
             return data
         if self.silent:
             return b""
+        if self.dropped_replies:
+            self.dropped_replies -= 1
+            return b""
+        if self.unframed_replies and self._rtu_link is None:
+            self.unframed_replies -= 1
+            return data[:2] + b"\x00\x01" + data[4:]
         if self.short_bit_replies and self._rtu_link is None:
             return self._short_bit_reply(data)
         return data

@@ -510,3 +510,105 @@ async def test_pulse_outputs_are_put_at_rest_on_connect(tmp_path):
     ) as h:
         await wait_until(lambda: h.transitions == [True])
         await wait_until(lambda: coil(h, 2) == 0)
+
+
+def spare(address: int, **extra: Any) -> dict[str, Any]:
+    return {"name": f"s{address}", "table": "input", "address": address, **extra}
+
+
+async def test_a_change_reports_only_its_point_and_unchanged_points_still_heartbeat(tmp_path):
+    """Only the points whose registers changed are decoded and reported; the others are
+    offered again when their heartbeat falls due, though their registers never changed."""
+    model = ConveyorModel(noise=0.0, frozen=True)
+    points = [spare(a) for a in (10, 11, 12, 13)]
+    async with running(tmp_path, points, model=model, heartbeat=0.4) as h:
+        await wait_until(lambda: h.readings)
+        assert h.readings[0]["points"] == {f"s{a}": {"value": a * 10} for a in (10, 11, 12, 13)}
+        model.set_registers("input", 12, [7])
+        await wait_until(lambda: len(h.readings) == 2)
+        assert h.readings[1] == {
+            "group": "default",
+            "reason": "change",
+            "points": {"s12": {"value": 7}},
+        }
+        await wait_until(lambda: len(h.readings) == 3)
+        heartbeat = h.readings[2]
+        assert heartbeat["reason"] == "heartbeat"
+        assert set(heartbeat["points"]) == {"s10", "s11", "s13"}, "s12 reported 0.4 s later"
+        await wait_until(lambda: len(h.readings) == 4)
+        assert h.readings[3]["points"] == {"s12": {"value": 7}}
+        assert h.readings[3]["reason"] == "heartbeat"
+
+
+async def test_churning_registers_end_reported_as_the_device_holds_them(tmp_path):
+    """With 30 % of the spare registers changing every 100 ms, every change (deadband 0) is
+    reported, each reported value differs from the point's previous one, and once the line is
+    frozen the last reported values are the device's registers."""
+    model = ConveyorModel(noise=0.0, churn=0.3, seed=3)
+    points = [spare(a) for a in range(10, 60)]
+    async with running(tmp_path, points, model=model, interval=0.05) as h:
+        await wait_until(lambda: len(h.readings) >= 10)
+        model.frozen = True
+        reads = h.counter("reads")
+        await wait_until(lambda: h.counter("reads") >= reads + 3)
+        for a in range(10, 60):
+            assert h.latest(f"s{a}") == model.tables["input"][a], a
+    seen: dict[str, int] = {}
+    for reading in h.readings:
+        for name, entry in reading["points"].items():
+            assert seen.get(name) != entry["value"], "an unchanged value was reported"
+            seen[name] = entry["value"]
+    assert sum(len(r["points"]) for r in h.readings[1:]) > 50, "the registers did churn"
+
+
+async def test_non_finite_is_counted_every_poll_while_it_lasts(tmp_path):
+    """A NaN float is never reported, counted per poll although its registers stay the same;
+    the point is reported again once it reads a number."""
+    model = ConveyorModel(noise=0.0, frozen=True)
+    model.set_registers("holding", 100, encode_raw(float("nan"), "float32", "ABCD"))
+    point = {"name": "level", "address": 100, "type": "float32"}
+    async with running(tmp_path, [point], model=model) as h:
+        await wait_until(lambda: h.counter("non_finite") >= 3)
+        assert h.counter("non_finite") == h.counter("reads"), "one read per poll, each counted"
+        assert h.readings == []
+        model.set_registers("holding", 100, encode_raw(2.5, "float32", "ABCD"))
+        await wait_until(lambda: h.latest("level") == 2.5)
+
+
+async def test_an_answer_that_cannot_be_framed_ends_the_session(tmp_path):
+    """Modbus TCP: an answer with a protocol id other than 0 leaves the stream unframeable:
+    the connection is dropped at once (down once), and the next one polls again (up once)."""
+    async with running(tmp_path, [SPEED], timeout=5.0) as h:
+        await wait_until(lambda: h.transitions == [True])
+        h.sim.unframed_replies = 1
+        await wait_until(lambda: h.transitions == [True, False, True])
+        assert "cannot frame" in h.statuses[1][1]
+        assert h.counter("link_failures") == 1
+
+
+async def test_feedback_writes_a_holding_register(tmp_path):
+    """A level write to a holding register (function 06) lands in the device."""
+    async with running(
+        tmp_path, [SPEED], feedback_good={"table": "holding", "address": 120, "value": 7}
+    ) as h:
+        await wait_until(lambda: h.transitions == [True])
+        await h.driver.feedback(Outcome.GOOD)
+    assert h.sim.writes == [("holding", 120, [7])]
+    assert h.counter("feedback_writes") == 1
+
+
+@pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
+async def test_a_lost_answer_is_retried_before_the_device_is_down(tmp_path, rtu):
+    """retries = 1: one lost answer is re-asked and polling goes on up; two in a row are
+    "no answer", the device goes down once and comes back."""
+    async with running(tmp_path, [SPEED], rtu=rtu, timeout=0.15, retries=1) as h:
+        await wait_until(lambda: h.transitions == [True])
+        h.sim.dropped_replies = 1
+        await wait_until(lambda: h.sim.dropped_replies == 0)
+        reads = h.counter("reads")
+        await wait_until(lambda: h.counter("reads") > reads + 2)
+        assert h.transitions == [True] and h.counter("link_failures") == 0
+        h.sim.dropped_replies = 2
+        await wait_until(lambda: h.transitions == [True, False, True])
+        assert h.counter("link_failures") == 1
+        assert "no answer" in h.statuses[1][1]
