@@ -147,6 +147,7 @@ class Gateway:
                 self.inbound,
                 self.device_states,
                 self.supervisor.errors,
+                self.drivers,
             ),
             s,
             self.metrics,

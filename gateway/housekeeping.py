@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from buffer.stats import BufferStats
 from buffer.store import Buffer
+from drivers.base import Driver
 from gateway.confirmations import Confirmations
 from gateway.events import rfc3339_now
 from gateway.inbound import Inbound
@@ -51,6 +52,7 @@ class Parts:
     inbound: Inbound
     device_states: Mapping[str, Mapping[str, Any]]
     job_errors: JobErrors
+    drivers: Mapping[str, Driver[Any]] = field(default_factory=dict)
 
 
 class Housekeeping:
@@ -170,4 +172,5 @@ class Housekeeping:
             stored=p.pipeline.stored,
             store_errors=p.publisher.store_errors,
             job_errors=p.job_errors.counts,
+            driver_counters={name: d.health().counters for name, d in p.drivers.items()},
         )

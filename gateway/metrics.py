@@ -93,6 +93,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.poll_overruns = Counter(
+            "edge_gateway_poll_overruns",
+            "Polls that could not start on time (the device answered slower than the interval)",
+            ["device"],
+            registry=r,
+        )
         self._server: Any = None
         self._seen: collections.Counter[str] = collections.Counter()
         self._seen_reconnects = 0
@@ -115,6 +121,7 @@ class GatewayMetrics:
         stored: Mapping[tuple[str, str], int] | None = None,
         store_errors: int = 0,
         job_errors: Mapping[str, int] | None = None,
+        driver_counters: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
         """Bring every series up to date with the gateway's own counters."""
         for name, value in transitions.items():
@@ -128,6 +135,7 @@ class GatewayMetrics:
         self._advance(self.store_errors, "store_errors", store_errors)
         for name, value in (job_errors or {}).items():
             self._advance(self.job_errors.labels(name), f"j:{name}", value)
+        self._sample_drivers(driver_counters or {})
         for state, count in stats.by_state.items():
             self.buffer_events.labels(state).set(count)
         self.buffer_bytes.set(stats.payload_bytes)
@@ -160,6 +168,23 @@ class GatewayMetrics:
         if delta > 0:
             counter.inc(delta)
             self._seen[key] = value
+
+    def _sample_drivers(self, driver_counters: Mapping[str, Mapping[str, int]]) -> None:
+        """Drivers' own counters that have a series: ``overruns`` of polling drivers."""
+        for device, counters in driver_counters.items():
+            overruns = counters.get("overruns")
+            if overruns is not None:
+                self._advance_restarting(
+                    self.poll_overruns.labels(device), f"ov:{device}", overruns
+                )
+
+    def _advance_restarting(self, counter: Any, key: str, value: int) -> None:  # noqa: ANN401
+        """As ``_advance`` for a count that starts again from 0 (a driver rebuilt on reload)."""
+        seen = self._seen[key]
+        delta = value - seen if value >= seen else value
+        if delta > 0:
+            counter.inc(delta)
+        self._seen[key] = value
 
     def serve(self, listen: str) -> None:
         """Expose ``/metrics`` on ``host:port`` from prometheus-client's own thread."""

@@ -84,3 +84,26 @@ def test_store_errors_and_job_failures_are_counted() -> None:
     assert "edge_gateway_publisher_store_errors_total 3.0" in text
     assert 'edge_gateway_job_errors_total{job="checkpoint"} 4.0' in text
     assert 'edge_gateway_job_errors_total{job="prune"} 1.0' in text
+
+
+def test_poll_overruns_per_device_survive_a_driver_rebuilt_on_reload() -> None:
+    """Driver ``overruns`` counters become edge_gateway_poll_overruns_total{device}; a driver
+    rebuilt on reload counts from 0 again, and the series goes on rising from where it was."""
+    metrics = GatewayMetrics()
+    stats = BufferStats(by_state={}, oldest_unsent_age_s=None, payload_bytes=0, devices={})
+    common = {
+        "stats": stats,
+        "transitions": {},
+        "device_states": {},
+        "connected": True,
+        "reconnects": 0,
+        "outcomes": {},
+        "latencies_total": 0,
+        "latencies": [],
+    }
+    metrics.sample(**common, driver_counters={"conveyor-1": {"overruns": 3}, "dock-1": {}})
+    metrics.sample(**common, driver_counters={"conveyor-1": {"overruns": 5, "reads": 9}})
+    metrics.sample(**common, driver_counters={"conveyor-1": {"overruns": 2}})  # rebuilt
+    text = generate_latest(metrics.registry).decode()
+    assert 'edge_gateway_poll_overruns_total{device="conveyor-1"} 7.0' in text
+    assert 'device="dock-1"' not in text, "a driver without overruns has no series"
