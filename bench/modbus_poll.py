@@ -21,6 +21,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -164,7 +165,7 @@ async def measure(args: argparse.Namespace, ports: list[int]) -> dict[str, objec
         "box": args.box,
         "python": sys.version.split()[0],
         "pymodbus": pymodbus.__version__,
-        "thingsboard_gateway": "not measured (see the issue note)",
+        "thingsboard_gateway": "not measured (--peer measures it)",
     }
 
 
@@ -182,6 +183,12 @@ def main() -> int:
     parser.add_argument(
         "--box", default="shared", help="said in the JSON: 'shared' when other work runs on it"
     )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="also measure ThingsBoard IoT Gateway 3.8.5 on the same load (bench/.peer-venv)",
+    )
+    parser.add_argument("--peer-warmup", type=float, default=10.0, help="its start-up, seconds")
     args = parser.parse_args()
     proc, ports = start_simulators(args.devices, args.churn)
     try:
@@ -192,8 +199,29 @@ def main() -> int:
             proc.wait(5)
         if proc.poll() is None:
             proc.kill()
+    if args.peer:
+        result |= side_by_side(args, result)
     print(json.dumps(result))
     return 0
+
+
+def side_by_side(args: argparse.Namespace, ours: dict[str, object]) -> dict[str, object]:
+    """The peer's figures on the same load, and our values per CPU-second over its."""
+    from bench.modbus_peer import measure_peer  # noqa: PLC0415 - only with --peer
+
+    with tempfile.TemporaryDirectory(prefix="modbus-peer-") as tmp:
+        peer = asyncio.run(measure_peer(args, Path(tmp)))
+    busy, idle = peer["busy"], peer["idle"]
+    mine = ours["values_per_cpu_s"]
+    assert isinstance(mine, int)
+    out: dict[str, object] = {"thingsboard_gateway": "3.8.5 (pymodbus 3.9.2)", "peer": peer}
+    if busy.get("values_per_cpu_s"):
+        out["ratio_to_peer"] = round(mine / busy["values_per_cpu_s"], 2)
+        working = busy["cpu_s"] - idle["cpu_s"] * busy["wall_s"] / idle["wall_s"]
+        if working > 0:
+            served = busy["polls_per_s"] * busy["wall_s"] * args.registers
+            out["ratio_to_peer_idle_removed"] = round(mine / (served / working), 2)
+    return out
 
 
 if __name__ == "__main__":
