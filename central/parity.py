@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 Span = tuple[int, int]
@@ -63,8 +63,12 @@ class DeviceParity:
     out_for_s: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
-        """JSON-ready, ranges as lists."""
-        return asdict(self)
+        """JSON-ready (ranges are tuples, which ``json`` writes as lists).
+
+        A shallow copy, not ``dataclasses.asdict``: that deep-copies every range and took 4 ms
+        of ``edge-central parity``'s 100 ms budget over 100 devices.
+        """
+        return dict(vars(self))
 
 
 def _count(value: object) -> int | None:
