@@ -87,6 +87,17 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "unknown rule" in done.stderr
+    # A factory that returns something without verdicts(): named, not a bare ValueError.
+    bad.write_text('[central]\ninstance = "a"\n[confirm]\nrule = "builtins:object"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "central", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert "confirm.rule: rule 'builtins:object' has no verdicts() method" in done.stderr
 
 
 def test_gmqtt_connect_properties_contract() -> None:
