@@ -33,6 +33,21 @@ def subtract(wanted: Span, *removed: Iterable[Span]) -> list[Span]:
     return out
 
 
+def intersect(a: Sequence[Span], b: Sequence[Span]) -> list[Span]:
+    """The seqs in both, for two sorted lists of disjoint ranges: O(len(a) + len(b))."""
+    out: list[Span] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if low <= high:
+            out.append((low, high))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
 def count(spans: Iterable[Span]) -> int:
     """How many seqs the ranges cover."""
     return sum(last - first + 1 for first, last in spans)
