@@ -37,7 +37,7 @@ from central.metrics import CentralMetrics
 from central.replayer import Replayer
 from central.rules import Rule, load_rule
 from central.schema import migrate
-from central.validate import Validator
+from central.validate import Event, Quarantined, Validator
 from gateway.mqtt_link import LinkError, MqttLink
 from gateway.settings import MqttSection as LinkSection
 
@@ -66,6 +66,24 @@ def link_section(settings: CentralSettings) -> LinkSection:
             for key, value in mqtt.tls.model_dump(exclude_none=True).items()
         }
     return LinkSection.model_validate(body, context={"config_dir": Path.cwd()})
+
+
+def _printable(text: str) -> str:
+    """Text PostgreSQL takes: no NUL, no lone surrogate (both shown escaped)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _as_message(item: Item) -> tuple[str, bytes]:
+    """The topic and payload an item came as (re-encoded, ASCII), for the quarantine."""
+    if isinstance(item, Quarantined):
+        return _printable(item.topic), item.raw
+    if isinstance(item, Event):
+        topic, body = f"{item.root}/events/{item.device}", item.body
+    elif isinstance(item, Checkpoint):
+        topic, body = f"{item.root}/checkpoint", item.body
+    else:
+        topic, body = f"{item.root}/cmd/result", item.body
+    return _printable(topic), json.dumps(body).encode()
 
 
 class CentralLink(MqttLink):
@@ -233,7 +251,7 @@ class Central:
             try:
                 async with self.pool.acquire() as conn:
                     began = time.perf_counter()
-                    outcome = await write_batch(conn, [item for item, _ in batch], self.rule)
+                    outcomes = await self._write(conn, [item for item, _ in batch])
                     self.metrics.commit_seconds.observe(time.perf_counter() - began)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.totals["retries"] += 1
@@ -255,12 +273,39 @@ class Central:
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
-            self._count(outcome)
-            if outcome.verdicts:
-                # Not in the writer's way: the next batch commits while these PUBACKs travel.
-                task = asyncio.create_task(self._confirm(outcome))
-                self._confirming.add(task)
-                task.add_done_callback(self._confirming.discard)
+            for outcome in outcomes:
+                self._count(outcome)
+                if outcome.verdicts:
+                    # Not in the writer's way: the next batch commits while these PUBACKs travel.
+                    task = asyncio.create_task(self._confirm(outcome))
+                    self._confirming.add(task)
+                    task.add_done_callback(self._confirming.discard)
+
+    async def _write(self, conn: Any, items: list[Item]) -> list[BatchOutcome]:  # noqa: ANN401
+        """One transaction; when PostgreSQL refuses an item's data, that item is quarantined.
+
+        The rest is committed. A data exception (SQLSTATE class 22, and asyncpg's own for text
+        it cannot encode) is the same every time for the same input: a NUL character, a JSON
+        ``NaN``, a lone surrogate passed validation and made every retry of the batch fail, so
+        nothing was acknowledged again and one gateway's bad event stopped the whole group.
+        The batch is halved until the refused item is alone (log2 of the batch in extra
+        transactions, for input that should never come); that item is quarantined with
+        PostgreSQL's reason.
+        """
+        try:
+            return [await write_batch(conn, items, self.rule)]
+        except asyncpg.DataError as exc:
+            if len(items) > 1:
+                half = len(items) // 2
+                return [
+                    *await self._write(conn, items[:half]),
+                    *await self._write(conn, items[half:]),
+                ]
+            topic, raw = _as_message(items[0])
+            log.error("refused_by_postgresql", topic=topic[:200], error=str(exc)[:300])
+            reason = _printable(f"refused by PostgreSQL: {exc}")
+            refused = self.validator.quarantine(topic, raw, reason)
+            return [await write_batch(conn, [refused], self.rule)]
 
     def _count(self, outcome: BatchOutcome) -> None:
         self.totals["batches"] += 1
