@@ -66,6 +66,7 @@ def test_replay_asks_for_old_gaps_not_for_a_long_out_device() -> None:
     settings = CentralSettings.model_validate(
         {"central": {"instance": "a"}, "replay": {"replay_after": 5}}
     )
+
     async def publish(topic: str, body: bytes) -> bool:
         return True
 
