@@ -25,6 +25,7 @@ from typing import Any
 
 import asyncpg
 
+from bench import logs_to_stderr
 from central.parity import parity_report
 from central.schema import migrate
 from simulators.postgres import PostgresServer
@@ -88,6 +89,7 @@ def timed(
 
 
 def main(runs: int) -> dict[str, Any]:
+    logs_to_stderr()
     server = PostgresServer(durable=True)
     server.start()
     try:
