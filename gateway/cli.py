@@ -269,7 +269,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         # initdb takes most of a second: it runs while the demo's modules import (~0.3 s).
         database = PostgresServer(durable=True, prefix="edge-gateway-demo-pg-", background=True)
-    except (PostgresUnavailableError, OSError, RuntimeError) as exc:
+    except (PostgresUnavailableError, OSError, RuntimeError, LookupError) as exc:
+        # LookupError: run as root on a box with the binaries but no "postgres" user.
         print(f"edge-gateway demo: needs PostgreSQL for its ledger: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     try:
