@@ -61,3 +61,26 @@ def test_demo_runs_every_device_kind_through_an_outage_and_exits_cleanly() -> No
         stored = int(re.findall(r"│\s+(\d+)\s", row)[0])
         good, bad, pending = (int(n) for n in re.findall(r"(\d+)/(\d+)/(\d+)", row)[0])
         assert good > 0 and good + bad + pending <= stored, row
+
+
+def test_without_postgresql_the_demo_says_so_and_exits_1() -> None:
+    """No initdb on the box (here: find_pg_bin made to fail): one line, exit 1, no traceback."""
+    code = (
+        "import simulators.postgres as p\n"
+        "def missing():\n"
+        "    raise p.PostgresUnavailableError('PostgreSQL not found: install it')\n"
+        "p.find_pg_bin = missing\n"
+        "from gateway.cli import main\n"
+        "raise SystemExit(main(['demo', '--duration', '1']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("edge-gateway demo: needs PostgreSQL for its ledger:")
+    assert "Traceback" not in done.stderr
