@@ -1,7 +1,5 @@
 """``python -m central``: the same as ``edge-central``."""
 
-import sys
+from central.console import main
 
-from central.cli import main
-
-sys.exit(main())
+main()

@@ -13,9 +13,15 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from central.config import CentralSettings, load_central_settings
-from gateway.settings import ConfigError
+if TYPE_CHECKING:
+    from central.config import CentralSettings
+    from central.parity_config import ParityConfig
+
+# Imports below are made where they are needed: `parity` runs from cron and monitoring checks,
+# and pydantic, gmqtt, prometheus_client and the schemas cost it over 100 ms of process time
+# (bench/central_parity.py). tests/integration/central/test_parity_cli.py keeps it that way.
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -39,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: Path) -> CentralSettings | None:
+    from central.config import load_central_settings  # noqa: PLC0415
+    from gateway.settings import ConfigError  # noqa: PLC0415
+
     try:
         return load_central_settings(path)
     except ConfigError as exc:
@@ -48,8 +57,10 @@ def _load(path: Path) -> CentralSettings | None:
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per outcome
-    """Entry point of the console script."""
+    """The command line; `central.console` wraps it for the console script and `-m central`."""
     args = _parser().parse_args(argv)
+    if args.command == "parity":
+        return _parity_main(args.config, args.json, args.site, args.gateway)
     settings = _load(args.config)
     if settings is None:
         return EXIT_USAGE
@@ -72,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
     try:
         if args.command == "run":
             return asyncio.run(_run(settings))
-        if args.command == "parity":
-            return asyncio.run(_parity(settings, args.json, args.site, args.gateway))
         return asyncio.run(_tail(settings))
     except KeyboardInterrupt:
         return EXIT_OK
@@ -100,23 +109,56 @@ async def _run(settings: CentralSettings) -> int:
     return EXIT_OK
 
 
-async def _connect(settings: CentralSettings):  # type: ignore[no-untyped-def]  # noqa: ANN202
+async def _connect(dsn: str, password: str | None):  # type: ignore[no-untyped-def]  # noqa: ANN202
     import asyncpg  # noqa: PLC0415
 
-    return await asyncpg.connect(settings.database.dsn, password=settings.database_password())
+    return await asyncpg.connect(dsn, password=password)
+
+
+def _parity_config(path: Path) -> ParityConfig | None:
+    """The parity keys from the lean reader; the full loader only when it cannot vouch."""
+    from central.parity_config import ParityConfig, read_parity_config  # noqa: PLC0415
+
+    config = read_parity_config(path)
+    if config is not None:
+        return config
+    settings = _load(path)  # reports the problem as every command does, or accepts odd forms
+    if settings is None:
+        return None
+    return ParityConfig(
+        dsn=settings.database.dsn,
+        password_file=settings.database.password_file,
+        threshold=settings.parity.threshold,
+    )
+
+
+def _parity_main(path: Path, as_json: bool, site: str | None, gateway: str | None) -> int:
+    import asyncpg  # noqa: PLC0415
+
+    config = _parity_config(path)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_parity(config, as_json, site, gateway))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # A monitoring check reads one line, not a traceback: no ledger, no database, bad login.
+        print(f"edge-central: {exc}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 async def _parity(
-    settings: CentralSettings, as_json: bool, site: str | None, gateway: str | None
+    config: ParityConfig, as_json: bool, site: str | None, gateway: str | None
 ) -> int:
     from central.parity import parity_report  # noqa: PLC0415
 
-    conn = await _connect(settings)
+    conn = await _connect(config.dsn, config.database_password())
     try:
         report = await parity_report(conn, site=site, gateway=gateway)
     finally:
         await conn.close()
-    threshold = settings.parity.threshold
+    threshold = config.threshold
     late = [r for r in report if not r.in_parity and r.out_for_s > threshold]
     if as_json:
         body = {
@@ -141,7 +183,7 @@ async def _parity(
 async def _tail(settings: CentralSettings) -> int:
     from central.schema import NOTIFY_CHANNEL  # noqa: PLC0415
 
-    conn = await _connect(settings)
+    conn = await _connect(settings.database.dsn, settings.database_password())
     woke = asyncio.Event()
     await conn.add_listener(NOTIFY_CHANNEL, lambda *_: woke.set())
     last = await conn.fetchval("SELECT coalesce(max(received), now()) FROM events")

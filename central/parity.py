@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 Span = tuple[int, int]
@@ -30,6 +30,21 @@ def subtract(wanted: Span, *removed: Iterable[Span]) -> list[Span]:
             break
     if low <= high:
         out.append((low, high))
+    return out
+
+
+def intersect(a: Sequence[Span], b: Sequence[Span]) -> list[Span]:
+    """The seqs in both, for two sorted lists of disjoint ranges: O(len(a) + len(b))."""
+    out: list[Span] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if low <= high:
+            out.append((low, high))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
     return out
 
 
@@ -63,8 +78,12 @@ class DeviceParity:
     out_for_s: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
-        """JSON-ready, ranges as lists."""
-        return asdict(self)
+        """JSON-ready (ranges are tuples, which ``json`` writes as lists).
+
+        A shallow copy, not ``dataclasses.asdict``: that deep-copies every range and took 4 ms
+        of ``edge-central parity``'s 100 ms budget over 100 devices.
+        """
+        return dict(vars(self))
 
 
 def _count(value: object) -> int | None:

@@ -77,5 +77,6 @@ def load_rule(name: str) -> Rule:
     except Exception as exc:
         raise ValueError(f"cannot load rule {name!r}: {exc}") from exc
     if not callable(getattr(rule, "verdicts", None)):
-        raise ValueError  # noqa: TRY004 - a config error, reported as such(f"rule {name!r} has no verdicts() method")
+        # A config error, reported as such (check-config: exit 2), not a TypeError traceback.
+        raise ValueError(f"rule {name!r} has no verdicts() method")  # noqa: TRY004
     return rule  # type: ignore[no-any-return]

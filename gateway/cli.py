@@ -253,20 +253,42 @@ def cmd_replay(
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Everything simulated, on this machine."""
-    from gateway.demo import run_demo  # noqa: PLC0415
+def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
 
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(
-            run_demo(
-                duration=args.duration,
-                rate=args.rate,
-                scanners=args.scanners,
-                outage_every=args.outage_every,
-                outage_for=args.outage_for,
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything simulated, on this machine; the central half is the real one on PostgreSQL."""
+    from simulators.postgres import PostgresServer, PostgresUnavailableError  # noqa: PLC0415
+
+    # Until the demo takes over signals (right after its broker starts), SIGTERM and SIGHUP
+    # stop it as Ctrl-C does, through the cleanup below: by default they would end the process
+    # and leave initdb or the database running, its directory in /tmp.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        # initdb takes most of a second: it runs while the demo's modules import (~0.3 s).
+        database = PostgresServer(durable=True, prefix="edge-gateway-demo-pg-", background=True)
+    except (PostgresUnavailableError, OSError, RuntimeError, LookupError) as exc:
+        # LookupError: run as root on a box with the binaries but no "postgres" user.
+        print(f"edge-gateway demo: needs PostgreSQL for its ledger: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            from gateway.demo import run_demo  # noqa: PLC0415
+
+            return asyncio.run(
+                run_demo(
+                    duration=args.duration,
+                    rate=args.rate,
+                    scanners=args.scanners,
+                    outage_every=args.outage_every,
+                    outage_for=args.outage_for,
+                    database=database,
+                )
             )
-        )
+    finally:
+        database.cleanup()  # the demo removes it; this is for when the demo never got it
     return EXIT_OK
 
 

@@ -1,14 +1,16 @@
 """``edge-gateway demo``: the whole loop on one machine, no hardware, no setup.
 
 Simulated serial scanners (real ptys) type barcodes, an LLRP reader sees pallets pass a dock
-portal, a Modbus conveyor runs and jams now and then; a private broker carries the events; the
-gateway buffers, publishes and gives feedback; a simulated central system receives, checks and
-confirms them. The scanners cycle through the confirmation levels (``accepted``, ``delivered``,
-``stored``) and central rejects ~5 % of scans as unknown SKUs, so the ``accepted`` scanner also
-gets bad-read feedback. Stop the broker (key ``b`` on a terminal, or ``--outage-every``) to
-watch events pile up in the buffer and drain, with nothing lost. The drivers' own sample
-configs are used, pointed at the simulators, so the demo also proves the samples work.
-Everything lives in a temporary directory that is removed on exit.
+portal, a Modbus conveyor runs and jams now and then; a private Mosquitto carries the events; the
+gateway buffers, publishes and gives feedback; the real central ingest (``edge-central``'s
+code, gateway/demo_central.py) commits them into a private PostgreSQL ledger and confirms them
+after the commit. The scanners cycle through the confirmation levels (``accepted``,
+``delivered``, ``stored``) and the ledger's item-master rule rejects ~5 % of scans as unknown
+SKUs, so the ``accepted`` scanner also gets bad-read feedback. Stop the broker (key ``b`` on a
+terminal, or ``--outage-every``) to watch events pile up in the buffer and drain, and the
+ledger's parity come back, with nothing lost. The drivers' own sample configs are used, pointed
+at the simulators, so the demo also proves the samples work. Everything lives in temporary
+directories that are removed on exit; the broker and the database stop with the demo.
 """
 
 from __future__ import annotations
@@ -23,24 +25,23 @@ import tempfile
 import termios
 import time
 import tty
-import zlib
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import structlog
 from rich.live import Live
 
 from gateway.daemon import Gateway
+from gateway.demo_central import DemoCentral
 from gateway.demo_view import DemoState, progress_line, render
 from gateway.logging import configure_logging
 from gateway.settings import load_settings
 from simulators.barcodes import generate
-from simulators.broker import BrokerUnavailableError, EmbeddedBroker, MosquittoBroker, free_port
-from simulators.central import CentralCollector
+from simulators.broker import BrokerUnavailableError, MosquittoBroker, free_port
 from simulators.conveyor import ConveyorSimulator
 from simulators.llrp_reader import LlrpReaderSimulator
+from simulators.postgres import PostgresServer
 from simulators.scanner import ScannerSimulator
 
 GATEWAY = """\
@@ -78,17 +79,6 @@ feedback_pending = "P"
 CONFIRM_LEVELS = ("accepted", "delivered", "stored")
 """Scanner n gets level n (cycling), so the default three scanners show all three."""
 
-UNKNOWN_SKU_SHARE = 20
-"""The demo's central rejects about one scan in this many as an unknown SKU (bad-read beep)."""
-
-
-def demo_rule(event: dict[str, Any]) -> str | None:
-    """Central's verdict in the demo: accept everything but a stable ~5 % of barcode scans."""
-    if event.get("type") != "warehouse.barcode.scanned.v1":
-        return None
-    code = str(event.get("data", {}).get("code", ""))
-    return "unknown SKU" if zlib.crc32(code.encode()) % UNKNOWN_SKU_SHARE == 0 else None
-
 
 def _sample(driver_dir: str, host_line: str, port: int) -> str:
     """A driver's shipped sample config, pointed at a local simulator."""
@@ -97,32 +87,25 @@ def _sample(driver_dir: str, host_line: str, port: int) -> str:
 
 
 class Broker:
-    """Mosquitto when installed, else the embedded amqtt broker; stoppable for outages."""
+    """The demo's private Mosquitto, stoppable for outages.
+
+    Mosquitto, not an embedded broker: the central ingest needs MQTT 5 shared subscriptions
+    and persistent sessions, as it does on a site.
+    """
 
     def __init__(self, root: Path) -> None:
         self.port = free_port()
-        self._mosquitto: MosquittoBroker | None = MosquittoBroker(root / "broker", self.port)
-        self._embedded: EmbeddedBroker | None = None
+        self._mosquitto = MosquittoBroker(root / "broker", self.port)
         self.up = False
 
     async def start(self) -> None:
         """Start (or restart) the broker on its fixed port."""
-        if self._mosquitto is not None:
-            try:
-                self._mosquitto.start()
-            except BrokerUnavailableError:
-                self._mosquitto = None
-        if self._mosquitto is None:
-            self._embedded = EmbeddedBroker(self.port)
-            await self._embedded.start()
+        self._mosquitto.start()
         self.up = True
 
     async def stop(self) -> None:
         """Stop it: the gateway must keep everything in its buffer meanwhile."""
-        if self._mosquitto is not None:
-            self._mosquitto.stop()
-        if self._embedded is not None:
-            await self._embedded.stop()
+        self._mosquitto.stop()
         self.up = False
 
     async def toggle(self) -> None:
@@ -133,6 +116,7 @@ class Broker:
 async def _scan(scanner: ScannerSimulator, rate: float, state: DemoState, name: str) -> None:
     await scanner.wait_opened(timeout=30)
     for code, aim in generate("mixed"):
+        await state.central.know(code)  # the item master, before the scan that needs it
         await scanner.type_code(code, aim=aim)
         state.typed[name] = state.typed.get(name, 0) + 1
         await asyncio.sleep(random.expovariate(rate))
@@ -224,11 +208,33 @@ async def _show(
             if keys["b"].is_set():
                 keys["b"].clear()
                 await broker.toggle()
-            live.update(await render(state))
+            stats, ledger = await state.gateway.buffer.stats(), await state.central.look()
+            live.update(render(state, stats, ledger))
             if plain and time.monotonic() >= next_line:
                 next_line += PROGRESS_EVERY
-                live.console.print(progress_line(state, await state.gateway.buffer.stats()))
+                # soft_wrap: one line per report in a log, however long (a pipe is 80 columns)
+                live.console.print(progress_line(state, stats, ledger), soft_wrap=True)
             await asyncio.sleep(0.25)
+
+
+async def _start_simulators(
+    stack: contextlib.AsyncExitStack, root: Path, scanners: int, central: DemoCentral
+) -> tuple[LlrpReaderSimulator, ConveyorSimulator, list[ScannerSimulator]]:
+    """The simulated devices, while PostgreSQL starts in a thread; then the central ingest."""
+    database = asyncio.create_task(central.start_database())
+    try:
+        reader = await stack.enter_async_context(LlrpReaderSimulator())
+        conveyor = await stack.enter_async_context(ConveyorSimulator(tcp_port=0))
+        sims = [ScannerSimulator(root / f"scanner{n}") for n in range(scanners)]
+        for sim in sims:
+            await stack.enter_async_context(sim)
+        await database
+    finally:
+        if not database.done():  # a simulator failed: central.stop() removes the database
+            database.cancel()
+            await asyncio.gather(database, return_exceptions=True)
+    await central.start()
+    return reader, conveyor, sims
 
 
 async def run_demo(
@@ -238,8 +244,13 @@ async def run_demo(
     scanners: int,
     outage_every: float = 0.0,
     outage_for: float = 8.0,
+    database: PostgresServer,
 ) -> int:
-    """Run until Ctrl-C, ``q`` or ``duration`` seconds; returns the exit code."""
+    """Run until Ctrl-C, ``q`` or ``duration`` seconds; returns the exit code.
+
+    ``database`` is a private PostgreSQL, not started yet (its ``initdb`` may still run): the
+    demo starts it, and removes it when it ends.
+    """
     configure_logging("error", "console")
     log = structlog.get_logger("demo")
     with tempfile.TemporaryDirectory(prefix="edge-gateway-demo-") as tmp:
@@ -250,25 +261,28 @@ async def run_demo(
         except BrokerUnavailableError as exc:
             log.error("demo_needs_a_broker", error=str(exc))
             return 1
-        sims = [ScannerSimulator(root / f"scanner{n}") for n in range(scanners)]
+        central = DemoCentral(root, broker.port, database)
+        keys = {"b": asyncio.Event(), "q": asyncio.Event()}
         async with contextlib.AsyncExitStack() as stack:
-            reader = await stack.enter_async_context(LlrpReaderSimulator())
-            conveyor = await stack.enter_async_context(ConveyorSimulator(tcp_port=0))
-            for sim in sims:
-                await stack.enter_async_context(sim)
-            config = _write_config(root, broker.port, sims, reader.port, conveyor.port)
-            gateway = Gateway(load_settings(config))
-            central = CentralCollector("127.0.0.1", broker.port, confirm=True, rule=demo_rule)
-            state = DemoState(gateway, central, broker, sims, time.monotonic())
-            stop = asyncio.Event()
-            keys = {"b": asyncio.Event(), "q": asyncio.Event()}
-            # Any of these stops the demo the way `q` does, so the private broker goes with it
-            # (a `kill -INT` or `-TERM` used to leave Mosquitto running under PID 1).
+            stack.push_async_callback(broker.stop)
+            stack.push_async_callback(central.stop)  # LIFO: before the broker stops
+            # Any of these stops the demo the way `q` does, so the private broker and database
+            # go with it (a `kill -INT` or `-TERM` used to leave Mosquitto running under PID 1).
+            # From here on: a signal while PostgreSQL starts stops the demo right after.
             loop = asyncio.get_running_loop()
             for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, keys["q"].set)
             stack.callback(_remove_handlers, loop)
-            tasks = [asyncio.create_task(central.run()), asyncio.create_task(gateway.run(stop))]
+            try:
+                reader, conveyor, sims = await _start_simulators(stack, root, scanners, central)
+            except (OSError, RuntimeError) as exc:  # initdb or postgres failed: their output
+                log.error("demo_database_failed", error=str(exc))
+                return 1
+            config = _write_config(root, broker.port, sims, reader.port, conveyor.port)
+            gateway = Gateway(load_settings(config))
+            state = DemoState(gateway, central, broker, sims, time.monotonic())
+            stop = asyncio.Event()
+            tasks = [asyncio.create_task(gateway.run(stop))]
             await asyncio.sleep(0.5)
             tasks += [
                 asyncio.create_task(_scan(s, rate, state, f"dock-{n + 1}-scanner"))
@@ -280,15 +294,15 @@ async def run_demo(
             try:
                 await _show(state, keys, broker, duration)
             finally:
-                for task in tasks[2:]:
+                for task in tasks[1:]:
                     task.cancel()
                 if not broker.up:
                     await broker.start()  # let the gateway say offline cleanly
                 stop.set()
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(15):
-                        await tasks[1]
+                        await tasks[0]
                 tasks[0].cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-        await broker.stop()
+                # The exit stack then stops the ingest, removes the database, stops the broker.
     return 0

@@ -12,11 +12,11 @@ from rich.text import Text
 
 from buffer.stats import BufferStats
 from gateway.daemon import Gateway
-from simulators.central import CentralCollector
+from gateway.demo_central import DemoCentral, LedgerView
 from simulators.scanner import ScannerSimulator
 
 GOOD, BAD, PENDING = b"\x1b7,", b"\x1b8,", b"P"
-NUMERIC = frozenset({"stored", "sent", "central", "gaps", "feedback"})
+NUMERIC = frozenset({"stored", "sent", "ledger", "gaps", "feedback"})
 
 
 class BrokerState(Protocol):
@@ -30,7 +30,7 @@ class DemoState:
     """Everything the view reads; the demo's tasks update ``typed``."""
 
     gateway: Gateway
-    central: CentralCollector
+    central: DemoCentral
     broker: BrokerState
     scanners: list[ScannerSimulator]
     started: float
@@ -63,39 +63,43 @@ def good_feedback_p99_ms(gw: Gateway) -> float:
     return latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000 if latencies else 0.0
 
 
-def progress_line(state: DemoState, stats: BufferStats) -> str:
+def parity_text(ledger: LedgerView) -> str:
+    """``parity 5/5 devices``: devices whose ledger holds all their checkpoint says was stored."""
+    return f"parity {ledger.in_parity}/{len(ledger.devices)} devices"
+
+
+def progress_line(state: DemoState, stats: BufferStats, ledger: LedgerView) -> str:
     """One plain line for a log or a pipe (stdout not a terminal), every few seconds."""
-    gw, central = state.gateway, state.central
     stored = sum(d.last_seq for d in stats.devices.values())
     broker = "up" if state.broker.up else "DOWN"
     return (
         f"demo {time.monotonic() - state.started:.0f}s: broker {broker},"
-        f" stored {stored}, unsent {stats.unsent}, central {central.unique_count()} events,"
-        f" good-feedback p99 {good_feedback_p99_ms(gw):.1f} ms"
+        f" stored {stored}, unsent {stats.unsent}, ledger {ledger.held} events,"
+        f" {parity_text(ledger)}, good-feedback p99 {good_feedback_p99_ms(state.gateway):.1f} ms"
     )
 
 
-async def render(state: DemoState) -> Group:
-    """Build one frame of the view."""
-    gw, central = state.gateway, state.central
-    stats = await gw.buffer.stats()
+def render(state: DemoState, stats: BufferStats, ledger: LedgerView) -> Group:
+    """Build one frame of the view from the gateway's buffer and one look at the ledger."""
+    gw = state.gateway
     elapsed = time.monotonic() - state.started
     table = Table(
         title=f"edge-gateway demo - {elapsed:.0f}s - keys: b broker on/off, q quit", pad_edge=False
     )
     table.caption = (
-        "level: confirmation level; gaps: seqs central misses; feedback: good/bad/pending beeps"
+        "ledger: events in PostgreSQL; gaps: seqs the ledger misses against the gateway's"
+        " checkpoint (edge-central parity); feedback: good/bad/pending beeps"
         "\npending: not confirmed within confirm_timeout (stored, will be delivered: no rescan),"
         " not scans still waiting; feedback p99: good beeps only"
     )
-    for column in ("device", "state", "level", "stored", "sent", "central", "gaps", "feedback"):
+    for column in ("device", "state", "level", "stored", "sent", "ledger", "gaps", "feedback"):
         # Fits 80 columns; nothing wraps, so a narrower terminal crops the right edge instead.
         table.add_column(column, justify="right" if column in NUMERIC else "left", no_wrap=True)
     sims = {f"dock-{n + 1}-scanner": sim for n, sim in enumerate(state.scanners)}
     for device in gw.settings.devices:
         name = device.id
         dev = stats.devices.get(name)
-        track = central.sources.get(f"/{gw.settings.gateway.site}/{gw.settings.gateway.id}/{name}")
+        held = ledger.devices.get(f"/{gw.settings.gateway.site}/{gw.settings.gateway.id}/{name}")
         sim = sims.get(name)
         if sim is not None:
             got = sim.feedback_bytes()
@@ -109,8 +113,8 @@ async def render(state: DemoState) -> Group:
             device.confirm if sim is not None else "-",
             str(dev.last_seq if dev else 0),
             str(dev.last_sent_seq if dev else 0),
-            str(len(track.ids) if track else 0),
-            str(len(track.missing()) if track else 0),
+            str(held.held if held else 0),
+            Text(str(held.missing_count), style="red") if held and held.missing else "0",
             feedback,
         )
     broker = Text("broker UP", style="green") if state.broker.up else Text("broker DOWN", "red")
@@ -119,10 +123,17 @@ async def render(state: DemoState) -> Group:
         f"   buffer unsent {stats.unsent}",
         "   draining backlog" if gw.publisher.draining else "",
         f"   feedback p99 {good_feedback_p99_ms(gw):.1f} ms",
-        f"   central: {central.unique_count()} events,"
-        f" {sum(t.duplicates for t in central.sources.values())} duplicates",
+    )
+    parity = Text(
+        parity_text(ledger), style="green" if ledger.in_parity == len(ledger.devices) else "red"
+    )
+    central = Text.assemble(
+        f"ledger: {ledger.held} events, {ledger.rejected} rejected,"
+        f" {ledger.duplicates} duplicates, ",
+        parity,
     )
     recent = Table.grid(padding=(0, 2))
-    for event in central.messages[-6:]:
-        recent.add_row(event["source"].rsplit("/", 1)[-1], _summary(event))
-    return Group(table, line, Text("last events at central:"), recent)
+    for event in ledger.recent:
+        verdict = "" if event["status"] == "accepted" else f"  REJECTED: {event['reason']}"
+        recent.add_row(event["source"].rsplit("/", 1)[-1], _summary(event) + verdict)
+    return Group(table, line, central, Text("last events committed to the ledger:"), recent)

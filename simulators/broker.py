@@ -14,7 +14,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -117,39 +116,3 @@ class MosquittoBroker:
     def running(self) -> bool:
         """Whether the process is alive."""
         return self.process is not None and self.process.poll() is None
-
-
-class EmbeddedBroker:
-    """An in-process amqtt broker (``pip install edge-gateway[demo]``) for boxes without Mosquitto.
-
-    Only the demo uses it: the tests need a broker they can kill and restart as a real process.
-    """
-
-    def __init__(self, port: int | None = None) -> None:
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
-        self._broker: Any = None
-
-    async def start(self) -> None:
-        """Start listening on the loopback port."""
-        try:
-            from amqtt.broker import Broker  # noqa: PLC0415 - optional extra
-        except ImportError as exc:
-            raise BrokerUnavailableError(
-                "no MQTT broker: install mosquitto (apt-get install mosquitto)"
-                " or the demo extra (pip install 'edge-gateway[demo]')"
-            ) from exc
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
-        }
-        self._broker = Broker(config)
-        await self._broker.start()
-
-    async def stop(self) -> None:
-        """Shut the broker down."""
-        if self._broker is not None:
-            await self._broker.shutdown()
-            self._broker = None

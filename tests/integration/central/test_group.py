@@ -73,18 +73,31 @@ async def test_postgres_restart_and_kill9_pause_ingest_and_lose_nothing(
     )
     settings = load_central_settings(config)
     bodies = [scan_event(n) for n in range(1, 901)]
+
+    async def kill_and_start() -> None:
+        await asyncio.to_thread(private_postgres.kill)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(private_postgres.start)
+
     async with running_central(settings) as central:
         async with aiomqtt.Client(
             broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
         ) as client:
+            # The outages run while publishing goes on, so batches meet them (publishing
+            # paused during an outage met one only by chance once ingest got faster).
+            outage: asyncio.Future[None] | None = None
             for n, body in enumerate(bodies):
                 await client.publish(topic_of(body), raw(body), qos=1)
                 if n == 300:
-                    await asyncio.to_thread(private_postgres.restart)
+                    outage = asyncio.ensure_future(asyncio.to_thread(private_postgres.restart))
                 elif n == 600:
-                    await asyncio.to_thread(private_postgres.kill)
-                    await asyncio.sleep(0.5)
-                    await asyncio.to_thread(private_postgres.start)
+                    assert outage is not None
+                    await outage
+                    outage = asyncio.ensure_future(kill_and_start())
+                if outage is not None and not outage.done():
+                    await asyncio.sleep(0.002)  # spread the traffic over the outage
+            assert outage is not None
+            await outage
         await wait_until(lambda: central.totals["stored"] >= 900, timeout=60)
         assert central.totals["retries"] >= 1, "the outages hit a batch"
     conn = await asyncpg.connect(dsn)

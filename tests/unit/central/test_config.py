@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import gmqtt
 import pytest
+from gmqtt.mqtt import handler, package, protocol
+from gmqtt.mqtt.constants import MQTTCommands, MQTTv50
 
 from central.config import CentralSettings, load_central_settings
 from gateway.settings import ConfigError
@@ -87,6 +90,17 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "unknown rule" in done.stderr
+    # A factory that returns something without verdicts(): named, not a bare ValueError.
+    bad.write_text('[central]\ninstance = "a"\n[confirm]\nrule = "builtins:object"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "central", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert "confirm.rule: rule 'builtins:object' has no verdicts() method" in done.stderr
 
 
 def test_gmqtt_connect_properties_contract() -> None:
@@ -94,3 +108,23 @@ def test_gmqtt_connect_properties_contract() -> None:
     ``_connect_properties``: fail here on the gmqtt upgrade that changes it."""
     client = gmqtt.Client("x", session_expiry_interval=5)
     assert client._connect_properties == {"session_expiry_interval": 5}
+
+
+def test_gmqtt_qos1_hook_contract() -> None:
+    """CentralLink replaces the handler's ``_handle_qos_1_publish_packet`` (called through
+    ``self``, with ``(mid, packet, topic, properties)``) and writes PUBACKs it builds with
+    ``CommandWithMidPacket`` through the protocol's ``write_data``: fail here on the gmqtt
+    upgrade that moves any of it."""
+    caller = inspect.getsource(handler.MqttPackageHandler._handle_publish_packet)
+    assert "self._handle_qos_1_publish_packet(mid, packet, print_topic, properties)" in caller
+    assert "_optimistic_acknowledgement" in inspect.getsource(
+        handler.MqttPackageHandler._handle_qos_1_publish_packet
+    )
+    puback = package.CommandWithMidPacket.build_package(
+        MQTTCommands.PUBACK, 258, False, proto_ver=MQTTv50
+    )
+    assert puback == bytes([0x40, 4, 1, 2, 0, 0])  # PUBACK, mid 258, success, no properties
+    assert "self._transport.write(data)" in inspect.getsource(protocol.MQTTProtocol.write_data)
+    assert "self.proto_ver" in inspect.getsource(protocol.MQTTProtocol.send_command_with_mid)
+    client = gmqtt.Client("x")
+    assert hasattr(client._package_handler, "_optimistic_acknowledgement")

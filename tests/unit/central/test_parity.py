@@ -39,3 +39,44 @@ def test_close_gaps_are_asked_for_as_one_range() -> None:
     """Every other seq missing: one request, not one per seq."""
     assert coalesce([(1, 1), (3, 3), (5, 5)]) == [(1, 5)]
     assert coalesce([(1, 1), (100, 100)], held=10) == [(1, 1), (100, 100)]
+
+
+def test_intersect() -> None:
+    """Range lists in both: what was missing then and is still missing now."""
+    from central.parity import intersect  # noqa: PLC0415
+
+    assert intersect([(1, 10)], [(5, 12)]) == [(5, 10)]
+    assert intersect([(1, 2), (4, 8), (10, 10)], [(2, 5), (7, 11)]) == [
+        (2, 2),
+        (4, 5),
+        (7, 8),
+        (10, 10),
+    ]
+    assert intersect([(1, 3)], [(4, 6)]) == []
+    assert intersect([], [(1, 2)]) == []
+
+
+def test_replay_asks_for_old_gaps_not_for_a_long_out_device() -> None:
+    """Under a steady flow split between instances a device is out of parity round after
+    round, each time for a new gap still on its way: only a gap that is itself older than
+    ``replay_after`` is asked for (bench/central_fleet.py found the needless requests)."""
+    from central.config import CentralSettings  # noqa: PLC0415
+    from central.replayer import Replayer  # noqa: PLC0415
+
+    settings = CentralSettings.model_validate(
+        {"central": {"instance": "a"}, "replay": {"replay_after": 5}}
+    )
+
+    async def publish(topic: str, body: bytes) -> bool:
+        return True
+
+    replayer = Replayer(settings, publish)
+    source = "/s/g/d"
+    assert replayer.stale(source, [(1, 1)], 0.0) == []  # seen now: young
+    for t in range(1, 10):  # a new one-seq gap each second, each filled a second later
+        assert replayer.stale(source, [(10 * t, 10 * t)], float(t)) == [], t
+    # A gap that stays: asked for once it is replay_after old, and only what is still missing.
+    assert replayer.stale(source, [(100, 120)], 10.0) == []
+    assert replayer.stale(source, [(100, 120)], 14.9) == []
+    assert replayer.stale(source, [(105, 125)], 15.0) == [(105, 120)]
+    assert replayer.stale(source, [(105, 125)], 20.0) == [(105, 125)]

@@ -1,0 +1,86 @@
+"""CentralLink's own QoS 1 path: PUBACKs after the effect, in arrival order, batched; nothing
+held is acknowledged once the link ends (the broker sends it again next session)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiomqtt
+
+from central.config import CentralSettings
+from central.service import CentralLink
+from simulators.broker import MosquittoBroker
+from tests.support import wait_until
+
+
+async def _publish(broker: MosquittoBroker, *payloads: bytes) -> None:
+    async with aiomqtt.Client(broker.host, broker.port, identifier="link-pub") as client:
+        for payload in payloads:
+            await client.publish("central/in", payload, qos=1)
+
+
+async def _redelivered(settings: CentralSettings) -> list[bytes]:
+    """What the broker still holds for this session (a fresh link, acknowledging at once)."""
+    seen: list[bytes] = []
+    link = CentralLink(settings, lambda _t, p: seen.append(p))
+    await link.connect()
+    try:
+        await asyncio.sleep(1.0)
+    finally:
+        await link.close()
+    return seen
+
+
+async def test_acks_wait_for_effects_in_order_and_a_failure_holds_the_rest(
+    broker: MosquittoBroker, central_settings: Callable[..., CentralSettings]
+) -> None:
+    settings = central_settings(instance="link-order")
+    futures: dict[bytes, asyncio.Future[None]] = {}
+
+    def keep(_topic: str, payload: bytes) -> asyncio.Future[None]:
+        futures[payload] = asyncio.get_running_loop().create_future()
+        return futures[payload]
+
+    link = CentralLink(settings, keep)
+    await link.connect()
+    await link.subscribe("central/in")
+    await _publish(broker, b"first", b"second", b"third")
+    await wait_until(lambda: len(futures) == 3, timeout=5)
+    futures[b"second"].set_result(None)
+    await asyncio.sleep(0.2)
+    assert link.unacknowledged == 3, "second waits for first"
+    futures[b"first"].set_result(None)
+    await wait_until(lambda: link.unacknowledged == 1, timeout=2)  # first and second, in order
+    futures[b"third"].set_exception(RuntimeError("could not commit"))
+    await asyncio.sleep(0.2)
+    assert link.unacknowledged == 1, "a failed effect is never acknowledged"
+    await link.close()
+    assert link.unacknowledged == 0
+    assert await _redelivered(settings) == [b"third"]
+
+
+async def test_a_batch_done_at_once_is_acknowledged_and_held_ones_are_not(
+    broker: MosquittoBroker, central_settings: Callable[..., CentralSettings]
+) -> None:
+    """200 effects done by one commit are all acknowledged; 50 still held when the link closes
+    come again in the next session, and nothing else does."""
+    settings = central_settings(instance="link-batch")
+    futures: list[asyncio.Future[None]] = []
+
+    def keep(_topic: str, _payload: bytes) -> asyncio.Future[None]:
+        futures.append(asyncio.get_running_loop().create_future())
+        return futures[-1]
+
+    link = CentralLink(settings, keep)
+    await link.connect()
+    await link.subscribe("central/in")
+    payloads = [f"m{n}".encode() for n in range(250)]
+    await _publish(broker, *payloads)
+    await wait_until(lambda: len(futures) == 250, timeout=10)
+    for future in futures[:200]:
+        future.set_result(None)
+    await wait_until(lambda: link.unacknowledged == 50, timeout=5)
+    await link.close()
+    futures[200].set_result(None)  # after the end: acknowledges nothing
+    assert sorted(await _redelivered(settings)) == sorted(payloads[200:])
