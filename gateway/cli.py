@@ -253,19 +253,16 @@ def cmd_replay(
     return EXIT_OK
 
 
-def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything simulated, on this machine; the central half is the real one on PostgreSQL."""
+    from gateway.early_stop import EarlyStop  # noqa: PLC0415
     from simulators.postgres import PostgresServer, PostgresUnavailableError  # noqa: PLC0415
 
-    # Until the demo takes over signals (right after its broker starts), SIGTERM and SIGHUP
-    # stop it as Ctrl-C does, through the cleanup below: by default they would end the process
-    # and leave initdb or the database running, its directory in /tmp.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    # Until the demo's loop takes over signals (right after its broker starts), a signal is
+    # noted and the demo stops once it can clean up: by default SIGTERM and SIGHUP would end
+    # the process and leave initdb or the database running, its directory in /tmp.
+    early_stop = EarlyStop()
+    early_stop.install()
     try:
         # initdb takes most of a second: it runs while the demo's modules import (~0.3 s).
         database = PostgresServer(durable=True, prefix="edge-gateway-demo-pg-", background=True)
@@ -274,22 +271,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"edge-gateway demo: needs PostgreSQL for its ledger: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            from gateway.demo import run_demo  # noqa: PLC0415
+        if early_stop.requested:
+            return EXIT_OK
+        from gateway.demo import run_demo  # noqa: PLC0415
 
-            return asyncio.run(
-                run_demo(
-                    duration=args.duration,
-                    rate=args.rate,
-                    scanners=args.scanners,
-                    outage_every=args.outage_every,
-                    outage_for=args.outage_for,
-                    database=database,
-                )
+        return asyncio.run(
+            run_demo(
+                duration=args.duration,
+                rate=args.rate,
+                scanners=args.scanners,
+                outage_every=args.outage_every,
+                outage_for=args.outage_for,
+                database=database,
+                early_stop=early_stop,
             )
+        )
     finally:
         database.cleanup()  # the demo removes it; this is for when the demo never got it
-    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import itertools
 import random
-import signal
 import sys
 import tempfile
 import termios
@@ -35,6 +34,7 @@ from rich.live import Live
 from gateway.daemon import Gateway
 from gateway.demo_central import DemoCentral
 from gateway.demo_view import DemoState, progress_line, render
+from gateway.early_stop import STOP_SIGNALS, EarlyStop
 from gateway.logging import configure_logging
 from gateway.settings import load_settings
 from simulators.barcodes import generate
@@ -169,12 +169,11 @@ def _keys(on_key: dict[str, asyncio.Event]) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
+def _remove_handlers(loop: asyncio.AbstractEventLoop, early_stop: EarlyStop) -> None:
+    """Give the signals back to ``early_stop`` (not to the defaults) for the cleanup."""
     for sig in STOP_SIGNALS:
         loop.remove_signal_handler(sig)
+    early_stop.install()
 
 
 def _write_config(
@@ -245,12 +244,15 @@ async def run_demo(
     outage_every: float = 0.0,
     outage_for: float = 8.0,
     database: PostgresServer,
+    early_stop: EarlyStop | None = None,
 ) -> int:
     """Run until Ctrl-C, ``q`` or ``duration`` seconds; returns the exit code.
 
     ``database`` is a private PostgreSQL, not started yet (its ``initdb`` may still run): the
-    demo starts it, and removes it when it ends.
+    demo starts it, and removes it when it ends. ``early_stop`` holds the signals until the
+    loop takes them over: one that came meanwhile stops the demo as ``q`` does.
     """
+    early_stop = early_stop or EarlyStop()
     configure_logging("error", "console")
     log = structlog.get_logger("demo")
     with tempfile.TemporaryDirectory(prefix="edge-gateway-demo-") as tmp:
@@ -272,11 +274,13 @@ async def run_demo(
             loop = asyncio.get_running_loop()
             for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, keys["q"].set)
-            stack.callback(_remove_handlers, loop)
+            stack.callback(_remove_handlers, loop, early_stop)
+            if early_stop.requested:  # a signal before the loop had them: stop once started
+                keys["q"].set()
             try:
                 reader, conveyor, sims = await _start_simulators(stack, root, scanners, central)
             except (OSError, RuntimeError) as exc:  # initdb or postgres failed: their output
-                log.error("demo_database_failed", error=str(exc))
+                log.error("demo_database_failed", error=str(exc) or type(exc).__name__)
                 return 1
             config = _write_config(root, broker.port, sims, reader.port, conveyor.port)
             gateway = Gateway(load_settings(config))
