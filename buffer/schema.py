@@ -93,6 +93,44 @@ async def _pack_ids(conn: aiosqlite.Connection, progress: ProgressFn) -> None:
         progress(f"packing event ids: {min(start + PACK_CHUNK, last) * 100 // last} %")
 
 
+REBUILD_COUNTS = (
+    # A device with events but no devices row (never written by this gateway, but a file edited
+    # by hand might have one) gets one, its last seq from its events, so its events are counted.
+    (
+        "INSERT INTO devices (device, last_seq) SELECT device, max(seq) FROM events WHERE true"
+        " GROUP BY device ON CONFLICT (device) DO NOTHING"
+    ),
+    "DELETE FROM unsent_states",
+    "INSERT INTO unsent_states (state, events) VALUES (-1, 0), (0, 0), (1, 0)",
+    (
+        "UPDATE unsent_states SET events = held.n FROM (SELECT state, count(*) AS n FROM events"
+        " WHERE state < 2 GROUP BY state) AS held WHERE held.state = unsent_states.state"
+    ),
+    (
+        "UPDATE devices SET payload_bytes = 0, unsent_events = 0, sent_events = 0,"
+        " sent_telemetry = 0, confirmed_events = 0, rejected_events = 0"
+    ),
+    (
+        "UPDATE devices SET payload_bytes = held.bytes, unsent_events = held.unsent,"
+        " sent_events = held.sent, sent_telemetry = held.telemetry,"
+        " confirmed_events = held.confirmed, rejected_events = held.rejected"
+        " FROM (SELECT device, sum(length(payload)) AS bytes,"
+        " count(*) FILTER (WHERE state < 2) AS unsent,"
+        " count(*) FILTER (WHERE state = 2 AND droppable = 0) AS sent,"
+        " count(*) FILTER (WHERE state = 2 AND droppable <> 0) AS telemetry,"
+        " count(*) FILTER (WHERE state = 3) AS confirmed,"
+        " count(*) FILTER (WHERE state = 4) AS rejected"
+        " FROM events GROUP BY device) AS held WHERE held.device = devices.device"
+    ),
+    (
+        "UPDATE devices SET unsent_from = coalesce((SELECT min(seq) FROM events"
+        " WHERE events.device = devices.device AND state < 2), last_seq + 1),"
+        " unsettled_from = coalesce((SELECT min(seq) FROM events WHERE events.device ="
+        " devices.device AND droppable = 0 AND state <= 2), last_seq + 1)"
+    ),
+)
+"""The counts and low marks (schema v4, buffer/counts.py) computed from the events themselves."""
+
 Migration = str | Callable[[aiosqlite.Connection, ProgressFn], Awaitable[None]]
 """A SQL script run in one transaction, or a step that commits as it goes."""
 
@@ -135,6 +173,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         PRIMARY KEY (device, from_seq)
     ) WITHOUT ROWID;
     ALTER TABLE devices ADD COLUMN dropped_events INTEGER NOT NULL DEFAULT 0;
+    """,
+    # v3 -> v4: what the buffer holds, kept exact by the transactions that change it, so
+    # status, checkpoints and metrics read O(devices) rows instead of scanning millions of sent
+    # ones (buffer/counts.py). One scan of the table, once, at the first start after upgrade.
+    f"""
+    CREATE TABLE unsent_states (
+        state  INTEGER PRIMARY KEY,
+        events INTEGER NOT NULL
+    );
+    ALTER TABLE devices ADD COLUMN payload_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN unsent_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN sent_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN sent_telemetry INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN confirmed_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN rejected_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN unsent_from INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN unsettled_from INTEGER NOT NULL DEFAULT 0;
+    {"; ".join(REBUILD_COUNTS)}
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
