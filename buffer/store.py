@@ -84,12 +84,13 @@ class NewEvent:
     render: Callable[[int], bytes]
 
 
-_Row = tuple[bytes | str, str, int, int, float, bytes]
+_Row = tuple[bytes | str, str, int, int, float, bytes, int]
 """An events row as inserted: id (as :func:`id_key` stores it), device, seq, droppable, created,
-payload."""
+payload, rowid."""
 
 _INSERT_EVENT = (
-    "INSERT INTO events (id, device, seq, droppable, created, payload) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (id, device, seq, droppable, created, payload, rowid)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_DEVICE = (
     "INSERT INTO devices (device, last_seq, unsent_events, payload_bytes) VALUES (?, ?, ?, ?)"
@@ -168,6 +169,11 @@ class Buffer:
         self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
         self._last_seq: dict[str, int] = {}
         self._bytes = 0
+        self._next_rowid = 1
+        """The rowid the next event gets. SQLite would reuse the highest one once its row is
+        deleted (evicted or pruned), while a PUBACK, release or hold for the event that had it
+        may still be on its way: those find rows by rowid, so one is never given twice while
+        this process runs (a restart forgets every claim)."""
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._lock_fd: int | None = None
@@ -216,16 +222,19 @@ class Buffer:
         return buf
 
     async def _load(self) -> None:
-        def load(conn: sqlite3.Connection) -> tuple[dict[str, int], int, int]:
+        def load(conn: sqlite3.Connection) -> tuple[dict[str, int], int, int, int]:
             last_seq = {
                 str(d): int(s) for d, s in conn.execute("SELECT device, last_seq FROM devices")
             }
             row = conn.execute("SELECT coalesce(sum(payload_bytes), 0) FROM devices").fetchone()
             reset = counts.move_all(conn, STATE_IN_FLIGHT, STATE_PENDING)
             reset += counts.move_all(conn, STATE_HELD, STATE_PENDING)
-            return last_seq, int(row[0]) if row else 0, reset
+            top = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
+            return last_seq, int(row[0]) if row else 0, reset, int(top[0]) + 1
 
-        self._last_seq, self._bytes, reset = await self._db.write(load, durable=True)
+        self._last_seq, self._bytes, reset, self._next_rowid = await self._db.write(
+            load, durable=True
+        )
         if reset:
             log.info("buffer_in_flight_reset", events=reset)
 
@@ -273,8 +282,11 @@ class Buffer:
         """One transaction for ``batch``; memory (seqs, bytes) changes only once it committed."""
         results: list[StoredEvent | BaseException]
         now = time.time()
+        # Taken whether or not the commit succeeds: a rowid left unused is harmless.
+        first_rowid = self._next_rowid
+        self._next_rowid += len(batch)
         try:
-            rows, last_seq = self._rows(batch, now)
+            rows, last_seq = self._rows(batch, now, first_rowid)
             size = sum(len(row[5]) for row in rows)
             if self._bytes + size <= self.max_bytes:
                 await self._db.write(
@@ -287,7 +299,7 @@ class Buffer:
                 ]
             else:
                 done = await self._db.write(
-                    partial(self._insert_making_room, batch, now), durable=True
+                    partial(self._insert_making_room, batch, now, first_rowid), durable=True
                 )
                 self._last_seq.update(done.last_seq)
                 self._bytes += done.bytes_delta
@@ -323,19 +335,23 @@ class Buffer:
             self.transitions["stored"] += stored
             self.committed.set()
 
-    def _rows(self, batch: list[_Append], now: float) -> tuple[list[_Row], dict[str, int]]:
+    def _rows(
+        self, batch: list[_Append], now: float, first_rowid: int
+    ) -> tuple[list[_Row], dict[str, int]]:
         """The batch's rows with the next seqs, as if all fit under the cap (the usual case)."""
         last_seq = dict(self._last_seq)
         rows: list[_Row] = []
-        for item in batch:
+        for rowid, item in enumerate(batch, first_rowid):
             ev = item.event
             seq = last_seq.get(ev.device, 0) + 1
             last_seq[ev.device] = seq
-            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, ev.render(seq)))
+            rows.append(
+                (id_key(ev.id), ev.device, seq, int(ev.droppable), now, ev.render(seq), rowid)
+            )
         return rows, last_seq
 
     def _insert_making_room(
-        self, batch: list[_Append], now: float, conn: sqlite3.Connection
+        self, batch: list[_Append], now: float, first_rowid: int, conn: sqlite3.Connection
     ) -> _Committed:
         """The batch does not fit under the cap: evict or refuse event by event (SQLite thread).
 
@@ -347,7 +363,7 @@ class Buffer:
         last_seq = dict(self._last_seq)
         held = self._bytes
         rows: list[_Row] = []
-        for item in batch:
+        for rowid, item in enumerate(batch, first_rowid):
             ev = item.event
             seq = last_seq.get(ev.device, 0) + 1
             payload = ev.render(seq)
@@ -361,7 +377,7 @@ class Buffer:
                 done.counts.update(room.counts)
             held += len(payload)
             last_seq[ev.device] = seq
-            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload))
+            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload, rowid))
             done.results.append(StoredEvent(ev.id, ev.device, seq, ev.time, ev.type))
         _insert_rows(conn, rows, last_seq)
         done.last_seq = {row[1]: last_seq[row[1]] for row in rows}

@@ -207,3 +207,42 @@ async def test_an_older_file_is_counted_and_a_hand_edit_is_recounted(tmp_path: P
         check(path, None)  # the daemon's byte total in memory is not re-read (as before)
     finally:
         await buf.close()
+
+
+async def test_a_late_puback_for_an_evicted_event_marks_no_other_event_sent(tmp_path: Path) -> None:
+    """A row's number is never handed to another event while the publisher may still hold it.
+
+    A live-first drain at the size cap: the newest event goes out first, central's confirm
+    overtakes its PUBACK, and the next event evicts it (the only row that may go). SQLite
+    would give the new row the freed rowid (the highest), the new row is claimed, and then the
+    first event's PUBACK arrives: marking "that rowid" sent would mark an event the broker
+    never acknowledged (lost if the session ends before its own PUBACK, since only in-flight
+    rows are put back) and count it against the wrong device.
+    """
+    path = tmp_path / "b.db"
+
+    def scan(device: str, n: int) -> NewEvent:
+        def render(seq: int) -> bytes:
+            return json.dumps({"n": n, "seq": seq, "pad": "x" * 100}).encode()
+
+        return NewEvent(f"{device}-{n}", device, "t", "t", False, render)
+
+    buf = await Buffer.open(path, max_bytes=600)
+    try:
+        for i in range(3):
+            await buf.append(scan("dock", i))
+        boundary = await buf.last_rowid()
+        await buf.append(scan("gate", 0))
+        [first] = await buf.claim(1, live_after=boundary)
+        await buf.settle([(first.id, True)])  # the confirm overtook the PUBACK
+        await buf.append(scan("dock", 9))  # at the cap: the confirmed event makes room
+        [second] = await buf.claim(1, live_after=boundary)
+        assert second.id == "dock-9"
+        await buf.mark_sent([first])  # the first event's late PUBACK
+        with sqlite3.connect(path) as conn:
+            state = conn.execute("SELECT state FROM events WHERE seq = 4 AND device = 'dock'")
+            assert state.fetchone() == (1,)  # still in flight: its own PUBACK has not come
+        assert await buf.release_in_flight() == 1
+        check(path, buf)
+    finally:
+        await buf.close()
