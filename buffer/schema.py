@@ -17,6 +17,7 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiosqlite
@@ -131,6 +132,112 @@ REBUILD_COUNTS = (
 )
 """The counts and low marks (schema v4, buffer/counts.py) computed from the events themselves."""
 
+COUNT_CHUNK = 100_000
+"""Rows counted per step of the v4 migration, between two progress reports."""
+
+_V4_TABLES = """
+    CREATE TABLE unsent_states (
+        state  INTEGER PRIMARY KEY,
+        events INTEGER NOT NULL
+    );
+    INSERT INTO unsent_states (state, events) VALUES (-1, 0), (0, 0), (1, 0);
+    ALTER TABLE devices ADD COLUMN payload_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN unsent_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN sent_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN sent_telemetry INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN confirmed_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN rejected_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN unsent_from INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN unsettled_from INTEGER NOT NULL DEFAULT 0
+"""
+
+
+@dataclass(slots=True)
+class _Held:
+    """One device's figures as the v4 migration counts them."""
+
+    size: int = 0
+    last_seq: int = 0
+    unsent_from: int | None = None
+    unsettled_from: int | None = None
+    events: list[int] = field(default_factory=lambda: [0] * 5)
+    """In the order of buffer/counts.py's ``COLUMNS``: unsent, sent (not telemetry), sent
+    telemetry, confirmed, rejected."""
+
+
+def _lower(mark: int | None, seq: int) -> int:
+    return seq if mark is None else min(mark, seq)
+
+
+async def _count_events(conn: aiosqlite.Connection, progress: ProgressFn) -> None:
+    """v3 -> v4: what the buffer holds, kept exact from now on by the writes (buffer/counts.py).
+
+    The same figures as :data:`REBUILD_COUNTS`, from one pass over the table in rowid chunks
+    with a progress report after each: at millions of rows this takes a while (its three scans
+    in one statement each took 4 s per million rows on a warm cache), and only a report keeps
+    systemd's start timeout (30 s) from killing the gateway part way, again at every restart,
+    since the transaction is then rolled back. One transaction, ``user_version`` included: the
+    ``ALTER TABLE`` statements cannot run twice.
+    """
+    async with conn.execute("SELECT coalesce(max(rowid), 0) FROM events") as cur:
+        row = await cur.fetchone()
+    last = int(row[0]) if row else 0
+    held: dict[str, _Held] = {}
+    unsent = {STATE_HELD: 0, STATE_PENDING: 0, STATE_IN_FLIGHT: 0}
+    async with transaction(conn):
+        for statement in filter(str.strip, _V4_TABLES.split(";")):
+            await conn.execute(statement)
+        for start in range(0, last, COUNT_CHUNK):
+            async with conn.execute(
+                "SELECT device, state, droppable <> 0, count(*), sum(length(payload)), min(seq),"
+                " max(seq) FROM events WHERE rowid > ? AND rowid <= ?"
+                " GROUP BY device, state, droppable <> 0",
+                (start, start + COUNT_CHUNK),
+            ) as cur:
+                found = await cur.fetchall()
+            for device, state, droppable, n, size, low, high in found:
+                fig = held.setdefault(str(device), _Held())
+                fig.size += int(size)
+                fig.last_seq = max(fig.last_seq, int(high))
+                if state < STATE_SENT:
+                    unsent[int(state)] = unsent.get(int(state), 0) + int(n)
+                    fig.unsent_from = _lower(fig.unsent_from, int(low))
+                if not droppable and state <= STATE_SENT:
+                    fig.unsettled_from = _lower(fig.unsettled_from, int(low))
+                if state < STATE_SENT:
+                    fig.events[0] += int(n)
+                elif state == STATE_SENT:
+                    fig.events[2 if droppable else 1] += int(n)
+                else:
+                    fig.events[3 if state == STATE_CONFIRMED else 4] += int(n)
+            progress(f"counting buffered events: {min(start + COUNT_CHUNK, last) * 100 // last} %")
+        # A device with events but no devices row (a file edited by hand) gets one.
+        await conn.executemany(
+            "INSERT INTO devices (device, last_seq) VALUES (?, ?) ON CONFLICT (device) DO NOTHING",
+            [(device, fig.last_seq) for device, fig in held.items()],
+        )
+        await conn.executemany(
+            "UPDATE unsent_states SET events = ? WHERE state = ?",
+            [(n, state) for state, n in unsent.items()],
+        )
+        await conn.executemany(
+            "UPDATE devices SET payload_bytes = ?, unsent_events = ?, sent_events = ?,"
+            " sent_telemetry = ?, confirmed_events = ?, rejected_events = ?,"
+            " unsent_from = coalesce(?, last_seq + 1), unsettled_from = coalesce(?, last_seq + 1)"
+            " WHERE device = ?",
+            [
+                (fig.size, *fig.events, fig.unsent_from, fig.unsettled_from, device)
+                for device, fig in held.items()
+            ],
+        )
+        # Devices without events: nothing unsent, nothing awaiting a verdict.
+        await conn.execute(
+            "UPDATE devices SET unsent_from = last_seq + 1, unsettled_from = last_seq + 1"
+            " WHERE device NOT IN (SELECT DISTINCT device FROM events)"
+        )
+        await conn.execute("PRAGMA user_version=4")
+
+
 Migration = str | Callable[[aiosqlite.Connection, ProgressFn], Awaitable[None]]
 """A SQL script run in one transaction, or a step that commits as it goes."""
 
@@ -176,22 +283,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # v3 -> v4: what the buffer holds, kept exact by the transactions that change it, so
     # status, checkpoints and metrics read O(devices) rows instead of scanning millions of sent
-    # ones (buffer/counts.py). One scan of the table, once, at the first start after upgrade.
-    f"""
-    CREATE TABLE unsent_states (
-        state  INTEGER PRIMARY KEY,
-        events INTEGER NOT NULL
-    );
-    ALTER TABLE devices ADD COLUMN payload_bytes INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE devices ADD COLUMN unsent_events INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE devices ADD COLUMN sent_events INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE devices ADD COLUMN sent_telemetry INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE devices ADD COLUMN confirmed_events INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE devices ADD COLUMN rejected_events INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE devices ADD COLUMN unsent_from INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE devices ADD COLUMN unsettled_from INTEGER NOT NULL DEFAULT 0;
-    {"; ".join(REBUILD_COUNTS)}
-    """,
+    # ones (buffer/counts.py). One pass over the table, once, at the first start after upgrade.
+    _count_events,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from buffer import schema
 from buffer.counts import COLUMNS
 from buffer.rows import OutgoingEvent
 from buffer.stats import read_figures, read_stats, scan_figures
@@ -244,5 +245,55 @@ async def test_a_late_puback_for_an_evicted_event_marks_no_other_event_sent(tmp_
             assert state.fetchone() == (1,)  # still in flight: its own PUBACK has not come
         assert await buf.release_in_flight() == 1
         check(path, buf)
+    finally:
+        await buf.close()
+
+
+async def test_the_v4_migration_counts_every_state_in_chunks_and_says_how_far_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A v3 file with events in every state: the migration's one chunked pass gives what a full
+    recount gives, and reports progress after each chunk (systemd extends its start timeout on
+    each report; a big file counted in silence got the gateway killed at every start)."""
+    path = tmp_path / "b.db"
+    rng = random.Random(11)
+    buf = await Buffer.open(path, max_bytes=10**8, keep_unconfirmed=ACCEPTED)
+    for i in range(60):
+        await buf.append(event(DEVICES[i % 4], i, rng))
+    claimed = await buf.claim(45)
+    await buf.mark_sent(claimed[:30])
+    await buf.hold(claimed[30:35])  # 35..45 stay in flight (killed mid-session)
+    await buf.settle([(e.id, i % 3 != 0) for i, e in enumerate(claimed[:12])])
+    await buf.set_device_status("idle", "ok", "", "now")  # a device without events
+    await buf.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE events SET state = 1 WHERE rowid IN (36, 37, 38)")  # as if killed
+        states = {s for (s,) in conn.execute("SELECT DISTINCT state FROM events")}
+        assert states == {-1, 0, 1, 2, 3, 4}
+        conn.execute("DROP TABLE unsent_states")
+        for column in (*COLUMNS, "payload_bytes", "unsent_from", "unsettled_from"):
+            conn.execute(f"ALTER TABLE devices DROP COLUMN {column}")
+        conn.execute("PRAGMA user_version=3")
+
+    monkeypatch.setattr(schema, "COUNT_CHUNK", 7)
+    said: list[str] = []
+    conn = await schema.open_database(path, said.append)
+    await conn.close()
+    assert len(said) == 9  # 60 rows, 7 at a time
+    assert said[-1] == "counting buffered events: 100 %"
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+        migrated = db.execute("SELECT * FROM devices ORDER BY device").fetchall()
+        split = db.execute("SELECT * FROM unsent_states ORDER BY state").fetchall()
+        db.execute("BEGIN")
+        for statement in schema.REBUILD_COUNTS:
+            db.execute(statement)
+        assert db.execute("SELECT * FROM devices ORDER BY device").fetchall() == migrated
+        assert db.execute("SELECT * FROM unsent_states ORDER BY state").fetchall() == split
+        db.execute("ROLLBACK")
+    check(path, None)
+    buf = await Buffer.open(path, max_bytes=10**8, keep_unconfirmed=ACCEPTED)
+    try:
+        check(path, buf)  # the in-flight and held rows went back to pending, counted
     finally:
         await buf.close()
