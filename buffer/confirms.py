@@ -12,9 +12,10 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from buffer import counts
 from buffer.event_ids import id_key
-from buffer.rows import ADVANCE_LAST_SENT, chunks, last_sent_params, marks
-from buffer.schema import STATE_CONFIRMED, STATE_REJECTED
+from buffer.rows import chunks, last_sent_params, marks
+from buffer.schema import STATE_CONFIRMED, STATE_REJECTED, STATE_SENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +58,30 @@ def settle(conn: sqlite3.Connection, first: dict[str, bool], now: float) -> Sett
     """
     keys = {id_key(event_id): event_id for event_id in first}
     found: dict[str, Settled] = {}
+    tally = counts.Tally()
     for state, accepted in ((STATE_CONFIRMED, True), (STATE_REJECTED, False)):
         wanted = [key for key, event_id in keys.items() if first[event_id] is accepted]
         for chunk in chunks(wanted):
-            for key, device, seq in conn.execute(
+            # Sent, the usual case; then those not marked sent yet, their states read first so
+            # that the counts (buffer/counts.py) move from where each one was.
+            before = {
+                key: int(old)
+                for key, old in conn.execute(
+                    f"SELECT id, state FROM events WHERE id IN ({marks(len(chunk))})"  # noqa: S608
+                    f" AND state < {STATE_SENT}",
+                    chunk,
+                )
+            }
+            for key, device, seq, droppable in conn.execute(
                 f"UPDATE events SET state = ?, sent = coalesce(sent, ?)"  # noqa: S608 - marks only
-                f" WHERE id IN ({marks(len(chunk))}) AND state < ? RETURNING id, device, seq",
+                f" WHERE id IN ({marks(len(chunk))}) AND state < ?"
+                " RETURNING id, device, seq, droppable",
                 (state, now, *chunk, STATE_CONFIRMED),
             ).fetchall():
                 event_id = keys[key]
                 found[event_id] = Settled(event_id, str(device), int(seq), state)
+                tally.move(str(device), int(droppable), before.get(key, STATE_SENT), state)
+    tally.apply(conn)
     result = SettleResult(applied=[found[i] for i in first if i in found])
     rest = [key for key, event_id in keys.items() if event_id not in found]
     known = 0
@@ -78,5 +93,5 @@ def settle(conn: sqlite3.Connection, first: dict[str, bool], now: float) -> Sett
         known += int(row[0]) if row else 0
     result.duplicate = known
     result.unknown = len(rest) - known
-    conn.executemany(ADVANCE_LAST_SENT, last_sent_params((s.device, s.seq) for s in result.applied))
+    conn.executemany(counts.SETTLED, last_sent_params((s.device, s.seq) for s in result.applied))
     return result

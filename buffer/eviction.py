@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from buffer import dropped
+from buffer import counts, dropped
 from buffer.rows import chunks, marks
 from buffer.schema import STATE_HELD, STATE_PENDING, STATE_SENT
 
@@ -105,12 +105,14 @@ def make_room(conn: sqlite3.Connection, over: int, keep_unconfirmed: frozenset[s
         return room
     for step in steps:
         for chunk in chunks(step.rowids):
-            freed = conn.execute(
+            rows = conn.execute(
                 f"DELETE FROM events WHERE rowid IN ({marks(len(chunk))})"  # noqa: S608
-                " RETURNING length(payload)",
+                " RETURNING device, state, droppable, length(payload)",
                 chunk,
             ).fetchall()
-            room.freed += sum(int(r[0]) for r in freed)
+            tally = counts.Tally()
+            room.freed += tally.deleted(rows)
+            tally.apply(conn)
         if step.rowids:
             room.counts[step.counter] += len(step.rowids)
         if step.counter == "dropped":

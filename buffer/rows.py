@@ -27,13 +27,12 @@ class OutgoingEvent:
     backlog: bool
     created: float = 0.0
     """Commit time (epoch seconds), for the publish latency metric; 0 when not known."""
-
-
-ADVANCE_LAST_SENT = "UPDATE devices SET last_sent_seq = max(last_sent_seq, ?) WHERE device = ?"
+    droppable: int = 0
+    """1 for telemetry the size cap may drop (claims read it for buffer/counts.py)."""
 
 
 def last_sent_params(sent: Iterable[tuple[str, int]]) -> list[tuple[int, str]]:
-    """(highest seq, device) per device in ``sent``: the parameters of ``ADVANCE_LAST_SENT``."""
+    """(highest seq, device) per device in ``sent``: the parameters of ``counts.SETTLED``."""
     last: dict[str, int] = {}
     for device, seq in sent:
         last[device] = max(last.get(device, 0), seq)

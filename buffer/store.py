@@ -28,10 +28,10 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
-from buffer import writer_lock
+from buffer import counts, writer_lock
 from buffer.confirms import SettleResult, first_verdicts, settle
 from buffer.connection import BufferConnection
-from buffer.event_ids import id_key
+from buffer.event_ids import id_key, id_text
 from buffer.eviction import awaiting_confirm_sql, make_room
 from buffer.replay_reads import (
     ReplayRange,
@@ -41,11 +41,8 @@ from buffer.replay_reads import (
     still_unsent,
 )
 from buffer.rows import (
-    ADVANCE_LAST_SENT,
     OutgoingEvent,
     chunks,
-    fetch_outgoing,
-    last_sent_params,
     marks,
 )
 from buffer.schema import (
@@ -87,27 +84,52 @@ class NewEvent:
     render: Callable[[int], bytes]
 
 
-_Row = tuple[bytes | str, str, int, int, float, bytes]
+_Row = tuple[bytes | str, str, int, int, float, bytes, int]
 """An events row as inserted: id (as :func:`id_key` stores it), device, seq, droppable, created,
-payload."""
+payload, rowid."""
 
 _INSERT_EVENT = (
-    "INSERT INTO events (id, device, seq, droppable, created, payload) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (id, device, seq, droppable, created, payload, rowid)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_DEVICE = (
-    "INSERT INTO devices (device, last_seq) VALUES (?, ?)"
-    " ON CONFLICT (device) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
+    "INSERT INTO devices (device, last_seq, unsent_events, payload_bytes) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (device) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq),"
+    " unsent_events = unsent_events + excluded.unsent_events,"
+    " payload_bytes = payload_bytes + excluded.payload_bytes"
 )
 _CLAIMABLE = (
-    "SELECT rowid, id, device, seq, payload, created FROM events"  # noqa: S608 - constants
+    "SELECT rowid, id, device, seq, payload, created, droppable FROM events"  # noqa: S608
     f" WHERE state < 2 AND state = {STATE_PENDING} {{extra}} ORDER BY rowid LIMIT ?"
 )
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: Sequence[_Row], last_seq: dict[str, int]) -> None:
-    """Insert ``rows`` and record each of their devices' new ``last_seq``."""
+    """Insert ``rows``; record each of their devices' new ``last_seq``, bytes and counts."""
     conn.executemany(_INSERT_EVENT, rows)
-    conn.executemany(_UPSERT_DEVICE, [(d, last_seq[d]) for d in {row[1] for row in rows}])
+    # The kept counts (buffer/counts.py) in the same per-device statement as the seq.
+    added: dict[str, list[int]] = {}
+    for row in rows:
+        device = added.get(row[1])
+        if device is None:
+            added[row[1]] = [1, len(row[5])]
+        else:
+            device[0] += 1
+            device[1] += len(row[5])
+    conn.executemany(_UPSERT_DEVICE, [(d, last_seq[d], n, b) for d, (n, b) in added.items()])
+    counts.add_unsent(conn, len(rows), STATE_PENDING)
+
+
+def _claimable(
+    conn: sqlite3.Connection, extra: str, params: tuple[int, ...], *, backlog: bool
+) -> list[OutgoingEvent]:
+    """The oldest pending rows (rowid order) as OutgoingEvents, ``droppable`` included."""
+    return [
+        OutgoingEvent(
+            int(r), id_text(i), str(d), int(s), bytes(p), backlog, float(c or 0.0), int(dr)
+        )
+        for r, i, d, s, p, c, dr in conn.execute(_CLAIMABLE.format(extra=extra), params)
+    ]
 
 
 @dataclass(slots=True)
@@ -147,6 +169,11 @@ class Buffer:
         self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
         self._last_seq: dict[str, int] = {}
         self._bytes = 0
+        self._next_rowid = 1
+        """The rowid the next event gets. SQLite would reuse the highest one once its row is
+        deleted (evicted or pruned), while a PUBACK, release or hold for the event that had it
+        may still be on its way: those find rows by rowid, so one is never given twice while
+        this process runs (a restart forgets every claim)."""
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._lock_fd: int | None = None
@@ -195,18 +222,19 @@ class Buffer:
         return buf
 
     async def _load(self) -> None:
-        def load(conn: sqlite3.Connection) -> tuple[dict[str, int], int, int]:
+        def load(conn: sqlite3.Connection) -> tuple[dict[str, int], int, int, int]:
             last_seq = {
                 str(d): int(s) for d, s in conn.execute("SELECT device, last_seq FROM devices")
             }
-            row = conn.execute("SELECT coalesce(sum(length(payload)), 0) FROM events").fetchone()
-            reset = conn.execute(
-                "UPDATE events SET state = ? WHERE state IN (?, ?)",
-                (STATE_PENDING, STATE_IN_FLIGHT, STATE_HELD),
-            ).rowcount
-            return last_seq, int(row[0]) if row else 0, reset
+            row = conn.execute("SELECT coalesce(sum(payload_bytes), 0) FROM devices").fetchone()
+            reset = counts.move_all(conn, STATE_IN_FLIGHT, STATE_PENDING)
+            reset += counts.move_all(conn, STATE_HELD, STATE_PENDING)
+            top = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
+            return last_seq, int(row[0]) if row else 0, reset, int(top[0]) + 1
 
-        self._last_seq, self._bytes, reset = await self._db.write(load, durable=True)
+        self._last_seq, self._bytes, reset, self._next_rowid = await self._db.write(
+            load, durable=True
+        )
         if reset:
             log.info("buffer_in_flight_reset", events=reset)
 
@@ -254,8 +282,11 @@ class Buffer:
         """One transaction for ``batch``; memory (seqs, bytes) changes only once it committed."""
         results: list[StoredEvent | BaseException]
         now = time.time()
+        # Taken whether or not the commit succeeds: a rowid left unused is harmless.
+        first_rowid = self._next_rowid
+        self._next_rowid += len(batch)
         try:
-            rows, last_seq = self._rows(batch, now)
+            rows, last_seq = self._rows(batch, now, first_rowid)
             size = sum(len(row[5]) for row in rows)
             if self._bytes + size <= self.max_bytes:
                 await self._db.write(
@@ -268,7 +299,7 @@ class Buffer:
                 ]
             else:
                 done = await self._db.write(
-                    partial(self._insert_making_room, batch, now), durable=True
+                    partial(self._insert_making_room, batch, now, first_rowid), durable=True
                 )
                 self._last_seq.update(done.last_seq)
                 self._bytes += done.bytes_delta
@@ -304,19 +335,23 @@ class Buffer:
             self.transitions["stored"] += stored
             self.committed.set()
 
-    def _rows(self, batch: list[_Append], now: float) -> tuple[list[_Row], dict[str, int]]:
+    def _rows(
+        self, batch: list[_Append], now: float, first_rowid: int
+    ) -> tuple[list[_Row], dict[str, int]]:
         """The batch's rows with the next seqs, as if all fit under the cap (the usual case)."""
         last_seq = dict(self._last_seq)
         rows: list[_Row] = []
-        for item in batch:
+        for rowid, item in enumerate(batch, first_rowid):
             ev = item.event
             seq = last_seq.get(ev.device, 0) + 1
             last_seq[ev.device] = seq
-            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, ev.render(seq)))
+            rows.append(
+                (id_key(ev.id), ev.device, seq, int(ev.droppable), now, ev.render(seq), rowid)
+            )
         return rows, last_seq
 
     def _insert_making_room(
-        self, batch: list[_Append], now: float, conn: sqlite3.Connection
+        self, batch: list[_Append], now: float, first_rowid: int, conn: sqlite3.Connection
     ) -> _Committed:
         """The batch does not fit under the cap: evict or refuse event by event (SQLite thread).
 
@@ -328,7 +363,7 @@ class Buffer:
         last_seq = dict(self._last_seq)
         held = self._bytes
         rows: list[_Row] = []
-        for item in batch:
+        for rowid, item in enumerate(batch, first_rowid):
             ev = item.event
             seq = last_seq.get(ev.device, 0) + 1
             payload = ev.render(seq)
@@ -342,7 +377,7 @@ class Buffer:
                 done.counts.update(room.counts)
             held += len(payload)
             last_seq[ev.device] = seq
-            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload))
+            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload, rowid))
             done.results.append(StoredEvent(ev.id, ev.device, seq, ev.time, ev.type))
         _insert_rows(conn, rows, last_seq)
         done.last_seq = {row[1]: last_seq[row[1]] for row in rows}
@@ -369,20 +404,12 @@ class Buffer:
             if limit <= 0:
                 return []
             if live_after is None:
-                rows = fetch_outgoing(conn, _CLAIMABLE.format(extra=""), (limit,), backlog=False)
+                rows = _claimable(conn, "", (limit,), backlog=False)
             else:
-                rows = fetch_outgoing(
-                    conn,
-                    _CLAIMABLE.format(extra="AND rowid > ?"),
-                    (live_after, limit),
-                    backlog=False,
-                )
+                rows = _claimable(conn, "AND rowid > ?", (live_after, limit), backlog=False)
                 if len(rows) < limit:
-                    rows += fetch_outgoing(
-                        conn,
-                        _CLAIMABLE.format(extra="AND rowid <= ?"),
-                        (live_after, limit - len(rows)),
-                        backlog=True,
+                    rows += _claimable(
+                        conn, "AND rowid <= ?", (live_after, limit - len(rows)), backlog=True
                     )
             for chunk in chunks([e.rowid for e in rows]):
                 conn.execute(
@@ -390,6 +417,8 @@ class Buffer:
                     f" WHERE rowid IN ({marks(len(chunk))})",
                     chunk,
                 )
+            # Selected as pending in this transaction (the writer lock is held): all of them moved.
+            counts.move_unsent(conn, len(rows), STATE_PENDING, STATE_IN_FLIGHT)
             return rows
 
         claimed = await self._db.write(run, durable=False)
@@ -401,18 +430,31 @@ class Buffer:
         if not events:
             return
         sent_at = time.time()
-        rowids = [e.rowid for e in events]
-        last_sent = last_sent_params((e.device, e.seq) for e in events)
+        runs = _runs(events)
 
         def run(conn: sqlite3.Connection) -> None:
-            for chunk in chunks(rowids):
-                # max(): a confirm may have overtaken the PUBACK; never downgrade it to sent.
-                conn.execute(
-                    f"UPDATE events SET state = max(state, {STATE_SENT}),"  # noqa: S608 - constant
-                    f" sent = coalesce(sent, ?) WHERE rowid IN ({marks(len(chunk))})",
-                    (sent_at, *chunk),
-                )
-            conn.executemany(ADVANCE_LAST_SENT, last_sent)
+            tally = counts.Tally()
+            pieces = list(chunks(events))
+            moved_whole = [c for c in pieces if _mark_chunk_sent(conn, c, sent_at, tally)]
+            if len(moved_whole) == len(pieces):  # the usual case: all were in flight
+                counts.move_unsent(conn, len(events), STATE_IN_FLIGHT, STATE_SENT)
+                params = [
+                    # An unbroken run of seqs if as many as it is long: each event moved a
+                    # row of its own, so no seq came twice.
+                    (high, -n, n - t, t, low, high if high - low + 1 == n else low - 1, device)
+                    for device, (low, high, n, t) in runs.items()
+                ]
+            else:
+                for chunk in moved_whole:
+                    for e in chunk:
+                        tally.move(e.device, e.droppable, STATE_IN_FLIGHT, STATE_SENT)
+                tally.apply_unsent(conn)
+                params = []
+                for device, (low, high, _, _) in runs.items():
+                    unsent, sent, telemetry = tally.row(device)[:3]
+                    params.append((high, unsent, sent, telemetry, low, low - 1, device))
+            # The devices' counts, last sent seq and first unsent row: one statement each.
+            conn.executemany(counts.MARK_SENT, params)
 
         await self._db.write(run, durable=False)
         self.transitions["sent"] += len(events)
@@ -422,24 +464,23 @@ class Buffer:
         rowids = [e.rowid for e in events]
 
         def run(conn: sqlite3.Connection) -> None:
+            moved = 0
             for chunk in chunks(rowids):
-                conn.execute(
+                moved += conn.execute(
                     f"UPDATE events SET state = {target}"  # noqa: S608 - constants
                     f" WHERE state = {source} AND rowid IN ({marks(len(chunk))})",
                     chunk,
-                )
+                ).rowcount
+            # Between unsent states only (held, pending, in flight): no device's figure changes.
+            counts.move_unsent(conn, moved, source, target)
 
         await self._db.write(run, durable=False)
 
     async def _move_all(self, source: int, target: int) -> int:
         """Move every row in state ``source`` to ``target`` (lazy write); returns how many."""
-
-        def run(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE events SET state = ? WHERE state = ?", (target, source)
-            ).rowcount
-
-        return await self._db.write(run, durable=False)
+        return await self._db.write(
+            partial(counts.move_all, source=source, target=target), durable=False
+        )
 
     async def release(self, events: Sequence[OutgoingEvent]) -> None:
         """Put claimed events back to pending (connection lost before their PUBACK)."""
@@ -521,21 +562,22 @@ class Buffer:
         cutoff = (time.time() if now is None else now) - retention
         awaiting = awaiting_confirm_sql(self.keep_unconfirmed)
 
-        def run(conn: sqlite3.Connection) -> list[int]:
-            return [
-                int(r[0])
-                for r in conn.execute(
-                    "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events"  # noqa: S608
-                    f" WHERE state >= 2 AND sent < ? AND NOT ({awaiting})"
-                    " ORDER BY rowid LIMIT 10000) RETURNING length(payload)",
-                    (cutoff,),
-                ).fetchall()
-            ]
+        def run(conn: sqlite3.Connection) -> tuple[int, int]:
+            rows = conn.execute(
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events"  # noqa: S608
+                f" WHERE state >= 2 AND sent < ? AND NOT ({awaiting})"
+                " ORDER BY rowid LIMIT 10000) RETURNING device, state, droppable, length(payload)",
+                (cutoff,),
+            ).fetchall()
+            tally = counts.Tally()
+            freed = tally.deleted(rows)
+            tally.apply(conn)
+            return len(rows), freed
 
-        freed = await self._db.write(run, durable=False)
-        self._bytes -= sum(freed)
-        self.transitions["pruned"] += len(freed)
-        return len(freed)
+        pruned, freed = await self._db.write(run, durable=False)
+        self._bytes -= freed
+        self.transitions["pruned"] += pruned
+        return pruned
 
     async def settle(self, verdicts: Sequence[tuple[str, bool]]) -> SettleResult:
         """Apply central's verdicts (id, accepted) durably, in one round trip.
@@ -645,6 +687,63 @@ class Buffer:
         if self._lock_fd is not None:
             writer_lock.release(self._lock_fd)
             self._lock_fd = None
+
+
+def _runs(events: Sequence[OutgoingEvent]) -> dict[str, list[int]]:
+    """Per device: [lowest seq, highest seq, events, telemetry events] (one cheap pass)."""
+    runs: dict[str, list[int]] = {}
+    for e in events:
+        run_of = runs.get(e.device)
+        if run_of is None:
+            runs[e.device] = [e.seq, e.seq, 1, e.droppable]
+            continue
+        if e.seq < run_of[0]:
+            run_of[0] = e.seq
+        elif e.seq > run_of[1]:
+            run_of[1] = e.seq
+        run_of[2] += 1
+        run_of[3] += e.droppable
+    return runs
+
+
+def _mark_chunk_sent(
+    conn: sqlite3.Connection,
+    chunk: Sequence[OutgoingEvent],
+    sent_at: float,
+    tally: counts.Tally,
+) -> bool:
+    """Mark ``chunk`` sent; True if every row was in flight (the caller counts them then).
+
+    Nearly always every row is still in flight: one UPDATE. Otherwise (a confirm overtook the
+    PUBACK, the session's rows were released meanwhile, a row is gone) that UPDATE is undone,
+    the rows' states are read first, and what moved goes into ``tally``.
+    """
+    rowids = [e.rowid for e in chunk]
+    in_list = marks(len(rowids))
+    conn.execute("SAVEPOINT mark_sent")
+    moved = conn.execute(
+        f"UPDATE events SET state = {STATE_SENT}, sent = coalesce(sent, ?)"  # noqa: S608
+        f" WHERE state = {STATE_IN_FLIGHT} AND rowid IN ({in_list})",
+        (sent_at, *rowids),
+    ).rowcount
+    if moved == len(rowids):
+        conn.execute("RELEASE mark_sent")
+        return True
+    conn.execute("ROLLBACK TO mark_sent")
+    conn.execute("RELEASE mark_sent")
+    for device, state, droppable in conn.execute(
+        f"SELECT device, state, droppable FROM events WHERE state < {STATE_SENT}"  # noqa: S608
+        f" AND rowid IN ({in_list})",
+        rowids,
+    ).fetchall():
+        tally.move(str(device), int(droppable), int(state), STATE_SENT)
+    # max(): a confirm may have overtaken the PUBACK; never downgrade it to sent.
+    conn.execute(
+        f"UPDATE events SET state = max(state, {STATE_SENT}),"  # noqa: S608 - constant
+        f" sent = coalesce(sent, ?) WHERE rowid IN ({in_list})",
+        (sent_at, *rowids),
+    )
+    return False
 
 
 def _translate(exc: Exception) -> Exception:

@@ -142,8 +142,9 @@ class Housekeeping:
         loop = asyncio.get_running_loop()
         failure: Exception | None = None
         if self._stats is None or loop.time() >= self._stats_due:
-            # Buffer stats scan the table (over a second at a million rows): refresh them at
-            # most every 20x their own duration, so they never take more than 5% of a core.
+            # Buffer stats read kept counts (well under a millisecond at millions of rows,
+            # docs/buffer.md); still refreshed at most every 20x their own duration, so they
+            # never take more than 5% of a core whatever they cost.
             started = loop.time()
             try:
                 self._stats = await self._parts.buffer.stats()

@@ -98,3 +98,4 @@ async def test_kill9_at_random_moments_loses_nothing_acknowledged(
     assert parity.conflicting == 0, "a redelivered seq always carries its original id"
     assert parity.new_id_duplicates == 0
     assert parity.integrity == "ok"
+    assert parity.counts == [], "the kept counts (status, checkpoint) match a full count"

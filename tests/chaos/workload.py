@@ -146,6 +146,9 @@ class Parity:
     same_id_duplicates: int = 0
     conflicting: int = 0
     integrity: str = ""
+    counts: list[str] = field(default_factory=list)
+    """Where the counts the buffer keeps (schema v4) disagree with a full count: status, the
+    checkpoint and metrics show the kept ones."""
 
     def row(self, scenario: str, *, faults: int, seconds: float, note: str) -> ChaosRow:
         """This outcome as a line of the chaos summary table."""
@@ -162,14 +165,59 @@ class Parity:
 
     @property
     def clean(self) -> bool:
-        """Nothing lost, no gap, no new-id duplicate, a sound file."""
+        """Nothing lost, no gap, no new-id duplicate, a sound file with right counts."""
         return (
             not self.lost
             and not any(self.gaps.values())
             and self.new_id_duplicates == 0
             and self.conflicting == 0
             and self.integrity == "ok"
+            and not self.counts
         )
+
+
+def count_errors(conn: sqlite3.Connection) -> list[str]:
+    """The kept counts and low marks (buffer/counts.py) against one GROUP BY of the events.
+
+    Cheap at a chaos run's size; empty when they agree.
+    """
+    errors = []
+    kept = {
+        str(row[0]): tuple(row[1:])
+        for row in conn.execute(
+            "SELECT device, unsent_events, sent_events, sent_telemetry, confirmed_events,"
+            " rejected_events, payload_bytes FROM devices"
+        )
+    }
+    marks = {
+        str(d): (int(u), int(s))
+        for d, u, s in conn.execute("SELECT device, unsent_from, unsettled_from FROM devices")
+    }
+    for device, *counted in conn.execute(
+        "SELECT device, count(*) FILTER (WHERE state < 2),"
+        " count(*) FILTER (WHERE state = 2 AND droppable = 0),"
+        " count(*) FILTER (WHERE state = 2 AND droppable <> 0),"
+        " count(*) FILTER (WHERE state = 3), count(*) FILTER (WHERE state = 4),"
+        " sum(length(payload)), min(seq) FILTER (WHERE state < 2),"
+        " min(seq) FILTER (WHERE droppable = 0 AND state <= 2) FROM events GROUP BY device"
+    ):
+        *figures, first_unsent, first_unsettled = counted
+        held = kept.pop(str(device), None)
+        if held != tuple(figures):
+            errors.append(f"{device}: kept {held}, counted {tuple(figures)}")
+        unsent_from, unsettled_from = marks.get(str(device), (0, 0))
+        if first_unsent is not None and unsent_from > first_unsent:
+            errors.append(f"{device}: unsent_from {unsent_from} > first unsent {first_unsent}")
+        if first_unsettled is not None and unsettled_from > first_unsettled:
+            errors.append(f"{device}: unsettled_from {unsettled_from} > {first_unsettled}")
+    errors += [f"{d}: kept {v} for no events" for d, v in kept.items() if any(v)]
+    states = dict(conn.execute("SELECT state, events FROM unsent_states WHERE events <> 0"))
+    counted_states = dict(
+        conn.execute("SELECT state, count(*) FROM events WHERE state < 2 GROUP BY state")
+    )
+    if states != counted_states:
+        errors.append(f"unsent_states: kept {states}, counted {counted_states}")
+    return errors
 
 
 def check_parity(db: Path, central: CentralCollector, workers: list[Worker]) -> Parity:
@@ -197,6 +245,7 @@ def check_parity(db: Path, central: CentralCollector, workers: list[Worker]) -> 
     result.new_id_duplicates = sum(len(ids) - 1 for ids in received_codes.values() if len(ids) > 1)
     with contextlib.closing(sqlite3.connect(db)) as conn:
         result.integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+        result.counts = count_errors(conn)
     return result
 
 

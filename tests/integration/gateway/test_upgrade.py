@@ -32,11 +32,12 @@ async def test_start_on_a_v1_buffer_extends_the_start_timeout_then_is_ready(
         systemd.settimeout(5)
         monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
         async with running_gateway(config):
-            heard = [systemd.recv(4096).decode() for _ in range(4)]
-    assert heard[:3] == [
-        f"EXTEND_TIMEOUT_USEC=30000000\nSTATUS=packing event ids: {p} %" for p in (33, 66, 100)
+            heard = [systemd.recv(4096).decode() for _ in range(5)]
+    assert heard[:4] == [
+        *(f"EXTEND_TIMEOUT_USEC=30000000\nSTATUS=packing event ids: {p} %" for p in (33, 66, 100)),
+        "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=counting buffered events: 100 %",  # v4
     ]
-    assert heard[3].startswith("READY=1")
+    assert heard[4].startswith("READY=1")
     with sqlite3.connect(state / "buffer.db") as conn:
         stored = [id_text(i) for (i,) in conn.execute("SELECT id FROM events ORDER BY rowid")]
         assert conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)

@@ -61,7 +61,10 @@ async def test_v1_buffer_is_migrated_in_place_keeping_ids_order_and_states(
     heard: list[str] = []
     buf = await Buffer.open(path, max_bytes=10**8, progress=heard.append)
     try:
-        assert heard == [f"packing event ids: {p} %" for p in (20, 40, 60, 80, 100)]
+        assert heard == [
+            *(f"packing event ids: {p} %" for p in (20, 40, 60, 80, 100)),
+            "counting buffered events: 100 %",  # v4, in one chunk
+        ]
         pending = await buf.claim(10_000)  # states 0 (pending) and 1 (in flight, reset on open)
         assert [e.id for e in pending] == [i for n, i in enumerate(ids, 1) if n % 3 != 2]
         result = await buf.settle([(ids[1], True), ("legacy-id", False), (uuid7(), True)])
