@@ -11,8 +11,10 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from structlog.testing import capture_logs
 
 from buffer.store import Buffer, NewEvent
+from gateway import publisher
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from gateway.topics import Topics
@@ -206,3 +208,65 @@ def scan(event_id: str) -> NewEvent:
         return json.dumps({"id": event_id, "seq": seq}).encode()
 
     return NewEvent(event_id, "dock-1", "t", "warehouse.barcode.scanned.v1", False, render)
+
+
+async def test_sessions_dropped_right_after_connack_are_reported_once_per_streak(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """Another client taking our client id drops each session right after CONNACK: the third
+    such drop in a row is reported once, with the client id; further drops are not."""
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.01, reconnect_max=0.02)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-twice", on_delivered=lambda _b: None)
+    task = asyncio.create_task(pub.run())
+    try:
+        with capture_logs() as logs:
+            for kick in range(5):
+                async with asyncio.timeout(10):
+                    while not pub.connected.is_set() or pub.reconnects < kick:
+                        await asyncio.sleep(0.01)
+                async with aiomqtt.Client(broker.host, broker.port, identifier="gw-twice"):
+                    pass  # connecting with our id ends our session
+            async with asyncio.timeout(10):
+                while pub.reconnects < 5:
+                    await asyncio.sleep(0.01)
+        warnings = [e for e in logs if e["event"] == "mqtt_client_id_in_use_elsewhere"]
+        assert [(e["client_id"], e["drops"]) for e in warnings] == [("gw-twice", 3)]
+    finally:
+        await stop(pub, task)
+
+
+async def test_a_session_that_lasted_ends_the_streak(
+    buffer: Buffer, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two quick drops, then a session that lasted: the streak starts again from zero, so the
+    report comes only after three more quick drops."""
+    monkeypatch.setattr(publisher, "QUICK_DROP_S", 0.3)
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.01, reconnect_max=0.02)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-streak", on_delivered=lambda _b: None)
+    task = asyncio.create_task(pub.run())
+
+    async def kick(*, after: float = 0.0) -> None:
+        drops = pub.reconnects
+        async with asyncio.timeout(10):
+            while not pub.connected.is_set():
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(after)
+        async with aiomqtt.Client(broker.host, broker.port, identifier="gw-streak"):
+            pass
+        async with asyncio.timeout(10):
+            while pub.reconnects == drops:
+                await asyncio.sleep(0.01)
+
+    try:
+        with capture_logs() as logs:
+            await kick()
+            await kick()
+            await kick(after=0.4)  # lasted: the streak ends
+            await kick()
+            await kick()
+            assert not [e for e in logs if e["event"] == "mqtt_client_id_in_use_elsewhere"]
+            await kick()
+        warnings = [e for e in logs if e["event"] == "mqtt_client_id_in_use_elsewhere"]
+        assert [e["drops"] for e in warnings] == [3]
+    finally:
+        await stop(pub, task)
