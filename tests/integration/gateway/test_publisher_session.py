@@ -1,0 +1,272 @@
+"""The publisher's session against a real Mosquitto: device statuses kept retained, messages
+handed on with their retained flag, and new settings applied (issue 19, mutation run)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from structlog.testing import capture_logs
+
+from buffer.store import Buffer, NewEvent
+from gateway import publisher
+from gateway.publisher import Publisher
+from gateway.settings import MqttSection
+from gateway.topics import Topics
+from simulators.broker import MosquittoBroker
+
+TOPICS = Topics("edge/site-test/gw-session")
+
+
+@pytest.fixture
+async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**8)
+    yield buf
+    await buf.close()
+
+
+async def retained(broker: MosquittoBroker, topic: str) -> Any:
+    """The retained message on ``topic`` now (None if there is none within 0.5 s)."""
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(0.5):
+                async for message in client.messages:
+                    return json.loads(bytes(message.payload))  # type: ignore[arg-type]
+        except TimeoutError:
+            return None
+    return None
+
+
+async def until_retained(broker: MosquittoBroker, topic: str, expected: object) -> None:
+    async with asyncio.timeout(5):
+        while (got := await retained(broker, topic)) != expected:
+            del got
+            await asyncio.sleep(0.02)
+
+
+async def stop(pub: Publisher, task: asyncio.Task[None]) -> None:
+    pub.stop()
+    async with asyncio.timeout(10):
+        await task
+
+
+async def test_device_statuses_are_retained_before_and_during_a_session(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """A status set before the connect is published with the session; one set during it is
+    published at once; the retained message always ends as the device's latest state."""
+    mqtt = MqttSection(host=broker.host, port=broker.port)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-devices", on_delivered=lambda _b: None)
+    pub.device_status("dock-1", {"state": "up", "n": 1})
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await pub.connected.wait()
+        assert await retained(broker, TOPICS.device_status("dock-1")) == {"state": "up", "n": 1}
+        pub.device_status("dock-2", {"state": "down"})
+        pub.device_status("dock-1", {"state": "down", "n": 2})
+        await until_retained(broker, TOPICS.device_status("dock-2"), {"state": "down"})
+        await until_retained(broker, TOPICS.device_status("dock-1"), {"state": "down", "n": 2})
+    finally:
+        await stop(pub, task)
+
+
+async def test_messages_are_handed_on_with_their_retained_flag(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """A message the broker kept (retained) is handed on as such, so a command in it is not
+    run; one published while we listen is handed on as live."""
+    topic = TOPICS.cmd_replay
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.publish(topic, b"kept", qos=1, retain=True)
+    seen: list[tuple[str, bytes, bool]] = []
+    arrived = asyncio.Event()
+
+    def on_message(topic: str, payload: bytes, *, retained: bool = False) -> None:
+        seen.append((topic, payload, retained))
+        arrived.set()
+
+    mqtt = MqttSection(host=broker.host, port=broker.port)
+    pub = Publisher(
+        mqtt,
+        buffer,
+        TOPICS,
+        client_id="gw-handed-on",
+        on_delivered=lambda _b: None,
+        on_message=on_message,
+        subscriptions=[topic],
+    )
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await arrived.wait()
+        arrived.clear()
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.publish(topic, b"live", qos=1)
+        async with asyncio.timeout(5):
+            await arrived.wait()
+        assert seen == [(topic, b"kept", True), (topic, b"live", False)]
+    finally:
+        await stop(pub, task)
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.publish(topic, b"", qos=1, retain=True)  # cleared
+
+
+async def test_new_session_settings_reconnect_and_others_do_not(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """The same settings, or a pacing one (``replay_rate``), keep the session; a session
+    setting (``keepalive``) ends it cleanly and connects again at once with the new one."""
+    links: list[bool] = []
+    mqtt = MqttSection(host=broker.host, port=broker.port, keepalive=30)
+    pub = Publisher(
+        mqtt,
+        buffer,
+        TOPICS,
+        client_id="gw-reload",
+        on_delivered=lambda _b: None,
+        on_link=lambda up, _since: links.append(up),
+    )
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await pub.connected.wait()
+        pub.reconfigure(mqtt.model_copy())
+        pub.reconfigure(mqtt.model_copy(update={"replay_rate": mqtt.replay_rate / 2}))
+        await asyncio.sleep(0.2)
+        assert links == [True], "no new session"
+        pub.reconfigure(mqtt.model_copy(update={"keepalive": 20}))
+        async with asyncio.timeout(5):
+            while links != [True, False, True]:
+                await asyncio.sleep(0.02)
+        assert pub.reconnects == 0, "a clean end, not a lost link"
+    finally:
+        await stop(pub, task)
+    assert links == [True, False, True, False]
+
+
+async def test_online_status_checkpoint_and_publish_latencies(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """The retained online status says since when (the time the link callback is told too);
+    the checkpoint goes out only while connected; each PUBACKed event adds one latency, from
+    its commit, to the publish metrics."""
+    links: list[tuple[bool, str]] = []
+    mqtt = MqttSection(host=broker.host, port=broker.port)
+    pub = Publisher(
+        mqtt,
+        buffer,
+        TOPICS,
+        client_id="gw-online",
+        on_delivered=lambda _b: None,
+        on_link=lambda up, since: links.append((up, since)),
+    )
+    assert not await pub.publish_checkpoint({"n": 0}), "not connected yet"
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await pub.connected.wait()
+        status = await retained(broker, TOPICS.status)
+        assert status["state"] == "online" and isinstance(status["since"], str)
+        assert links == [(True, status["since"])]
+        assert await pub.publish_checkpoint({"n": 1})
+        assert await retained(broker, TOPICS.checkpoint) == {"n": 1}
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.subscribe(TOPICS.events("dock-1"), qos=1)
+            for batch in range(2):
+                for n in range(3):
+                    await buffer.append(scan(f"e{batch}-{n}"))
+                async with asyncio.timeout(5):
+                    while pub.publish_latencies_total < 3 * (batch + 1):
+                        await asyncio.sleep(0.01)
+            got = []
+            async with asyncio.timeout(5):
+                async for message in client.messages:
+                    got.append(json.loads(bytes(message.payload))["id"])  # type: ignore[arg-type]
+                    if len(got) == 6:
+                        break
+        assert sorted(got) == [f"e{b}-{n}" for b in range(2) for n in range(3)], "device topic"
+        assert pub.publish_latencies_total == 6
+        assert len(pub.publish_latencies) == 6
+        assert all(0 <= latency < 5 for latency in pub.publish_latencies)
+    finally:
+        await stop(pub, task)
+    assert not await pub.publish_checkpoint({"n": 2}), "stopped"
+    offline = await retained(broker, TOPICS.status)
+    assert offline["state"] == "offline" and offline["since"] > status["since"], "since the stop"
+    assert await retained(broker, TOPICS.checkpoint) == {"n": 1}
+
+
+def scan(event_id: str) -> NewEvent:
+    def render(seq: int) -> bytes:
+        return json.dumps({"id": event_id, "seq": seq}).encode()
+
+    return NewEvent(event_id, "dock-1", "t", "warehouse.barcode.scanned.v1", False, render)
+
+
+async def test_sessions_dropped_right_after_connack_are_reported_once_per_streak(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """Another client taking our client id drops each session right after CONNACK: the third
+    such drop in a row is reported once, with the client id; further drops are not."""
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.01, reconnect_max=0.02)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-twice", on_delivered=lambda _b: None)
+    task = asyncio.create_task(pub.run())
+    try:
+        with capture_logs() as logs:
+            for kick in range(5):
+                async with asyncio.timeout(10):
+                    while not pub.connected.is_set() or pub.reconnects < kick:
+                        await asyncio.sleep(0.01)
+                async with aiomqtt.Client(broker.host, broker.port, identifier="gw-twice"):
+                    pass  # connecting with our id ends our session
+            async with asyncio.timeout(10):
+                while pub.reconnects < 5:
+                    await asyncio.sleep(0.01)
+        warnings = [e for e in logs if e["event"] == "mqtt_client_id_in_use_elsewhere"]
+        assert [(e["client_id"], e["drops"]) for e in warnings] == [("gw-twice", 3)]
+    finally:
+        await stop(pub, task)
+
+
+async def test_a_session_that_lasted_ends_the_streak(
+    buffer: Buffer, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two quick drops, then a session that lasted: the streak starts again from zero, so the
+    report comes only after three more quick drops."""
+    monkeypatch.setattr(publisher, "QUICK_DROP_S", 0.3)
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.01, reconnect_max=0.02)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-streak", on_delivered=lambda _b: None)
+    task = asyncio.create_task(pub.run())
+
+    async def kick(*, after: float = 0.0) -> None:
+        drops = pub.reconnects
+        async with asyncio.timeout(10):
+            while not pub.connected.is_set():
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(after)
+        async with aiomqtt.Client(broker.host, broker.port, identifier="gw-streak"):
+            pass
+        async with asyncio.timeout(10):
+            while pub.reconnects == drops:
+                await asyncio.sleep(0.01)
+
+    try:
+        with capture_logs() as logs:
+            await kick()
+            await kick()
+            await kick(after=0.4)  # lasted: the streak ends
+            await kick()
+            await kick()
+            assert not [e for e in logs if e["event"] == "mqtt_client_id_in_use_elsewhere"]
+            await kick()
+        warnings = [e for e in logs if e["event"] == "mqtt_client_id_in_use_elsewhere"]
+        assert [e["drops"] for e in warnings] == [3]
+    finally:
+        await stop(pub, task)
