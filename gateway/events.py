@@ -7,6 +7,7 @@ the exact bytes that go on the wire: a redelivery or replay sends the same id, s
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -67,12 +68,12 @@ def render_event(
     float may be spelled otherwise (``1.5e-05`` as ``0.000015``; the same number) and a NaN or
     infinity becomes ``null`` (``json`` wrote ``NaN``, which is not JSON). What orjson refuses
     (an integer beyond 64 bits, a key that is not a string, a mapping that is not a dict) goes
-    through ``json`` as before.
+    through ``json`` as before, with its NaNs and infinities as ``null`` too (:func:`_finite`).
     """
     try:
         body = _dumps(data)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        body = _encode(data).encode()
+        body = _encode(_finite(data)).encode()
     return _ENVELOPE % (
         _dumps(event_id),
         _dumps(source),
@@ -81,6 +82,20 @@ def render_event(
         int(seq),
         body,
     )
+
+
+def _finite(value: Any) -> Any:  # noqa: ANN401
+    """``value`` with each NaN or infinity as None, as orjson writes them (json: ``NaN``).
+
+    Only for what orjson refused; keys and everything json cannot take are left as they are.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def mark_historical(payload: bytes) -> bytes:

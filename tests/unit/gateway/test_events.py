@@ -150,6 +150,32 @@ def test_render_writes_non_finite_floats_as_null() -> None:
     assert json.loads(payload)["data"] == {"v": None}
 
 
+def test_render_writes_non_finite_floats_as_null_on_the_json_path_too() -> None:
+    """What orjson refuses goes through json: its NaN must be null there as well (contract 5).
+
+    Found by review: ``{1: nan}`` (a key that is not a string) or a NaN beside an integer
+    beyond 64 bits went out as ``NaN``/``Infinity``, which is not JSON: a strict parser at
+    central rejects the whole event.
+    """
+
+    def strict(payload: bytes) -> Any:
+        def refuse(constant: str) -> None:
+            raise ValueError(f"not JSON: {constant}")
+
+        return json.loads(payload, parse_constant=refuse)
+
+    for data, expected in (
+        ({1: float("nan")}, {"1": None}),
+        (
+            {"n": 2**70, "v": [float("inf"), (float("-inf"), 1.5)]},
+            {"n": 2**70, "v": [None, [None, 1.5]]},
+        ),
+        ({True: {"x": float("nan")}}, {"true": {"x": None}}),
+    ):
+        payload = render_event(event_id="i", source="s", type_="t", time_="x", seq=1, data=data)
+        assert strict(payload)["data"] == expected
+
+
 def test_capture_time_is_the_clock_to_the_microsecond() -> None:
     """The per-second cache must never give a stale second or lose leading zeros."""
     for _ in range(3):
