@@ -116,7 +116,7 @@ class LinkError(ConnectionError):
 
 
 class PacketTooLargeError(LinkError):
-    """One message is larger than the broker's Maximum Packet Size (its CONNACK).
+    """One message is larger than the broker's Maximum Packet Size (its CONNACK), or MQTT's.
 
     It was not sent, and the link is fine. Sending it would make the broker drop the connection,
     again at every reconnect, so one oversized event would stop all delivery behind it.
@@ -175,6 +175,12 @@ def _max_packet_size(client: gmqtt.Client) -> int | None:
     return int(values[0]) if values else None
 
 
+LARGEST_PACKET = 1 + 4 + 268_435_455
+"""MQTT's largest packet: a Remaining Length has at most four bytes (1.5.5). Beyond it a PUBLISH
+cannot be written (gmqtt's ``Message`` refused it): a five-byte length is malformed, and the
+broker drops the connection."""
+
+
 class _Wire:
     """What a connected gmqtt client writes PUBLISH packets with, and what it knows per session.
 
@@ -183,7 +189,15 @@ class _Wire:
     packet id comes from gmqtt's own generator, which its PUBACK handler frees.
     """
 
-    __slots__ = ("id_limit", "ids", "max_packet_size", "properties", "protocol", "topics")
+    __slots__ = (
+        "id_limit",
+        "ids",
+        "max_packet_size",
+        "packet_limit",
+        "properties",
+        "protocol",
+        "topics",
+    )
 
     def __init__(self, protocol: Any, id_limit: int, max_packet_size: int | None) -> None:  # noqa: ANN401
         self.protocol = protocol
@@ -192,6 +206,8 @@ class _Wire:
         """An empty property list (MQTT 5 only)."""
         self.id_limit = id_limit
         self.max_packet_size = max_packet_size
+        self.packet_limit = min(max_packet_size or LARGEST_PACKET, LARGEST_PACKET)
+        """The largest PUBLISH we may write: the broker's Maximum Packet Size, or MQTT's own."""
         self.topics: dict[str, bytes] = {}
         """Topic -> its length-prefixed UTF-8 form, the part of a PUBLISH that repeats."""
 
@@ -432,10 +448,10 @@ class MqttLink:
         head = wire.topics.get(topic)
         if head is None:
             head = wire.topic_head(topic)
-        limit = wire.max_packet_size
+        limit = wire.packet_limit
         # Fixed header (<= 5), topic (2 + its bytes), packet id (2), properties (>= 1): an upper
         # bound of the PUBLISH written (we set no properties).
-        if limit is not None and 8 + len(head) + len(payload) > limit:
+        if 8 + len(head) + len(payload) > limit:
             raise PacketTooLargeError(
                 f"{len(payload)} bytes on {topic[:120]} exceed the broker's maximum packet"
                 f" size of {limit} bytes"
