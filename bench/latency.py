@@ -26,7 +26,8 @@ from bench import logs_to_stderr
 from bench.confirm_latency import run_levels
 
 LEVELS = ("stored", "delivered")
-TARGETS_P99_MS = {"stored": 5.0, "delivered": 10.0}
+TARGETS_P99_MS = {"stored": 3.0, "delivered": 8.0}
+"""Issue 16 (issue 8 had 5 and 10 ms)."""
 
 
 async def main(scans: int, load: float) -> dict[str, Any]:

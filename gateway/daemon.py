@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,21 @@ def freeze_startup_objects() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    release_free_heap()
+
+
+def release_free_heap() -> None:
+    """Give the heap that start-up freed back to the system (glibc's ``malloc_trim``).
+
+    Start-up builds and drops a lot (pydantic schemas, the config, biip's company prefix
+    table): glibc keeps freed memory for reuse, so without this it stays in the idle RSS (about
+    10 MB of it, issue 16). A no-op where the C library has no ``malloc_trim``.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _still_starting(what: str) -> None:

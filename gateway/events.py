@@ -7,54 +7,32 @@ the exact bytes that go on the wire: a redelivery or replay sends the same id, s
 from __future__ import annotations
 
 import json
-import os
-import threading
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+from uuid_utils import uuid7 as _uuid7
+
 SPECVERSION = "1.0"
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps = orjson.dumps
+_ENVELOPE = (
+    b'{"specversion":"' + SPECVERSION.encode() + b'","id":%b,"source":%b,"type":%b,"time":%b,'
+    b'"seq":%d,"datacontenttype":"application/json","data":%b}'
+)
 _HISTORICAL_SUFFIX = b',"historical":true}'
 _REPLAYED_SUFFIX = b',"historical":true,"replayed":true}'
 
 
-class _RandomPool:
-    """CSPRNG bytes fetched 4 KiB at a time: one getrandom() call per ~400 ids, not per id.
-
-    At tens of thousands of events/s the per-id system call (and the GIL hand-off around it)
-    showed up in profiles; the bytes are the same quality, only read in bulk.
-    """
-
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._bytes = b""
-        self._pos = 0
-        self._lock = threading.Lock()  # two threads must never be handed the same bytes
-
-    def take(self, n: int) -> bytes:
-        with self._lock:
-            if self._pos + n > len(self._bytes):
-                self._bytes, self._pos = os.urandom(self._size), 0
-            chunk = self._bytes[self._pos : self._pos + n]
-            self._pos += n
-            return chunk
-
-
-_random = _RandomPool()
-
-
 def uuid7() -> str:
-    """A UUIDv7 (RFC 9562): time-ordered, so ids sort by capture time, and globally unique."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(_random.take(10), "big")
-    value = (millis & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    """A UUIDv7 (RFC 9562): time-ordered, so ids sort by capture time, and globally unique.
+
+    uuid-utils (Rust) makes it in 0.2 µs; the pure-Python version with a pooled CSPRNG it
+    replaced took 1.35 µs, on every event.
+    """
+    return str(_uuid7())
 
 
 _second: tuple[int, str] = (-1, "")
@@ -85,14 +63,39 @@ def render_event(
 ) -> bytes:
     """Serialize one event compactly; ``historical`` is added at publish time, never stored.
 
-    The same bytes ``json.dumps`` gives for the attributes in this order, but with the fixed
-    parts written once: the envelope was a third of the render time.
+    The bytes ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)`` gives for the
+    attributes in this order, written with orjson (2.2 -> 0.5 µs): the same text except that a
+    float may be spelled otherwise (``1.5e-05`` as ``0.000015``; the same number) and a NaN or
+    infinity becomes ``null`` (``json`` wrote ``NaN``, which is not JSON). What orjson refuses
+    (an integer beyond 64 bits, a key that is not a string, a mapping that is not a dict) goes
+    through ``json`` as before, with its NaNs and infinities as ``null`` too (:func:`_finite`).
     """
-    return (
-        f'{{"specversion":"{SPECVERSION}","id":{_encode(event_id)},"source":{_encode(source)},'
-        f'"type":{_encode(type_)},"time":{_encode(time_)},"seq":{int(seq)},'
-        f'"datacontenttype":"application/json","data":{_encode(data)}}}'
-    ).encode()
+    try:
+        body = _dumps(data)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        body = _encode(_finite(data)).encode()
+    return _ENVELOPE % (
+        _dumps(event_id),
+        _dumps(source),
+        _dumps(type_),
+        _dumps(time_),
+        int(seq),
+        body,
+    )
+
+
+def _finite(value: Any) -> Any:  # noqa: ANN401
+    """``value`` with each NaN or infinity as None, as orjson writes them (json: ``NaN``).
+
+    Only for what orjson refused; keys and everything json cannot take are left as they are.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def mark_historical(payload: bytes) -> bytes:

@@ -43,7 +43,7 @@ import contextlib
 import logging
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import gmqtt
@@ -116,7 +116,7 @@ class LinkError(ConnectionError):
 
 
 class PacketTooLargeError(LinkError):
-    """One message is larger than the broker's Maximum Packet Size (its CONNACK).
+    """One message is larger than the broker's Maximum Packet Size (its CONNACK), or MQTT's.
 
     It was not sent, and the link is fine. Sending it would make the broker drop the connection,
     again at every reconnect, so one oversized event would stop all delivery behind it.
@@ -160,6 +160,97 @@ class _AckStore(PersistentStorage):  # type: ignore[misc]
         super().remove_message_by_mid(mid)
         if known:
             self.on_ack(mid)
+
+
+def _id_limit(client: gmqtt.Client) -> int:
+    """Packet ids gmqtt can hand out at once: the broker's Receive Maximum - 1."""
+    # gmqtt keeps the CONNACK's properties as lists; absent means 65535 (MQTT 5 3.2.2.3.3).
+    values = client._package_handler._connack_properties.get("receive_maximum")  # noqa: SLF001
+    broker = int(values[0]) if values else 65535
+    return max(1, broker - 1)
+
+
+def _max_packet_size(client: gmqtt.Client) -> int | None:
+    values = client._package_handler._connack_properties.get("maximum_packet_size")  # noqa: SLF001
+    return int(values[0]) if values else None
+
+
+LARGEST_PACKET = 1 + 4 + 268_435_455
+"""MQTT's largest packet: a Remaining Length has at most four bytes (1.5.5). Beyond it a PUBLISH
+cannot be written (gmqtt's ``Message`` refused it): a five-byte length is malformed, and the
+broker drops the connection."""
+
+
+class _Wire:
+    """What a connected gmqtt client writes PUBLISH packets with, and what it knows per session.
+
+    The packet is the one gmqtt's ``PublishPacket.build_package`` builds for a QoS 1 message
+    with no properties (tests/unit/gateway/test_mqtt_wire.py compares them byte for byte); the
+    packet id comes from gmqtt's own generator, which its PUBACK handler frees.
+    """
+
+    __slots__ = (
+        "id_limit",
+        "ids",
+        "max_packet_size",
+        "packet_limit",
+        "properties",
+        "protocol",
+        "topics",
+    )
+
+    def __init__(self, protocol: Any, id_limit: int, max_packet_size: int | None) -> None:  # noqa: ANN401
+        self.protocol = protocol
+        self.ids = protocol.id_generator
+        self.properties = b"\x00" if protocol.proto_ver == MQTTv50 else b""
+        """An empty property list (MQTT 5 only)."""
+        self.id_limit = id_limit
+        self.max_packet_size = max_packet_size
+        self.packet_limit = min(max_packet_size or LARGEST_PACKET, LARGEST_PACKET)
+        """The largest PUBLISH we may write: the broker's Maximum Packet Size, or MQTT's own."""
+        self.topics: dict[str, bytes] = {}
+        """Topic -> its length-prefixed UTF-8 form, the part of a PUBLISH that repeats."""
+
+    @classmethod
+    def of(cls, client: gmqtt.Client) -> _Wire:
+        protocol = client._connection._protocol  # noqa: SLF001
+        return cls(protocol, _id_limit(client), _max_packet_size(client))
+
+    def topic_head(self, topic: str) -> bytes:
+        encoded = topic.encode("utf-8", errors="replace")  # as gmqtt's Message does
+        head = len(encoded).to_bytes(2, "big") + encoded
+        if len(self.topics) < 10_000:  # a topic per device: bounded all the same
+            self.topics[topic] = head
+        return head
+
+    def publish(self, mid: int, head: bytes, payload: bytes, *, retain: bool) -> bytes:
+        remaining = len(head) + 2 + len(self.properties) + len(payload)
+        return b"".join(
+            (
+                _PUBLISH_QOS1_RETAIN if retain else _PUBLISH_QOS1,
+                _remaining_length(remaining),
+                head,
+                mid.to_bytes(2, "big"),
+                self.properties,
+                payload,
+            )
+        )
+
+
+_PUBLISH_QOS1 = b"\x32"
+_PUBLISH_QOS1_RETAIN = b"\x33"
+
+
+def _remaining_length(n: int) -> bytes:
+    """MQTT's variable byte integer (1.5.5)."""
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
 
 
 def tls_context(mqtt: MqttSection) -> ssl.SSLContext | None:
@@ -222,6 +313,10 @@ class MqttLink:
             maximum_packet_size=MAX_PACKET_SIZE,
             session_expiry_interval=0 if clean_session else SESSION_EXPIRY_S,
         )
+        self._wire: _Wire | None = None
+        """The connection's writing side, known once connected (:meth:`connect`)."""
+        self._corked: list[bytes] | None = None
+        """Packets gathered by :meth:`batch`, written when it ends."""
         self._refusals: dict[int, int] = {}
         """mid -> reason code of a PUBACK that refused the message (>= REFUSED)."""
         self._on_refused = on_refused
@@ -271,13 +366,13 @@ class MqttLink:
         available = self._client._package_handler._connack_properties.get("retain_available")  # noqa: SLF001
         if available and not available[0]:
             self.retain = False
+        self._wire = _Wire.of(self._client)
 
     def _id_limit(self) -> int:
         """Packet ids gmqtt can hand out at once: the broker's Receive Maximum - 1."""
-        # gmqtt keeps the CONNACK's properties as lists; absent means 65535 (MQTT 5 3.2.2.3.3).
-        values = self._client._package_handler._connack_properties.get("receive_maximum")  # noqa: SLF001
-        broker = int(values[0]) if values else 65535
-        return max(1, broker - 1)
+        if self._wire is not None:
+            return self._wire.id_limit
+        return _id_limit(self._client)
 
     def _reserve(self) -> int:
         """Ids kept for status, checkpoint and answers.
@@ -309,48 +404,89 @@ class MqttLink:
     @property
     def max_packet_size(self) -> int | None:
         """The broker's Maximum Packet Size from its CONNACK; None when it set none."""
-        values = self._client._package_handler._connack_properties.get("maximum_packet_size")  # noqa: SLF001
-        return int(values[0]) if values else None
+        if self._wire is not None:
+            return self._wire.max_packet_size
+        return _max_packet_size(self._client)
 
     def _read_puback_reasons(self) -> None:
-        """Note each PUBACK's reason code before gmqtt frees the message.
+        """Handle PUBACKs ourselves: note each one's reason code, then free the message.
 
-        gmqtt then reports the mid to :class:`_AckStore` as acknowledged; a code of 0x80 or more
-        is a refusal, which :meth:`_acked` reports as one.
+        What gmqtt 0.8's ``_handle_puback_packet`` does (free the packet id, remove the message
+        from the persistent storage, which reports the mid to :class:`_AckStore`), without its
+        three debug log calls and two indirections per PUBACK; and it reads the reason code,
+        which gmqtt ignores: a code of 0x80 or more is a refusal, which :meth:`_acked` reports
+        as one.
         """
         handler = self._client._package_handler  # noqa: SLF001
-        original = handler._handle_puback_packet  # noqa: SLF001
+        ids = handler.id_generator
+        store = self._store
+        unpack = struct.Struct("!H").unpack_from
 
-        def puback(cmd: int, packet: bytes) -> None:
-            if len(packet) > 2 and packet[2] >= REFUSED:
-                (mid,) = struct.unpack("!H", packet[:2])
-                # Only for a message in flight: a stray PUBACK (a misbehaving broker) must not
-                # taint the next message that gets the same id.
-                if mid in self._store._messages:  # noqa: SLF001
-                    self._refusals[mid] = packet[2]
-            original(cmd, packet)
+        def puback(_cmd: int, packet: bytes) -> None:
+            (mid,) = unpack(packet)
+            # Only for a message in flight: a stray PUBACK (a misbehaving broker) must not
+            # taint the next message that gets the same id.
+            if len(packet) > 2 and packet[2] >= REFUSED and mid in store._messages:  # noqa: SLF001
+                self._refusals[mid] = packet[2]
+            ids.free_id(mid)
+            store.remove_message_by_mid(mid)
 
         handler._handle_puback_packet = puback  # noqa: SLF001
 
     def send(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
-        """Write one QoS 1 PUBLISH and return its mid; its PUBACK comes to ``on_ack``."""
-        if self.lost.is_set() or not self._client.is_connected:
+        """Write one QoS 1 PUBLISH and return its mid; its PUBACK comes to ``on_ack``.
+
+        Builds the packet itself (:class:`_Wire`) rather than through ``gmqtt.Client.publish``,
+        which made a ``Message``, parsed empty properties and logged at debug level for each:
+        about half the CPU of a publish. Between :meth:`batch`'s start and end the packets are
+        gathered and written at once: one system call per claim instead of one per event.
+        """
+        wire = self._wire
+        if wire is None or self.lost.is_set() or not self._client.is_connected:
             self.lost.set()
             raise LinkError("not connected")
-        limit = self.max_packet_size
+        head = wire.topics.get(topic)
+        if head is None:
+            head = wire.topic_head(topic)
+        limit = wire.packet_limit
         # Fixed header (<= 5), topic (2 + its bytes), packet id (2), properties (>= 1): an upper
-        # bound of the PUBLISH gmqtt will write for us (we set no properties).
-        if limit is not None and 10 + len(topic.encode()) + len(payload) > limit:
+        # bound of the PUBLISH written (we set no properties).
+        if 8 + len(head) + len(payload) > limit:
             raise PacketTooLargeError(
                 f"{len(payload)} bytes on {topic[:120]} exceed the broker's maximum packet"
                 f" size of {limit} bytes"
             )
         try:
-            self._client.publish(topic, payload, qos=1, retain=retain and self.retain)
+            mid: int = wire.ids.next_id()
         except OverflowError as exc:  # every packet id in use: the broker stopped acking
             self.lost.set()
             raise LinkError("no free MQTT packet id") from exc
-        return int(self._store.last_mid)
+        packet = wire.publish(mid, head, payload, retain=retain and self.retain)
+        self._store.push_message(mid, packet)
+        if self._corked is not None:
+            self._corked.append(packet)
+        else:
+            wire.protocol.write_data(packet)
+        return mid
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Gather what :meth:`send` writes meanwhile and write it in one go at the end.
+
+        For a loop of sends with no await inside: nothing else can write in between, so the
+        broker sees the same bytes in the same order, in one system call.
+        """
+        if self._corked is not None:  # already gathering: the outer batch writes
+            yield
+            return
+        corked: list[bytes] = []
+        self._corked = corked
+        try:
+            yield
+        finally:
+            self._corked = None
+            if corked and self._wire is not None:
+                self._wire.protocol.write_data(b"".join(corked))
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
         """QoS 1 publish that returns after its PUBACK; raises LinkError if none comes.

@@ -440,24 +440,26 @@ class Publisher:
         in_flight = self._in_flight
         if not in_flight:
             self._window_opened.set()
-        for index, event in enumerate(batch):
-            if link.free_ids() <= 0:
-                # A status or checkpoint took the last id meanwhile (a broker window of 2 has
-                # one): keep the rest, claimed, for when an id frees up, instead of failing.
-                self._unsent = batch[index:]
-                break
-            payload = event.payload
-            if event.backlog and overtaken:
-                payload = mark_historical(payload)
-            elif not event.backlog and self.draining:
-                overtaken = True
-            try:
-                mid = link.send(self._topics.events(event.device), payload)
-            except PacketTooLargeError:
-                self._refused.append((event, PACKET_TOO_LARGE))
-                self._acks_ready.set()
-                continue
-            in_flight[mid] = (event, now)
+        topic = self._topics.events
+        with link.batch():  # one write for the whole claim
+            for index, event in enumerate(batch):
+                if link.free_ids() <= 0:
+                    # A status or checkpoint took the last id meanwhile (a broker window of 2
+                    # has one): keep the rest, claimed, for when an id frees up.
+                    self._unsent = batch[index:]
+                    break
+                payload = event.payload
+                if event.backlog and overtaken:
+                    payload = mark_historical(payload)
+                elif not event.backlog and self.draining:
+                    overtaken = True
+                try:
+                    mid = link.send(topic(event.device), payload)
+                except PacketTooLargeError:
+                    self._refused.append((event, PACKET_TOO_LARGE))
+                    self._acks_ready.set()
+                    continue
+                in_flight[mid] = (event, now)
         return overtaken
 
     def _on_ack(self, mid: int) -> None:

@@ -7,7 +7,10 @@ instead of breaking durability or acknowledgement tracking in a way only a chaos
 
 from __future__ import annotations
 
+import ast
+import inspect
 import sqlite3
+import textwrap
 from pathlib import Path
 
 import aiosqlite
@@ -69,3 +72,34 @@ def test_gmqtt_parses_packets_in_a_method_we_bound() -> None:
     returns the bytes parsed or -1 to end the loop; the link replaces it with a bounded one."""
     assert MQTTProtocol._read_packet is bounded_read_packet, "gmqtt's parser is not bounded"
     assert "_read_packet" in MQTTProtocol._read_loop.__code__.co_names, "gmqtt's read loop changed"
+
+
+def test_gmqtt_publish_and_puback_parts_the_link_uses_directly() -> None:
+    """gateway/mqtt_link.py builds PUBLISHes itself (``_Wire``) and handles PUBACKs itself: it
+    takes packet ids from the protocol's ``id_generator`` (the handler's, which frees them),
+    writes with ``protocol.write_data`` (which notes the time for keepalive), reads the
+    protocol version from ``proto_ver``, and replaces ``_handle_puback_packet``, which in gmqtt
+    does no more than free the id and remove the message from the persistent storage."""
+    from gmqtt.mqtt.connection import MQTTConnection  # noqa: PLC0415
+    from gmqtt.mqtt.handler import MqttPackageHandler  # noqa: PLC0415
+    from gmqtt.mqtt.utils import IdGenerator  # noqa: PLC0415
+
+    assert "id_generator=package_handler.id_generator" in inspect.getsource(
+        MQTTConnection.create_connection
+    ), "gmqtt's protocol no longer shares the handler's packet ids"
+    assert "_last_data_out" in inspect.getsource(MQTTProtocol.write_data)
+    assert isinstance(MQTTProtocol.proto_ver, property)
+    for name in ("next_id", "free_id"):
+        assert callable(getattr(IdGenerator, name, None)), f"gmqtt IdGenerator.{name} is gone"
+    body = inspect.getsource(MqttPackageHandler._handle_puback_packet)
+    calls = {
+        n.func.attr
+        for n in ast.walk(ast.parse(textwrap.dedent(body)))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+    }
+    assert calls == {"unpack", "debug", "free_id", "_remove_message_from_queue"}, (
+        f"gmqtt's PUBACK handler changed: it now calls {sorted(calls)}"
+    )
+    client = gmqtt.Client("contract")
+    assert "remove_message_by_mid" in inspect.getsource(client._remove_message_from_queue)
+    assert client._package_handler._remove_message_callback == client._remove_message_from_queue

@@ -26,7 +26,7 @@ def test_uuid7_is_a_valid_version_7_uuid_and_time_ordered() -> None:
 
 
 def test_uuid7_ids_drawn_from_several_threads_never_collide() -> None:
-    """The random bytes come from a shared pool: no two threads may be handed the same."""
+    """Ids drawn from several threads at once are all distinct."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         batches = list(pool.map(lambda _: [uuid7() for _ in range(3000)], range(4)))
     ids = [i for batch in batches for i in batch]
@@ -85,7 +85,11 @@ def test_capture_time_is_rfc3339_utc_with_microseconds() -> None:
     data=st.dictionaries(
         st.text(),
         st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(),
             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner),
             max_leaves=8,
         ),
@@ -94,9 +98,10 @@ def test_capture_time_is_rfc3339_utc_with_microseconds() -> None:
 def test_render_gives_the_bytes_json_dumps_gives(
     event_id: str, source: str, type_: str, time_: str, seq: int, data: dict[str, Any]
 ) -> None:
-    """The hand-written envelope must be byte-identical to the json.dumps rendering it replaced.
+    """The rendering must be byte-identical to the json.dumps one it replaced, floats aside.
 
-    Stored payloads are resent and replayed as they are; the format must not drift.
+    Stored payloads are resent and replayed as they are; the format must not drift. orjson may
+    spell a float otherwise (``1.5e-05`` as ``0.000015``): the same number once parsed.
     """
     body = {
         "specversion": "1.0",
@@ -112,7 +117,63 @@ def test_render_gives_the_bytes_json_dumps_gives(
     rendered = render_event(
         event_id=event_id, source=source, type_=type_, time_=time_, seq=seq, data=data
     )
-    assert rendered == expected
+    if _has_float(data):
+        assert json.loads(rendered) == json.loads(expected)
+    else:
+        assert rendered == expected
+
+
+def _has_float(value: object) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def test_render_takes_what_orjson_refuses_as_json_did() -> None:
+    """Integers beyond 64 bits and keys that are not strings go through json, as before."""
+    for data in ({"n": 2**70}, {1: "one", "k": [-(2**80)]}):
+        payload = render_event(event_id="i", source="s", type_="t", time_="x", seq=1, data=data)
+        assert payload.endswith(
+            b'"data":' + json.dumps(data, separators=(",", ":")).encode() + b"}"
+        )
+
+
+def test_render_writes_non_finite_floats_as_null() -> None:
+    """A NaN or infinity has no JSON form: null, not json's invalid ``NaN``."""
+    payload = render_event(
+        event_id="i", source="s", type_="t", time_="x", seq=1, data={"v": float("nan")}
+    )
+    assert json.loads(payload)["data"] == {"v": None}
+
+
+def test_render_writes_non_finite_floats_as_null_on_the_json_path_too() -> None:
+    """What orjson refuses goes through json: its NaN must be null there as well (contract 5).
+
+    Found by review: ``{1: nan}`` (a key that is not a string) or a NaN beside an integer
+    beyond 64 bits went out as ``NaN``/``Infinity``, which is not JSON: a strict parser at
+    central rejects the whole event.
+    """
+
+    def strict(payload: bytes) -> Any:
+        def refuse(constant: str) -> None:
+            raise ValueError(f"not JSON: {constant}")
+
+        return json.loads(payload, parse_constant=refuse)
+
+    for data, expected in (
+        ({1: float("nan")}, {"1": None}),
+        (
+            {"n": 2**70, "v": [float("inf"), (float("-inf"), 1.5)]},
+            {"n": 2**70, "v": [None, [None, 1.5]]},
+        ),
+        ({True: {"x": float("nan")}}, {"true": {"x": None}}),
+    ):
+        payload = render_event(event_id="i", source="s", type_="t", time_="x", seq=1, data=data)
+        assert strict(payload)["data"] == expected
 
 
 def test_capture_time_is_the_clock_to_the_microsecond() -> None:

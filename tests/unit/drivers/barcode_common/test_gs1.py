@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import string
 
+import biip.gs1_prefixes
 import pytest
 
 from drivers.barcode_common.gs1 import gs1_check_digit, parse_gs1, sniff_gs1
@@ -89,3 +90,11 @@ def test_check_digit():
     assert gs1_check_digit("400638133393") == 1
     assert gs1_check_digit("0950110102091") == 7
     assert gs1_check_digit("37610425002123456") == 9
+
+
+def test_company_prefix_table_is_not_kept_and_checks_still_hold():
+    """biip's 12 MB company prefix table is dropped; GTIN and SSCC checks do not need it."""
+    assert biip.gs1_prefixes._GS1_COMPANY_PREFIX_TRIE == {}
+    assert parse_gs1("0109501101020917")["gtin"] == "09501101020917"
+    assert "check digit" in parse_gs1("0109501101020918")["gs1_error"]
+    assert "check digit" in parse_gs1("00376104250021234568")["gs1_error"]
