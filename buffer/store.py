@@ -104,6 +104,27 @@ _CLAIMABLE = (
 )
 
 
+class EventRenderError(ValueError):
+    """An event's payload could not be rendered: refused alone, never stored."""
+
+
+def _render_failed(event: NewEvent, exc: Exception, *, logged: bool = False) -> EventRenderError:
+    """The refusal of one event that cannot be rendered (logged once: the first pass)."""
+    if not logged:
+        log.error(
+            "event_render_failed",
+            device=event.device,
+            type=event.type,
+            error=f"{type(exc).__name__}: {exc}"[:200],
+        )
+    return EventRenderError(f"event cannot be rendered: {type(exc).__name__}: {exc}"[:300])
+
+
+def _stored(event: NewEvent, row: _Row) -> StoredEvent:
+    """What the caller of ``append`` learns of its event once its row committed."""
+    return StoredEvent(event.id, row[1], row[2], event.time, event.type)
+
+
 def _insert_rows(conn: sqlite3.Connection, rows: Sequence[_Row], last_seq: dict[str, int]) -> None:
     """Insert ``rows``; record each of their devices' new ``last_seq``, bytes and counts."""
     conn.executemany(_INSERT_EVENT, rows)
@@ -286,16 +307,19 @@ class Buffer:
         first_rowid = self._next_rowid
         self._next_rowid += len(batch)
         try:
-            rows, last_seq = self._rows(batch, now, first_rowid)
+            rows, last_seq, unrenderable = self._rows(batch, now, first_rowid)
             size = sum(len(row[5]) for row in rows)
             if self._bytes + size <= self.max_bytes:
                 await self._db.write(
                     partial(_insert_rows, rows=rows, last_seq=last_seq), durable=True
                 )
                 self._last_seq, self._bytes = last_seq, self._bytes + size
+                stored_rows = iter(rows)
                 results = [
-                    StoredEvent(item.event.id, row[1], row[2], item.event.time, item.event.type)
-                    for row, item in zip(rows, batch, strict=True)
+                    unrenderable[index]
+                    if index in unrenderable
+                    else _stored(item.event, next(stored_rows))
+                    for index, item in enumerate(batch)
                 ]
             else:
                 done = await self._db.write(
@@ -337,18 +361,37 @@ class Buffer:
 
     def _rows(
         self, batch: list[_Append], now: float, first_rowid: int
-    ) -> tuple[list[_Row], dict[str, int]]:
-        """The batch's rows with the next seqs, as if all fit under the cap (the usual case)."""
+    ) -> tuple[list[_Row], dict[str, int], dict[int, Exception]]:
+        """The batch's rows with the next seqs, as if all fit under the cap (the usual case).
+
+        An event whose payload cannot be rendered (a driver put something JSON cannot carry in
+        its data) is refused alone, by its index in the batch, and takes no seq: it must not
+        fail the commit of the others in its group, which may come from other devices.
+        """
         last_seq = dict(self._last_seq)
         rows: list[_Row] = []
-        for rowid, item in enumerate(batch, first_rowid):
+        unrenderable: dict[int, Exception] = {}
+        for index, item in enumerate(batch):
             ev = item.event
             seq = last_seq.get(ev.device, 0) + 1
+            try:
+                payload = ev.render(seq)
+            except Exception as exc:  # any render failure is this event's alone
+                unrenderable[index] = _render_failed(ev, exc)
+                continue
             last_seq[ev.device] = seq
             rows.append(
-                (id_key(ev.id), ev.device, seq, int(ev.droppable), now, ev.render(seq), rowid)
+                (
+                    id_key(ev.id),
+                    ev.device,
+                    seq,
+                    int(ev.droppable),
+                    now,
+                    payload,
+                    first_rowid + index,
+                )
             )
-        return rows, last_seq
+        return rows, last_seq, unrenderable
 
     def _insert_making_room(
         self, batch: list[_Append], now: float, first_rowid: int, conn: sqlite3.Connection
@@ -366,7 +409,11 @@ class Buffer:
         for rowid, item in enumerate(batch, first_rowid):
             ev = item.event
             seq = last_seq.get(ev.device, 0) + 1
-            payload = ev.render(seq)
+            try:
+                payload = ev.render(seq)
+            except Exception as exc:  # refused alone, as in _rows
+                done.results.append(_render_failed(ev, exc, logged=True))
+                continue
             over = held + len(payload) - self.max_bytes
             if over > 0:
                 room = make_room(conn, over, self.keep_unconfirmed)
@@ -378,7 +425,7 @@ class Buffer:
             held += len(payload)
             last_seq[ev.device] = seq
             rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload, rowid))
-            done.results.append(StoredEvent(ev.id, ev.device, seq, ev.time, ev.type))
+            done.results.append(_stored(ev, rows[-1]))
         _insert_rows(conn, rows, last_seq)
         done.last_seq = {row[1]: last_seq[row[1]] for row in rows}
         done.bytes_delta = held - self._bytes

@@ -15,13 +15,17 @@ import time
 
 import structlog
 
-from buffer.store import Buffer, BufferFullError, NewEvent
+from buffer.store import Buffer, BufferFullError, EventRenderError, NewEvent
 from drivers.base import DeviceConfig, DeviceEvent, EmitFn, StoredEvent
 from gateway.confirmations import Confirmations
 from gateway.events import render_event, rfc3339_now, source_for, uuid7
 from gateway.feedback_policy import FeedbackPolicy
 
 log = structlog.get_logger(__name__)
+
+REFUSED = (BufferFullError, EventRenderError, sqlite3.Error)
+"""What ``Buffer.append`` raises for an event it did not store: the worker hears a bad read.
+``EventRenderError``: the driver's data cannot be written as JSON (refused alone)."""
 
 
 class Pipeline:
@@ -69,7 +73,7 @@ class Pipeline:
             except asyncio.CancelledError:
                 await self._stored_while_stopping(append, policy, event, captured)
                 raise
-            except (BufferFullError, sqlite3.Error) as exc:
+            except REFUSED as exc:
                 # Any store error (an I/O error, a lock held too long) means "not stored":
                 # the worker hears a bad read and scans again, exactly as for a full disk.
                 self._refused(policy, event, exc)
@@ -103,7 +107,7 @@ class Pipeline:
         except asyncio.CancelledError:
             append.add_done_callback(lambda done: self._decide_late(done, policy, event, captured))
             raise
-        except (BufferFullError, sqlite3.Error) as exc:
+        except REFUSED as exc:
             self._refused(policy, event, exc)
             return
         except Exception:  # the buffer failed: nothing stored, nothing to decide
@@ -121,7 +125,7 @@ class Pipeline:
         if done.cancelled():
             return
         exc = done.exception()
-        if isinstance(exc, BufferFullError | sqlite3.Error):
+        if isinstance(exc, REFUSED):
             self._refused(policy, event, exc)
         elif exc is None:
             self._confirmations.stored_while_stopping(policy, done.result(), captured)

@@ -236,3 +236,19 @@ async def test_waiting_scans_get_pending_when_their_device_stops(
         with contextlib.suppress(TimeoutError):
             await b.wait_feedback(lambda got: len(got) >= 2, timeout=2)
         assert b.feedback_bytes() == b"PP", "shutdown: told before the port closed"
+
+
+async def test_a_scan_whose_data_cannot_be_written_is_refused_and_the_driver_goes_on(
+    rig: Rig,
+) -> None:
+    """A driver bug (bytes in its data) is a bad read for that scan, counted: not an exception
+    into the driver, and not a refusal of another device's scan committed beside it."""
+    scanner = rig.emit("dock-1", "barcode-serial")
+    other = rig.emit("dock-2", "barcode-serial")
+    bad, good = await asyncio.gather(
+        scanner(DeviceEvent(SCAN, {"code": b"\x01"})), other(DeviceEvent(SCAN, {"code": "B"}))
+    )
+    assert bad is None and good is not None and good.seq == 1
+    assert ("dock-1", Outcome.BAD) in rig.given and ("dock-2", Outcome.GOOD) in rig.given
+    assert rig.pipeline.refused == 1
+    assert (await scanner(DeviceEvent(SCAN, {"code": "C"}))).seq == 1
