@@ -4,7 +4,8 @@
 
 Each line of a results file is one bench's JSON object (``benchmark`` names it). Every number
 both runs have, nested ones as dotted keys (``rss_mb.peak``), is printed with its old and new
-value and the change in percent; ``targets`` are left out (they are not measurements). Which
+value and the change in percent; targets (any key with "target" in its name) are left out:
+they are not measurements. Which
 way is better depends on the figure, so the table only says how much it moved; a figure one
 run lacks is listed as such. Prints to stdout; ``bench/run_all --compare`` sends it to stderr
 so that its own stdout stays JSON lines.
@@ -18,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SKIPPED = frozenset({"targets", "benchmark", "commit", "date", "box"})
+SKIPPED = frozenset({"benchmark", "commit", "date", "box"})
+WIDTH = 44
+"""Of the figure column: the longest names (``kinds.plain_scan.payload_bytes_per_event``)."""
 
 
 def load(path: Path) -> dict[str, dict[str, Any]]:
@@ -35,7 +38,7 @@ def figures(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The numbers in ``result``, nested keys joined with dots; booleans are not figures."""
     out: dict[str, float] = {}
     for key, value in result.items():
-        if not prefix and key in SKIPPED:
+        if (not prefix and key in SKIPPED) or "target" in key:
             continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -60,7 +63,7 @@ def compare(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> l
         f"old: {_run(old)}",
         f"new: {_run(new)}",
         "",
-        f"{'bench':<12} {'figure':<34} {'old':>12} {'new':>12} {'change':>9}",
+        f"{'bench':<12} {'figure':<{WIDTH}} {'old':>12} {'new':>12} {'change':>9}",
     )
     lines = list(header)
     for bench in [*new, *(b for b in old if b not in new)]:
@@ -71,10 +74,10 @@ def compare(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> l
         for name in [*after, *(n for n in before if n not in after)]:
             if name not in before or name not in after:
                 where = "new" if name in after else "old"
-                lines.append(f"{bench:<12} {name:<34} (only in the {where} run)")
+                lines.append(f"{bench:<12} {name:<{WIDTH}} (only in the {where} run)")
                 continue
             lines.append(
-                f"{bench:<12} {name:<34} {before[name]:>12g} {after[name]:>12g}"
+                f"{bench:<12} {name:<{WIDTH}} {before[name]:>12g} {after[name]:>12g}"
                 f" {change(before[name], after[name]):>9}"
             )
     return lines

@@ -12,14 +12,24 @@ is the ceil(0.999 * N)-th smallest. With the default 2,000 scans per level that 
 so two scans may be slower than the reported p999; below 1,000 scans p999 is just the maximum,
 hence the default. Runs in about 45 s. Prints one JSON object; logs go to stderr.
 
-    .venv/bin/python -m bench.latency [--scans 2000] [--load 500]
+``--busy N`` keeps N more cores busy meanwhile, each with a process of its own spinning at
+``--busy-nice`` more niceness than this one (issue 16's "one core kept busy by another process";
+a niceness above ours stands for the gateway unit's ``Nice=``, see systemd/README.md). The JSON
+says how many there were and at what niceness.
+
+    .venv/bin/python -m bench.latency [--scans 2000] [--load 500] [--busy 1 [--busy-nice 5]]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from bench import logs_to_stderr
@@ -30,12 +40,32 @@ TARGETS_P99_MS = {"stored": 3.0, "delivered": 8.0}
 """Issue 16 (issue 8 had 5 and 10 ms)."""
 
 
-async def main(scans: int, load: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def busy_cores(count: int, nice: int) -> Iterator[None]:
+    """``count`` processes spinning on a core each, ``nice`` steps nicer than this one."""
+    spinners = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"],
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,  # noqa: PLW1509
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+async def main(scans: int, load: float, busy: int = 0, busy_nice: int = 0) -> dict[str, Any]:
     """Both levels against one broker, with the issue's p99 targets beside the results."""
-    levels = await run_levels(LEVELS, scans, load)
+    with busy_cores(busy, busy_nice):
+        levels = await run_levels(LEVELS, scans, load)
     return {
         "benchmark": "latency",
         "path": "pty scanner -> barcode-serial driver -> buffer -> MQTT -> feedback on the pty",
+        "busy": {"processes": busy, "nice_above_ours": busy_nice},
         **levels,
         "targets_p99_ms": TARGETS_P99_MS,
         "target_met": all(levels[level]["p99_ms"] <= TARGETS_P99_MS[level] for level in LEVELS),
@@ -46,7 +76,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=2000, help="scans per level")
     parser.add_argument("--load", type=float, default=500.0, help="background scans/s")
+    parser.add_argument("--busy", type=int, default=0, help="other processes spinning meanwhile")
+    parser.add_argument(
+        "--busy-nice", type=int, default=0, help="their niceness above this process's"
+    )
     args = parser.parse_args()
     # Logs to stderr: stdout carries the one JSON object.
     logs_to_stderr()
-    print(json.dumps(asyncio.run(main(args.scans, args.load))))
+    print(json.dumps(asyncio.run(main(args.scans, args.load, args.busy, args.busy_nice))))

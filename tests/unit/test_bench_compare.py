@@ -21,9 +21,16 @@ def test_figures_flatten_numbers_and_leave_targets_and_flags_out() -> None:
         "target_met": True,
         "devices": [{"id": "dock-1"}],
         "targets": {"rss_mb": 45},
+        "target_ratio": 1.5,
+        "latency": {"p99_ms": 3.0, "latency_target_p99_ms": 20},
         "commit": "abc1234",
     }
-    assert figures(result) == {"rss_mb.start": 48.0, "rss_mb.peak": 49.5, "cpu_percent": 0.3}
+    assert figures(result) == {
+        "rss_mb.start": 48.0,
+        "rss_mb.peak": 49.5,
+        "cpu_percent": 0.3,
+        "latency.p99_ms": 3.0,
+    }
 
 
 def test_compare_gives_each_figure_old_new_and_change(tmp_path: Path) -> None:
