@@ -130,7 +130,12 @@ async def test_a_confirm_arriving_while_the_gateway_stops_is_applied_after_resta
     assert states(db) == {1: 2}, "not applied by the stopping gateway"
 
     async with running_gateway(cfg) as gw:
-        await wait_until(lambda: states(db) == {1: 3}, timeout=10)
+        # The file shows the commit before the applier's counter moves (it counts once settle
+        # returns to the loop): wait for both.
+        await wait_until(
+            lambda: states(db) == {1: 3} and gw.inbound.counters["confirm_accepted"] >= 1,
+            timeout=10,
+        )
         assert gw.inbound.counters["confirm_accepted"] == 1
     # The stop told the waiting worker "pending" once (docs/confirmation.md: a device stopping
     # settles its waiters); the verdict applied after the restart gives no second touch.
