@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from buffer import schema
-from buffer.counts import COLUMNS
+from buffer.counts import COLUMNS, Tally
 from buffer.rows import OutgoingEvent
 from buffer.stats import read_figures, read_stats, scan_figures
 from buffer.store import Buffer, BufferFullError, NewEvent
@@ -295,5 +296,63 @@ async def test_the_v4_migration_counts_every_state_in_chunks_and_says_how_far_it
     buf = await Buffer.open(path, max_bytes=10**8, keep_unconfirmed=ACCEPTED)
     try:
         check(path, buf)  # the in-flight and held rows went back to pending, counted
+    finally:
+        await buf.close()
+
+
+def test_a_tally_counts_one_event_by_default_and_only_unsent_states_as_unsent() -> None:
+    """``add`` and ``move`` count one event unless told more; ``unsent`` holds only held,
+    pending and in-flight deltas (there is no kept row for the others)."""
+    tally = Tally()
+    tally.add("dock", schema.STATE_PENDING, 0)
+    assert tally.row("dock") == [1, 0, 0, 0, 0]
+    tally.move("dock", 0, schema.STATE_PENDING, schema.STATE_IN_FLIGHT)
+    tally.move("dock", 0, schema.STATE_IN_FLIGHT, schema.STATE_SENT, 3)
+    assert tally.row("dock") == [-2, 3, 0, 0, 0]
+    assert dict(tally.unsent) == {schema.STATE_PENDING: 0, schema.STATE_IN_FLIGHT: -2}
+
+
+async def test_releasing_with_right_counts_recounts_nothing(tmp_path: Path) -> None:
+    """A move of a whole state whose kept count matches the rows moved logs no error and does
+    not rebuild (the error says the file was edited by hand: a false alarm otherwise)."""
+    path = tmp_path / "b.db"
+    rng = random.Random(3)
+    buf = await Buffer.open(path, max_bytes=10**8)
+    try:
+        for i in range(6):
+            await buf.append(event("dock", i, rng))
+        await buf.claim(4)
+        with capture_logs() as logs:
+            assert await buf.release_in_flight() == 4
+        assert not [e for e in logs if e["event"] == "buffer_counts_rebuilt"]
+        check(path, buf)
+    finally:
+        await buf.close()
+
+
+async def test_a_missing_kept_state_row_is_recounted(tmp_path: Path) -> None:
+    """A hand edit that deleted the in-flight row of ``unsent_states``: the next release counts
+    it as 0 against the row it moves, logs the error and rebuilds the row."""
+    path = tmp_path / "b.db"
+    rng = random.Random(5)
+    buf = await Buffer.open(path, max_bytes=10**8)
+    try:
+        for i in range(3):
+            await buf.append(event("dock", i, rng))
+        await buf.claim(1)
+        with sqlite3.connect(path) as conn:
+            conn.execute("DELETE FROM unsent_states WHERE state = 1")
+        with capture_logs() as logs:
+            assert await buf.release_in_flight() == 1
+        assert [
+            (e["counted"], e["found"]) for e in logs if e["event"] == "buffer_counts_rebuilt"
+        ] == [(0, 1)]
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT state FROM unsent_states ORDER BY state").fetchall() == [
+                (-1,),
+                (0,),
+                (1,),
+            ]
+        check(path, buf)
     finally:
         await buf.close()
