@@ -98,7 +98,15 @@ async def test_postgres_restart_and_kill9_pause_ingest_and_lose_nothing(
                     await asyncio.sleep(0.002)  # spread the traffic over the outage
             assert outage is not None
             await outage
-        await wait_until(lambda: central.totals["stored"] >= 900, timeout=60)
+        try:
+            await wait_until(lambda: central.totals["stored"] >= 900, timeout=60)
+        except TimeoutError:
+            # Failed once in ~25 runs (CI and alone), cause not found yet: say what it looked like.
+            log = private_postgres.logfile.read_text(errors="replace")[-1500:]
+            pytest.fail(
+                f"ingest stalled: totals {dict(central.totals)}, queued {len(central._queue)},"
+                f" mqtt connected {central.connected.is_set()}; postgres log tail: {log}"
+            )
         assert central.totals["retries"] >= 1, "the outages hit a batch"
     conn = await asyncpg.connect(dsn)
     try:
