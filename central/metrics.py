@@ -6,16 +6,16 @@ registry per instance (tests run two instances in one process).
 
 from __future__ import annotations
 
-from typing import Any
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from gateway.metrics_endpoint import MetricsEndpoint
 
 
-class CentralMetrics:
+class CentralMetrics(MetricsEndpoint):
     """The counters ``service`` and ``replayer`` feed."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__(CollectorRegistry())
         r = self.registry
         self.events = Counter(
             "edge_central_events", "messages committed, by outcome", ["outcome"], registry=r
@@ -43,18 +43,3 @@ class CentralMetrics:
         )
         self.replays = Counter("edge_central_replay_requests", "cmd/replay sent", registry=r)
         self.leader = Gauge("edge_central_leader", "1 while this instance leads", registry=r)
-        self._server: Any = None
-
-    def serve(self, listen: str) -> None:
-        """Expose ``/metrics`` on ``host:port``."""
-        host, _, port = listen.rpartition(":")
-        self._server, _thread = start_http_server(
-            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
-        )
-
-    def close(self) -> None:
-        """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

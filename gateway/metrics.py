@@ -12,18 +12,19 @@ import collections
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from buffer.stats import BufferStats
+from gateway.metrics_endpoint import MetricsEndpoint
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class GatewayMetrics:
+class GatewayMetrics(MetricsEndpoint):
     """Every series the gateway exports, in a registry of its own."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__(CollectorRegistry())
         r = self.registry
         self.transitions = Counter(
             "edge_gateway_event_transitions",
@@ -99,7 +100,6 @@ class GatewayMetrics:
             ["device"],
             registry=r,
         )
-        self._server: Any = None
         self._seen: collections.Counter[str] = collections.Counter()
         self._seen_reconnects = 0
         self._seen_totals: collections.Counter[str] = collections.Counter()
@@ -185,17 +185,3 @@ class GatewayMetrics:
         if delta > 0:
             counter.inc(delta)
         self._seen[key] = value
-
-    def serve(self, listen: str) -> None:
-        """Expose ``/metrics`` on ``host:port`` from prometheus-client's own thread."""
-        host, _, port = listen.rpartition(":")
-        self._server, _thread = start_http_server(
-            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
-        )
-
-    def close(self) -> None:
-        """Stop serving (the port is free again for a restart or a reload)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
