@@ -33,7 +33,7 @@ from rich.live import Live
 
 from gateway.daemon import Gateway
 from gateway.demo_central import DemoCentral
-from gateway.demo_view import DemoState, progress_line, render
+from gateway.demo_view import DemoState, progress_line, render, take_frame
 from gateway.early_stop import STOP_SIGNALS, EarlyStop
 from gateway.logging import configure_logging
 from gateway.settings import load_settings
@@ -207,12 +207,12 @@ async def _show(
             if keys["b"].is_set():
                 keys["b"].clear()
                 await broker.toggle()
-            stats, ledger = await state.gateway.buffer.stats(), await state.central.look()
-            live.update(render(state, stats, ledger))
+            frame = await take_frame(state)
+            live.update(render(state, frame))
             if plain and time.monotonic() >= next_line:
                 next_line += PROGRESS_EVERY
                 # soft_wrap: one line per report in a log, however long (a pipe is 80 columns)
-                live.console.print(progress_line(state, stats, ledger), soft_wrap=True)
+                live.console.print(progress_line(state, frame), soft_wrap=True)
             await asyncio.sleep(0.25)
 
 

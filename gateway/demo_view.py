@@ -68,8 +68,9 @@ def parity_text(ledger: LedgerView) -> str:
     return f"parity {ledger.in_parity}/{len(ledger.devices)} devices"
 
 
-def progress_line(state: DemoState, stats: BufferStats, ledger: LedgerView) -> str:
+def progress_line(state: DemoState, frame: Frame) -> str:
     """One plain line for a log or a pipe (stdout not a terminal), every few seconds."""
+    stats, ledger = frame.stats, frame.ledger
     stored = sum(d.last_seq for d in stats.devices.values())
     broker = "up" if state.broker.up else "DOWN"
     return (
@@ -79,8 +80,33 @@ def progress_line(state: DemoState, stats: BufferStats, ledger: LedgerView) -> s
     )
 
 
-def render(state: DemoState, stats: BufferStats, ledger: LedgerView) -> Group:
+@dataclass(frozen=True)
+class Frame:
+    """One consistent look at the demo: what the scanners heard, the ledger, then the buffer.
+
+    Taken in that order, so that every number bounds the ones before it: a beep is written only
+    after its scan was stored, and the ledger holds only what was stored, while ``stored`` only
+    grows. Reading the buffer first (as the view once did) let a scan stored and beeped during
+    the ledger query show as more feedback than stored scans.
+    """
+
+    feedback: dict[str, bytes]
+    ledger: LedgerView
+    stats: BufferStats
+
+
+async def take_frame(state: DemoState) -> Frame:
+    """Snapshot the scanners' feedback, then the ledger, then the buffer (see :class:`Frame`)."""
+    feedback = {
+        f"dock-{n + 1}-scanner": sim.feedback_bytes() for n, sim in enumerate(state.scanners)
+    }
+    ledger = await state.central.look()
+    return Frame(feedback, ledger, await state.gateway.buffer.stats())
+
+
+def render(state: DemoState, frame: Frame) -> Group:
     """Build one frame of the view from the gateway's buffer and one look at the ledger."""
+    stats, ledger = frame.stats, frame.ledger
     gw = state.gateway
     elapsed = time.monotonic() - state.started
     table = Table(
@@ -95,14 +121,12 @@ def render(state: DemoState, stats: BufferStats, ledger: LedgerView) -> Group:
     for column in ("device", "state", "level", "stored", "sent", "ledger", "gaps", "feedback"):
         # Fits 80 columns; nothing wraps, so a narrower terminal crops the right edge instead.
         table.add_column(column, justify="right" if column in NUMERIC else "left", no_wrap=True)
-    sims = {f"dock-{n + 1}-scanner": sim for n, sim in enumerate(state.scanners)}
     for device in gw.settings.devices:
         name = device.id
         dev = stats.devices.get(name)
         held = ledger.devices.get(f"/{gw.settings.gateway.site}/{gw.settings.gateway.id}/{name}")
-        sim = sims.get(name)
-        if sim is not None:
-            got = sim.feedback_bytes()
+        got = frame.feedback.get(name)
+        if got is not None:
             feedback = f"{got.count(GOOD)}/{got.count(BAD)}/{got.count(PENDING)}"
         else:
             feedback = "-"
@@ -110,7 +134,7 @@ def render(state: DemoState, stats: BufferStats, ledger: LedgerView) -> Group:
         table.add_row(
             name,
             Text(up, style="green" if up == "up" else "red"),
-            device.confirm if sim is not None else "-",
+            device.confirm if got is not None else "-",
             str(dev.last_seq if dev else 0),
             str(dev.last_sent_seq if dev else 0),
             str(held.held if held else 0),
