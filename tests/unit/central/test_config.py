@@ -58,47 +58,34 @@ def test_errors_name_file_line_and_key(tmp_path: Path) -> None:
     assert info.value.errors[2].startswith(f"{path}:7: confirm.x: unknown key")
 
 
-def test_check_config_exit_codes(tmp_path: Path) -> None:
-    """0 for the example, 2 for a bad file, no traceback."""
-    ok = subprocess.run(
-        [sys.executable, "-m", "central", "check-config", "--config", str(EXAMPLE)],
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """``edge-central check-config`` as a technician runs it: a process, its exit code, stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "central", "check-config", "--config", str(path)],
         capture_output=True,
         text=True,
         check=False,
         cwd=ROOT,
     )
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    """0 for the example, 2 for a bad file, no traceback."""
+    ok = _check_config(EXAMPLE)
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("[central]\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "central", "check-config", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
+    done = _check_config(bad)
     assert done.returncode == 2
     assert f"{bad}:1: central.instance:" in done.stderr
     assert "Traceback" not in done.stderr
     bad.write_text('[central]\ninstance = "a"\n[confirm]\nrule = "nope"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "central", "check-config", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
+    done = _check_config(bad)
     assert done.returncode == 2
     assert "unknown rule" in done.stderr
     # A factory that returns something without verdicts(): named, not a bare ValueError.
     bad.write_text('[central]\ninstance = "a"\n[confirm]\nrule = "builtins:object"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "central", "check-config", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
+    done = _check_config(bad)
     assert done.returncode == 2
     assert "confirm.rule: rule 'builtins:object' has no verdicts() method" in done.stderr
 
