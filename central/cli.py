@@ -187,6 +187,8 @@ async def _tail(settings: CentralSettings) -> int:
     woke = asyncio.Event()
     await conn.add_listener(NOTIFY_CHANNEL, lambda *_: woke.set())
     last = await conn.fetchval("SELECT coalesce(max(received), now()) FROM events")
+    # On stderr, so stdout stays one event a line: says when what commits from now on shows.
+    print("edge-central tail: listening; events appear as they commit", file=sys.stderr, flush=True)
     try:
         while True:
             await woke.wait()

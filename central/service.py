@@ -44,6 +44,9 @@ from gateway.settings import MqttSection as LinkSection
 log = structlog.get_logger("central")
 
 MAX_CONTROL_PAYLOAD = 256 * 1024
+ACKS_READ_TOPIC = "edge-central/acknowledgements-read"
+"""Never subscribed: an UNSUBSCRIBE of it is answered only after the broker has read everything
+sent before it on the connection (see :meth:`CentralLink.close`)."""
 """Checkpoints and replay answers larger than this are quarantined unread."""
 
 
@@ -113,6 +116,10 @@ class CentralLink(MqttLink):
         props["receive_maximum"] = settings.mqtt.receive_maximum
         self._held: deque[tuple[int, asyncio.Future[Any] | None]] = deque()
         self._flush_scheduled = False
+        self._closing = False
+        self._acks_written = False
+        self._unsubacks: dict[int, asyncio.Future[None]] = {}
+        self._client.on_unsubscribe = self._unsubscribed
         handler = self._client._package_handler  # noqa: SLF001
         original = handler._handle_qos_1_publish_packet  # noqa: SLF001
 
@@ -124,8 +131,16 @@ class CentralLink(MqttLink):
 
         handler._handle_qos_1_publish_packet = qos_1  # noqa: SLF001
 
+    def _no_more_acks(self) -> bool:
+        """Closing, lost or released: nothing more is acknowledged (sent again next session)."""
+        return (
+            self._closing
+            or self.lost.is_set()
+            or (self._released is not None and self._released.done())
+        )
+
     def _hold(self, mid: int, packet: bytes, topic: str, properties: Any) -> None:  # noqa: ANN401
-        if self.lost.is_set() or (self._released is not None and self._released.done()):
+        if self._no_more_acks():
             return  # the link is finished: never acknowledged, sent again next session
         retained = isinstance(properties, dict) and bool(properties.get("retain"))
         effect = self._start_effect(topic, bytes(packet), retained=retained)
@@ -144,7 +159,7 @@ class CentralLink(MqttLink):
     def _flush(self) -> None:
         """PUBACK the done entries at the head, in order, in one write."""
         self._flush_scheduled = False
-        if self.lost.is_set() or (self._released is not None and self._released.done()):
+        if self._no_more_acks():
             return
         mids = []
         while self._held:
@@ -158,6 +173,7 @@ class CentralLink(MqttLink):
         if not mids:
             return
         self.unacknowledged -= len(mids)
+        self._acks_written = True
         protocol = self._client._connection._protocol  # noqa: SLF001
         protocol.write_data(
             b"".join(
@@ -183,6 +199,40 @@ class CentralLink(MqttLink):
         except TimeoutError as exc:
             raise LinkError("no free packet id within the timeout") from exc
         self.send(topic, payload)
+
+    async def close(self) -> None:
+        """Acknowledge what is done, wait until the broker has read it, then disconnect.
+
+        Closing the socket only hands our last PUBACKs to the kernel. If the next session of
+        this client id (a restart, a test) reaches the broker before it read them, the broker
+        takes the session over and drops the old connection with them unread: every message
+        they acknowledged is sent again (a CI run saw 198 committed messages come back). An
+        UNSUBSCRIBE of a topic never subscribed is answered only after the broker read what
+        came before it, so its UNSUBACK proves the PUBACKs arrived; it waits at most
+        ``[mqtt] timeout``. What is not done by then is held, as before: sent again next time.
+        """
+        if not self.lost.is_set() and self._client.is_connected:
+            self._flush()
+            self._closing = True
+            if self._acks_written:
+                with contextlib.suppress(LinkError):
+                    await self._acks_read()
+        self._closing = True
+        await super().close()
+
+    async def _acks_read(self) -> None:
+        mid = self._client.unsubscribe(ACKS_READ_TOPIC)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsubacks[int(mid)] = waiter
+        try:
+            await self._wait(waiter, "UNSUBACK")
+        finally:
+            self._unsubacks.pop(int(mid), None)
+
+    def _unsubscribed(self, _client: Any, mid: int, _codes: Any) -> None:  # noqa: ANN401
+        waiter = self._unsubacks.get(int(mid))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _release(self) -> None:
         super()._release()

@@ -13,6 +13,9 @@ The gateway connects to the proxy instead of the broker. A test switches the pro
   work. The gateway must notice on its own that nobody is listening.
 - ``delay``: bytes from the broker reach the client ``delay`` seconds late, in order (CONNACK,
   PUBACK, SUBACK all late), as a slow broker; the client's bytes go through at once.
+- ``delay_requests``: bytes from the client reach the broker ``delay`` seconds late, in order,
+  as a slow uplink; the broker's bytes go through at once. A client that closes its socket is
+  done long before the broker has read what it wrote last.
 - ``pass``: forward normally (the default, and what ``heal`` returns to).
 
 Counters say what happened, so a test can assert that its fault really landed.
@@ -27,7 +30,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal, Self
 
-Mode = Literal["pass", "blackhole", "drip", "delay"]
+Mode = Literal["pass", "blackhole", "drip", "delay", "delay_requests"]
 
 
 @dataclass(eq=False)  # hashed by identity: links live in a set
@@ -114,6 +117,13 @@ class FaultProxy:
         self.mode = "delay"
         self._flowing.set()
 
+    def delay_requests(self, seconds: float | None = None) -> None:
+        """Deliver the client's bytes ``seconds`` (default ``self.delay``) late, in order."""
+        if seconds is not None:
+            self.delay = seconds
+        self.mode = "delay_requests"
+        self._flowing.set()
+
     def cut(self) -> None:
         """Reset every open connection now (RST, not FIN)."""
         for link in list(self._links):
@@ -159,6 +169,12 @@ class FaultProxy:
         for w in (writer, up_writer):
             w.close()
 
+    def _delayed(self, *, to_upstream: bool) -> bool:
+        """Whether this direction's bytes are held back ``delay`` seconds now."""
+        if to_upstream:
+            return self.mode == "delay_requests"
+        return self.mode == "delay"
+
     async def _pipe(
         self,
         src: asyncio.StreamReader,
@@ -177,7 +193,7 @@ class FaultProxy:
             if not data:
                 if link.half_open:
                     return
-                if self.mode == "delay" and not to_upstream:
+                if self._delayed(to_upstream=to_upstream):
                     asyncio.get_running_loop().call_later(self.delay, dst.close)
                 else:
                     dst.close()
@@ -188,7 +204,7 @@ class FaultProxy:
                 if to_upstream:
                     continue  # swallowed: the broker is not there any more
                 return
-            if self.mode == "delay" and not to_upstream:
+            if self._delayed(to_upstream=to_upstream):
                 # Timers fire in order of their due time, so the bytes keep their order.
                 asyncio.get_running_loop().call_later(self.delay, _write_quietly, dst, data)
                 continue

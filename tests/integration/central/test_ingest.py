@@ -137,10 +137,13 @@ async def test_metrics_and_tail_follow_commits(broker, central_settings, pg_dsn,
     ):
         tail = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "central", "tail", "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
         )  # fmt: skip
         try:
-            await asyncio.sleep(1.0)  # tail is listening
+            assert tail.stderr is not None
+            async with asyncio.timeout(30):  # a loaded box: a fresh interpreter, then LISTEN
+                said = await tail.stderr.readline()
+            assert said.startswith(b"edge-central tail: listening"), said
             for body in bodies:
                 await client.publish(topic_of(body), raw(body), qos=1)
             await wait_until(lambda: central.totals["stored"] == 3, timeout=10)
