@@ -98,16 +98,21 @@ async def test_postgres_restart_and_kill9_pause_ingest_and_lose_nothing(
                     await asyncio.sleep(0.002)  # spread the traffic over the outage
             assert outage is not None
             await outage
+        # A kill -9 during COMMIT can leave a batch committed while the writer saw an error:
+        # its retry then finds every row already there and counts them as duplicates, not
+        # stored (the likely cause of a stall here once in ~25 runs, while the ledger was
+        # whole). What landed is checked in the database below, exactly.
+        landed = ("stored", "duplicates")
         try:
-            await wait_until(lambda: central.totals["stored"] >= 900, timeout=60)
+            await wait_until(lambda: sum(central.totals[k] for k in landed) >= 900, timeout=60)
         except TimeoutError:
-            # Failed once in ~25 runs (CI and alone), cause not found yet: say what it looked like.
             log = private_postgres.logfile.read_text(errors="replace")[-1500:]
             pytest.fail(
                 f"ingest stalled: totals {dict(central.totals)}, queued {len(central._queue)},"
                 f" mqtt connected {central.connected.is_set()}; postgres log tail: {log}"
             )
         assert central.totals["retries"] >= 1, "the outages hit a batch"
+        assert central.totals["conflicts"] == central.totals["quarantined"] == 0, central.totals
     conn = await asyncpg.connect(dsn)
     try:
         assert await conn.fetchval("SELECT count(*) FROM events") == 900
