@@ -44,6 +44,13 @@ from gateway.settings import MqttSection as LinkSection
 log = structlog.get_logger("central")
 
 MAX_CONTROL_PAYLOAD = 256 * 1024
+DATABASE_AWAY = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+"""What a batch meets while PostgreSQL restarts or dies: retried quietly until it is back."""
 ACKS_READ_TOPIC = "edge-central/acknowledgements-read"
 """Never subscribed: an UNSUBSCRIBE of it is answered only after the broker has read everything
 sent before it on the connection (see :meth:`CentralLink.close`)."""
@@ -314,26 +321,23 @@ class Central:
                 self._wake.clear()
                 await self._wake.wait()
             batch = self._queue[: self.settings.ingest.batch_max]
+            outcomes: list[BatchOutcome] | None = None
             try:
                 async with self.pool.acquire() as conn:
                     began = time.perf_counter()
                     outcomes = await self._write(conn, [item for item, _ in batch])
                     self.metrics.commit_seconds.observe(time.perf_counter() - began)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.totals["retries"] += 1
-                self.metrics.batch_failures.inc()
-                log.warning("batch_failed", error=str(exc)[:300], events=len(batch), retry_s=delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                delay = min(self.settings.database.retry_max, delay * 2)
-                continue
-            except Exception:
-                self.totals["retries"] += 1
-                self.metrics.batch_failures.inc()
-                # Not the database being away: a bug. Still nothing is acknowledged; say so loudly.
-                log.exception("batch_failed_unexpectedly", events=len(batch), retry_s=delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                delay = min(self.settings.database.retry_max, delay * 2)
-                continue
+            except Exception as exc:  # each kind is told apart below
+                if outcomes is not None:
+                    # Committed; only handing the connection back to the pool failed (the
+                    # database went away just after). Retrying would find every row there,
+                    # count the batch as duplicates and hold its PUBACKs through the outage.
+                    log.warning("connection_release_failed", error=str(exc)[:300] or repr(exc))
+                else:
+                    self._batch_failed(exc, len(batch), delay)
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                    delay = min(self.settings.database.retry_max, delay * 2)
+                    continue
             delay = 0.05
             del self._queue[: len(batch)]
             for _, future in batch:
@@ -346,6 +350,19 @@ class Central:
                     task = asyncio.create_task(self._confirm(outcome))
                     self._confirming.add(task)
                     task.add_done_callback(self._confirming.discard)
+
+    def _batch_failed(self, exc: Exception, events: int, retry_s: float) -> None:
+        """Count a batch that did not commit, and say why; nothing of it is acknowledged.
+
+        A warning when the database is away (asyncpg's InternalClientError is a connection the
+        outage left mid-operation); the whole traceback for anything else, a bug.
+        """
+        self.totals["retries"] += 1
+        self.metrics.batch_failures.inc()
+        if isinstance(exc, DATABASE_AWAY):
+            log.warning("batch_failed", error=str(exc)[:300], events=events, retry_s=retry_s)
+        else:
+            log.error("batch_failed_unexpectedly", events=events, retry_s=retry_s, exc_info=exc)
 
     async def _write(self, conn: Any, items: list[Item]) -> list[BatchOutcome]:  # noqa: ANN401
         """One transaction; when PostgreSQL refuses an item's data, that item is quarantined.

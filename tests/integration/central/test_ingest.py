@@ -10,6 +10,7 @@ import urllib.request
 import aiomqtt
 import asyncpg
 
+from central.service import Central
 from simulators.broker import free_port
 from tests.support import ROOT, wait_until
 
@@ -163,3 +164,43 @@ async def test_metrics_and_tail_follow_commits(broker, central_settings, pg_dsn,
     metrics = text.decode()
     assert 'edge_central_events_total{outcome="stored"} 3.0' in metrics
     assert "edge_central_batch_commit_seconds_count" in metrics
+
+
+def _fail_one_release(central: Central) -> list[bool]:
+    """The database goes away once just after a batch committed, while the pool resets the
+    connection to take it back (a kill -9 run hit it): asyncpg then terminates the connection
+    and raises from the release. The commit and the pool are real; the reset's failure comes
+    through asyncpg's own reset hook."""
+    pool = central.pool
+    assert pool is not None
+    failed: list[bool] = []
+
+    async def failing_reset(_con: asyncpg.Connection) -> None:
+        if not failed:
+            failed.append(True)
+            raise ConnectionResetError("connection reset while the pool reset it")
+
+    pool._reset = failing_reset  # asyncpg create_pool(reset=...) hook
+    return failed
+
+
+async def test_a_batch_committed_before_the_database_went_away_is_not_retried(
+    broker, central_settings, pg_dsn
+):
+    """Retrying it counted its events as duplicates (a chaos test waiting for 900 stored
+    stalled) and held their PUBACKs and confirms for the outage: the commit happened, so they
+    are stored, acknowledged and confirmed once."""
+    settings = central_settings(replay={"enabled": False})
+    bodies = [scan_event(n) for n in range(1, 4)]
+    async with (
+        running_central(settings) as central,
+        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+    ):
+        failed = _fail_one_release(central)
+        for body in bodies:
+            await client.publish(topic_of(body), raw(body), qos=1)
+        await wait_until(lambda: central.totals["confirms"] >= 3, timeout=10)
+        assert failed, "the failure was injected"
+        assert central.totals["retries"] == central.totals["duplicates"] == 0, central.totals
+        assert central.totals["stored"] == 3
+    assert await _count(pg_dsn, "SELECT count(*) FROM events") == 3
