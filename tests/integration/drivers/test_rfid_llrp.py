@@ -17,6 +17,7 @@ from drivers.base import DeviceEvent, Outcome, StoredEvent
 from drivers.rfid_llrp.config import RfidLlrpConfig
 from drivers.rfid_llrp.driver import RfidLlrpDriver
 from drivers.rfid_llrp.tagevents import ARRIVED, DEPARTED
+from simulators import llrp_wire as w
 from simulators.llrp_population import SimTag, epc_for
 from simulators.llrp_reader import LlrpReaderSimulator
 from tests import support
@@ -149,6 +150,32 @@ async def test_keepalive_lost_marks_down_once_then_recovers():
         await asyncio.sleep(0.3)  # no flapping after it
         assert [up for up, _ in h.statuses] == [True, False, True], "down once, up once"
         assert h.counter("keepalive_lost") >= 1
+
+
+async def test_not_up_while_a_reconnected_reader_answers_nothing_up_once_it_answers():
+    """After a keepalive loss the reader takes connections (and even sends its connection
+    event) but answers nothing: however many reconnects that lasts, it is not reported up. It
+    is up once it answers the setup and starts the ROSpec, and only then."""
+    async with running(keepalive_s=0.2, connect_timeout=0.5) as h:
+        await wait_until(lambda: h.sim.active)
+        await wait_until(lambda: h.sim.keepalive_acks >= 2)
+        h.sim.silent = True
+        await wait_until(lambda: len(h.statuses) >= 2, timeout=10)
+        assert [up for up, _ in h.statuses] == [True, False]
+        connections = h.sim.connections
+        asked = h.sim.received.count(w.GET_READER_CAPABILITIES)
+        # Three reconnects, each one connected and asking for the reader's capabilities.
+        await wait_until(lambda: h.sim.connections >= connections + 3, timeout=20)
+        await wait_until(
+            lambda: h.sim.received.count(w.GET_READER_CAPABILITIES) >= asked + 3, timeout=10
+        )
+        assert [up for up, _ in h.statuses] == [True, False], "up while the reader is silent"
+        assert not h.sim.active
+        h.sim.silent = False
+        await wait_until(lambda: len(h.statuses) >= 3, timeout=20)
+        assert h.sim.active, "up only once the reader started the ROSpec"
+        await asyncio.sleep(0.3)  # no flapping after it
+        assert [up for up, _ in h.statuses] == [True, False, True], "down once, up once"
 
 
 async def test_unreachable_then_error_response_then_up():
