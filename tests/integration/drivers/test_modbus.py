@@ -628,3 +628,32 @@ async def test_a_lost_answer_is_retried_before_the_device_is_down(tmp_path, rtu)
         await wait_until(lambda: h.transitions == [True, False, True])
         assert h.counter("link_failures") == 1
         assert "no answer" in h.statuses[1][1]
+
+
+@pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
+async def test_feedback_writes_and_polls_take_turns_on_the_link(tmp_path, rtu):
+    """Feedback writes for three outputs at once, 20 times, while the device is polled every
+    10 ms: one request at a time on the link, so every write lands, no poll or write loses its
+    answer to another's, and the device never goes down."""
+    outputs = {"feedback_good": 0, "feedback_pending": 1, "feedback_bad": 2}
+    async with running(
+        tmp_path,
+        [SPEED],
+        rtu=rtu,
+        interval=0.01,
+        **{key: {"address": address} for key, address in outputs.items()},
+    ) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.transitions == [True])
+        reads = h.counter("reads")
+        for _ in range(20):
+            await asyncio.gather(
+                *(h.driver.feedback(o) for o in (Outcome.GOOD, Outcome.PENDING, Outcome.BAD))
+            )
+        await wait_until(lambda: h.counter("reads") > reads + 5)
+        assert h.counter("feedback_failures") == 0
+        assert h.counter("link_failures") == 0
+        assert h.transitions == [True]
+        assert h.counter("feedback_writes") >= 40, "most writes were written, not skipped"
+        assert len(h.sim.writes) == h.counter("feedback_writes")
+        assert {address for _, address, _ in h.sim.writes} == set(outputs.values())
