@@ -657,3 +657,30 @@ async def test_feedback_writes_and_polls_take_turns_on_the_link(tmp_path, rtu):
         assert h.counter("feedback_writes") >= 40, "most writes were written, not skipped"
         assert len(h.sim.writes) == h.counter("feedback_writes")
         assert {address for _, address, _ in h.sim.writes} == set(outputs.values())
+
+
+@pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
+async def test_no_descriptor_or_task_leaks_over_25_reconnects(tmp_path, rtu):
+    """25 lost links (TCP: an answer that cannot be framed; RTU: an answer lost), each down once
+    and reconnected: the process ends holding no more file descriptors and asyncio tasks than
+    after the first."""
+    async with running(tmp_path, [SPEED], rtu=rtu, timeout=0.1) as h:
+        await wait_until(lambda: h.transitions == [True])
+
+        def lose_the_link() -> None:
+            if rtu:
+                h.sim.dropped_replies = 1
+            else:
+                h.sim.unframed_replies = 1
+
+        async def cycle(n: int) -> None:
+            lose_the_link()
+            await wait_until(lambda: h.counter("link_failures") == n)
+            await wait_until(lambda: h.transitions.count(True) == n + 1)
+
+        await cycle(1)
+        fds, tasks = support.open_fds(), len(asyncio.all_tasks())
+        for n in range(2, 27):
+            await cycle(n)
+        await support.assert_no_leaks(fds, tasks)
+        assert h.transitions == [True, False] * 26 + [True]

@@ -347,3 +347,22 @@ async def test_gpo_pulse_in_progress_is_lit_again_after_a_reconnect():
         pulse.cancel()
         await asyncio.gather(pulse, return_exceptions=True)
         await wait_until(lambda: writes() == [(1, True), (1, False), (1, True), (1, False)])
+
+
+async def test_no_descriptor_or_task_leaks_over_25_reader_drops():
+    """25 reader drops mid-inventory, each down once and set up again: the process ends holding
+    no more file descriptors and asyncio tasks than after the first."""
+    async with running() as h:
+        await wait_until(lambda: h.sim.active)
+
+        async def cycle(n: int) -> None:
+            h.sim.drop()
+            await wait_until(lambda: h.sim.rospecs_added == n + 1)
+            await wait_until(lambda: [up for up, _ in h.statuses].count(True) == n + 1)
+
+        await cycle(1)
+        fds, tasks = support.open_fds(), len(asyncio.all_tasks())
+        for n in range(2, 27):
+            await cycle(n)
+        await support.assert_no_leaks(fds, tasks)
+        assert [up for up, _ in h.statuses] == [True, False] * 26 + [True]
