@@ -511,6 +511,24 @@ async def test_pulse_cancelled_midway_still_resets(tmp_path):
         await wait_until(lambda: coil(h, 2) == 0)
 
 
+async def test_pulse_cancelled_again_while_its_reset_waits_still_resets(tmp_path):
+    """A second cancellation (a shutdown giving up) while the reset waits for the link behind a
+    poll does not stop the reset: it is shielded."""
+    async with running(tmp_path, [SPEED], feedback_bad={"address": 2, "pulse": 30.0}) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.transitions == [True])
+        pulse = asyncio.create_task(h.driver.feedback(Outcome.BAD))
+        await wait_until(lambda: coil(h, 2) == 1)
+        link = h.driver._link
+        assert link is not None and link._tcp is not None
+        async with link._tcp._lock:  # a request in flight: the reset must wait its turn
+            pulse.cancel()
+            await wait_until(lambda: not h.driver._feedback._until)  # the reset is waiting
+            pulse.cancel()
+            await asyncio.gather(pulse, return_exceptions=True)
+        await wait_until(lambda: coil(h, 2) == 0)
+
+
 async def test_pulse_outputs_are_put_at_rest_on_connect(tmp_path):
     """An output a pulse left on (a crash, a blip) is reset when the device is (re)connected."""
     model = ConveyorModel(noise=0.0)

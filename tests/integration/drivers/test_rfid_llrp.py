@@ -14,6 +14,7 @@ import pytest
 from sllurp.llrp import LLRPClient, LLRPMessage, LLRPReaderConfig, LLRPReaderState
 
 from drivers.base import DeviceEvent, Outcome, StoredEvent
+from drivers.rfid_llrp import driver as rfid_driver
 from drivers.rfid_llrp.config import RfidLlrpConfig
 from drivers.rfid_llrp.driver import RfidLlrpDriver
 from drivers.rfid_llrp.tagevents import ARRIVED, DEPARTED
@@ -366,3 +367,41 @@ async def test_no_descriptor_or_task_leaks_over_25_reader_drops():
             await cycle(n)
         await support.assert_no_leaks(fds, tasks)
         assert [up for up, _ in h.statuses] == [True, False] * 26 + [True]
+
+
+async def test_tags_do_not_depart_while_the_reader_is_not_read_because_emits_are_backed_up(
+    monkeypatch,
+):
+    """The buffer stalls with 3 arrivals in flight, the in-flight cap is reached and the
+    reader's socket is left unread for longer than departure_s while the tags stay: nothing
+    departs. Once the buffer moves on, the backlog is read; the tags depart only after leaving."""
+    monkeypatch.setattr(rfid_driver, "_MAX_IN_FLIGHT", 3)
+    async with running(departure_s=0.5, keepalive_s=5.0, zones={}) as h:
+        assert h.driver is not None
+        gate = asyncio.Event()
+        recorded = h.emit
+
+        async def stalled_emit(event: DeviceEvent) -> StoredEvent:
+            await gate.wait()  # a busy disk: nothing commits until the gate opens
+            return await recorded(event)
+
+        h.driver._emit = stalled_emit
+        await wait_until(lambda: h.sim.active)
+        tags = PALLET[:3]
+        for epc in tags:
+            h.sim.population.add(SimTag(epc, h.sim.now(), None, (1,), reads_per_s=25.0))
+        await wait_until(lambda: h.counter("arrived") == 3)
+        assert not h.driver._room.is_set(), "the reader's socket is no longer read"
+        reads = h.driver.smoother.reads
+        await asyncio.sleep(1.2)  # the stall itself (> departure_s), not a wait for a result
+        assert h.counter("departed") == 0, "a tag departed while the reader was not read"
+        gate.set()
+        await wait_until(lambda: len(h.of(ARRIVED)) == 3)
+        await wait_until(lambda: h.driver.smoother.reads > reads + 30)
+        assert h.counter("departed") == 0
+        for epc in tags:
+            h.sim.population.remove(epc)
+        await wait_until(lambda: len(h.of(DEPARTED)) >= 3)
+        assert sorted(h.of(ARRIVED)) == sorted(tags), "no tag arrived twice"
+        assert sorted(h.of(DEPARTED)) == sorted(tags), "each departed once, after leaving"
+        assert [up for up, _ in h.statuses] == [True]
