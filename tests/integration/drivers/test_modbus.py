@@ -411,11 +411,13 @@ async def test_poll_groups_and_overruns(tmp_path):
         await wait_until(lambda: h.counter("overruns") > 0)
 
 
-async def test_short_bit_reply_is_a_device_fault_not_a_crash(tmp_path):
-    """A Read Discrete Inputs reply with fewer bits than asked for is counted and logged as a
-    bad reply (the points fail for that poll); run() goes on polling."""
+@pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
+async def test_short_bit_reply_is_a_device_fault_not_a_crash(tmp_path, rtu):
+    """A Read Discrete Inputs reply with fewer bits than asked for (over RTU with a good CRC)
+    is counted and logged as a bad reply (the points fail for that poll); run() goes on
+    polling."""
     motor_fault = {**JAM, "name": "motor_fault", "address": 12}
-    async with running(tmp_path, [SPEED, JAM, motor_fault]) as h:
+    async with running(tmp_path, [SPEED, JAM, motor_fault], rtu=rtu) as h:
         await wait_until(lambda: h.readings)
         h.sim.short_bit_replies = 3
         await wait_until(lambda: h.counter("bad_replies") >= 1)
