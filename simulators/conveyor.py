@@ -7,7 +7,7 @@ without a background task. Faults are scriptable while it runs: ``model.set_faul
 ``silent = True`` (the device stops answering: requests are read, answers never sent), and
 ``fail(code, ...)`` (exception responses such as 02 illegal address or 06 busy),
 ``dropped_replies = n`` (the next n answers never sent),
-``short_bit_replies = n`` (Modbus TCP: the next n bit reads answered one byte short) and
+``short_bit_replies = n`` (the next n bit reads answered one byte short, RTU with a valid CRC) and
 ``unframed_replies = n`` (Modbus TCP: the next n answers with a protocol id no client frames).
 
 Runnable alone: ``python -m simulators.conveyor --tcp 5020`` or ``--rtu-link /tmp/ttyConveyor``;
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Self, cast
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer.rtu import FramerRTU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -165,18 +166,32 @@ class ConveyorSimulator:
         if self.unframed_replies and self._rtu_link is None:
             self.unframed_replies -= 1
             return data[:2] + b"\x00\x01" + data[4:]
-        if self.short_bit_replies and self._rtu_link is None:
+        if self.short_bit_replies:
             return self._short_bit_reply(data)
         return data
 
     def _short_bit_reply(self, adu: bytes) -> bytes:
         """A TCP read-bits reply (MBAP header, unit, function, byte count, bits) one byte short."""
+        if self._rtu_link is not None:
+            return self._short_bit_reply_rtu(adu)
         unit, function, count = adu[6:9]
         if function not in (1, 2) or count == 0:
             return adu
         self.short_bit_replies -= 1
         pdu = bytes([unit, function, count - 1]) + adu[9 : 9 + count - 1]
         return adu[:4] + len(pdu).to_bytes(2, "big") + pdu
+
+    def _short_bit_reply_rtu(self, adu: bytes) -> bytes:
+        """An RTU read-bits reply (unit, function, byte count, bits, CRC) one byte short.
+
+        The CRC is that of what is sent: a well-formed frame holding fewer bits than asked for.
+        """
+        unit, function, count = adu[:3]
+        if function not in (1, 2) or count == 0:
+            return adu
+        self.short_bit_replies -= 1
+        frame = bytes([unit, function, count - 1]) + adu[3 : 3 + count - 1]
+        return frame + FramerRTU.compute_CRC(frame).to_bytes(2, "big")
 
     async def _action(  # noqa: PLR0917 - pymodbus's SimAction signature
         self,

@@ -177,6 +177,28 @@ async def wait_until(predicate: Callable[[], bool], *, timeout: float) -> None:
             await asyncio.sleep(0.005)
 
 
+def open_fds() -> int:
+    """How many file descriptors this process holds now (Linux)."""
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+async def assert_no_leaks(fds: int, tasks: int, *, timeout: float = 10.0) -> None:
+    """Wait until this process holds no more descriptors and asyncio tasks than ``fds`` and
+    ``tasks`` (closes and cancellations may take a few loop turns); AssertionError if it
+    still holds more after ``timeout`` seconds."""
+
+    def settled() -> bool:
+        return open_fds() <= fds and len(asyncio.all_tasks()) <= tasks
+
+    with contextlib.suppress(TimeoutError):
+        await wait_until(settled, timeout=timeout)
+    leaked_fds, leaked_tasks = open_fds() - fds, len(asyncio.all_tasks()) - tasks
+    assert leaked_fds <= 0 and leaked_tasks <= 0, (
+        f"{leaked_fds} descriptors and {leaked_tasks} tasks more than before: "
+        f"{sorted(repr(t.get_coro()) for t in asyncio.all_tasks())[:10]}"
+    )
+
+
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run ``edge-gateway`` as a user would and capture its output."""
     return subprocess.run(

@@ -90,6 +90,45 @@ def test_llrp_framer_only_raises_framing_error_and_is_bounded(
         pass
 
 
+def _frame_all(framer: Framer, chunks: list[bytes]) -> tuple[list[bytes], bool]:
+    """The messages ``framer`` gives for ``chunks`` fed in turn, and whether it lost sync."""
+    got: list[bytes] = []
+    try:
+        for chunk in chunks:
+            got += framer.feed(chunk)
+    except FramingError:
+        return got, True
+    return got, False
+
+
+@FUZZ
+@given(
+    stream=st.lists(MESSAGES, max_size=8).map(b"".join),
+    tail=st.one_of(st.just(b""), st.binary(max_size=30)),
+    cuts=st.lists(st.integers(0, 1000), max_size=10),
+)
+def test_llrp_framer_gives_the_same_messages_whole_and_split(
+    stream: bytes, tail: bytes, cuts: list[int]
+) -> None:
+    """Well-formed messages then anything, cut anywhere: the same messages, the same bytes held
+    and the same loss of sync as when the stream comes in one read; split, no message is lost
+    for a loss of sync after it."""
+    data = stream + tail
+    whole = Framer(max_message=4096)
+    expected, whole_lost = _frame_all(whole, [data])
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0, *points, len(data)]
+    split = Framer(max_message=4096)
+    got, split_lost = _frame_all(split, [data[a:b] for a, b in itertools.pairwise(edges)])
+    assert split_lost == whole_lost
+    if not whole_lost:
+        assert got == expected
+        assert split.pending == whole.pending
+    else:
+        assert expected == [], "one read: what it completed is lost with the connection"
+        assert len(got) <= len(Framer(max_message=4096).feed(stream))
+
+
 @FUZZ
 @given(raw=st.one_of(MESSAGES, st.binary(max_size=200)))
 def test_llrp_decode_only_raises_malformed_message(raw: bytes) -> None:

@@ -243,3 +243,27 @@ async def test_real_evdev_opener_missing_device(config, detail):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_no_task_leaks_over_25_replugs():
+    """25 unplug/replug cycles of the (fake) device, a scan through each: every open is closed,
+    and no more asyncio tasks or file descriptors are left than after the first."""
+    typist = Typist("us")
+    async with running() as h:
+        await wait_until(lambda: h.ups == [True])
+
+        async def cycle(n: int) -> None:
+            h.scanner.unplug()
+            await wait_until(lambda: h.ups.count(False) == n)
+            h.scanner.replug()
+            await wait_until(lambda: h.ups.count(True) == n + 1)
+            h.scanner.write(typist.scan(f"CODE{n}"))
+            await wait_until(lambda: len(h.events) == n)
+
+        await cycle(1)
+        fds, tasks = support.open_fds(), len(asyncio.all_tasks())
+        for n in range(2, 27):
+            await cycle(n)
+        await support.assert_no_leaks(fds, tasks)
+        assert h.codes == [f"CODE{n}" for n in range(1, 27)]
+        assert h.scanner.opens == h.scanner.closes + 1

@@ -425,3 +425,25 @@ async def test_scan_whose_emit_raised_is_not_suppressed_on_rescan(tmp_path):
         await h.sim.type_code("PALLET-2")
         await wait_until(lambda: h.codes == ["PALLET-2"])
         assert h.counter("suppressed") == 0
+
+
+async def test_no_descriptor_or_task_leaks_over_25_replugs(tmp_path):
+    """25 unplug/replug cycles, a scan through each: the process ends holding no more file
+    descriptors and asyncio tasks than after the first."""
+    async with running(tmp_path) as h:
+
+        async def cycle(n: int) -> None:
+            await h.sim.unplug()
+            await wait_until(lambda: h.ups.count(False) == n)
+            await h.sim.replug()
+            await h.sim.wait_opened(TIMEOUT)
+            await wait_until(lambda: h.ups.count(True) == n + 1)
+            await h.sim.type_code(f"CODE-{n}")
+            await wait_until(lambda: len(h.events) == n)
+
+        await cycle(1)
+        fds, tasks = support.open_fds(), len(asyncio.all_tasks())
+        for n in range(2, 27):
+            await cycle(n)
+        await support.assert_no_leaks(fds, tasks)
+        assert h.codes == [f"CODE-{n}" for n in range(1, 27)]

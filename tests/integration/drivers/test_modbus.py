@@ -411,11 +411,13 @@ async def test_poll_groups_and_overruns(tmp_path):
         await wait_until(lambda: h.counter("overruns") > 0)
 
 
-async def test_short_bit_reply_is_a_device_fault_not_a_crash(tmp_path):
-    """A Read Discrete Inputs reply with fewer bits than asked for is counted and logged as a
-    bad reply (the points fail for that poll); run() goes on polling."""
+@pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
+async def test_short_bit_reply_is_a_device_fault_not_a_crash(tmp_path, rtu):
+    """A Read Discrete Inputs reply with fewer bits than asked for (over RTU with a good CRC)
+    is counted and logged as a bad reply (the points fail for that poll); run() goes on
+    polling."""
     motor_fault = {**JAM, "name": "motor_fault", "address": 12}
-    async with running(tmp_path, [SPEED, JAM, motor_fault]) as h:
+    async with running(tmp_path, [SPEED, JAM, motor_fault], rtu=rtu) as h:
         await wait_until(lambda: h.readings)
         h.sim.short_bit_replies = 3
         await wait_until(lambda: h.counter("bad_replies") >= 1)
@@ -508,6 +510,24 @@ async def test_pulse_cancelled_midway_still_resets(tmp_path):
         await wait_until(lambda: coil(h, 2) == 1)
         pulse.cancel()
         await asyncio.gather(pulse, return_exceptions=True)
+        await wait_until(lambda: coil(h, 2) == 0)
+
+
+async def test_pulse_cancelled_again_while_its_reset_waits_still_resets(tmp_path):
+    """A second cancellation (a shutdown giving up) while the reset waits for the link behind a
+    poll does not stop the reset: it is shielded."""
+    async with running(tmp_path, [SPEED], feedback_bad={"address": 2, "pulse": 30.0}) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.transitions == [True])
+        pulse = asyncio.create_task(h.driver.feedback(Outcome.BAD))
+        await wait_until(lambda: coil(h, 2) == 1)
+        link = h.driver._link
+        assert link is not None and link._tcp is not None
+        async with link._tcp._lock:  # a request in flight: the reset must wait its turn
+            pulse.cancel()
+            await wait_until(lambda: not h.driver._feedback._until)  # the reset is waiting
+            pulse.cancel()
+            await asyncio.gather(pulse, return_exceptions=True)
         await wait_until(lambda: coil(h, 2) == 0)
 
 
@@ -628,3 +648,59 @@ async def test_a_lost_answer_is_retried_before_the_device_is_down(tmp_path, rtu)
         await wait_until(lambda: h.transitions == [True, False, True])
         assert h.counter("link_failures") == 1
         assert "no answer" in h.statuses[1][1]
+
+
+@pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
+async def test_feedback_writes_and_polls_take_turns_on_the_link(tmp_path, rtu):
+    """Feedback writes for three outputs at once, 20 times, while the device is polled every
+    10 ms: one request at a time on the link, so every write lands, no poll or write loses its
+    answer to another's, and the device never goes down."""
+    outputs = {"feedback_good": 0, "feedback_pending": 1, "feedback_bad": 2}
+    async with running(
+        tmp_path,
+        [SPEED],
+        rtu=rtu,
+        interval=0.01,
+        **{key: {"address": address} for key, address in outputs.items()},
+    ) as h:
+        assert h.driver is not None
+        await wait_until(lambda: h.transitions == [True])
+        reads = h.counter("reads")
+        for _ in range(20):
+            await asyncio.gather(
+                *(h.driver.feedback(o) for o in (Outcome.GOOD, Outcome.PENDING, Outcome.BAD))
+            )
+        await wait_until(lambda: h.counter("reads") > reads + 5)
+        assert h.counter("feedback_failures") == 0
+        assert h.counter("link_failures") == 0
+        assert h.transitions == [True]
+        assert h.counter("feedback_writes") >= 40, "most writes were written, not skipped"
+        assert len(h.sim.writes) == h.counter("feedback_writes")
+        assert {address for _, address, _ in h.sim.writes} == set(outputs.values())
+
+
+@pytest.mark.parametrize("rtu", [False, True], ids=["tcp", "rtu"])
+async def test_no_descriptor_or_task_leaks_over_25_reconnects(tmp_path, rtu):
+    """25 lost links (TCP: an answer that cannot be framed; RTU: an answer lost), each down once
+    and reconnected: the process ends holding no more file descriptors and asyncio tasks than
+    after the first."""
+    async with running(tmp_path, [SPEED], rtu=rtu, timeout=0.1) as h:
+        await wait_until(lambda: h.transitions == [True])
+
+        def lose_the_link() -> None:
+            if rtu:
+                h.sim.dropped_replies = 1
+            else:
+                h.sim.unframed_replies = 1
+
+        async def cycle(n: int) -> None:
+            lose_the_link()
+            await wait_until(lambda: h.counter("link_failures") == n)
+            await wait_until(lambda: h.transitions.count(True) == n + 1)
+
+        await cycle(1)
+        fds, tasks = support.open_fds(), len(asyncio.all_tasks())
+        for n in range(2, 27):
+            await cycle(n)
+        await support.assert_no_leaks(fds, tasks)
+        assert h.transitions == [True, False] * 26 + [True]

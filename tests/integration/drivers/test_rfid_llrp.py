@@ -14,9 +14,11 @@ import pytest
 from sllurp.llrp import LLRPClient, LLRPMessage, LLRPReaderConfig, LLRPReaderState
 
 from drivers.base import DeviceEvent, Outcome, StoredEvent
+from drivers.rfid_llrp import driver as rfid_driver
 from drivers.rfid_llrp.config import RfidLlrpConfig
 from drivers.rfid_llrp.driver import RfidLlrpDriver
 from drivers.rfid_llrp.tagevents import ARRIVED, DEPARTED
+from simulators import llrp_wire as w
 from simulators.llrp_population import SimTag, epc_for
 from simulators.llrp_reader import LlrpReaderSimulator
 from tests import support
@@ -149,6 +151,32 @@ async def test_keepalive_lost_marks_down_once_then_recovers():
         await asyncio.sleep(0.3)  # no flapping after it
         assert [up for up, _ in h.statuses] == [True, False, True], "down once, up once"
         assert h.counter("keepalive_lost") >= 1
+
+
+async def test_not_up_while_a_reconnected_reader_answers_nothing_up_once_it_answers():
+    """After a keepalive loss the reader takes connections (and even sends its connection
+    event) but answers nothing: however many reconnects that lasts, it is not reported up. It
+    is up once it answers the setup and starts the ROSpec, and only then."""
+    async with running(keepalive_s=0.2, connect_timeout=0.5) as h:
+        await wait_until(lambda: h.sim.active)
+        await wait_until(lambda: h.sim.keepalive_acks >= 2)
+        h.sim.silent = True
+        await wait_until(lambda: len(h.statuses) >= 2, timeout=10)
+        assert [up for up, _ in h.statuses] == [True, False]
+        connections = h.sim.connections
+        asked = h.sim.received.count(w.GET_READER_CAPABILITIES)
+        # Three reconnects, each one connected and asking for the reader's capabilities.
+        await wait_until(lambda: h.sim.connections >= connections + 3, timeout=20)
+        await wait_until(
+            lambda: h.sim.received.count(w.GET_READER_CAPABILITIES) >= asked + 3, timeout=10
+        )
+        assert [up for up, _ in h.statuses] == [True, False], "up while the reader is silent"
+        assert not h.sim.active
+        h.sim.silent = False
+        await wait_until(lambda: len(h.statuses) >= 3, timeout=20)
+        assert h.sim.active, "up only once the reader started the ROSpec"
+        await asyncio.sleep(0.3)  # no flapping after it
+        assert [up for up, _ in h.statuses] == [True, False, True], "down once, up once"
 
 
 async def test_unreachable_then_error_response_then_up():
@@ -320,3 +348,60 @@ async def test_gpo_pulse_in_progress_is_lit_again_after_a_reconnect():
         pulse.cancel()
         await asyncio.gather(pulse, return_exceptions=True)
         await wait_until(lambda: writes() == [(1, True), (1, False), (1, True), (1, False)])
+
+
+async def test_no_descriptor_or_task_leaks_over_25_reader_drops():
+    """25 reader drops mid-inventory, each down once and set up again: the process ends holding
+    no more file descriptors and asyncio tasks than after the first."""
+    async with running() as h:
+        await wait_until(lambda: h.sim.active)
+
+        async def cycle(n: int) -> None:
+            h.sim.drop()
+            await wait_until(lambda: h.sim.rospecs_added == n + 1)
+            await wait_until(lambda: [up for up, _ in h.statuses].count(True) == n + 1)
+
+        await cycle(1)
+        fds, tasks = support.open_fds(), len(asyncio.all_tasks())
+        for n in range(2, 27):
+            await cycle(n)
+        await support.assert_no_leaks(fds, tasks)
+        assert [up for up, _ in h.statuses] == [True, False] * 26 + [True]
+
+
+async def test_tags_do_not_depart_while_the_reader_is_not_read_because_emits_are_backed_up(
+    monkeypatch,
+):
+    """The buffer stalls with 3 arrivals in flight, the in-flight cap is reached and the
+    reader's socket is left unread for longer than departure_s while the tags stay: nothing
+    departs. Once the buffer moves on, the backlog is read; the tags depart only after leaving."""
+    monkeypatch.setattr(rfid_driver, "_MAX_IN_FLIGHT", 3)
+    async with running(departure_s=0.5, keepalive_s=5.0, zones={}) as h:
+        assert h.driver is not None
+        gate = asyncio.Event()
+        recorded = h.emit
+
+        async def stalled_emit(event: DeviceEvent) -> StoredEvent:
+            await gate.wait()  # a busy disk: nothing commits until the gate opens
+            return await recorded(event)
+
+        h.driver._emit = stalled_emit
+        await wait_until(lambda: h.sim.active)
+        tags = PALLET[:3]
+        for epc in tags:
+            h.sim.population.add(SimTag(epc, h.sim.now(), None, (1,), reads_per_s=25.0))
+        await wait_until(lambda: h.counter("arrived") == 3)
+        assert not h.driver._room.is_set(), "the reader's socket is no longer read"
+        reads = h.driver.smoother.reads
+        await asyncio.sleep(1.2)  # the stall itself (> departure_s), not a wait for a result
+        assert h.counter("departed") == 0, "a tag departed while the reader was not read"
+        gate.set()
+        await wait_until(lambda: len(h.of(ARRIVED)) == 3)
+        await wait_until(lambda: h.driver.smoother.reads > reads + 30)
+        assert h.counter("departed") == 0
+        for epc in tags:
+            h.sim.population.remove(epc)
+        await wait_until(lambda: len(h.of(DEPARTED)) >= 3)
+        assert sorted(h.of(ARRIVED)) == sorted(tags), "no tag arrived twice"
+        assert sorted(h.of(DEPARTED)) == sorted(tags), "each departed once, after leaving"
+        assert [up for up, _ in h.statuses] == [True]
