@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import structlog
 from central.rules import Rule
 from central.schema import NOTIFY_CHANNEL
 from central.validate import Event, Quarantined
+from gateway.commands import MAX_CONFIRMS, MAX_PAYLOAD
 
 log = structlog.get_logger("central.ledger")
 
@@ -197,6 +198,30 @@ async def _write_events(
 def _verdict(event_id: str, status: str, reason: str | None) -> dict[str, Any]:
     body = {"id": event_id, "status": status}
     return body if reason is None else body | {"reason": reason}
+
+
+def confirm_payloads(
+    verdicts: Sequence[dict[str, Any]], most: int = MAX_CONFIRMS, max_bytes: int = MAX_PAYLOAD
+) -> Iterator[tuple[bytes, int]]:
+    """``verdicts`` as ``{root}/confirm`` payloads (JSON lists) and the verdicts in each.
+
+    A gateway takes at most ``MAX_CONFIRMS`` verdicts in at most ``MAX_PAYLOAD`` bytes a
+    message and refuses a larger one whole (its broker does not even deliver one over its
+    Maximum Packet Size): 500 verdicts with 200-character reasons are ~130 KB, and the leader's
+    re-confirms were up to 1,000 in one message (issue 18, finding 4). Each payload is what
+    ``json.dumps(chunk)`` writes, each verdict encoded once.
+    """
+    pieces: list[bytes] = []
+    size = 2  # the brackets
+    for verdict in verdicts:
+        piece = json.dumps(verdict).encode()
+        if pieces and (len(pieces) >= most or size + 2 + len(piece) > max_bytes):
+            yield b"[" + b", ".join(pieces) + b"]", len(pieces)
+            pieces, size = [], 2
+        size += len(piece) + (2 if pieces else 0)
+        pieces.append(piece)
+    if pieces:
+        yield b"[" + b", ".join(pieces) + b"]", len(pieces)
 
 
 async def _write_conflicts(

@@ -29,6 +29,7 @@ import asyncpg
 import structlog
 
 from central.config import CentralSettings
+from central.ledger import confirm_payloads
 from central.metrics import CentralMetrics
 from central.parity import DeviceParity, Span, intersect, parity_report
 
@@ -213,5 +214,8 @@ class Replayer:
             | ({"reason": r["reason"]} if r["reason"] else {})
             for r in rows
         ]
-        if await self._publish(f"{row.root}/confirm", json.dumps(verdicts).encode()):
-            self.reconfirmed += len(verdicts)
+        # In messages a gateway takes: up to RECONFIRM_MAX in one list was refused whole.
+        for payload, count in confirm_payloads(verdicts):
+            if not await self._publish(f"{row.root}/confirm", payload):
+                break
+            self.reconfirmed += count

@@ -32,7 +32,14 @@ from gmqtt.mqtt.constants import MQTTCommands
 from gmqtt.mqtt.package import CommandWithMidPacket
 
 from central.config import CentralSettings
-from central.ledger import BatchOutcome, Checkpoint, Item, ReplayResult, write_batch
+from central.ledger import (
+    BatchOutcome,
+    Checkpoint,
+    Item,
+    ReplayResult,
+    confirm_payloads,
+    write_batch,
+)
 from central.metrics import CentralMetrics
 from central.replayer import Replayer
 from central.rules import Rule, load_rule
@@ -411,11 +418,10 @@ class Central:
         # redelivers the event or its checkpoint shows it unconfirmed.
         try:
             for root, verdicts in outcome.verdicts.items():
-                for start in range(0, len(verdicts), size):
-                    chunk = verdicts[start : start + size]
-                    await link.send_when_room(f"{root}/confirm", json.dumps(chunk).encode())
-                    self.totals["confirms"] += len(chunk)
-                    self.metrics.confirms.inc(len(chunk))
+                for payload, count in confirm_payloads(verdicts, most=size):
+                    await link.send_when_room(f"{root}/confirm", payload)
+                    self.totals["confirms"] += count
+                    self.metrics.confirms.inc(count)
         except LinkError as exc:
             log.warning("confirm_not_sent", error=str(exc)[:200])
 

@@ -123,6 +123,40 @@ async def test_consumer_down_gives_pending_then_late_accept_confirms_without_bee
     assert scanner.feedback_bytes() == PENDING, "pending once, never a late good beep"
 
 
+async def test_a_rejection_after_the_timeout_is_recorded_without_a_late_bad_beep(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
+) -> None:
+    """docs/confirmation.md: a ``rejected`` after ``confirm_timeout`` is recorded (state
+    rejected, counted, logged) but the worker, told pending at the timeout, hears nothing more:
+    a bad beep then would be taken for the next scan (issue 18, lesser)."""
+    db = tmp_path / "state" / "buffer.db"
+    cfg = accepted_config(tmp_path, broker, scanner, confirm_timeout=1.0)
+    async with running_gateway(cfg) as gw:
+        await scanner.wait_opened(timeout=10)
+        async with asyncio.timeout(10):
+            await gw.publisher.connected.wait()
+        await scanner.type_code("LATE-R", aim="")
+        await scanner.wait_feedback(lambda b: PENDING in b, timeout=10)
+        async with asyncio.timeout(10):
+            while states(db) != {1: 2}:
+                await asyncio.sleep(0.05)
+        with sqlite3.connect(db) as conn:
+            (stored,) = conn.execute("SELECT id FROM events WHERE seq = 1").fetchone()
+        verdict = f'{{"id": "{id_text(stored)}", "status": "rejected", "reason": "late"}}'
+        async with aiomqtt.Client(broker.host, broker.port, identifier="central-rej") as client:
+            await client.publish("edge/site-test/gw-test/confirm", verdict, qos=1)
+        async with asyncio.timeout(10):
+            while states(db) != {1: 4}:
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(10):  # counted once its feedback step has run
+            while gw.inbound.counters["confirm_rejected"] < 1:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert gw.inbound.counters["confirm_rejected"] == 1
+        assert gw.confirmations.waiting == 0
+    assert scanner.feedback_bytes() == PENDING, "pending once, never a late bad beep"
+
+
 async def test_duplicate_early_and_foreign_confirms(
     tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator
 ) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 import gateway.inbound
 from buffer.event_ids import id_text
+from gateway.commands import MAX_CONFIRMS, parse_confirms
 from gateway.daemon import Gateway
 from gateway.settings import load_settings
 from simulators.broker import MosquittoBroker
@@ -211,13 +212,26 @@ async def test_a_flood_bigger_than_the_byte_bound_does_not_shed_a_genuine_verdic
     scanner: ScannerSimulator,
     loop_errors: list[dict[str, Any]],
 ) -> None:
-    """120 messages of 1,000 bogus verdicts (~4 MB, four times the byte bound, 120,000
-    verdicts) arrive while commits wait behind a lock held by another process, then central's
-    real verdict: backpressure holds the excess unacknowledged (the broker keeps it), pending
-    bytes stay bounded, and the real verdict is applied. Before: over 100,000 queued verdicts
-    the rest were shed after their PUBACK, the real one among them."""
+    """120 valid messages of 500 verdicts on ids the buffer never held (~6.6 MB, six times
+    the byte bound, 60,000 verdicts) arrive while commits wait behind a lock held by another
+    process, then central's real verdict: backpressure holds the excess unacknowledged (the
+    broker keeps it), pending bytes stay bounded, every verdict is settled (none shed) and the
+    real one is applied. Before: over 100,000 queued verdicts the rest were shed after their
+    PUBACK, the real one among them. (This flood once had 1,000 verdicts a message, which the
+    500 limit of issue 18 finding 4 turned into invalid messages acknowledged at once: the test
+    then passed with shedding put back. Each message is now checked to be valid.)"""
     db = tmp_path / "state" / "buffer.db"
-    flood = json.dumps([{"id": "not-ours", "status": "rejected"}] * 1000)
+    flood = [
+        json.dumps(
+            [
+                {"id": f"not-ours-{m:03d}-{n:066d}", "status": "rejected"}
+                for n in range(MAX_CONFIRMS)
+            ]
+        )
+        for m in range(120)
+    ]
+    assert all(len(parse_confirms(f.encode()).confirms) == MAX_CONFIRMS for f in flood)
+    assert sum(map(len, flood)) > 6 * gateway.inbound.MAX_PENDING_BYTES
     async with running_gateway(config(tmp_path, broker, scanner)) as gw:
         await scanner.wait_opened(timeout=10)
         async with asyncio.timeout(10):
@@ -234,13 +248,19 @@ async def test_a_flood_bigger_than_the_byte_bound_does_not_shed_a_genuine_verdic
         watcher = asyncio.create_task(watch())
         lock = await asyncio.to_thread(hold_write_lock, db, 3.0)
         try:
-            await publish(broker, [flood] * 120 + [accept(event_id)])
+            await publish(broker, [*flood, accept(event_id)])
             await wait_until(lambda: states(db) == {1: 3}, timeout=30)
         finally:
             watcher.cancel()
             await asyncio.to_thread(lock.wait, 10)
+        # Every flood verdict was settled (the real one is committed after all of them).
+        await wait_until(
+            lambda: gw.inbound.counters["confirm_unknown"] == 120 * MAX_CONFIRMS, timeout=30
+        )
         assert gw.inbound.counters["confirm_accepted"] == 1
         assert gw.inbound.counters["confirm_shed"] == 0
+        assert gw.inbound.counters["confirm_invalid"] == 0
+        assert gw.inbound.counters["confirm_backpressure"] > 0, "the byte bound was never met"
         assert most <= getattr(gateway.inbound, "MAX_PENDING_BYTES", 0)
     # The lock outlasted confirm_timeout: pending feedback, and no late beep for the accept.
     assert GOOD not in scanner.feedback_bytes()
