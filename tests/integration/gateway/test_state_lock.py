@@ -57,8 +57,10 @@ async def test_lock_of_a_killed_daemon_does_not_block_a_restart(
     config = write_config(tmp_path / "gw.toml", mqtt_port=broker.port, state_dir=state, devices=[])
     daemon = GatewayProcess(config, tmp_path / "gw.log")
     daemon.start()
-    await wait_until(lambda: holder(state) is not None, timeout=20)
-    daemon.kill9()
+    try:
+        await wait_until(lambda: holder(state) is not None, timeout=20)
+    finally:  # killed however the wait ended: a failed wait must not leave a daemon behind
+        daemon.kill9()
     assert (state / "gateway.lock").exists()
     assert holder(state) is None
     daemon.start()
