@@ -1,10 +1,10 @@
 """What ``status`` shows of a running daemon: is it running, since when, is MQTT connected.
 
-The daemon holds ``STATE_DIR/gateway.lock`` (gateway/statelock.py): whether someone holds it is
-whether a daemon runs, and the file's modification time is when it started (the pid is written
-at start). The MQTT link's state is ``STATE_DIR/mqtt-link.json``, replaced atomically on each
-connect and disconnect (not per message), with the pid that wrote it: a file left by a daemon
-that is gone is shown as such, never as a live connection.
+The daemon holds a lock on the state directory (gateway/statelock.py): whether someone holds it
+is whether a daemon runs; ``STATE_DIR/gateway.lock`` holds its pid, and that file's modification
+time is when it started. The MQTT link's state is ``STATE_DIR/mqtt-link.json``, replaced
+atomically on each connect and disconnect (not per message), with the pid that wrote it: a file
+left by a daemon that is gone is shown as such, never as a live connection.
 """
 
 from __future__ import annotations
@@ -44,12 +44,11 @@ def daemon_state(state_dir: Path) -> dict[str, Any]:
     """``{"running", "pid", "since", "mqtt": {...} | None}`` (``error`` if it cannot tell)."""
     try:
         pid = holder(state_dir)
-    except OSError as exc:  # pragma: no cover - holder reports missing files as None
-        return {"running": None, "error": str(exc)}
+    except PermissionError:
+        return {"running": None, "error": f"cannot open {state_dir}: run as root"}
+    except OSError as exc:
+        return {"running": None, "error": f"{state_dir}: {exc.strerror or exc}"}
     if pid is None:
-        lock = state_dir / LOCK_NAME
-        if lock.exists() and not os.access(lock, os.R_OK):
-            return {"running": None, "error": f"cannot read {lock}: run as root"}
         return {"running": False, "pid": None, "since": None, "mqtt": None}
     state: dict[str, Any] = {
         "running": True,

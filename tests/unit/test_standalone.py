@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,31 @@ def test_no_tracked_file_points_outside_the_repo() -> None:
         text = path.read_text(errors="replace")
         if "../shared" in text or "DESIGN.md" in text:
             offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+PARENTS = re.compile(r"__file__\)(?:\.resolve\(\))?\.parents\[(\d+)\]")
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout"
+)
+def test_no_python_file_climbs_out_of_the_repo() -> None:
+    """`Path(__file__).parents[N]` never reaches above the checkout.
+
+    That is how the LLRP tests read `../shared/vectors` before (`parents[5] / "shared"`), which
+    the text check above does not see.
+    """
+    offenders = []
+    for path in _tracked():
+        if path.suffix != ".py" or not path.is_file():
+            continue
+        depth = len(path.relative_to(ROOT).parts) - 1  # parents[depth] is the checkout
+        offenders.extend(
+            f"{path.relative_to(ROOT)}: {match[0]}"
+            for match in PARENTS.finditer(path.read_text(errors="replace"))
+            if int(match[1]) > depth
+        )
     assert offenders == []
 
 

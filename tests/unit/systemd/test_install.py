@@ -51,3 +51,56 @@ def test_install_from_a_wheelhouse_puts_edge_gateway_on_the_path(tmp_path: Path)
     assert version.returncode == 0 and version.stdout.startswith("edge-gateway ")
     assert f"{tmp_path / 'etc' / 'gateway.toml'}: ok" in result.stdout
     assert (tmp_path / "units" / "edge-gateway.service").exists()
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="no python3 on the PATH")
+@pytest.mark.parametrize("offline", [False, True])
+def test_install_on_a_box_without_python3_venv(tmp_path: Path, offline: bool) -> None:
+    """Debian's python3 without venv/ensurepip: install.sh installs python3-venv with apt-get.
+
+    From a wheelhouse (no internet) it cannot: it says what to install and stops, before
+    touching anything. The box is played by shims on the PATH: a python3 whose venv is missing
+    (as Debian's is until python3-venv is installed) and an apt-get that records its call.
+    """
+    real = shutil.which("python3")
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    apt_log = tmp_path / "apt-get.log"
+    (shims / "python3").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        '  *"import ensurepip, venv"*) exit 1 ;;\n'
+        '  *"-m venv"*) echo "ensurepip is not available" >&2; exit 1 ;;\n'
+        "esac\n"
+        f'exec {real} "$@"\n'
+    )
+    # apt-get "fails" once asked to install: the script stops there, nothing else is run.
+    (shims / "apt-get").write_text(
+        f'#!/bin/sh\necho "$@" >> {apt_log}\ncase "$1" in update) exit 0 ;; esac\nexit 42\n'
+    )
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{shims}:{os.environ['PATH']}",
+        "PREFIX": str(tmp_path / "opt"),
+        "ETC": str(tmp_path / "etc"),
+        "UNIT_DIR": str(tmp_path / "units"),
+        "BIN_DIR": str(tmp_path / "bin"),
+        "SERVICE_USER": "root",
+    }
+    if offline:
+        env["WHEELHOUSE"] = str(tmp_path / "wheelhouse")
+    result = subprocess.run(
+        ["bash", "systemd/install.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    calls = apt_log.read_text().splitlines() if apt_log.exists() else []
+    if offline:
+        assert result.returncode == 1, result.stderr
+        assert "python3-venv is missing" in result.stderr
+        assert calls == []
+    else:
+        assert result.returncode == 42, result.stdout + result.stderr
+        assert any(c.split()[:1] == ["install"] and "python3-venv" in c.split() for c in calls)
+    assert not (tmp_path / "opt").exists()  # stopped before the venv
