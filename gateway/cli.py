@@ -103,21 +103,41 @@ def _load(path: Path) -> Settings | None:
 def cmd_check_config(path: Path) -> int:
     """Validate; print every error as PATH:LINE: key.path: message.
 
-    Run from a shell, a ``password_file`` that is a systemd credential is checked at the source
-    its unit's ``LoadCredential=`` names (gateway/credentials.py), and the output says so.
+    Run from a shell, a ``password_file`` or TLS file that is a systemd credential is checked at
+    the source its unit's ``LoadCredential=`` names (gateway/credentials.py), and the output says
+    so. With the unit installed, every file the daemon opens is also checked against the unit's
+    user (gateway/service_access.py): one it cannot read is an error, as the daemon would fail.
     """
+    from gateway.service_access import check_service_access  # noqa: PLC0415
     from gateway.settings import secret_source  # noqa: PLC0415
 
     settings = _load(path)
     if settings is None:
         return EXIT_USAGE
+    service = check_service_access(settings, str(path))
+    for line in service.warnings:
+        print(line, file=sys.stderr)
+    if service.errors:
+        for line in service.errors:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
     print(f"{path}: ok ({len(settings.devices)} devices)")
     if not settings.devices:
         print(f"{path}: warning: no [[devices]]: the gateway will read nothing", file=sys.stderr)
-    if settings.mqtt.password_file is not None:
-        _, note = secret_source(settings.mqtt.password_file)
-        if note:
-            print(f"mqtt.password_file: {note}: checked")
+    tls = settings.mqtt.tls
+    files = {
+        "mqtt.password_file": settings.mqtt.password_file,
+        "mqtt.tls.ca_file": tls.ca_file if tls else None,
+        "mqtt.tls.cert_file": tls.cert_file if tls else None,
+        "mqtt.tls.key_file": tls.key_file if tls else None,
+    }
+    for key, file in files.items():
+        if file is not None:
+            _, note = secret_source(file)
+            if note:
+                print(f"{key}: {note}: checked")
+    for line in service.notes:
+        print(line)
     return EXIT_OK
 
 

@@ -47,7 +47,8 @@ class Credential:
         )
 
 
-def _unit_dirs() -> list[Path]:
+def unit_dirs() -> list[Path]:
+    """Where units are looked for: ``EDGE_GATEWAY_UNIT_DIRS``, else systemd's own directories."""
     configured = os.environ.get(UNIT_DIRS_ENV)
     names = configured.split(":") if configured else list(UNIT_DIRS)
     return [Path(name) for name in names if name]
@@ -55,7 +56,7 @@ def _unit_dirs() -> list[Path]:
 
 def _unit_files(unit: str) -> list[Path]:
     """The unit file systemd would use, then its drop-ins (later ones override)."""
-    dirs = _unit_dirs()
+    dirs = unit_dirs()
     files = [d / unit for d in dirs if (d / unit).is_file()][:1]
     dropins = sorted(
         (f for d in dirs if (d / f"{unit}.d").is_dir() for f in (d / f"{unit}.d").glob("*.conf")),
@@ -64,21 +65,37 @@ def _unit_files(unit: str) -> list[Path]:
     return files + dropins
 
 
-def _load_credential_source(unit: str, name: str) -> tuple[Path | None, Path | None]:
-    source: Path | None = None
-    found_in: Path | None = None
+def unit_entries(unit: str) -> list[tuple[str, str, Path]]:
+    """Every ``Key=value`` of the unit and its drop-ins, in the order systemd reads them.
+
+    Empty when no unit file is found. Comments are skipped; section headers are not kept (the
+    keys read here, ``User=``, ``LoadCredential=`` and the like, exist in ``[Service]`` only).
+    """
+    entries: list[tuple[str, str, Path]] = []
     for unit_file in _unit_files(unit):
         try:
             lines = unit_file.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
         for line in lines:
-            key, _, value = line.strip().partition("=")
-            if key.strip() != "LoadCredential":
+            stripped = line.strip()
+            if not stripped or stripped[0] in "#;[":
                 continue
-            cred, _, path = value.strip().partition(":")
-            if cred == name and path:
-                source, found_in = Path(path), unit_file
+            key, sep, value = stripped.partition("=")
+            if sep:
+                entries.append((key.strip(), value.strip(), unit_file))
+    return entries
+
+
+def _load_credential_source(unit: str, name: str) -> tuple[Path | None, Path | None]:
+    source: Path | None = None
+    found_in: Path | None = None
+    for key, value, unit_file in unit_entries(unit):
+        if key != "LoadCredential":
+            continue
+        cred, _, path = value.partition(":")
+        if cred == name and path:
+            source, found_in = Path(path), unit_file
     return source, found_in
 
 

@@ -52,7 +52,7 @@ from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.storage import PersistentStorage
 
 from gateway.mqtt_packets import MAX_PACKET_SIZE
-from gateway.settings import MqttSection
+from gateway.settings import MqttSection, secret_source
 
 logging.getLogger("gmqtt").setLevel(logging.CRITICAL)
 """gmqtt logs every lost connection with a traceback on stdlib logging; we log the loss once,
@@ -257,10 +257,16 @@ def tls_context(mqtt: MqttSection) -> ssl.SSLContext | None:
     """The TLS context for ``[mqtt.tls]``, or None for plain TCP."""
     if mqtt.tls is None:
         return None
-    context = ssl.create_default_context(cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None)
-    if mqtt.tls.cert_file and mqtt.tls.key_file:
-        context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
-    if mqtt.tls.insecure:
+    tls = mqtt.tls
+    # A systemd credential read from a shell (replay): its LoadCredential= source, as root.
+    ca_file, cert_file, key_file = (
+        None if path is None else str(secret_source(path)[0])
+        for path in (tls.ca_file, tls.cert_file, tls.key_file)
+    )
+    context = ssl.create_default_context(cafile=ca_file)
+    if cert_file and key_file:
+        context.load_cert_chain(cert_file, key_file)
+    if tls.insecure:
         context.check_hostname = False  # the name only: the chain is still verified
     return context
 

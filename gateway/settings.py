@@ -113,11 +113,14 @@ def _against_config_dir(value: Path, info: ValidationInfo) -> Path:
 
 
 def _readable(value: Path) -> Path:
+    """The file opens; a systemd credential seen from a shell: its ``LoadCredential=`` source."""
+    source, note = secret_source(value)
     try:
-        with value.open("rb"):
+        with source.open("rb"):
             pass
     except OSError as exc:
-        raise ValueError(f'cannot read "{value}": {exc.strerror or exc}') from None
+        hint = f" ({note}; run as root to read it)" if note else ""
+        raise ValueError(f'cannot read "{source}": {exc.strerror or exc}{hint}') from None
     return value
 
 
@@ -191,7 +194,7 @@ def _secrets_wanted(info: ValidationInfo) -> bool:
 
 def _private_key(value: Path | None) -> Path | None:
     if value is not None:
-        _check_private(value)
+        _check_private(secret_source(value)[0])
     return value
 
 

@@ -3,7 +3,7 @@
 #   venv in /opt/edge-gateway/venv (pinned by systemd/constraints.txt), `edge-gateway` on the
 #   PATH (/usr/local/bin), config in /etc/edge-gateway/, buffer in /var/lib/edge-gateway/, a
 #   system user, the systemd unit.
-# Safe to run again: an existing config and password file are never overwritten.
+# Safe to run again: an existing config, password file or client key is never overwritten.
 #
 #   EXTRAS=hid             also install the USB HID (keyboard-wedge) driver's extra (evdev)
 #   WHEELHOUSE=/path       install from wheels built elsewhere, without the internet
@@ -55,14 +55,23 @@ if [ ! -e "$ETC/gateway.toml" ]; then
     install -m 0640 -o root -g "$SERVICE_USER" config/gateway.example.toml "$ETC/gateway.toml"
     echo "edit $ETC/gateway.toml, then: systemctl enable --now edge-gateway" >&2
 fi
-if [ ! -e "$ETC/mqtt-password" ]; then
-    install -m 0600 -o root -g root /dev/null "$ETC/mqtt-password"
-fi
+# Both are sources of the unit's LoadCredential= (read by systemd as root): 0600 root, and
+# present even when unused (no password, no client certificate), or the unit would not start.
+for secret in mqtt-password mqtt-client.key; do
+    if [ ! -e "$ETC/$secret" ]; then
+        install -m 0600 -o root -g root /dev/null "$ETC/$secret"
+    fi
+done
 install -d -m 0755 "$UNIT_DIR"
-install -m 0644 systemd/edge-gateway.service "$UNIT_DIR/edge-gateway.service"
+# The unit runs as SERVICE_USER (check-config below checks what that user can read).
+sed -e "s/^User=edge-gateway\$/User=$SERVICE_USER/" -e "s/^Group=edge-gateway\$/Group=$SERVICE_USER/" \
+    systemd/edge-gateway.service > "$UNIT_DIR/edge-gateway.service.tmp"
+chmod 0644 "$UNIT_DIR/edge-gateway.service.tmp"
+mv -f "$UNIT_DIR/edge-gateway.service.tmp" "$UNIT_DIR/edge-gateway.service"
 if [ -d /run/systemd/system ] && [ "$UNIT_DIR" = /etc/systemd/system ]; then
     systemctl daemon-reload
 fi
-# From this shell the password credential is read at its LoadCredential= source (as root).
+# From this shell a credential is read at its LoadCredential= source (as root), and every other
+# file the daemon opens is checked against the unit's User= (a file it cannot read: exit 2).
 EDGE_GATEWAY_UNIT_DIRS="$UNIT_DIR" "$BIN_DIR/edge-gateway" check-config --config "$ETC/gateway.toml" || \
     echo "the config needs attention before the service can start (see the errors above)" >&2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -53,8 +54,14 @@ def unit_layout(tmp_path: Path, *, source_exists: bool = True) -> tuple[dict[str
     units.mkdir()
     shipped = (ROOT / "systemd" / "edge-gateway.service").read_text()
     assert "LoadCredential=mqtt-password:/etc/edge-gateway/mqtt-password" in shipped
+    # As the caller: the files under tmp_path (0700) are the caller's, whoever else runs here
+    # (check-config checks them against the unit's user: tests/.../test_cli_service_user.py).
+    me = pwd.getpwuid(os.geteuid()).pw_name
     (units / "edge-gateway.service").write_text(
         shipped.replace("/etc/edge-gateway/mqtt-password", str(source))
+        .replace("User=edge-gateway\n", f"User={me}\n")
+        .replace("Group=edge-gateway\n", "")
+        .replace("SupplementaryGroups=dialout input\n", "")
     )
     return {"EDGE_GATEWAY_UNIT_DIRS": str(units)}, source
 

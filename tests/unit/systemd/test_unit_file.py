@@ -66,4 +66,5 @@ def test_unit_runs_what_the_cli_offers() -> None:
     assert re.search(r"^WatchdogSec=\d+$", text, re.MULTILINE)
     assert "StateDirectory=edge-gateway" in text
     assert "LoadCredential=mqtt-password:" in text
+    assert "LoadCredential=mqtt-client-key:/etc/edge-gateway/mqtt-client.key" in text
     assert "SupplementaryGroups=dialout input" in text
