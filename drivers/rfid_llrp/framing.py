@@ -21,7 +21,16 @@ LLRP_VERSION = 1
 
 
 class FramingError(ValueError):
-    """The stream is out of sync; the connection must be dropped."""
+    """The stream is out of sync; the connection must be dropped.
+
+    ``complete`` holds the messages the same bytes completed before the bad header: they
+    arrived whole (a tag report among them is a read that happened), so the caller handles
+    them before it drops the connection.
+    """
+
+    def __init__(self, message: str, complete: list[bytes]) -> None:
+        super().__init__(message)
+        self.complete = complete
 
 
 class Framer:
@@ -39,8 +48,9 @@ class Framer:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add ``chunk``; return every message it completed, in order.
 
-        Raises ``FramingError`` on an impossible header; messages completed before it are lost
-        with the connection, which the reader's retransmission-free protocol cannot avoid.
+        Raises ``FramingError`` on an impossible header, carrying the messages completed before
+        it: the reader never sends a report again, so dropping them with the connection would
+        lose reads that arrived whole.
         """
         buf = self._buf
         buf += chunk
@@ -53,7 +63,8 @@ class Framer:
             if version != LLRP_VERSION or length < HEADER_LEN or length > self._max:
                 self._buf = bytearray()
                 raise FramingError(
-                    f"bad LLRP header (version {version}, length {length}): stream out of sync"
+                    f"bad LLRP header (version {version}, length {length}): stream out of sync",
+                    out,
                 )
             if end - start < length:
                 break

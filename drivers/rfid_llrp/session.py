@@ -161,6 +161,8 @@ class LlrpSession:
                 try:
                     frames = self._framer.feed(chunk)
                 except FramingError as exc:
+                    for raw in exc.complete:  # whole before the bad header: reads that happened
+                        self._dispatch(raw)
                     self._count("malformed", 1)
                     self._log.warning("llrp_stream_out_of_sync", error=str(exc))
                     reason = str(exc)

@@ -211,6 +211,24 @@ async def test_malformed_frames_are_counted_not_fatal():
         assert "out of sync" in h.statuses[1][1]
 
 
+async def test_a_report_just_before_a_bad_header_is_not_lost_with_the_connection():
+    """One read holding a whole tag report and then an impossible header: the connection is
+    dropped, but the report arrived whole, so its tag is an arrival (it was lost with the
+    connection; the reader never sends a report twice)."""
+    async with running() as h:
+        await wait_until(lambda: h.sim.active)
+        spec = h.sim.rospec
+        assert spec is not None
+        stamp = w.now_us()
+        report = w.ro_access_report(
+            9001, [w.tag_report_data(PALLET[7], 1, -50, stamp, stamp, 1, spec.rospec_id)]
+        )
+        h.sim.send_raw(report + b"\xff" * 10)  # one write: one read on loopback
+        await wait_until(lambda: [up for up, _ in h.statuses] == [True, False, True])
+        assert "out of sync" in h.statuses[1][1]
+        assert h.of(ARRIVED) == [PALLET[7]]
+
+
 async def test_gpi_trigger_starts_and_stops_inventory():
     """With a photo-eye on GPI 1 nothing is read until it goes high, and reading stops when low."""
     async with running(

@@ -81,3 +81,14 @@ def test_status_text():
     ok, text = status({"LLRPStatus": {"StatusCode": "FieldError", "ErrorDescription": b"dup"}})
     assert not ok
     assert text == "FieldError: dup"
+
+
+def test_messages_completed_before_a_bad_header_come_with_the_error() -> None:
+    """The stream is dropped at the bad header; what arrived whole before it is not."""
+    first = struct.pack("!HII", (1 << 10) | 61, 14, 1) + b"abcd"
+    second = struct.pack("!HII", (1 << 10) | 62, 10, 2)
+    framer = Framer()
+    with pytest.raises(FramingError) as caught:
+        framer.feed(first + second + b"\xff" * 10)
+    assert caught.value.complete == [first, second]
+    assert framer.pending == 0
