@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+REMOVED = "removed from the config"
+"""A device's status detail once the config no longer has it (by a reload, or while stopped)."""
+
 
 def freeze_startup_objects() -> None:
     """Move everything alive after start-up out of the garbage collector's sight.
@@ -169,6 +172,7 @@ class Gateway:
             self.metrics,
         )
         self._configure(s)
+        await self._report_removed_while_stopped(s)
         sv = self.supervisor
         publisher_task = sv.essential("publisher", self.publisher.run())
         self._driver_tasks = {device.id: self._start_driver(device) for device in s.devices}
@@ -286,7 +290,7 @@ class Gateway:
         for device in plan.restart_devices:
             await self._stop_driver(device)
         for device in plan.removed:
-            self._reporter(device)(False, "removed from the config")
+            self._reporter(device)(False, REMOVED)
         devices = {d.id: d for d in self.settings.devices}
         for device in plan.start_devices:
             self._driver_tasks[device] = self._start_driver(devices[device])
@@ -342,6 +346,26 @@ class Gateway:
             driver.run,
             on_crash=lambda: driver.set_status(False, "driver error, restarting"),
         )
+
+    async def _report_removed_while_stopped(self, settings: Settings) -> None:
+        """Say "down, removed" for devices the buffer knows and the config no longer has.
+
+        A reload says it when it removes a device. A device taken out of the config while the
+        gateway was stopped kept its last retained status (often ``up``) at the broker for
+        good, so central monitoring showed it healthy. Logged once: a device the buffer already
+        records as removed is only published again (retained, as every device's state is when
+        the session starts), with the time it was removed.
+        """
+        configured = {device.id for device in settings.devices}
+        for device, figures in (await self.buffer.stats()).devices.items():
+            if device in configured:
+                continue
+            if figures.status == "down" and figures.detail == REMOVED and figures.since:
+                body = {"state": "down", "since": figures.since, "detail": REMOVED}
+                self.device_states[device] = body
+                self.publisher.device_status(device, body)
+            else:
+                self._reporter(device)(False, REMOVED)
 
     def _reporter(self, device: str) -> StatusFn:
         def report(up: bool, detail: str) -> None:
