@@ -111,6 +111,18 @@ def write_config(
     return path
 
 
+async def retained(broker: MosquittoBroker, topic: str) -> dict[str, object]:
+    """The JSON object the broker keeps retained on ``topic`` (fails after 5 s without one)."""
+    import aiomqtt  # noqa: PLC0415 - only the tests that read retained messages need it
+
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                return dict(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
+    raise AssertionError(f"nothing retained on {topic}")
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(config: Path) -> AsyncIterator[Gateway]:
     """Run a gateway in this event loop; stop it gracefully on exit and surface its failure."""

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-
-import aiomqtt
 
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
-from tests.support import running_gateway, scanner_device, wait_until, write_config
+from tests.support import retained, running_gateway, scanner_device, wait_until, write_config
 
 TOPICS = Topics("edge/site-test/gw-test")
-
-
-async def _retained(broker: MosquittoBroker, topic: str) -> dict[str, object]:
-    async with aiomqtt.Client(broker.host, broker.port) as client:
-        await client.subscribe(topic, qos=1)
-        async with asyncio.timeout(5):
-            async for message in client.messages:
-                return dict(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
-    raise AssertionError(f"nothing retained on {topic}")
 
 
 async def test_a_device_removed_while_stopped_is_down_removed_not_left_up(
@@ -43,7 +31,7 @@ async def test_a_device_removed_while_stopped_is_down_removed_not_left_up(
                 lambda: gw.device_states.get("dock-b", {}).get("state") == "up", timeout=10
             )
             await wait_until(gw.publisher.connected.is_set, timeout=10)
-        assert (await _retained(broker, topic))["state"] == "up"
+        assert (await retained(broker, topic))["state"] == "up"
 
         config = write_config(
             tmp_path / "gw.toml", mqtt_port=broker.port, state_dir=state, devices=both[:1]
@@ -53,15 +41,15 @@ async def test_a_device_removed_while_stopped_is_down_removed_not_left_up(
             await wait_until(lambda: "dock-b" in gw.device_states, timeout=10)
             removed = gw.device_states["dock-b"]
             for _ in range(50):
-                if (await _retained(broker, topic)) == removed:
+                if (await retained(broker, topic)) == removed:
                     break
                 await asyncio.sleep(0.1)
         assert removed["state"] == "down"
         assert removed["detail"] == "removed from the config"
-        assert await _retained(broker, topic) == removed
+        assert await retained(broker, topic) == removed
 
         async with running_gateway(config) as gw:
             await wait_until(gw.publisher.connected.is_set, timeout=10)
             again = gw.device_states["dock-b"]
         assert again == removed, "the same removal, with the time it happened"
-        assert await _retained(broker, topic) == removed
+        assert await retained(broker, topic) == removed

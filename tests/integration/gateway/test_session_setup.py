@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from buffer.store import Buffer, NewEvent
@@ -17,6 +15,7 @@ from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
+from tests.support import retained
 
 TOPICS = Topics("edge/site-test/gw-test")
 DELAY = 0.6
@@ -27,15 +26,6 @@ async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
     buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
     yield buf
     await buf.close()
-
-
-async def retained(broker: MosquittoBroker, topic: str) -> dict[str, object]:
-    async with aiomqtt.Client(broker.host, broker.port) as client:
-        await client.subscribe(topic, qos=1)
-        async with asyncio.timeout(5):
-            async for message in client.messages:
-                return dict(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
-    raise AssertionError("no retained message")
 
 
 def body(state: str) -> dict[str, object]:
