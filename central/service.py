@@ -51,6 +51,7 @@ from gateway.settings import MqttSection as LinkSection
 log = structlog.get_logger("central")
 
 MAX_CONTROL_PAYLOAD = 256 * 1024
+"""Checkpoints and replay answers larger than this are quarantined unread."""
 DATABASE_AWAY = (
     OSError,
     asyncpg.PostgresError,
@@ -61,7 +62,6 @@ DATABASE_AWAY = (
 ACKS_READ_TOPIC = "edge-central/acknowledgements-read"
 """Never subscribed: an UNSUBSCRIBE of it is answered only after the broker has read everything
 sent before it on the connection (see :meth:`CentralLink.close`)."""
-"""Checkpoints and replay answers larger than this are quarantined unread."""
 
 
 def link_section(settings: CentralSettings) -> LinkSection:
