@@ -23,7 +23,7 @@ import structlog
 from central.rules import Rule
 from central.schema import NOTIFY_CHANNEL
 from central.validate import Event, Quarantined
-from gateway.commands import MAX_CONFIRMS, MAX_PAYLOAD
+from gateway.commands import MAX_CONFIRMS, MAX_PAYLOAD, MAX_REASON
 
 log = structlog.get_logger("central.ledger")
 
@@ -168,14 +168,15 @@ async def _write_events(
         if key in inserted:
             stats["held"] += 1
             new_spans[event.source].append((event.seq, event.seq))
-            verdict = _verdict(event.id, "accepted" if reason is None else "rejected", reason)
+            status = "accepted" if reason is None else "rejected"
+            verdict = confirm_verdict(event.id, status, reason)
         else:
             row = held.get(key)
             if row is None or row["status"] is None:
                 conflicts.append((event, None if row is None else row["held_id"]))
                 continue
             stats["dup"] += 1
-            verdict = _verdict(event.id, row["status"], row["reason"])
+            verdict = confirm_verdict(event.id, row["status"], row["reason"])
         outcome.verdicts[event.root].append(verdict)
     outcome.duplicates += sum(s["dup"] for s in per_device.values())
     if conflicts:
@@ -195,9 +196,14 @@ async def _write_events(
     )
 
 
-def _verdict(event_id: str, status: str, reason: str | None) -> dict[str, Any]:
+def confirm_verdict(event_id: str, status: str, reason: str | None) -> dict[str, Any]:
+    """One verdict as a gateway takes it, the reason cut at ``MAX_REASON`` characters.
+
+    A custom rule's reason may be longer (the ledger keeps it whole): a gateway refuses such a
+    verdict, and the event stayed unconfirmed, re-confirmed in vain every round.
+    """
     body = {"id": event_id, "status": status}
-    return body if reason is None else body | {"reason": reason}
+    return body if reason is None else body | {"reason": reason[:MAX_REASON]}
 
 
 def confirm_payloads(

@@ -29,7 +29,7 @@ import asyncpg
 import structlog
 
 from central.config import CentralSettings
-from central.ledger import confirm_payloads
+from central.ledger import confirm_payloads, confirm_verdict
 from central.metrics import CentralMetrics
 from central.parity import DeviceParity, Span, intersect, parity_report
 
@@ -209,11 +209,7 @@ class Replayer:
         )
         if not rows:
             return
-        verdicts = [
-            {"id": r["id"], "status": r["status"]}
-            | ({"reason": r["reason"]} if r["reason"] else {})
-            for r in rows
-        ]
+        verdicts = [confirm_verdict(r["id"], r["status"], r["reason"] or None) for r in rows]
         # In messages a gateway takes: up to RECONFIRM_MAX in one list was refused whole.
         for payload, count in confirm_payloads(verdicts):
             if not await self._publish(f"{row.root}/confirm", payload):

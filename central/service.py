@@ -51,6 +51,7 @@ from gateway.settings import MqttSection as LinkSection
 log = structlog.get_logger("central")
 
 MAX_CONTROL_PAYLOAD = 256 * 1024
+"""Checkpoints and replay answers larger than this are quarantined unread."""
 DATABASE_AWAY = (
     OSError,
     asyncpg.PostgresError,
@@ -61,7 +62,6 @@ DATABASE_AWAY = (
 ACKS_READ_TOPIC = "edge-central/acknowledgements-read"
 """Never subscribed: an UNSUBSCRIBE of it is answered only after the broker has read everything
 sent before it on the connection (see :meth:`CentralLink.close`)."""
-"""Checkpoints and replay answers larger than this are quarantined unread."""
 
 
 def link_section(settings: CentralSettings) -> LinkSection:
@@ -223,19 +223,29 @@ class CentralLink(MqttLink):
         they acknowledged is sent again (a CI run saw 198 committed messages come back). An
         UNSUBSCRIBE of a topic never subscribed is answered only after the broker read what
         came before it, so its UNSUBACK proves the PUBACKs arrived; it waits at most
-        ``[mqtt] timeout``. What is not done by then is held, as before: sent again next time.
+        ``[mqtt] timeout``, and without it the socket is dropped at once. What is not done by
+        then is held, as before: sent again next time.
         """
         if not self.lost.is_set() and self._client.is_connected:
             self._flush()
             self._closing = True
             if self._acks_written:
-                with contextlib.suppress(LinkError):
+                try:
                     await self._acks_read()
+                except LinkError:
+                    if self.lost.is_set():
+                        # No UNSUBACK in time: the broker is not reading. A DISCONNECT would
+                        # wait behind what it has not read (confirms in flight) for a second
+                        # timeout: 2 x 10 s is systemd's whole TimeoutStopSec.
+                        self._abort_transport()
         self._closing = True
         await super().close()
 
     async def _acks_read(self) -> None:
-        mid = self._client.unsubscribe(ACKS_READ_TOPIC)
+        try:
+            mid = self._client.unsubscribe(ACKS_READ_TOPIC)
+        except OverflowError as exc:  # every packet id awaits a PUBACK: nothing to number it
+            raise LinkError("no free packet id for the UNSUBSCRIBE") from exc
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsubacks[int(mid)] = waiter
         try:

@@ -11,6 +11,7 @@ import aiomqtt
 import asyncpg
 
 from central.service import Central
+from gateway.commands import MAX_REASON, parse_confirms
 from simulators.broker import free_port
 from tests.support import ROOT, wait_until
 
@@ -204,3 +205,60 @@ async def test_a_batch_committed_before_the_database_went_away_is_not_retried(
         assert central.totals["retries"] == central.totals["duplicates"] == 0, central.totals
         assert central.totals["stored"] == 3
     assert await _count(pg_dsn, "SELECT count(*) FROM events") == 3
+
+
+class _WordyRule:
+    """A custom rule (``[confirm] rule = "module:factory"``) that explains itself at length."""
+
+    async def verdicts(self, _conn: object, events: list[object]) -> list[str | None]:
+        return [LONG_REASONS[n % len(LONG_REASONS)] for n in range(len(events))]
+
+
+LONG_REASONS = ["not in the WMS: " + "x" * 2000, "held: " + "y" * 70_000]
+
+
+def wordy_rule() -> _WordyRule:
+    return _WordyRule()
+
+
+async def test_a_custom_rule_s_long_reasons_reach_the_gateway_cut_to_what_it_takes(
+    broker, central_settings
+):
+    """A gateway refuses a verdict whose reason is over 1,024 characters (and a message over
+    64 KiB whole): the event was never confirmed, and the leader re-confirmed it in vain each
+    round. Every verdict must come in a confirm the gateway's own parser takes."""
+    settings = central_settings(
+        replay={"enabled": False},
+        confirm={"rule": f"{__name__}:wordy_rule"},
+    )
+    bodies = [scan_event(n) for n in range(1, 5)]
+    payloads: list[bytes] = []
+    async with (
+        running_central(settings),
+        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+    ):
+        await client.subscribe("edge/s1/gw1/confirm", qos=1)
+
+        async def listen() -> None:
+            async for message in client.messages:
+                payloads.append(bytes(message.payload))  # noqa: PERF401 - seen as they come
+
+        listener = asyncio.create_task(listen())
+        for body in bodies:
+            await client.publish(topic_of(body), raw(body), qos=1)
+        await wait_until(
+            lambda: sum(len(json.loads(p)) if p.startswith(b"[") else 1 for p in payloads) >= 4,
+            timeout=20,
+        )
+        listener.cancel()
+    confirmed = []
+    for payload in payloads:
+        parsed = parse_confirms(payload)  # the gateway's parser: raises if refused whole
+        assert parsed.refused == 0, parsed.problem
+        confirmed.extend(parsed.confirms)
+    assert {c.id for c in confirmed} == {b["id"] for b in bodies}
+    assert {c.status for c in confirmed} == {"rejected"}
+    for confirm in confirmed:
+        assert confirm.reason is not None
+        assert len(confirm.reason) == MAX_REASON
+        assert any(reason.startswith(confirm.reason) for reason in LONG_REASONS)

@@ -112,3 +112,73 @@ async def test_close_returns_only_once_the_broker_has_read_its_acknowledgements(
         await link.close()
         direct = central_settings(instance="link-slow-up")  # the broker itself, at once
         assert sorted(await _redelivered(direct)) == sorted(payloads[50:])
+
+
+async def test_close_during_a_blackhole_returns_within_the_timeout_and_loses_nothing(
+    broker: MosquittoBroker, central_settings: Callable[..., CentralSettings]
+) -> None:
+    """The broker stops reading while effects are done, others pending and confirms in flight:
+    close() gives up waiting for the UNSUBACK after ``[mqtt] timeout`` and returns, acknowledging
+    nothing after; what the broker never read comes again. (It took two timeouts: the
+    DISCONNECT then waited behind the unread confirms; with the default 10 s, the whole of
+    systemd's TimeoutStopSec.)"""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        settings = central_settings(
+            instance="link-blackhole", mqtt={"port": proxy.port, "timeout": 2}
+        )
+        link, futures, payloads = await _holding_link(broker, settings, 20)
+        proxy.blackhole()
+        for future in futures[:10]:
+            future.set_result(None)
+        while link.free_ids() > link._reserve():  # what send_when_room leaves
+            link.send("central/out", b"c" * 60_000)  # confirms of up to 64 KiB
+        await asyncio.sleep(0.1)
+        began = asyncio.get_running_loop().time()
+        await link.close()
+        took = asyncio.get_running_loop().time() - began
+        assert took < 2 + 1.0, took
+        assert link.lost.is_set()
+        for future in futures[10:]:
+            future.set_result(None)  # after the end: acknowledges nothing
+        direct = central_settings(instance="link-blackhole")
+        assert set(await _redelivered(direct)) >= set(payloads[10:])
+
+
+async def test_close_of_a_lost_link_returns_at_once(
+    broker: MosquittoBroker, central_settings: Callable[..., CentralSettings]
+) -> None:
+    """The connection was reset under the link: close() neither waits nor acknowledges."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        settings = central_settings(instance="link-lost", mqtt={"port": proxy.port})
+        link, futures, payloads = await _holding_link(broker, settings, 10)
+        proxy.cut()
+        await asyncio.wait_for(link.lost.wait(), 5)
+        for future in futures:
+            future.set_result(None)
+        began = asyncio.get_running_loop().time()
+        await link.close()
+        assert asyncio.get_running_loop().time() - began < 1.0
+        direct = central_settings(instance="link-lost")
+        assert sorted(await _redelivered(direct)) == sorted(payloads)
+
+
+async def test_close_with_every_packet_id_in_use_still_closes(
+    broker: MosquittoBroker, central_settings: Callable[..., CentralSettings]
+) -> None:
+    """Confirms and a re-confirm await their PUBACKs from a slow broker and hold every packet id
+    of its window when the instance stops: the UNSUBSCRIBE cannot be numbered. close() must
+    still disconnect (it raised gmqtt's OverflowError and left the connection open)."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        settings = central_settings(instance="link-full", mqtt={"port": proxy.port, "timeout": 2})
+        link, futures, _ = await _holding_link(broker, settings, 5)
+        for future in futures:
+            future.set_result(None)
+        await wait_until(lambda: link.unacknowledged == 0, timeout=5)
+        proxy.delay_replies(30.0)
+        while link.free_ids() > 0:
+            link.send("central/out", b"confirm")
+        began = asyncio.get_running_loop().time()
+        await link.close()
+        assert asyncio.get_running_loop().time() - began < 2 + 1.0
+        assert link.lost.is_set()
+        assert not link._client.is_connected

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from central.ledger import _verdict, confirm_payloads
+from central.ledger import confirm_payloads, confirm_verdict
 from gateway.commands import MAX_CONFIRMS, MAX_PAYLOAD, MAX_REASON, parse_confirms
 
 
@@ -28,7 +28,7 @@ from gateway.commands import MAX_CONFIRMS, MAX_PAYLOAD, MAX_REASON, parse_confir
 )
 def test_every_payload_is_taken_whole_by_a_gateway(count: int, reason: str | None) -> None:
     verdicts = [
-        _verdict(str(uuid.uuid4()), "accepted" if reason is None else "rejected", reason)
+        confirm_verdict(str(uuid.uuid4()), "accepted" if reason is None else "rejected", reason)
         for _ in range(count)
     ]
     payloads = list(confirm_payloads(verdicts))
@@ -44,6 +44,6 @@ def test_every_payload_is_taken_whole_by_a_gateway(count: int, reason: str | Non
 
 
 def test_a_smaller_batch_size_is_kept() -> None:
-    verdicts = [_verdict(f"e{i}", "accepted", None) for i in range(25)]
+    verdicts = [confirm_verdict(f"e{i}", "accepted", None) for i in range(25)]
     assert [n for _, n in confirm_payloads(verdicts, most=10)] == [10, 10, 5]
     assert list(confirm_payloads([])) == []
