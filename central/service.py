@@ -201,12 +201,15 @@ class CentralLink(MqttLink):
     async def send_when_room(self, topic: str, payload: bytes) -> None:
         """Send without awaiting the PUBACK, once the window has room.
 
-        ``publish``'s reserve of packet ids is kept. LinkError if the link is lost, or if no
-        PUBACK frees an id within ``[mqtt] timeout``.
+        At most :attr:`send_quota` such messages await their PUBACK at once, so ``publish``
+        keeps its reserve of packet ids, as the gateway's event pump does; in a window of one
+        id (a broker's Receive Maximum of 2) the quota is that id, shared with ``publish``,
+        where the reserve alone would leave nothing and every confirm would time out.
+        LinkError if the link is lost, or if no PUBACK frees an id within ``[mqtt] timeout``.
         """
         try:
             async with asyncio.timeout(self._mqtt.publish_timeout):
-                while self.free_ids() <= self._reserve():
+                while self.free_ids() <= 0 or self._id_limit() - self.free_ids() >= self.send_quota:
                     if self.lost.is_set():
                         raise LinkError("not connected")
                     await self.ids_freed()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import aiomqtt
 
@@ -12,7 +13,7 @@ from central.config import CentralSettings
 from central.service import CentralLink
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
-from tests.support import wait_until
+from tests.support import broker_configured, wait_until
 
 
 async def _publish(broker: MosquittoBroker, *payloads: bytes) -> None:
@@ -182,3 +183,35 @@ async def test_close_with_every_packet_id_in_use_still_closes(
         assert asyncio.get_running_loop().time() - began < 2 + 1.0
         assert link.lost.is_set()
         assert not link._client.is_connected
+
+
+async def test_a_broker_window_of_two_still_takes_confirms(
+    tmp_path: Path, central_settings: Callable[..., CentralSettings]
+) -> None:
+    """Receive Maximum 2 leaves gmqtt one packet id: the reserve kept for ``publish`` must not
+    take it, or every confirm of the writer times out (``confirm_not_sent``) and only the
+    leader's re-confirms ever reach the gateways."""
+    small = broker_configured(
+        tmp_path / "small",
+        lambda text: text.replace("max_inflight_messages 100", "max_inflight_messages 2"),
+    )
+    try:
+        settings = central_settings(instance="link-window-2", mqtt={"port": small.port})
+        link = CentralLink(settings, lambda _t, _p: None)
+        await link.connect()
+        got: list[bytes] = []
+        async with aiomqtt.Client(small.host, small.port, identifier="window-2-sub") as client:
+            await client.subscribe("central/out", qos=1)
+            try:
+                for n in range(3):
+                    await link.send_when_room("central/out", f"confirm {n}".encode())
+            finally:
+                await link.close()
+            async with asyncio.timeout(5):
+                async for message in client.messages:
+                    got.append(bytes(message.payload))  # type: ignore[arg-type]
+                    if len(got) == 3:
+                        break
+        assert got == [b"confirm 0", b"confirm 1", b"confirm 2"]
+    finally:
+        small.stop()
