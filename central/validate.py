@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Any
 
 import jsonschema_rs
+import orjson
 
 _NAME = re.compile(r"^[^/#+\x00]+$")
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 _REQUIRED = ("specversion", "id", "source", "type")
 MAX_ID = 128
+_EXACT_FLOAT_LIMIT = float(2**63)
+"""orjson reads an integer past 64 bits as a float (2**70 became 1.1805916207174113e+21): a
+float in ``data`` this large and whole may have been one (see :func:`_parse`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,52 @@ class Quarantined:
     raw: bytes
     size: int
     reason: str
+
+
+def _parse(payload: bytes) -> tuple[Any, Callable[[object], str]]:
+    """The JSON body, and how to write its ``data`` back as text for the JSONB column.
+
+    orjson where it reads the payload as the standard parser would: a third fewer instructions
+    per event. What it refuses and the standard parser takes (NaN, lone surrogates), and data
+    that may have held an integer past 64 bits (:data:`_EXACT_FLOAT_LIMIT`), are judged as
+    before orjson: by the standard parser, and with its text, in which PostgreSQL stores big
+    integers exactly and refuses NaN and lone surrogates, that event alone
+    (central/service.py, ``_write``). Raises ValueError or RecursionError when the payload is
+    not JSON.
+    """
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass  # perhaps JSON all the same: the standard parser decides
+    else:
+        if not (isinstance(body, dict) and _may_have_been_an_integer(body.get("data"))):
+            return body, _orjson_text
+    return json.loads(payload), _json_text
+
+
+def _may_have_been_an_integer(value: object) -> bool:
+    """Whether ``value`` holds a float that orjson may have made of a big integer."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, float) and abs(item) >= _EXACT_FLOAT_LIMIT and item.is_integer():
+            return True
+    return False
+
+
+def _orjson_text(data: object) -> str:
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:  # nested past orjson's 254 levels (it reads 1,024)
+        return _json_text(data)
+
+
+def _json_text(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 def split_event_topic(topic: str, prefix: str) -> tuple[str, str, str, str] | None:
@@ -88,7 +139,7 @@ class Validator:
         if len(payload) > self._max:
             return self.quarantine(topic, payload, f"payload of {len(payload)} B > {self._max} B")
         try:
-            body = json.loads(payload)
+            body, as_text = _parse(payload)
         except (ValueError, RecursionError) as exc:
             return self.quarantine(topic, payload, f"invalid JSON: {str(exc)[:200]}")
         reason = self._problem(body)
@@ -110,7 +161,7 @@ class Validator:
             type=body["type"],
             time=datetime.fromisoformat(body["time"]),
             historical=body.get("historical") is True,
-            data=None if data is None else json.dumps(data, separators=(",", ":")),
+            data=None if data is None else as_text(data),
             body=body,
         )
 

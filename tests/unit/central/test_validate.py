@@ -87,3 +87,41 @@ def test_mutated_events_never_raise(overrides: dict) -> None:
     """A real event with fields replaced by junk is judged, never crashes the consumer."""
     body = scan_event(1) | overrides
     assert isinstance(V.check("edge/s1/gw1/events/dock", raw(body)), Event | Quarantined)
+
+
+def test_what_the_fast_parser_refuses_is_judged_as_before() -> None:
+    """orjson parses events; what it refuses and the standard parser takes (an integer past
+    64 bits, NaN, a lone surrogate) is judged by the standard parser, as before orjson: a
+    big integer is valid data, NaN and the surrogate stay in the text for PostgreSQL, which
+    refuses that event alone (tests/integration/central/test_poison.py)."""
+    for value, text in ((2**70, str(2**70)), (float("nan"), "NaN"), ("\ud800", '"\\ud800"')):
+        body = scan_event(3)
+        body["type"] = "example.plugin.reading.v1"  # a plugin's type: no schema shipped for it
+        body["data"] = {"code": "x", "reading": value}
+        payload = json.dumps(body).encode()
+        event = V.check(topic_of(body), payload)
+        assert isinstance(event, Event), (text, event)
+        assert event.data == '{"code":"x","reading":' + text + "}"
+
+
+def test_the_data_text_is_the_same_json_on_both_parsers() -> None:
+    """Non-ASCII, nesting and floats: the fast path's text is the same JSON value."""
+    body = scan_event(4)
+    body["type"] = "example.plugin.reading.v1"
+    body["data"] = {"code": "Größe ✓", "points": {"t": {"value": 21.5, "ok": True}}, "n": None}
+    event = V.check(topic_of(body), raw(body))
+    assert isinstance(event, Event)
+    assert json.loads(event.data or "") == body["data"]
+
+
+def test_data_nested_deeper_than_orjson_writes_is_still_an_event() -> None:
+    """orjson reads 1,024 levels but writes 254: 300 levels must not make check() raise."""
+    body = scan_event(5)
+    body["type"] = "example.plugin.reading.v1"
+    deep: object = "x"
+    for _ in range(300):
+        deep = [deep]
+    body["data"] = {"deep": deep}
+    event = V.check(topic_of(body), json.dumps(body).encode())
+    assert isinstance(event, Event)
+    assert json.loads(event.data or "") == body["data"]
