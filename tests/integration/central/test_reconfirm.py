@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from buffer.schema import STATE_CONFIRMED
 from central.config import CentralSettings
@@ -28,12 +27,6 @@ from tests.support import running_gateway, scanner_device, wait_until, write_con
 from .conftest import running_central
 
 SCANS = MAX_CONFIRMS + 100
-
-
-@pytest.fixture
-async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
 
 
 def states(db: Path) -> list[int]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from buffer.schema import STATE_CONFIRMED, STATE_REJECTED
 from simulators.broker import MosquittoBroker
@@ -19,12 +17,6 @@ from .conftest import running_central
 
 GOOD, BAD = b"G\r", b"B\r"
 FEEDBACK = {"feedback": "custom", "feedback_good": "G\r", "feedback_bad": "B\r"}
-
-
-@pytest.fixture
-async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
 
 
 def states(db: Path) -> dict[int, int]:

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiomqtt
-import pytest
 
 from buffer.event_ids import id_text
 from simulators.broker import MosquittoBroker
@@ -24,12 +23,6 @@ FEEDBACK = {
     "feedback_bad": "B\r",
     "feedback_pending": "P\r",
 }
-
-
-@pytest.fixture
-async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
 
 
 def accepted_config(

@@ -38,12 +38,6 @@ FEEDBACK = {
 
 
 @pytest.fixture
-async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
-
-
-@pytest.fixture
 async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
     """What reaches the event loop's exception handler ("Exception in callback" and the like):
     gmqtt's PUBACK callback must never raise, whatever happens to the link or the loop."""

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
@@ -14,12 +11,6 @@ from simulators.scanner import ScannerSimulator
 from tests.support import running_gateway, scanner_device, write_config
 
 SOURCE = "/site-test/gw-test/dock-1"
-
-
-@pytest.fixture
-async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
 
 
 async def test_two_instances_on_one_shared_subscription_split_the_stream(

@@ -41,12 +41,6 @@ def schema_for(event_type: str) -> dict:
     return json.loads(text)
 
 
-@pytest.fixture
-async def scanner(tmp_path: Path):
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
-
-
 def config(tmp_path: Path, broker: MosquittoBroker, sim: ScannerSimulator, **device) -> Path:
     return write_config(
         tmp_path / "gateway.toml",

@@ -7,7 +7,6 @@ import contextlib
 import json
 import random
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -21,12 +20,6 @@ from simulators.scanner import ScannerSimulator
 from tests.support import running_gateway, scanner_device, write_config
 
 ROOT = "edge/site-test/gw-test"
-
-
-@pytest.fixture
-async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
 
 
 def hostile(rng: random.Random, n: int) -> tuple[str, bytes]:

@@ -6,12 +6,10 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Self
 
 import aiomqtt
-import pytest
 
 from buffer.event_ids import id_text
 from buffer.schema import STATE_CONFIRMED
@@ -25,12 +23,6 @@ from simulators.scanner import ScannerSimulator
 from tests.support import running_gateway, scanner_device, write_config
 
 ROOT = "edge/site-test/gw-test"
-
-
-@pytest.fixture
-async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
 
 
 def config(tmp_path: Path, broker: MosquittoBroker, sim: ScannerSimulator) -> Path:

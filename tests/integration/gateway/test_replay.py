@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
-import pytest
 
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
@@ -18,12 +16,6 @@ from tests.support import cli, running_gateway, scanner_device, write_config
 
 ROOT = "edge/site-test/gw-test"
 SOURCE = "/site-test/gw-test/dock-1"
-
-
-@pytest.fixture
-async def scanner(tmp_path: Path) -> AsyncIterator[ScannerSimulator]:
-    async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        yield sim
 
 
 def config(tmp_path: Path, broker: MosquittoBroker, sim: ScannerSimulator) -> Path:
