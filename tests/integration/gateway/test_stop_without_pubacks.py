@@ -28,6 +28,21 @@ def states(db: Path) -> dict[int, int]:
         return dict(conn.execute("SELECT seq, state FROM events"))
 
 
+def _daemon_behind(
+    proxy: FaultProxy, sim: ScannerSimulator, tmp_path: Path, *, publish_timeout: float
+) -> tuple[GatewayProcess, Path]:
+    """``edge-gateway run`` (not started) with one scanner, reaching the broker through
+    ``proxy``; and its buffer file, read directly to see each event's state."""
+    cfg = write_config(
+        tmp_path / "gateway.toml",
+        mqtt_port=proxy.port,
+        state_dir=tmp_path / "state",
+        mqtt={"publish_timeout": publish_timeout, "keepalive": 30},
+        devices=[scanner_device("dock", sim.link, **FEEDBACK)],
+    )
+    return GatewayProcess(cfg, tmp_path / "gateway.log"), tmp_path / "state" / "buffer.db"
+
+
 async def test_sigterm_with_pubacks_held_back_leaves_in_flight_events_unsent(
     tmp_path: Path, broker: MosquittoBroker, central: CentralCollector
 ) -> None:
@@ -35,20 +50,15 @@ async def test_sigterm_with_pubacks_held_back_leaves_in_flight_events_unsent(
         FaultProxy(broker.host, broker.port) as proxy,
         ScannerSimulator(tmp_path / "scan") as sim,
     ):
-        cfg = write_config(
-            tmp_path / "gateway.toml",
-            mqtt_port=proxy.port,
-            state_dir=tmp_path / "state",
-            mqtt={"publish_timeout": 3.0, "keepalive": 30},
-            devices=[scanner_device("dock", sim.link, **FEEDBACK)],
-        )
-        db = tmp_path / "state" / "buffer.db"
-        daemon = GatewayProcess(cfg, tmp_path / "gateway.log")
+        daemon, db = _daemon_behind(proxy, sim, tmp_path, publish_timeout=3.0)
         daemon.start()
         try:
             await sim.wait_opened(timeout=15)
             await sim.type_code("FIRST", aim="")
             assert await central.wait_for(1, timeout=15), "the link works before the fault"
+            # Central having it is not the gateway having its PUBACK: that may still be on its
+            # way through the proxy, and the blackhole would hold it back too.
+            await wait_until(lambda: states(db).get(1, 0) >= STATE_SENT, timeout=10)
             proxy.blackhole()
             for n in range(5):
                 before = len(sim.feedback_bytes())
@@ -82,15 +92,7 @@ async def test_a_link_lost_with_pubacks_outstanding_releases_them_unsent(
         FaultProxy(broker.host, broker.port) as proxy,
         ScannerSimulator(tmp_path / "scan") as sim,
     ):
-        cfg = write_config(
-            tmp_path / "gateway.toml",
-            mqtt_port=proxy.port,
-            state_dir=tmp_path / "state",
-            mqtt={"publish_timeout": 1.5, "keepalive": 30},
-            devices=[scanner_device("dock", sim.link, **FEEDBACK)],
-        )
-        db = tmp_path / "state" / "buffer.db"
-        daemon = GatewayProcess(cfg, tmp_path / "gateway.log")
+        daemon, db = _daemon_behind(proxy, sim, tmp_path, publish_timeout=1.5)
         daemon.start()
         try:
             await sim.wait_opened(timeout=15)
