@@ -107,7 +107,7 @@ async def test_oneshot_gives_up_when_pubacks_never_come(
                 yield (TOPIC, f"m{n}".encode())
 
         started = time.monotonic()
-        with pytest.raises(NotConnectedError, match="no PUBACK in time"):
+        with pytest.raises(NotConnectedError, match=r"^no PUBACK in time$"):
             async with asyncio.timeout(20):
                 await publish_oneshot(
                     mqtt, client_id="gw-oneshot-silent", messages=silent(), window=1
@@ -115,3 +115,23 @@ async def test_oneshot_gives_up_when_pubacks_never_come(
         took = time.monotonic() - started
         proxy.heal()
     assert took >= 1.4, f"gave up after {took:.2f} s, before publish_timeout"
+
+
+async def test_oneshot_gives_up_at_once_when_the_link_is_cut(broker: MosquittoBroker) -> None:
+    """PUBACKs held back, then the connection reset while the last one is awaited: the error
+    comes at once and says the connection was lost, not after ``publish_timeout`` (20 s)."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=20.0, keepalive=60)
+
+        async def then_cut() -> AsyncIterator[tuple[str, bytes]]:
+            proxy.delay_replies(30.0)  # connected by now: the PUBACK will not come in time
+            yield (TOPIC, b"m0")
+            asyncio.get_running_loop().call_later(0.3, proxy.cut)  # during the last wait
+
+        started = time.monotonic()
+        with pytest.raises(NotConnectedError, match=r"^connection lost$"):
+            async with asyncio.timeout(30):
+                await publish_oneshot(mqtt, client_id="gw-oneshot-cut", messages=then_cut())
+        took = time.monotonic() - started
+        proxy.heal()
+    assert took < 10, f"noticed the reset after {took:.1f} s"
