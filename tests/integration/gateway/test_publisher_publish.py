@@ -143,3 +143,25 @@ async def test_an_answer_that_cannot_be_sent_is_dropped_quietly(buffer: Buffer) 
     finally:
         loop.set_exception_handler(None)
     assert errors == []
+
+
+async def test_a_checkpoint_without_its_puback_is_not_reported_sent(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """The link goes silent: the checkpoint's publish gets no PUBACK within ``publish_timeout``
+    and ``publish_checkpoint`` says it was not sent (housekeeping then tries again)."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=1.5, keepalive=60)
+        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-cp-hole", on_delivered=lambda _b: None)
+        task = asyncio.create_task(pub.run())
+        try:
+            async with asyncio.timeout(10):
+                await pub.connected.wait()
+            proxy.blackhole()
+            async with asyncio.timeout(15):
+                assert not await pub.publish_checkpoint({"n": 1})
+        finally:
+            proxy.heal()
+            pub.stop()
+            async with asyncio.timeout(30):
+                await task
