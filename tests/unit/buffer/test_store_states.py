@@ -223,3 +223,17 @@ async def test_claims_without_a_drain_are_live_and_sent_adds_up(buf: Buffer) -> 
     await buf.mark_sent(one)
     await buf.mark_sent(rest)
     assert (buf.transitions["claimed"], buf.transitions["sent"]) == (4, 4)
+
+
+async def test_replay_figures_count_the_range_still_unsent(buf: Buffer) -> None:
+    """As a replay ends: the events of that device and range not delivered yet (pending or in
+    flight), not those of another device or outside the range."""
+    for n in range(6):
+        await buf.append(make_event("a", n))
+        await buf.append(make_event("b", n))
+    claimed = await buf.claim(12)
+    await buf.mark_sent([e for e in claimed if e.device == "a" and e.seq in (2, 3)])
+    await buf.release([e for e in claimed if e.seq == 5])
+    assert await buf.replay_figures("a", 2, 5) == (2, [])  # 4 in flight, 5 pending
+    assert await buf.replay_figures("a", 1, 6) == (4, [])
+    assert await buf.replay_figures("b", 2, 3) == (2, [])
