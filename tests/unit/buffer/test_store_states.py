@@ -237,3 +237,16 @@ async def test_replay_figures_count_the_range_still_unsent(buf: Buffer) -> None:
     assert await buf.replay_figures("a", 2, 5) == (2, [])  # 4 in flight, 5 pending
     assert await buf.replay_figures("a", 1, 6) == (4, [])
     assert await buf.replay_figures("b", 2, 3) == (2, [])
+
+
+async def test_releasing_more_than_one_chunk_moves_every_count(buf: Buffer) -> None:
+    """A release of 1 200 claimed events (three chunks of row ids) moves all of them in the
+    per-state counts too, not only the last chunk's."""
+    for n in range(1200):
+        await buf.append(make_event("a", n))
+    claimed = await buf.claim(1200)
+    assert len(claimed) == 1200
+    assert (await buf.stats()).by_state.get("in_flight") == 1200
+    await buf.release(claimed)
+    by_state = (await buf.stats()).by_state
+    assert by_state.get("pending") == 1200 and not by_state.get("in_flight"), by_state
