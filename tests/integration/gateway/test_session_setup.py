@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from structlog.testing import capture_logs
 
 from buffer.store import Buffer, NewEvent
 from gateway import publisher
@@ -175,13 +176,16 @@ async def test_puback_timeout_below_the_watchers_tick_fires_on_time(
         )
         task = asyncio.create_task(pub.run())
         try:
-            async with asyncio.timeout(15):
-                await ended.wait()
+            with capture_logs() as logs:
+                async with asyncio.timeout(15):
+                    await ended.wait()
         finally:
             proxy.heal()
             pub.stop()
             async with asyncio.timeout(15):
                 await task
+    errors = [e["error"] for e in logs if e["event"] == "mqtt_disconnected"]
+    assert errors and errors[0].startswith("no PUBACK for "), errors
     (up, since), (down, until) = times[:2]
     assert up and not down
     assert until - since < 2.5, f"the session lasted {until - since:.2f} s"
