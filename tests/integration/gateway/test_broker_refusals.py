@@ -14,7 +14,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from buffer.store import NewEvent
+from buffer.store import Buffer, NewEvent
 from gateway.events import render_event
 from simulators.broker import MosquittoBroker
 from tests.integration.gateway.test_publisher import TOPICS
@@ -118,3 +118,22 @@ async def test_broker_without_retain_still_gets_events(tmp_path: Path) -> None:
             f"central has {rig.central.unique_count()} of 5;"
             f" sessions lost: {rig.publisher.reconnects}"
         )
+
+
+async def test_an_event_over_max_packet_size_inside_a_claim_does_not_stop_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The long scan sits in the middle of a backlog the publisher claims at once: it is held,
+    and the events claimed after it in the same batch are still sent in that session."""
+    broker = broker_with(tmp_path, "max_packet_size 2000\n")
+    events = [scan(1, "A1"), scan(2, "X" * 3000), *(scan(n, f"A{n}") for n in range(3, 21))]
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    for ev in events:
+        await buf.append(ev)
+    await buf.close()
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="hardened") as rig:
+        await rig.central.wait_for(19, timeout=15)
+        got = sorted({m["seq"] for m in rig.central.messages})
+        assert got == [1, *range(3, 21)], f"central has {got}"
+        assert rig.publisher.reconnects == 0
+        assert rig.publisher.refused_by_broker == 1

@@ -13,7 +13,7 @@ import pytest
 from buffer.store import Buffer, NewEvent
 from drivers.backoff import Backoff
 from gateway.events import render_event
-from gateway.publisher import Publisher
+from gateway.publisher import LIVE_FIRST_BACKLOG, Publisher
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
@@ -147,3 +147,23 @@ def test_backoff_has_jitter_and_a_cap() -> None:
     first = [backoff.next() for _ in range(50)]
     assert all(0.5 <= d <= 8.0 for d in first)
     assert len({round(d, 3) for d in first}) > 40
+
+
+async def test_a_backlog_drained_without_live_events_is_not_historical(
+    buffer: Buffer, broker: MosquittoBroker, central: CentralCollector
+) -> None:
+    """A backlog larger than ``LIVE_FIRST_BACKLOG`` drains live-first, but with no live event
+    arriving nothing overtakes it: every event goes out in seq order, none flagged historical."""
+    backlog = LIVE_FIRST_BACKLOG + 500
+    await asyncio.gather(*(buffer.append(event("a", i)) for i in range(backlog)))
+    mqtt = MqttSection(host=broker.host, port=broker.port)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-drain", on_delivered=lambda _b: None)
+    task = asyncio.create_task(pub.run())
+    try:
+        assert await central.wait_for(backlog, timeout=60), central.unique_count()
+    finally:
+        pub.stop()
+        async with asyncio.timeout(30):
+            await task
+    assert not [m["seq"] for m in central.messages if m.get("historical")]
+    assert [m["seq"] for m in central.messages] == list(range(1, backlog + 1))

@@ -270,3 +270,30 @@ async def test_a_session_that_lasted_ends_the_streak(
         assert [e["drops"] for e in warnings] == [3]
     finally:
         await stop(pub, task)
+
+
+async def test_publish_latencies_keep_the_newest_ten_thousand_at_most(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """The latency samples for metrics are bounded: up to 10 000 are kept; past that the
+    oldest 5 000 go (the total keeps counting every PUBACK)."""
+    mqtt = MqttSection(host=broker.host, port=broker.port)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-latencies", on_delivered=lambda _b: None)
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await pub.connected.wait()
+        await asyncio.gather(*(buffer.append(scan(f"l{n}")) for n in range(10_000)))
+        async with asyncio.timeout(60):
+            while pub.publish_latencies_total < 10_000:
+                await asyncio.sleep(0.05)
+        assert len(pub.publish_latencies) == 10_000, "at the bound: all kept"
+        newest = pub.publish_latencies[-1]
+        await buffer.append(scan("one-more"))
+        async with asyncio.timeout(10):
+            while pub.publish_latencies_total < 10_001:
+                await asyncio.sleep(0.01)
+        assert len(pub.publish_latencies) == 5_001, "over it: the oldest 5 000 dropped"
+        assert pub.publish_latencies[-2] == newest
+    finally:
+        await stop(pub, task)

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from buffer.store import Buffer, NewEvent
+from gateway import publisher
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from gateway.topics import Topics
@@ -129,6 +131,55 @@ async def test_puback_timeout_fires_on_time(buffer: Buffer, broker: MosquittoBro
             pub.stop()
             async with asyncio.timeout(15):
                 await task
+
+
+async def test_puback_timeout_below_the_watchers_tick_fires_on_time(
+    buffer: Buffer, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``publish_timeout`` (0.3 s) shorter than the PUBACK watcher's idle sleep (5 s here): the
+    publish entering the empty window wakes the watcher, so the session ends about 0.3 s after
+    the write, not when the watcher's sleep runs out."""
+    monkeypatch.setattr(publisher, "ACK_CHECK_INTERVAL", 5.0)
+    render = b'{"seq":%d}'.__mod__
+    await buffer.append(NewEvent("e1", "dock-1", "t", "x", False, render))
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(
+            host=proxy.host, port=proxy.port, publish_timeout=0.3, reconnect_min=5, reconnect_max=5
+        )
+        times: list[tuple[bool, float]] = []
+        ended = asyncio.Event()
+
+        def on_link(up: bool, _since: str) -> None:
+            times.append((up, time.monotonic()))
+            if up:
+                proxy.blackhole()  # set up, and the pending event not written yet
+            else:
+                ended.set()
+
+        pub = Publisher(
+            mqtt,
+            buffer,
+            TOPICS,
+            client_id="gw-short",
+            on_delivered=lambda _b: None,
+            on_link=on_link,
+        )
+        task = asyncio.create_task(pub.run())
+        try:
+            with capture_logs() as logs:
+                async with asyncio.timeout(15):
+                    await ended.wait()
+        finally:
+            proxy.heal()
+            pub.stop()
+            async with asyncio.timeout(15):
+                await task
+    errors = [e["error"] for e in logs if e["event"] == "mqtt_disconnected"]
+    assert errors and errors[0].startswith("no PUBACK for "), errors
+    (up, since), (down, until) = times[:2]
+    assert up and not down
+    assert until - since < 2.5, f"the session lasted {until - since:.2f} s"
+    assert pub.reconnects >= 1 and (await buffer.stats()).unsent == 1
 
 
 async def test_offline_says_when_the_gateway_went_offline(

@@ -223,3 +223,62 @@ async def test_claims_without_a_drain_are_live_and_sent_adds_up(buf: Buffer) -> 
     await buf.mark_sent(one)
     await buf.mark_sent(rest)
     assert (buf.transitions["claimed"], buf.transitions["sent"]) == (4, 4)
+
+
+async def test_replay_figures_count_the_range_still_unsent(buf: Buffer) -> None:
+    """As a replay ends: the events of that device and range not delivered yet (pending or in
+    flight), not those of another device or outside the range."""
+    for n in range(6):
+        await buf.append(make_event("a", n))
+        await buf.append(make_event("b", n))
+    claimed = await buf.claim(12)
+    await buf.mark_sent([e for e in claimed if e.device == "a" and e.seq in (2, 3)])
+    await buf.release([e for e in claimed if e.seq == 5])
+    assert await buf.replay_figures("a", 2, 5) == (2, [])  # 4 in flight, 5 pending
+    assert await buf.replay_figures("a", 1, 6) == (4, [])
+    assert await buf.replay_figures("b", 2, 3) == (2, [])
+
+
+async def test_releasing_more_than_one_chunk_moves_every_count(buf: Buffer) -> None:
+    """A release of 1 200 claimed events (three chunks of row ids) moves all of them in the
+    per-state counts too, not only the last chunk's."""
+    for n in range(1200):
+        await buf.append(make_event("a", n))
+    claimed = await buf.claim(1200)
+    assert len(claimed) == 1200
+    assert (await buf.stats()).by_state.get("in_flight") == 1200
+    await buf.release(claimed)
+    by_state = (await buf.stats()).by_state
+    assert by_state.get("pending") == 1200 and not by_state.get("in_flight"), by_state
+
+
+async def test_acks_around_a_hole_keep_the_oldest_pending_age(buf: Buffer) -> None:
+    """PUBACKs for seq 1, then for 2 and 5 of 1..5: 3 and 4 are not sent, so once released they
+    are the device's oldest pending events and its age is reported (not skipped as if the whole
+    span 2..5 had been sent)."""
+    for n in range(5):
+        await buf.append(make_event("a", n))
+    claimed = await buf.claim(5)
+    await buf.mark_sent(claimed[:1])
+    await buf.mark_sent([e for e in claimed if e.seq in (2, 5)])
+    await buf.release(claimed)
+    device = (await buf.stats()).devices["a"]
+    assert device.pending == 2 and device.last_sent_seq == 5
+    assert device.oldest_pending_age_s is not None
+
+
+@pytest.mark.parametrize("count", [3, 600], ids=["one-chunk", "two-chunks"])
+async def test_acks_for_a_row_released_meanwhile_still_count_it(buf: Buffer, count: int) -> None:
+    """One claimed event went back to pending before the PUBACKs were recorded: the broker has
+    it, so all become sent, and the counts move the pending one too. With 600 the first chunk
+    of 500 row ids was all in flight and the second not: both are counted."""
+    for n in range(count):
+        await buf.append(make_event("a", n))
+    claimed = await buf.claim(count)
+    await buf.release([claimed[-2]])
+    await buf.mark_sent(claimed)
+    assert set(states(buf.path).values()) == {"sent"}
+    stats = await buf.stats()
+    assert stats.devices["a"].pending == 0 and stats.devices["a"].last_sent_seq == count
+    assert stats.by_state.get("pending") == 0 and stats.by_state.get("in_flight") == 0
+    assert stats.by_state.get("sent") == count

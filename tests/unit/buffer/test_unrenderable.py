@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from buffer.store import Buffer, EventRenderError, NewEvent, StoredEvent
 
@@ -55,5 +56,38 @@ async def test_an_unrenderable_event_is_refused_alone_and_takes_no_seq(
         stats = await buf.stats()
         assert stats.devices["belt"].last_seq == 2 and stats.devices["dock"].last_seq == 1
         assert buf.transitions["dropped"] == (2 if full else 0), "the slow path ran"
+    finally:
+        await buf.close()
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["fits", "making-room"])
+async def test_an_unrenderable_event_is_logged_once_and_says_why(
+    tmp_path: Path, full: bool
+) -> None:
+    """The refusal names the error, cut to 300 characters; the failure is logged once, even
+    when the full buffer's slower path renders the group a second time."""
+
+    def raising(seq: int) -> bytes:
+        raise ValueError("bad data " + "y" * 400)
+
+    filler = event("tele", 0, "x" * 50, droppable=True)
+    cap = size(filler) + size(event("dock", 1, "A")) - 1 if full else 10**9
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=cap)
+    try:
+        await buf.append(filler)
+        with capture_logs() as logs:
+            results = await asyncio.gather(
+                buf.append(event("dock", 1, "A")),
+                buf.append(NewEvent("bad-1", "belt", "t", "t.v1", False, raising)),
+                return_exceptions=True,
+            )
+        assert isinstance(results[0], StoredEvent)
+        refusal = results[1]
+        assert isinstance(refusal, EventRenderError), refusal
+        assert str(refusal).startswith("event cannot be rendered: ValueError: bad data yyy")
+        assert len(str(refusal)) == 300
+        failed = [e for e in logs if e["event"] == "event_render_failed"]
+        assert [(e["device"], e["type"]) for e in failed] == [("belt", "t.v1")]
+        assert buf.transitions["dropped"] == (1 if full else 0), "the slow path ran"
     finally:
         await buf.close()

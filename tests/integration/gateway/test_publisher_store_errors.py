@@ -1,0 +1,65 @@
+"""The publisher counts every store error that ends (or keeps from starting) a session, one by
+one, on a real buffer file locked by another process (issue 19, mutation run of
+gateway/publisher.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from buffer import schema
+from buffer.store import Buffer
+from gateway.publisher import Publisher
+from gateway.settings import MqttSection
+from simulators.broker import MosquittoBroker
+from tests.integration.gateway.test_publisher import TOPICS, event
+from tests.integration.gateway.test_store_faults import exclusive_lock
+
+
+async def test_each_store_error_is_counted_once(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the buffer EXCLUSIVE for 3 s (busy timeout 0.5 s here): the
+    session start and the releases after it fail several times; ``store_errors`` and the
+    logged running count go up by one per failure, and the events are delivered after."""
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_MS", 500)
+    db = tmp_path / "buffer.db"
+    buf = await Buffer.open(db, max_bytes=10**8)
+    delivered: list[str] = []
+    try:
+        for n in range(3):
+            await buf.append(event("dock-1", n))
+        mqtt = MqttSection(
+            host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.2
+        )
+        pub = Publisher(
+            mqtt,
+            buf,
+            TOPICS,
+            client_id="gw-store-errors",
+            on_delivered=lambda b: delivered.extend(e.id for e in b),
+        )
+        with capture_logs() as logs:
+            async with exclusive_lock(db, 3.0):
+                task = asyncio.create_task(pub.run())
+                async with asyncio.timeout(10):
+                    while pub.store_errors < 2:
+                        await asyncio.sleep(0.02)
+            try:
+                async with asyncio.timeout(20):
+                    while len(delivered) < 3:
+                        await asyncio.sleep(0.02)
+            finally:
+                pub.stop()
+                async with asyncio.timeout(30):
+                    await task
+        counts = [e["count"] for e in logs if e["event"] == "publisher_store_error"]
+        assert len(counts) >= 2
+        assert counts == list(range(1, len(counts) + 1))
+        assert pub.store_errors == len(counts)
+        assert sorted(delivered) == [f"dock-1-{n:06d}" for n in range(3)]
+    finally:
+        await buf.close()
