@@ -25,6 +25,18 @@ async def _count(dsn: str, sql: str) -> int:
         await conn.close()
 
 
+async def _tail_listening(dsn: str) -> None:
+    """Until `tail` has run its first query, which it sends after LISTEN (a fixed sleep lost
+    the first events when the box was loaded: the child took longer to start)."""
+    async with asyncio.timeout(30):
+        while not await _count(
+            dsn,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND query LIKE '%coalesce(max(received)%'",
+        ):
+            await asyncio.sleep(0.05)
+
+
 async def test_events_land_once_and_are_confirmed_after_commit(broker, central_settings, pg_dsn):
     """Each (source, id) once in the ledger, however often sent; each gets an accepted confirm."""
     settings = central_settings(replay={"enabled": False})
@@ -140,7 +152,7 @@ async def test_metrics_and_tail_follow_commits(broker, central_settings, pg_dsn,
             stdout=asyncio.subprocess.PIPE, cwd=ROOT,
         )  # fmt: skip
         try:
-            await asyncio.sleep(1.0)  # tail is listening
+            await _tail_listening(settings.database.dsn)
             for body in bodies:
                 await client.publish(topic_of(body), raw(body), qos=1)
             await wait_until(lambda: central.totals["stored"] == 3, timeout=10)
