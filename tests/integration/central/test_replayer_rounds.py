@@ -316,3 +316,18 @@ async def test_reconfirm_is_bounded(conn) -> None:
     last = await conn.fetchval("SELECT id FROM events WHERE seq = $1", RECONFIRM_MAX)
     assert (verdicts[0]["id"], verdicts[-1]["id"]) == (first, last)
     assert all(v == {"id": v["id"], "status": "accepted"} for v in verdicts)
+
+
+async def test_reconfirm_reaches_high_seqs(conn) -> None:
+    """Any seq below 2**63 is a lowest unconfirmed seq, not only small ones."""
+    await hold(conn, 300, 301, 302)
+    await checkpoint(
+        conn,
+        dock={"last_seq": 302, "unconfirmed": 2, "lowest_unconfirmed_seq": 301},
+    )
+    publish = Published()
+    r = replayer(publish)
+    await r.round(conn)
+    (verdicts,) = publish.on("/confirm")
+    ids = [r["id"] for r in await conn.fetch("SELECT id FROM events WHERE seq >= 301 ORDER BY seq")]
+    assert [v["id"] for v in verdicts] == ids
