@@ -250,6 +250,7 @@ async def test_reconfirm_sends_the_ledgers_verdicts_from_the_lowest_unconfirmed(
     r._next_confirm[SOURCE] = time.monotonic() - 0.001
     await r.round(conn)
     assert len(publish.sent) == 2
+    assert r.reconfirmed == 4
 
 
 async def test_reconfirm_skips_what_it_cannot_use(conn) -> None:
@@ -331,3 +332,21 @@ async def test_reconfirm_reaches_high_seqs(conn) -> None:
     (verdicts,) = publish.on("/confirm")
     ids = [r["id"] for r in await conn.fetch("SELECT id FROM events WHERE seq >= 301 ORDER BY seq")]
     assert [v["id"] for v in verdicts] == ids
+
+
+async def test_a_gap_across_what_the_gateway_sent_is_asked_for_up_to_it(conn) -> None:
+    """A gap that starts at or below the last seq sent and goes on past it is asked for up to
+    that seq, not dropped."""
+    await hold(conn, 1)
+    await checkpoint(conn, dock={"last_seq": 400, "last_sent_seq": 200})
+    publish = Published()
+    r = replayer(publish)
+    await r.round(conn)
+    await out_for(conn, 60)
+    seen_long_ago(r)
+    await r.round(conn)
+    assert [(b["from_seq"], b["to_seq"]) for b in publish.on("/cmd/replay")] == [(2, 200)]
+    await hold(conn, *range(2, 200))  # now only 200 on is missing: 200 itself was sent
+    r._next[SOURCE] = time.monotonic() - 0.001
+    await r.round(conn)
+    assert [(b["from_seq"], b["to_seq"]) for b in publish.on("/cmd/replay")][1:] == [(200, 200)]
