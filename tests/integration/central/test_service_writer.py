@@ -14,6 +14,7 @@ from typing import Any
 
 import aiomqtt
 import asyncpg
+import pytest
 
 from central.rules import AcceptAll
 from central.service import Central
@@ -27,9 +28,10 @@ from .helpers import raw, scan_event, topic_of
 class GatedRule:
     """Accepts everything, once ``gate`` is open; the first ``failures`` calls raise."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, error: type[Exception] = RuntimeError) -> None:
         self.gate = asyncio.Event()
         self.failures = failures
+        self.error = error
         self.calls = 0
         self.waiting = asyncio.Event()
 
@@ -38,7 +40,7 @@ class GatedRule:
         self.waiting.set()
         await self.gate.wait()
         if self.calls <= self.failures:
-            raise RuntimeError("the item master is down")
+            raise self.error("the item master is down")
         return await AcceptAll().verdicts(conn, events)
 
 
@@ -65,13 +67,15 @@ async def _queued(broker, settings, bodies: list[dict]) -> None:
     await _publish(broker, bodies)
 
 
+@pytest.mark.parametrize("error", [RuntimeError, OSError])
 async def test_no_puback_before_the_commit_and_none_for_a_failed_batch(
-    broker, central_settings, pg_dsn
+    broker, central_settings, pg_dsn, error
 ) -> None:
-    """While the batch's transaction waits (and then fails twice), every message of it stays
-    unacknowledged and uncommitted; the third attempt commits them and they are acknowledged."""
+    """While the batch's transaction waits (and then fails twice: a bug, or the database
+    away), every message of it stays unacknowledged and uncommitted; the third attempt commits
+    them and they are acknowledged."""
     settings = central_settings(replay={"enabled": False})
-    rule = GatedRule(failures=2)
+    rule = GatedRule(failures=2, error=error)
     bodies = [scan_event(n) for n in range(1, 6)]
     async with running_central(settings, rule=rule) as central:
         await _publish(broker, bodies)
