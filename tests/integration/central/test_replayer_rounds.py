@@ -125,6 +125,7 @@ async def test_a_stale_gap_is_asked_for_once_with_every_field(conn) -> None:
     r._next[SOURCE] = time.monotonic() - 0.001
     await r.round(conn)
     assert len(publish.on("/cmd/replay")) == 2
+    assert (r.requests, r.metrics.replays._value.get()) == (2, 2)
 
 
 async def test_a_device_back_in_parity_is_cleared(conn) -> None:
