@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -71,16 +72,31 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def pg_dsn(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
-    """A fresh, empty database for this test on the session's server."""
+def pg_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for this test on the session's server.
+
+    With ``EDGE_TEST_POSTGRES=host:port`` (``./dev mutate`` starts one private server for its
+    whole run: mutmut runs the tests in a new process per mutant, and each would pay for an
+    initdb), the database is made on that server instead, and dropped after the test.
+    """
     import psycopg  # noqa: PLC0415 - only tests that need PostgreSQL import it
 
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
     name = f"{name}_{time.monotonic_ns() % 1_000_000}"
+    shared = os.environ.get("EDGE_TEST_POSTGRES")
+    if shared:
+        admin = f"postgresql://postgres@{shared}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql://postgres@{shared}/{name}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        return
+    postgres_server: PostgresServer = request.getfixturevalue("postgres_server")
     postgres_server.start()  # a test may have stopped or killed it
     with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return postgres_server.dsn_for(name)
+    yield postgres_server.dsn_for(name)
 
 
 @pytest.fixture

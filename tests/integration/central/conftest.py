@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from central.config import CentralSettings, load_central_settings
+from central.rules import Rule
 from central.service import Central
 from simulators.broker import MosquittoBroker
 from tests.support import ROOT
@@ -70,9 +71,11 @@ def central_settings(
 
 
 @contextlib.asynccontextmanager
-async def running_central(settings: CentralSettings) -> AsyncIterator[Central]:
+async def running_central(
+    settings: CentralSettings, *, rule: Rule | None = None
+) -> AsyncIterator[Central]:
     """An instance in this event loop, connected; stopped on exit, its failure surfaced."""
-    central = Central(settings)
+    central = Central(settings, rule=rule)
     stop = asyncio.Event()
     task = asyncio.create_task(central.run(stop))
     try:
