@@ -23,6 +23,7 @@ from central.replayer import RECONFIRM_MAX, Replayer
 from central.rules import SkuRule
 from central.schema import migrate
 from central.validate import Event, Validator
+from gateway.commands import MAX_CONFIRMS
 
 from .helpers import raw, scan_event, topic_of
 
@@ -296,7 +297,8 @@ async def test_reconfirm_skips_what_it_cannot_use(conn) -> None:
 
 
 async def test_reconfirm_is_bounded(conn) -> None:
-    """At most RECONFIRM_MAX verdicts a time, the lowest seqs first."""
+    """At most RECONFIRM_MAX verdicts a round, the lowest seqs first, in messages a gateway
+    takes (at most MAX_CONFIRMS verdicts each)."""
     total = RECONFIRM_MAX + 5
     await write_batch(conn, events(*(scan_event(s) for s in range(1, total + 1))), SkuRule())
     await conn.execute("UPDATE events SET status = 'accepted', reason = NULL")
@@ -312,7 +314,9 @@ async def test_reconfirm_is_bounded(conn) -> None:
     publish = Published()
     r = replayer(publish)
     await r.round(conn)
-    (verdicts,) = publish.on("/confirm")
+    messages = publish.on("/confirm")
+    assert all(len(message) <= MAX_CONFIRMS for message in messages)
+    verdicts = [verdict for message in messages for verdict in message]
     assert len(verdicts) == RECONFIRM_MAX
     first = await conn.fetchval("SELECT id FROM events WHERE seq = 1")
     last = await conn.fetchval("SELECT id FROM events WHERE seq = $1", RECONFIRM_MAX)
