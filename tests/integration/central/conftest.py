@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from central.config import CentralSettings, load_central_settings
 from central.rules import Rule
+from central.schema import migrate
 from central.service import Central
 from simulators.broker import MosquittoBroker
 from tests.support import ROOT
@@ -125,3 +127,12 @@ class CentralProcess:
     def logged(self, event: str) -> bool:
         """Whether a JSON log line with this event was written."""
         return f'"event": "{event}"' in self.log_path.read_text()
+
+
+@pytest.fixture
+async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database, the ledger's schema migrated."""
+    connection = await asyncpg.connect(pg_dsn)
+    await migrate(connection)
+    yield connection
+    await connection.close()

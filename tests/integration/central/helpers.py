@@ -6,6 +6,8 @@ import json
 import uuid
 from typing import Any
 
+from central.validate import Event, Validator
+
 SCAN = "warehouse.barcode.scanned.v1"
 
 
@@ -42,3 +44,11 @@ def topic_of(event: dict[str, Any], prefix: str = "edge") -> str:
 def raw(event: dict[str, Any]) -> bytes:
     """As sent on the wire."""
     return json.dumps(event).encode()
+
+
+def events(*bodies: dict[str, Any]) -> list[Event]:
+    """The bodies as the ledger takes them: checked by the validator, each one valid."""
+    validator = Validator(prefix="edge", max_payload=65536, keep_bytes=100)
+    out = [validator.check(topic_of(b), raw(b)) for b in bodies]
+    assert all(isinstance(e, Event) for e in out), out
+    return out  # type: ignore[return-value]

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
-import pytest
-
 from central.ledger import Checkpoint, write_batch
 from central.rules import AcceptAll, SkuRule
 from central.schema import MIGRATIONS, migrate
-from central.validate import Event, Validator
+from central.validate import Validator
 
-from .helpers import raw, scan_event, topic_of
-
-
-@pytest.fixture
-async def conn(pg_dsn: str):
-    connection = await asyncpg.connect(pg_dsn)
-    await migrate(connection)
-    yield connection
-    await connection.close()
-
-
-def events(*bodies: dict) -> list[Event]:
-    validator = Validator(prefix="edge", max_payload=65536, keep_bytes=100)
-    out = [validator.check(topic_of(b), raw(b)) for b in bodies]
-    assert all(isinstance(e, Event) for e in out), out
-    return out  # type: ignore[return-value]
+from .helpers import events, scan_event
 
 
 async def test_migrations_run_once(conn) -> None:

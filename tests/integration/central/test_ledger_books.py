@@ -15,27 +15,12 @@ import pytest
 
 from central.ledger import BatchOutcome, Checkpoint, ReplayResult, merge_ranges, write_batch
 from central.rules import AcceptAll, SkuRule
-from central.schema import NOTIFY_CHANNEL, migrate
-from central.validate import Event, Validator
+from central.schema import NOTIFY_CHANNEL
+from central.validate import Validator
 
-from .helpers import raw, scan_event, topic_of
+from .helpers import events, scan_event
 
 SOURCE = "/s1/gw1/dock"
-
-
-@pytest.fixture
-async def conn(pg_dsn: str):
-    connection = await asyncpg.connect(pg_dsn)
-    await migrate(connection)
-    yield connection
-    await connection.close()
-
-
-def events(*bodies: dict) -> list[Event]:
-    validator = Validator(prefix="edge", max_payload=65536, keep_bytes=100)
-    out = [validator.check(topic_of(b), raw(b)) for b in bodies]
-    assert all(isinstance(e, Event) for e in out), out
-    return out  # type: ignore[return-value]
 
 
 async def counters(conn) -> dict[str, int]:

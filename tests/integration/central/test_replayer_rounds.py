@@ -14,29 +14,16 @@ import re
 import time
 from typing import Any
 
-import asyncpg
-import pytest
-
 from central.config import CentralSettings
 from central.ledger import Checkpoint, write_batch
 from central.replayer import RECONFIRM_MAX, Replayer
 from central.rules import SkuRule
-from central.schema import migrate
-from central.validate import Event, Validator
 from gateway.commands import MAX_CONFIRMS
 
-from .helpers import raw, scan_event, topic_of
+from .helpers import events, scan_event
 
 SOURCE = "/s1/gw1/dock"
 ROOT = "edge/s1/gw1"
-
-
-@pytest.fixture
-async def conn(pg_dsn: str):
-    connection = await asyncpg.connect(pg_dsn)
-    await migrate(connection)
-    yield connection
-    await connection.close()
 
 
 class Published:
@@ -62,13 +49,6 @@ def replayer(publish: Published, **replay: Any) -> Replayer:
         }
     )
     return Replayer(settings, publish)
-
-
-def events(*bodies: dict) -> list[Event]:
-    validator = Validator(prefix="edge", max_payload=65536, keep_bytes=100)
-    out = [validator.check(topic_of(b), raw(b)) for b in bodies]
-    assert all(isinstance(e, Event) for e in out), out
-    return out  # type: ignore[return-value]
 
 
 async def hold(conn, *seqs: int, **kwargs: Any) -> None:
