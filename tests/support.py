@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from buffer.schema import MIGRATIONS
+from buffer.stats import DeviceStats
 from buffer.store import Buffer
 from gateway.daemon import Gateway
 from gateway.publisher import DeliveredFn, Publisher
@@ -109,6 +110,13 @@ def write_config(
         lines.append("")
     path.write_text("\n".join(lines))
     return path
+
+
+async def device_figures(gw: Gateway, device: str) -> DeviceStats:
+    """A device's buffer figures, zero until the buffer has a row for it: the row comes with
+    its first status or event, a moment after the port opens, and a test polling right after
+    typing could meet a KeyError (a CI run did)."""
+    return (await gw.buffer.stats()).devices.get(device) or DeviceStats(device)
 
 
 async def retained(broker: MosquittoBroker, topic: str) -> dict[str, object]:

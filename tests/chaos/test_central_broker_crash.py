@@ -15,7 +15,7 @@ from central.config import load_central_settings
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
 from tests.integration.central.conftest import running_central, write_central_config
-from tests.support import running_gateway, scanner_device, write_config
+from tests.support import device_figures, running_gateway, scanner_device, write_config
 
 from .conftest import knob
 
@@ -58,7 +58,7 @@ async def test_broker_sigkill_gaps_heal_by_replay(
                     typed += 1
                 started = time.monotonic()
                 async with asyncio.timeout(90):
-                    while (await gw.buffer.stats()).devices["dock-1"].last_seq < typed:
+                    while (await device_figures(gw, "dock-1")).last_seq < typed:
                         await asyncio.sleep(0.05)
                     while await conn.fetchval("SELECT count(*) FROM events") < typed:
                         await asyncio.sleep(0.1)

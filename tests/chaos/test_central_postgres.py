@@ -31,7 +31,7 @@ from simulators.broker import MosquittoBroker
 from simulators.postgres import PostgresServer
 from simulators.scanner import ScannerSimulator
 from tests.integration.central.conftest import CentralProcess, write_central_config
-from tests.support import running_gateway, scanner_device, wait_until, write_config
+from tests.support import device_figures, running_gateway, scanner_device, wait_until, write_config
 
 from .conftest import ChaosReport, ChaosRow, Stopwatch
 
@@ -113,7 +113,7 @@ async def test_postgres_restart_and_kill9_pause_ingest_and_lose_nothing(
                 stop_typing.set()
                 typed = await typer
                 async with asyncio.timeout(60):
-                    while (await gw.buffer.stats()).devices["dock-1"].last_seq < typed:
+                    while (await device_figures(gw, "dock-1")).last_seq < typed:
                         await asyncio.sleep(0.05)
                 conn = await asyncpg.connect(server.dsn)
                 try:

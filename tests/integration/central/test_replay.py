@@ -13,7 +13,7 @@ import asyncpg
 from central.config import load_central_settings
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
-from tests.support import ROOT, running_gateway, scanner_device, write_config
+from tests.support import ROOT, device_figures, running_gateway, scanner_device, write_config
 
 from .conftest import running_central, write_central_config
 
@@ -57,7 +57,7 @@ async def test_events_published_before_central_existed_are_replayed(
                 for n in range(5):
                     await scanner.type_code(f"EARLY-{n}", aim="")
                 async with asyncio.timeout(10):  # delivered to the broker: nobody subscribed
-                    while (await gw.buffer.stats()).devices["dock-1"].last_sent_seq < 5:
+                    while (await device_figures(gw, "dock-1")).last_sent_seq < 5:
                         await asyncio.sleep(0.05)
                 async with running_central(settings) as central:
                     for n in range(5):

@@ -17,7 +17,7 @@ from gateway.confirmations import Confirmations
 from gateway.pipeline import Pipeline
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
-from tests.support import running_gateway, scanner_device, write_config
+from tests.support import device_figures, running_gateway, scanner_device, write_config
 
 SCAN = "warehouse.barcode.scanned.v1"
 ARRIVED = "warehouse.rfid.tag.arrived.v1"
@@ -187,7 +187,7 @@ async def test_scanner_stopped_by_a_reload_mid_commit_still_beeps(
             await sim.wait_opened(timeout=10)
             assert sim.feedback_bytes() == b"GG", "the stored scan got its good-read"
             async with asyncio.timeout(5):
-                while (await gw.buffer.stats()).devices["dock-1"].last_seq < 2:
+                while (await device_figures(gw, "dock-1")).last_seq < 2:
                     await asyncio.sleep(0.02)
 
 

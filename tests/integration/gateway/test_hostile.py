@@ -17,7 +17,7 @@ from gateway.mqtt_packets import MAX_PACKET_SIZE
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
-from tests.support import running_gateway, scanner_device, write_config
+from tests.support import device_figures, running_gateway, scanner_device, write_config
 
 ROOT = "edge/site-test/gw-test"
 
@@ -65,7 +65,7 @@ async def test_ten_thousand_hostile_messages(
         await scanner.write_raw(b"".join(b"H%04d\r" % i for i in range(50)))
         assert await central.wait_for(50, timeout=10)
         async with asyncio.timeout(10):
-            while (await gw.buffer.stats()).devices["dock-1"].last_sent_seq < 50:
+            while (await device_figures(gw, "dock-1")).last_sent_seq < 50:
                 await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)  # the last acks commit
         with sqlite3.connect(db) as conn:
