@@ -209,7 +209,7 @@ class CentralLink(MqttLink):
         """
         try:
             async with asyncio.timeout(self._mqtt.publish_timeout):
-                while self.free_ids() <= 0 or self._id_limit() - self.free_ids() >= self.send_quota:
+                while (free := self.free_ids()) <= 0 or self._id_limit() - free >= self.send_quota:
                     if self.lost.is_set():
                         raise LinkError("not connected")
                     await self.ids_freed()
@@ -229,19 +229,19 @@ class CentralLink(MqttLink):
         ``[mqtt] timeout``, and without it the socket is dropped at once. What is not done by
         then is held, as before: sent again next time.
         """
-        if not self.lost.is_set() and self._client.is_connected:
+        connected = not self.lost.is_set() and self._client.is_connected
+        if connected:
             self._flush()
-            self._closing = True
-            if self._acks_written:
-                try:
-                    await self._acks_read()
-                except LinkError:
-                    if self.lost.is_set():
-                        # No UNSUBACK in time: the broker is not reading. A DISCONNECT would
-                        # wait behind what it has not read (confirms in flight) for a second
-                        # timeout: 2 x 10 s is systemd's whole TimeoutStopSec.
-                        self._abort_transport()
         self._closing = True
+        if connected and self._acks_written:
+            try:
+                await self._acks_read()
+            except LinkError:
+                if self.lost.is_set():
+                    # No UNSUBACK in time: the broker is not reading. A DISCONNECT would wait
+                    # behind what it has not read (confirms in flight) for a second timeout:
+                    # 2 x 10 s is systemd's whole TimeoutStopSec.
+                    self._abort_transport()
         await super().close()
 
     async def _acks_read(self) -> None:

@@ -108,7 +108,8 @@ def cmd_check_config(path: Path) -> int:
     so. With the unit installed, every file the daemon opens is also checked against the unit's
     user (gateway/service_access.py): one it cannot read is an error, as the daemon would fail.
     """
-    from gateway.service_access import check_service_access  # noqa: PLC0415
+    from gateway.config_lines import format_key_path  # noqa: PLC0415
+    from gateway.service_access import check_service_access, daemon_files  # noqa: PLC0415
     from gateway.settings import secret_source  # noqa: PLC0415
 
     settings = _load(path)
@@ -124,18 +125,10 @@ def cmd_check_config(path: Path) -> int:
     print(f"{path}: ok ({len(settings.devices)} devices)")
     if not settings.devices:
         print(f"{path}: warning: no [[devices]]: the gateway will read nothing", file=sys.stderr)
-    tls = settings.mqtt.tls
-    files = {
-        "mqtt.password_file": settings.mqtt.password_file,
-        "mqtt.tls.ca_file": tls.ca_file if tls else None,
-        "mqtt.tls.cert_file": tls.cert_file if tls else None,
-        "mqtt.tls.key_file": tls.key_file if tls else None,
-    }
-    for key, file in files.items():
-        if file is not None:
-            _, note = secret_source(file)
-            if note:
-                print(f"{key}: {note}: checked")
+    for key, file, _kind in daemon_files(settings):
+        _, note = secret_source(file)
+        if note:
+            print(f"{format_key_path(key)}: {note}: checked")
     for line in service.notes:
         print(line)
     return EXIT_OK

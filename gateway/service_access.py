@@ -258,7 +258,7 @@ class ServiceCheck:
     warnings: list[str] = field(default_factory=list)
 
 
-def _targets(settings: Settings) -> list[tuple[KeyPath, Path, Kind]]:
+def daemon_files(settings: Settings) -> list[tuple[KeyPath, Path, Kind]]:
     """Every file the daemon opens besides its config: (key, path, secret or not)."""
     targets: list[tuple[KeyPath, Path, Kind]] = []
     if settings.mqtt.password_file is not None:
@@ -349,7 +349,7 @@ def _account(unit: str, shown: str, result: ServiceCheck) -> ServiceAccount | No
 def check_service_access(settings: Settings, shown: str) -> ServiceCheck:
     """Whether the unit's user can read every file the daemon opens (``check-config``)."""
     result = ServiceCheck()
-    targets = _targets(settings)
+    targets = daemon_files(settings)
     units = {c[0] for _, p, _ in targets if (c := _credential_of(p)) is not None}
     account = _account(units.pop() if len(units) == 1 else UNIT, shown, result)
     if account is None:
