@@ -15,7 +15,8 @@ from central.config import load_central_settings
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
 from tests.integration.central.conftest import running_central, write_central_config
-from tests.support import device_figures, running_gateway, scanner_device, write_config
+from tests.integration.central.helpers import gateway_config
+from tests.support import device_figures, running_gateway
 
 from .conftest import knob
 
@@ -34,14 +35,7 @@ async def test_broker_sigkill_gaps_heal_by_replay(
     conn = await asyncpg.connect(pg_dsn)
     try:
         async with ScannerSimulator(tmp_path / "scanner0") as scanner:
-            config = write_config(
-                tmp_path / "gateway.toml",
-                mqtt_port=broker.port,
-                state_dir=tmp_path / "state",
-                devices=[scanner_device("dock-1", scanner.link, confirm="stored")],
-                gateway={"id": "gw-1", "site": "dc-1"},
-                mqtt={"checkpoint_interval": 0.3},
-            )
+            config = gateway_config(tmp_path, broker, scanner, confirm="stored")
             async with running_central(settings), running_gateway(config) as gw:
                 await scanner.wait_opened(timeout=10)
                 typed = 0

@@ -19,7 +19,8 @@ from buffer.schema import STATE_CONFIRMED
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
 from tests.integration.central.conftest import CentralProcess, write_central_config
-from tests.support import running_gateway, scanner_device, wait_until, write_config
+from tests.integration.central.helpers import gateway_config
+from tests.support import running_gateway, wait_until
 
 from .conftest import knob
 
@@ -52,14 +53,7 @@ async def test_kill9_one_of_two_instances_loses_nothing(
         for central in centrals:
             await wait_until(lambda c=central: c.logged("mqtt_connected"), timeout=30)
         async with ScannerSimulator(tmp_path / "scanner0") as scanner:
-            config = write_config(
-                tmp_path / "gateway.toml",
-                mqtt_port=broker.port,
-                state_dir=tmp_path / "state",
-                devices=[scanner_device("dock-1", scanner.link, confirm="accepted")],
-                gateway={"id": "gw-1", "site": "dc-1"},
-                mqtt={"checkpoint_interval": 0.3},
-            )
+            config = gateway_config(tmp_path, broker, scanner, confirm="accepted")
             async with running_gateway(config):
                 await scanner.wait_opened(timeout=10)
                 typed = 0

@@ -31,7 +31,8 @@ from simulators.broker import MosquittoBroker
 from simulators.postgres import PostgresServer
 from simulators.scanner import ScannerSimulator
 from tests.integration.central.conftest import CentralProcess, write_central_config
-from tests.support import device_figures, running_gateway, scanner_device, wait_until, write_config
+from tests.integration.central.helpers import gateway_config
+from tests.support import device_figures, running_gateway, wait_until
 
 from .conftest import ChaosReport, ChaosRow, Stopwatch
 
@@ -80,15 +81,8 @@ async def test_postgres_restart_and_kill9_pause_ingest_and_lose_nothing(
     try:
         await wait_until(lambda: central.logged("mqtt_connected"), timeout=30)
         async with ScannerSimulator(tmp_path / "scanner0") as scanner:
-            gateway_config = write_config(
-                tmp_path / "gateway.toml",
-                mqtt_port=broker.port,
-                state_dir=tmp_path / "state",
-                devices=[scanner_device("dock-1", scanner.link, confirm="accepted")],
-                gateway={"id": "gw-1", "site": "dc-1"},
-                mqtt={"checkpoint_interval": 0.3},
-            )
-            async with running_gateway(gateway_config) as gw:
+            gw_config = gateway_config(tmp_path, broker, scanner, confirm="accepted")
+            async with running_gateway(gw_config) as gw:
                 await scanner.wait_opened(timeout=10)
                 stop_typing = asyncio.Event()
                 typer = asyncio.create_task(_type(scanner, stop_typing, chaos_rng))

@@ -1,12 +1,16 @@
-"""Builders for central tests: CloudEvents as the gateway writes them."""
+"""Builders for central tests: CloudEvents as the gateway writes them, and that gateway's config."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from central.validate import Event, Validator
+from simulators.broker import MosquittoBroker
+from simulators.scanner import ScannerSimulator
+from tests.support import scanner_device, write_config
 
 SCAN = "warehouse.barcode.scanned.v1"
 
@@ -52,3 +56,18 @@ def events(*bodies: dict[str, Any]) -> list[Event]:
     out = [validator.check(topic_of(b), raw(b)) for b in bodies]
     assert all(isinstance(e, Event) for e in out), out
     return out  # type: ignore[return-value]
+
+
+def gateway_config(
+    tmp_path: Path, broker: MosquittoBroker, scanner: ScannerSimulator, *, confirm: str
+) -> Path:
+    """The gateway central's tests run: ``gw-1`` at site ``dc-1`` with one scanner, ``dock-1``,
+    confirmed at ``confirm``, a checkpoint every 0.3 s so parity and replay move quickly."""
+    return write_config(
+        tmp_path / "gateway.toml",
+        mqtt_port=broker.port,
+        state_dir=tmp_path / "state",
+        devices=[scanner_device("dock-1", scanner.link, confirm=confirm)],
+        gateway={"id": "gw-1", "site": "dc-1"},
+        mqtt={"checkpoint_interval": 0.3},
+    )

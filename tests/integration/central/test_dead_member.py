@@ -13,9 +13,10 @@ import pytest
 from central.config import load_central_settings
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
-from tests.support import running_gateway, scanner_device, write_config
+from tests.support import running_gateway
 
 from .conftest import running_central, write_central_config
+from .helpers import gateway_config
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +37,7 @@ async def test_share_stuck_in_a_dead_members_session_is_replayed(
     conn = await asyncpg.connect(pg_dsn)
     try:
         async with ScannerSimulator(tmp_path / "scanner0") as scanner:
-            config = write_config(
-                tmp_path / "gateway.toml",
-                mqtt_port=broker.port,
-                state_dir=tmp_path / "state",
-                devices=[scanner_device("dock-1", scanner.link, confirm="delivered")],
-                gateway={"id": "gw-1", "site": "dc-1"},
-                mqtt={"checkpoint_interval": 0.3},
-            )
+            config = gateway_config(tmp_path, broker, scanner, confirm="delivered")
             async with running_central(alive), running_gateway(config) as gw:
                 await scanner.wait_opened(timeout=10)
                 async with asyncio.timeout(10):

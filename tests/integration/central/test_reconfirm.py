@@ -22,9 +22,10 @@ from central.config import CentralSettings
 from gateway.commands import MAX_CONFIRMS
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
-from tests.support import running_gateway, scanner_device, wait_until, write_config
+from tests.support import running_gateway, wait_until
 
 from .conftest import running_central
+from .helpers import gateway_config
 
 SCANS = MAX_CONFIRMS + 100
 
@@ -43,14 +44,7 @@ async def test_more_unconfirmed_events_than_one_confirm_holds_are_all_reconfirme
 ) -> None:
     """600 scans reach the ledger while central sends no confirms (as if it died after each
     commit); a central that confirms then re-confirms all 600 from the checkpoint."""
-    config = write_config(
-        tmp_path / "gateway.toml",
-        mqtt_port=broker.port,
-        state_dir=tmp_path / "state",
-        devices=[scanner_device("dock-1", scanner.link, confirm="accepted")],
-        gateway={"id": "gw-1", "site": "dc-1"},
-        mqtt={"checkpoint_interval": 0.3},
-    )
+    config = gateway_config(tmp_path, broker, scanner, confirm="accepted")
     db = tmp_path / "state" / "buffer.db"
     silent = central_settings(confirm={"enabled": False}, replay={"enabled": False})
     conn = await asyncpg.connect(pg_dsn)

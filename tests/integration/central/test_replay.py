@@ -13,9 +13,10 @@ import asyncpg
 from central.config import load_central_settings
 from simulators.broker import MosquittoBroker
 from simulators.scanner import ScannerSimulator
-from tests.support import ROOT, device_figures, running_gateway, scanner_device, write_config
+from tests.support import ROOT, device_figures, running_gateway
 
 from .conftest import running_central, write_central_config
+from .helpers import gateway_config
 
 
 def parity(config: Path) -> tuple[int, dict]:
@@ -42,15 +43,8 @@ async def test_events_published_before_central_existed_are_replayed(
     conn = await asyncpg.connect(pg_dsn)
     try:
         async with ScannerSimulator(tmp_path / "scanner0") as scanner:
-            gateway_config = write_config(
-                tmp_path / "gateway.toml",
-                mqtt_port=broker.port,
-                state_dir=tmp_path / "state",
-                devices=[scanner_device("dock-1", scanner.link, confirm="delivered")],
-                gateway={"id": "gw-1", "site": "dc-1"},
-                mqtt={"checkpoint_interval": 0.3},
-            )
-            async with running_gateway(gateway_config) as gw:
+            gw_config = gateway_config(tmp_path, broker, scanner, confirm="delivered")
+            async with running_gateway(gw_config) as gw:
                 await scanner.wait_opened(timeout=10)
                 async with asyncio.timeout(10):
                     await gw.publisher.connected.wait()
