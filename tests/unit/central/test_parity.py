@@ -41,6 +41,14 @@ def test_close_gaps_are_asked_for_as_one_range() -> None:
     assert coalesce([(1, 1), (100, 100)], held=10) == [(1, 1), (100, 100)]
 
 
+def test_coalesce_joins_up_to_exactly_held_seqs_between() -> None:
+    """``held`` is the most seqs the ledger already holds that one request may ask for again:
+    two of them between the ranges join, three do not."""
+    assert coalesce([(1, 1), (4, 6)], held=2) == [(1, 6)]
+    assert coalesce([(1, 1), (5, 6)], held=2) == [(1, 1), (5, 6)]
+    assert coalesce([(10, 12), (13, 13)], held=0) == [(10, 13)]
+
+
 def test_intersect() -> None:
     """Range lists in both: what was missing then and is still missing now."""
     from central.parity import intersect  # noqa: PLC0415
@@ -80,3 +88,17 @@ def test_replay_asks_for_old_gaps_not_for_a_long_out_device() -> None:
     assert replayer.stale(source, [(100, 120)], 14.9) == []
     assert replayer.stale(source, [(105, 125)], 15.0) == [(105, 120)]
     assert replayer.stale(source, [(105, 125)], 20.0) == [(105, 125)]
+
+
+def test_as_json_is_every_field_in_a_copy() -> None:
+    """``parity --json`` writes each device's every field; ranges come out as lists, and the
+    dict is a copy (the caller may add to it without touching the row)."""
+    import dataclasses  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    row = device_parity("/s/g/d", "edge/s/g", "d", [(1, 3)], {"last_seq": 6, "last_sent_seq": 6})
+    out = row.as_json()
+    assert set(out) == {f.name for f in dataclasses.fields(row)}
+    assert json.loads(json.dumps(out))["missing"] == [[4, 6]]
+    out["extra"] = 1
+    assert not hasattr(row, "extra")
