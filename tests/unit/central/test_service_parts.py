@@ -184,3 +184,11 @@ def test_link_asks_for_the_configured_session() -> None:
     assert link._client._client_id == "a"
     assert link._client._clean_session is False
     assert link.unacknowledged == 0
+
+
+async def test_nothing_counts_as_published_without_a_link(central: Central) -> None:
+    """Before the first session (or between sessions) a replay request or reconfirm is not
+    sent, and says so: the replayer then asks again instead of waiting for an answer."""
+    assert await central._publish("edge/s1/gw1/cmd/replay", b"{}") is False
+    central._link = CentralLink(settings(mqtt={"timeout": 0.2}), lambda *_: None)  # no session
+    assert await central._publish("edge/s1/gw1/cmd/replay", b"{}") is False
