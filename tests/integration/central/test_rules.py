@@ -13,7 +13,7 @@ from central.validate import Event
 from .helpers import events, scan_event
 
 
-def with_data(event: Event, data: Any) -> Event:  # noqa: ANN401 - any JSON value
+def with_data(event: Event, data: Any) -> Event:
     """The event with ``data`` replaced in the body the rule reads."""
     return dataclasses.replace(event, body={**event.body, "data": data})
 
