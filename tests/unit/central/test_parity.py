@@ -102,3 +102,27 @@ def test_as_json_is_every_field_in_a_copy() -> None:
     assert json.loads(json.dumps(out))["missing"] == [[4, 6]]
     out["extra"] = 1
     assert not hasattr(row, "extra")
+
+
+def test_checkpoint_figures_are_read_only_when_sane() -> None:
+    """The checkpoint is the gateway's word, untrusted: a count is an int from 0 to 2**63 - 1
+    (0 shown as 0, not as unknown), a dropped range a pair of ints; anything else is ignored."""
+    figures = {
+        "last_seq": 2**63,
+        "last_sent_seq": -1,
+        "pending": 0,
+        "unconfirmed": 2**63 - 1,
+        "dropped_ranges": [[1, 2, 3], ["4", "5"], [6, 7], "89"],
+    }
+    row = device_parity("/s/g/d", "edge/s/g", "d", [(8, 9)], figures)
+    assert (row.gateway_last_seq, row.gateway_last_sent_seq) == (0, 0)
+    assert (row.gateway_pending, row.gateway_unconfirmed) == (0, 2**63 - 1)
+    assert row.dropped == [(6, 7)]
+    assert row.missing == [(1, 5)]
+    assert not row.draining
+
+
+def test_a_device_with_no_figures_and_nothing_held_is_in_parity() -> None:
+    """Known from the ledger only (no checkpoint yet), nothing held: nothing is missing."""
+    row = device_parity("/s/g/d", "edge/s/g", "d", [], {})
+    assert (row.missing, row.missing_count, row.in_parity) == ([], 0, True)
