@@ -12,6 +12,15 @@ def test_subtract_and_merge() -> None:
     assert subtract((1, 10), [(2, 3), (5, 5)]) == [(1, 1), (4, 4), (6, 10)]
     assert subtract((1, 10), [(1, 10)]) == []
     assert subtract((1, 10), [(0, 4)], [(8, 20)]) == [(5, 7)]
+
+
+def test_subtract_edges() -> None:
+    """Ranges wholly outside, nested in an earlier one, or leaving one seq at either end."""
+    assert subtract((1, 5), [(10, 12)]) == [(1, 5)]
+    assert subtract((1, 10), [(2, 8), (3, 4), (9, 9)]) == [(1, 1), (10, 10)]
+    assert subtract((1, 5), [(1, 4), (5, 5)]) == []
+    assert subtract((1, 5), [(1, 4)]) == [(5, 5)]
+    assert subtract((1, 5), [(2, 5)]) == [(1, 1)]
     assert merge_ranges([(5, 6), (1, 2), (3, 3), (9, 9)]) == [(1, 3), (5, 6), (9, 9)]
     assert merge_ranges([(5, 6), (1, 2), (3, 4)]) == [(1, 6)]
 
