@@ -335,3 +335,38 @@ async def test_a_gap_across_what_the_gateway_sent_is_asked_for_up_to_it(conn) ->
     r._next[SOURCE] = time.monotonic() - 0.001
     await r.round(conn)
     assert [(b["from_seq"], b["to_seq"]) for b in publish.on("/cmd/replay")][1:] == [(200, 200)]
+
+
+async def test_one_device_held_back_does_not_hold_back_the_next(conn) -> None:
+    """Devices are looked at in order; one that is too young, or asked too recently, is
+    skipped, and the devices after it in the same round are still asked."""
+    first, second = "/s1/gw1/a-dock", "/s1/gw1/b-dock"
+    await hold(conn, 1, 3, device="a-dock")
+    await hold(conn, 1, 3, device="b-dock")
+    await checkpoint(
+        conn,
+        **{
+            "a-dock": {"last_seq": 3, "last_sent_seq": 3},
+            "b-dock": {"last_seq": 3, "last_sent_seq": 3},
+        },
+    )
+    publish = Published()
+    r = replayer(publish)
+    await r.round(conn)  # both out of parity from now
+    await conn.execute(
+        "UPDATE devices SET out_since = clock_timestamp() - interval '60 seconds'"
+        " WHERE source = $1",
+        second,
+    )
+    seen_long_ago(r, first)
+    seen_long_ago(r, second)
+    await r.round(conn)  # the first is still young
+    assert [body["device"] for body in publish.on("/cmd/replay")] == ["b-dock"]
+
+    await out_for(conn, 60)  # both old now; the first was asked a moment ago elsewhere
+    r._next[first] = time.monotonic() + 100
+    r._next[second] = time.monotonic() - 1
+    seen_long_ago(r, first)
+    seen_long_ago(r, second)
+    await r.round(conn)
+    assert [body["device"] for body in publish.on("/cmd/replay")] == ["b-dock", "b-dock"]

@@ -135,3 +135,14 @@ def test_a_device_with_no_figures_and_nothing_held_is_in_parity() -> None:
     """Known from the ledger only (no checkpoint yet), nothing held: nothing is missing."""
     row = device_parity("/s/g/d", "edge/s/g", "d", [], {})
     assert (row.missing, row.missing_count, row.in_parity) == ([], 0, True)
+
+
+def test_a_checkpoint_whose_devices_are_not_an_object_lists_none() -> None:
+    """``devices`` as a list (or anything but an object) is ignored, not a crashed round; a
+    device whose figures are not an object is skipped alone."""
+    from central.parity import expected_devices  # noqa: PLC0415
+
+    assert expected_devices({"edge/s/g": {"devices": [["dock", {"last_seq": 1}]]}}) == {}
+    assert expected_devices({"edge/s/g": {"devices": {"a": 1, "b": {"last_seq": 2}}}}) == {
+        "/s/g/b": ("edge/s/g", "b", {"last_seq": 2}, False)
+    }
