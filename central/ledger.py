@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -29,11 +30,25 @@ from gateway.commands import MAX_CONFIRMS, MAX_PAYLOAD, MAX_REASON
 log = structlog.get_logger("central.ledger")
 
 _INSERT = """
-INSERT INTO events (source, id, seq, type, time, historical, data, status, reason)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[],
-                     $6::boolean[], $7::jsonb[], $8::text[], $9::text[])
-ON CONFLICT DO NOTHING
-RETURNING source, id, seq
+WITH n AS (
+    SELECT * FROM json_to_recordset($1::json) AS n(n integer, source text, id text, seq bigint,
+        type text, time timestamptz, historical boolean, data jsonb, status text, reason text)
+), inserted AS (
+    INSERT INTO events (source, id, seq, type, time, historical, data, status, reason)
+    SELECT source, id, seq, type, time, historical, data, status, reason FROM n
+    ON CONFLICT DO NOTHING
+    RETURNING source, id
+)
+SELECT n.n FROM n LEFT JOIN inserted i ON i.source = n.source AND i.id = n.id WHERE i.id IS NULL
+"""
+"""The batch's events in one JSON parameter; answers the index of each event not inserted.
+
+One JSON text instead of nine arrays: asyncpg checks every array element against three
+``collections.abc`` classes (whether it is a nested array) and encodes it on its own, ~4 µs
+an event for the nine columns, where orjson writes the whole batch in ~0.5 µs an event (the
+event's ``data`` is already JSON text and goes in unchanged); PostgreSQL parses it on its own
+core. Answering only the events not inserted (usually none) instead of ``RETURNING`` every
+row spares decoding a thousand records a batch.
 """
 _HELD = """
 SELECT n.source, n.id, e.status, e.reason, s.id AS held_id
@@ -135,23 +150,11 @@ async def _write_events(
         sources,
     )
     reasons = await rule.verdicts(conn, events)
-    rows = await conn.fetch(
-        _INSERT,
-        [e.source for e in events],
-        [e.id for e in events],
-        [e.seq for e in events],
-        [e.type for e in events],
-        [e.time for e in events],
-        [e.historical for e in events],
-        [e.data for e in events],
-        ["accepted" if r is None else "rejected" for r in reasons],
-        reasons,
-    )
-    inserted = {(r["source"], r["id"]) for r in rows}
-    outcome.stored = len(inserted)
-    rest = [e for e in events if (e.source, e.id) not in inserted]
+    missing = {row["n"] for row in await conn.fetch(_INSERT, _events_json(events, reasons))}
+    outcome.stored = len(events) - len(missing)
     held: dict[tuple[str, str], Any] = {}
-    if rest:
+    if missing:
+        rest = [events[n] for n in sorted(missing)]
         for row in await conn.fetch(
             _HELD, [e.source for e in rest], [e.id for e in rest], [e.seq for e in rest]
         ):
@@ -159,20 +162,19 @@ async def _write_events(
     per_device: dict[str, dict[str, Any]] = {}
     new_spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
     conflicts: list[tuple[Event, str | None]] = []
-    for event, reason in zip(events, reasons, strict=True):
+    for n, (event, reason) in enumerate(zip(events, reasons, strict=True)):
         stats = per_device.setdefault(
             event.source,
             {"root": event.root, "device": event.device, "held": 0, "dup": twice[event.source]},
         )
         stats.setdefault("cf", 0)
-        key = (event.source, event.id)
-        if key in inserted:
+        if n not in missing:
             stats["held"] += 1
             new_spans[event.source].append((event.seq, event.seq))
             status = "accepted" if reason is None else "rejected"
             verdict = confirm_verdict(event.id, status, reason)
         else:
-            row = held.get(key)
+            row = held.get((event.source, event.id))
             if row is None or row["status"] is None:
                 conflicts.append((event, None if row is None else row["held_id"]))
                 continue
@@ -195,6 +197,44 @@ async def _write_events(
             for src, s in sorted(per_device.items())
         ],
     )
+
+
+def _events_json(events: Sequence[Event], reasons: Sequence[str | None]) -> str:
+    """The rows of :data:`_INSERT`: a JSON list of objects, ``n`` the event's index.
+
+    ``data`` is the event's JSON text as it is (an ``orjson.Fragment``); ``time`` the parsed
+    time, which orjson writes in RFC 3339 with its microseconds and offset, so PostgreSQL reads
+    the instant Python read. What orjson refuses (a lone surrogate, which only the standard
+    parser lets through) is written by the standard encoder, and PostgreSQL refuses it as a data
+    error, as it refused such text before: ``Central._write`` then quarantines that event alone.
+    """
+    try:
+        return orjson.dumps(_event_rows(events, reasons, lambda t: t, orjson.Fragment)).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(_event_rows(events, reasons, datetime.isoformat, json.loads))
+
+
+def _event_rows(
+    events: Sequence[Event],
+    reasons: Sequence[str | None],
+    time: Callable[[datetime], object],
+    data: Callable[[str], object],
+) -> list[dict[str, object]]:
+    return [
+        {
+            "n": n,
+            "source": e.source,
+            "id": e.id,
+            "seq": e.seq,
+            "type": e.type,
+            "time": time(e.time),
+            "historical": e.historical,
+            "data": None if e.data is None else data(e.data),
+            "status": "accepted" if reason is None else "rejected",
+            "reason": reason,
+        }
+        for n, (e, reason) in enumerate(zip(events, reasons, strict=True))
+    ]
 
 
 def confirm_verdict(event_id: str, status: str, reason: str | None) -> dict[str, Any]:
