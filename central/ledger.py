@@ -50,6 +50,26 @@ event's ``data`` is already JSON text and goes in unchanged); PostgreSQL parses 
 core. Answering only the events not inserted (usually none) instead of ``RETURNING`` every
 row spares decoding a thousand records a batch.
 """
+_BOOKS = """
+WITH devices_added AS (
+    INSERT INTO devices (source, root, device, held, duplicates, conflicts)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::bigint[])
+    ON CONFLICT (source) DO UPDATE SET
+        held = devices.held + excluded.held,
+        duplicates = devices.duplicates + excluded.duplicates,
+        conflicts = devices.conflicts + excluded.conflicts
+), counted AS (
+    INSERT INTO counters (name, value) SELECT * FROM unnest($7::text[], $8::bigint[])
+    ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value
+)
+SELECT pg_notify($9, $10) WHERE $10 <> '0'
+"""
+"""A batch's books in one round trip: per-device figures, counters, and the NOTIFY when it
+stored anything. PostgreSQL runs a data-modifying WITH to completion whether or not the query
+reads it. Each statement of a batch is a round trip on the latency path of ``accepted``
+(0.2-0.4 ms each at the median on this box, 3-4 ms at p99 under load); these were three.
+"""
 _HELD = """
 SELECT n.source, n.id, e.status, e.reason, s.id AS held_id
 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS n(source, id, seq)
@@ -116,8 +136,9 @@ async def write_batch(conn: Any, items: Sequence[Item], rule: Rule) -> BatchOutc
             events.append(item)
     events.sort(key=lambda e: (e.source, e.seq))
     async with conn.transaction():
+        devices: list[tuple[str, str, str, int, int, int]] = []
         if events:
-            await _write_events(conn, events, rule, outcome, twice)
+            devices = await _write_events(conn, events, rule, outcome, twice)
         await _write_rest(conn, items, outcome)
         counts = {
             "stored": outcome.stored,
@@ -126,13 +147,18 @@ async def write_batch(conn: Any, items: Sequence[Item], rule: Rule) -> BatchOutc
             "quarantined": outcome.quarantined,
         }
         await conn.execute(
-            "INSERT INTO counters (name, value) SELECT * FROM unnest($1::text[], $2::bigint[])"
-            " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+            _BOOKS,
+            [d[0] for d in devices],
+            [d[1] for d in devices],
+            [d[2] for d in devices],
+            [d[3] for d in devices],
+            [d[4] for d in devices],
+            [d[5] for d in devices],
             list(counts),
             list(counts.values()),
+            NOTIFY_CHANNEL,
+            str(outcome.stored),
         )
-        if outcome.stored:
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(outcome.stored))
     return outcome
 
 
@@ -142,7 +168,8 @@ async def _write_events(
     rule: Rule,
     outcome: BatchOutcome,
     twice: Counter[str],
-) -> None:
+) -> list[tuple[str, str, str, int, int, int]]:
+    """Insert the events; returns the per-device figures for :data:`_BOOKS`."""
     sources = sorted({e.source for e in events})
     await conn.execute(
         "SELECT count(pg_advisory_xact_lock(hashtextextended(s, 0)))"
@@ -186,17 +213,10 @@ async def _write_events(
         for source in await _write_conflicts(conn, conflicts, outcome):
             per_device[source]["cf"] += 1
     await _merge_seq_ranges(conn, new_spans)
-    await conn.executemany(
-        "INSERT INTO devices (source, root, device, held, duplicates, conflicts)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source) DO UPDATE SET"
-        " held = devices.held + excluded.held,"
-        " duplicates = devices.duplicates + excluded.duplicates,"
-        " conflicts = devices.conflicts + excluded.conflicts",
-        [
-            (src, s["root"], s["device"], s["held"], s["dup"], s["cf"])
-            for src, s in sorted(per_device.items())
-        ],
-    )
+    return [
+        (src, s["root"], s["device"], s["held"], s["dup"], s["cf"])
+        for src, s in sorted(per_device.items())
+    ]
 
 
 def _events_json(events: Sequence[Event], reasons: Sequence[str | None]) -> str:
