@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+import orjson
 import structlog
 
 from central.rules import Rule
@@ -28,11 +30,45 @@ from gateway.commands import MAX_CONFIRMS, MAX_PAYLOAD, MAX_REASON
 log = structlog.get_logger("central.ledger")
 
 _INSERT = """
-INSERT INTO events (source, id, seq, type, time, historical, data, status, reason)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[],
-                     $6::boolean[], $7::jsonb[], $8::text[], $9::text[])
-ON CONFLICT DO NOTHING
-RETURNING source, id, seq
+WITH n AS (
+    SELECT * FROM json_to_recordset($1::json) AS n(n integer, source text, id text, seq bigint,
+        type text, time timestamptz, historical boolean, data jsonb, status text, reason text)
+), inserted AS (
+    INSERT INTO events (source, id, seq, type, time, historical, data, status, reason)
+    SELECT source, id, seq, type, time, historical, data, status, reason FROM n
+    ON CONFLICT DO NOTHING
+    RETURNING source, id
+)
+SELECT n.n FROM n LEFT JOIN inserted i ON i.source = n.source AND i.id = n.id WHERE i.id IS NULL
+"""
+"""The batch's events in one JSON parameter; answers the index of each event not inserted.
+
+One JSON text instead of nine arrays: asyncpg checks every array element against three
+``collections.abc`` classes (whether it is a nested array) and encodes it on its own, ~4 µs
+an event for the nine columns, where orjson writes the whole batch in ~0.5 µs an event (the
+event's ``data`` is already JSON text and goes in unchanged); PostgreSQL parses it on its own
+core. Answering only the events not inserted (usually none) instead of ``RETURNING`` every
+row spares decoding a thousand records a batch.
+"""
+_BOOKS = """
+WITH devices_added AS (
+    INSERT INTO devices (source, root, device, held, duplicates, conflicts)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::bigint[])
+    ON CONFLICT (source) DO UPDATE SET
+        held = devices.held + excluded.held,
+        duplicates = devices.duplicates + excluded.duplicates,
+        conflicts = devices.conflicts + excluded.conflicts
+), counted AS (
+    INSERT INTO counters (name, value) SELECT * FROM unnest($7::text[], $8::bigint[])
+    ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value
+)
+SELECT pg_notify($9, $10) WHERE $10 <> '0'
+"""
+"""A batch's books in one round trip: per-device figures, counters, and the NOTIFY when it
+stored anything. PostgreSQL runs a data-modifying WITH to completion whether or not the query
+reads it. Each statement of a batch is a round trip on the latency path of ``accepted``
+(0.2-0.4 ms each at the median on this box, 3-4 ms at p99 under load); these were three.
 """
 _HELD = """
 SELECT n.source, n.id, e.status, e.reason, s.id AS held_id
@@ -100,8 +136,9 @@ async def write_batch(conn: Any, items: Sequence[Item], rule: Rule) -> BatchOutc
             events.append(item)
     events.sort(key=lambda e: (e.source, e.seq))
     async with conn.transaction():
+        devices: list[tuple[str, str, str, int, int, int]] = []
         if events:
-            await _write_events(conn, events, rule, outcome, twice)
+            devices = await _write_events(conn, events, rule, outcome, twice)
         await _write_rest(conn, items, outcome)
         counts = {
             "stored": outcome.stored,
@@ -110,13 +147,18 @@ async def write_batch(conn: Any, items: Sequence[Item], rule: Rule) -> BatchOutc
             "quarantined": outcome.quarantined,
         }
         await conn.execute(
-            "INSERT INTO counters (name, value) SELECT * FROM unnest($1::text[], $2::bigint[])"
-            " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+            _BOOKS,
+            [d[0] for d in devices],
+            [d[1] for d in devices],
+            [d[2] for d in devices],
+            [d[3] for d in devices],
+            [d[4] for d in devices],
+            [d[5] for d in devices],
             list(counts),
             list(counts.values()),
+            NOTIFY_CHANNEL,
+            str(outcome.stored),
         )
-        if outcome.stored:
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(outcome.stored))
     return outcome
 
 
@@ -126,7 +168,8 @@ async def _write_events(
     rule: Rule,
     outcome: BatchOutcome,
     twice: Counter[str],
-) -> None:
+) -> list[tuple[str, str, str, int, int, int]]:
+    """Insert the events; returns the per-device figures for :data:`_BOOKS`."""
     sources = sorted({e.source for e in events})
     await conn.execute(
         "SELECT count(pg_advisory_xact_lock(hashtextextended(s, 0)))"
@@ -134,23 +177,11 @@ async def _write_events(
         sources,
     )
     reasons = await rule.verdicts(conn, events)
-    rows = await conn.fetch(
-        _INSERT,
-        [e.source for e in events],
-        [e.id for e in events],
-        [e.seq for e in events],
-        [e.type for e in events],
-        [e.time for e in events],
-        [e.historical for e in events],
-        [e.data for e in events],
-        ["accepted" if r is None else "rejected" for r in reasons],
-        reasons,
-    )
-    inserted = {(r["source"], r["id"]) for r in rows}
-    outcome.stored = len(inserted)
-    rest = [e for e in events if (e.source, e.id) not in inserted]
+    missing = {row["n"] for row in await conn.fetch(_INSERT, _events_json(events, reasons))}
+    outcome.stored = len(events) - len(missing)
     held: dict[tuple[str, str], Any] = {}
-    if rest:
+    if missing:
+        rest = [events[n] for n in sorted(missing)]
         for row in await conn.fetch(
             _HELD, [e.source for e in rest], [e.id for e in rest], [e.seq for e in rest]
         ):
@@ -158,20 +189,19 @@ async def _write_events(
     per_device: dict[str, dict[str, Any]] = {}
     new_spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
     conflicts: list[tuple[Event, str | None]] = []
-    for event, reason in zip(events, reasons, strict=True):
+    for n, (event, reason) in enumerate(zip(events, reasons, strict=True)):
         stats = per_device.setdefault(
             event.source,
             {"root": event.root, "device": event.device, "held": 0, "dup": twice[event.source]},
         )
         stats.setdefault("cf", 0)
-        key = (event.source, event.id)
-        if key in inserted:
+        if n not in missing:
             stats["held"] += 1
             new_spans[event.source].append((event.seq, event.seq))
             status = "accepted" if reason is None else "rejected"
             verdict = confirm_verdict(event.id, status, reason)
         else:
-            row = held.get(key)
+            row = held.get((event.source, event.id))
             if row is None or row["status"] is None:
                 conflicts.append((event, None if row is None else row["held_id"]))
                 continue
@@ -183,17 +213,48 @@ async def _write_events(
         for source in await _write_conflicts(conn, conflicts, outcome):
             per_device[source]["cf"] += 1
     await _merge_seq_ranges(conn, new_spans)
-    await conn.executemany(
-        "INSERT INTO devices (source, root, device, held, duplicates, conflicts)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source) DO UPDATE SET"
-        " held = devices.held + excluded.held,"
-        " duplicates = devices.duplicates + excluded.duplicates,"
-        " conflicts = devices.conflicts + excluded.conflicts",
-        [
-            (src, s["root"], s["device"], s["held"], s["dup"], s["cf"])
-            for src, s in sorted(per_device.items())
-        ],
-    )
+    return [
+        (src, s["root"], s["device"], s["held"], s["dup"], s["cf"])
+        for src, s in sorted(per_device.items())
+    ]
+
+
+def _events_json(events: Sequence[Event], reasons: Sequence[str | None]) -> str:
+    """The rows of :data:`_INSERT`: a JSON list of objects, ``n`` the event's index.
+
+    ``data`` is the event's JSON text as it is (an ``orjson.Fragment``); ``time`` the parsed
+    time, which orjson writes in RFC 3339 with its microseconds and offset, so PostgreSQL reads
+    the instant Python read. What orjson refuses (a lone surrogate, which only the standard
+    parser lets through) is written by the standard encoder, and PostgreSQL refuses it as a data
+    error, as it refused such text before: ``Central._write`` then quarantines that event alone.
+    """
+    try:
+        return orjson.dumps(_event_rows(events, reasons, lambda t: t, orjson.Fragment)).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(_event_rows(events, reasons, datetime.isoformat, json.loads))
+
+
+def _event_rows(
+    events: Sequence[Event],
+    reasons: Sequence[str | None],
+    time: Callable[[datetime], object],
+    data: Callable[[str], object],
+) -> list[dict[str, object]]:
+    return [
+        {
+            "n": n,
+            "source": e.source,
+            "id": e.id,
+            "seq": e.seq,
+            "type": e.type,
+            "time": time(e.time),
+            "historical": e.historical,
+            "data": None if e.data is None else data(e.data),
+            "status": "accepted" if reason is None else "rejected",
+            "reason": reason,
+        }
+        for n, (e, reason) in enumerate(zip(events, reasons, strict=True))
+    ]
 
 
 def confirm_verdict(event_id: str, status: str, reason: str | None) -> dict[str, Any]:
@@ -214,20 +275,29 @@ def confirm_payloads(
     A gateway takes at most ``MAX_CONFIRMS`` verdicts in at most ``MAX_PAYLOAD`` bytes a
     message and refuses a larger one whole (its broker does not even deliver one over its
     Maximum Packet Size): 500 verdicts with 200-character reasons are ~130 KB, and the leader's
-    re-confirms were up to 1,000 in one message (issue 18, finding 4). Each payload is what
-    ``json.dumps(chunk)`` writes, each verdict encoded once.
+    re-confirms were up to 1,000 in one message (issue 18, finding 4). Each verdict is encoded
+    once, by orjson (compact UTF-8; ``json.dumps`` took ~4.5 µs a verdict, a tenth of the
+    ingest's CPU per event), and the list is joined from the pieces.
     """
     pieces: list[bytes] = []
     size = 2  # the brackets
     for verdict in verdicts:
-        piece = json.dumps(verdict).encode()
-        if pieces and (len(pieces) >= most or size + 2 + len(piece) > max_bytes):
-            yield b"[" + b", ".join(pieces) + b"]", len(pieces)
+        piece = _verdict_json(verdict)
+        if pieces and (len(pieces) >= most or size + 1 + len(piece) > max_bytes):
+            yield b"[" + b",".join(pieces) + b"]", len(pieces)
             pieces, size = [], 2
-        size += len(piece) + (2 if pieces else 0)
+        size += len(piece) + (1 if pieces else 0)
         pieces.append(piece)
     if pieces:
-        yield b"[" + b", ".join(pieces) + b"]", len(pieces)
+        yield b"[" + b",".join(pieces) + b"]", len(pieces)
+
+
+def _verdict_json(verdict: dict[str, Any]) -> bytes:
+    """One verdict as JSON; the standard encoder for what orjson refuses (a lone surrogate)."""
+    try:
+        return orjson.dumps(verdict)
+    except orjson.JSONEncodeError:
+        return json.dumps(verdict).encode()
 
 
 async def _write_conflicts(

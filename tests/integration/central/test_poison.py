@@ -2,7 +2,7 @@
 
 Each of these passed validation and then failed every retry of its batch, so nothing was
 acknowledged again and one gateway's bad event stopped the group: a NUL character (in data, in
-the id, as a key), a JSON ``NaN``, a lone surrogate, a checkpoint with a NUL.
+the id, as a key), a JSON ``NaN``, a lone surrogate (in data, in the id), a checkpoint with a NUL.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ async def test_what_postgresql_refuses_is_quarantined_and_the_rest_commits(
         (topic_of(good[0]), raw(scan_event(4, type="x.custom.v1", data={NUL: 1}))),
         (topic_of(good[0]), raw(scan_event(5, type="x.custom.v1", data={"x": float("nan")}))),
         (topic_of(good[0]), raw(scan_event(6, code="lone \ud800 surrogate"))),
+        (topic_of(good[0]), raw(scan_event(7, event_id="id-\udc00"))),  # outside data, too
         ("edge/s1/gw1/checkpoint", json.dumps({"devices": {f"d{NUL}": {}}}).encode()),
     ]
     async with (

@@ -190,3 +190,23 @@ async def test_publish_goes_through_the_link_while_connected(broker, central_set
                 async for message in client.messages:
                     assert message.payload == b'{"x": 1}'
                     break
+
+
+async def test_the_pool_hands_a_connection_back_without_a_reset_round_trip(central_settings):
+    """The writer's pool skips asyncpg's reset query (a round trip per batch on the accepted
+    path), and still rolls back a transaction left open."""
+    pool = await Central(central_settings()).open_database()
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SET application_name = 'kept'")
+            pid = conn.get_server_pid()
+            left_open = conn.transaction()
+            await left_open.start()
+            await conn.execute("CREATE TEMP TABLE t_left_open (x int)")
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == pid, "the same connection, for the check below"
+            assert await conn.fetchval("SHOW application_name") == "kept", "no RESET ALL sent"
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.t_left_open')") is None
+    finally:
+        await pool.close()

@@ -6,6 +6,7 @@ Written for the survivors of a mutation run (docs/testing.md).
 
 from __future__ import annotations
 
+import gc
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,11 +16,13 @@ import pytest
 from central.config import CentralSettings
 from central.ledger import Checkpoint, ReplayResult
 from central.service import (
+    GC_THRESHOLDS,
     MAX_CONTROL_PAYLOAD,
     Central,
     CentralLink,
     _as_message,
     _printable,
+    fewer_collections,
     link_section,
 )
 from central.validate import Event, Quarantined
@@ -192,3 +195,14 @@ async def test_nothing_counts_as_published_without_a_link(central: Central) -> N
     assert await central._publish("edge/s1/gw1/cmd/replay", b"{}") is False
     central._link = CentralLink(settings(mqtt={"timeout": 0.2}), lambda *_: None)  # no session
     assert await central._publish("edge/s1/gw1/cmd/replay", b"{}") is False
+
+
+def test_collections_are_fewer_while_an_instance_runs_and_as_before_after_the_last() -> None:
+    before = gc.get_threshold()
+    assert before != GC_THRESHOLDS
+    with fewer_collections():
+        assert gc.get_threshold() == GC_THRESHOLDS
+        with fewer_collections():  # a second instance in the same process
+            assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_threshold() == GC_THRESHOLDS, "the first instance still runs"
+    assert gc.get_threshold() == before
