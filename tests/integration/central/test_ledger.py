@@ -80,3 +80,21 @@ async def test_checkpoint_and_quarantine_commit_with_the_batch(conn) -> None:
     assert (
         await conn.fetchval("SELECT body->'devices'->'dock'->>'last_seq' FROM checkpoints") == "3"
     )
+
+
+async def test_instances_starting_together_migrate_once(pg_dsn) -> None:
+    """Several instances starting at once on an empty database: one applies each migration,
+    the others wait for it (the advisory lock) and find it done; none fails."""
+    import asyncio  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    conns = [await asyncpg.connect(pg_dsn) for _ in range(4)]
+    try:
+        versions = await asyncio.gather(*(migrate(c) for c in conns))
+        assert versions == [len(MIGRATIONS)] * 4
+        rows = await conns[0].fetch("SELECT version FROM schema_version ORDER BY version")
+        assert [r["version"] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        for c in conns:
+            await c.close()
