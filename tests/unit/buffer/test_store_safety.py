@@ -78,6 +78,28 @@ async def test_every_append_commits_with_fsync_even_between_lazy_writes(buf: Buf
     assert set(modes) == {"FULL"}, modes
 
 
+async def test_an_append_that_makes_room_commits_with_fsync(tmp_path: Path) -> None:
+    """At the cap, the append evicts sent events and inserts in one transaction (the other
+    commit path): it must be as durable as any append, after lazy claims and PUBACKs."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=2_000)
+    try:
+        for n in range(10):
+            await b.append(make_event("a", n, size=100))
+        await b.mark_sent(await b.claim(10))
+        statements: list[str] = []
+        await b._db.read(lambda conn: conn.set_trace_callback(statements.append))
+        for n in range(10, 16):
+            await b.append(make_event("a", n, size=100))
+            await b.mark_sent(await b.claim(10))
+        await b._db.read(lambda conn: conn.set_trace_callback(None))
+        assert b.transitions["evicted_sent"] > 0, "the cap was never reached"
+        modes = modes_at_event_commits(statements)
+        assert len(modes) == 6, statements[:20]
+        assert set(modes) == {"FULL"}, modes
+    finally:
+        await b.close()
+
+
 async def test_settle_is_one_round_trip_per_batch(buf: Buffer) -> None:
     """Defect 6: 5,000 verdicts (a few known, the rest unknown ids from anyone allowed to
     publish) cost one round trip to the SQLite thread, not one or two per id; the result still
