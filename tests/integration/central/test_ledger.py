@@ -91,7 +91,8 @@ async def test_instances_starting_together_migrate_once(pg_dsn) -> None:
 
     conns = [await asyncpg.connect(pg_dsn) for _ in range(4)]
     try:
-        versions = await asyncio.gather(*(migrate(c) for c in conns))
+        async with asyncio.timeout(30):  # a lock never released would hold the rest for ever
+            versions = await asyncio.gather(*(migrate(c) for c in conns))
         assert versions == [len(MIGRATIONS)] * 4
         rows = await conns[0].fetch("SELECT version FROM schema_version ORDER BY version")
         assert [r["version"] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
