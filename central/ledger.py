@@ -16,7 +16,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -223,15 +223,24 @@ def _events_json(events: Sequence[Event], reasons: Sequence[str | None]) -> str:
     """The rows of :data:`_INSERT`: a JSON list of objects, ``n`` the event's index.
 
     ``data`` is the event's JSON text as it is (an ``orjson.Fragment``); ``time`` the parsed
-    time, which orjson writes in RFC 3339 with its microseconds and offset, so PostgreSQL reads
-    the instant Python read. What orjson refuses (a lone surrogate, which only the standard
-    parser lets through) is written by the standard encoder, and PostgreSQL refuses it as a data
-    error, as it refused such text before: ``Central._write`` then quarantines that event alone.
+    time in UTC, which orjson writes in RFC 3339 with its microseconds, so PostgreSQL reads the
+    instant Python read. In UTC because PostgreSQL refuses an offset past 15:59, which RFC 3339
+    and the validator allow (up to 23:59): sent with its own offset, such a valid event was
+    quarantined, where asyncpg, before, sent the instant. The validator refuses a time whose
+    instant is outside Python's years, so the conversion cannot raise here. What orjson refuses
+    (a lone surrogate, which only the standard parser lets through) is written by the standard
+    encoder, and PostgreSQL refuses it as a data error, as it refused such text before:
+    ``Central._write`` then quarantines that event alone.
     """
     try:
-        return orjson.dumps(_event_rows(events, reasons, lambda t: t, orjson.Fragment)).decode()
+        return orjson.dumps(_event_rows(events, reasons, _utc, orjson.Fragment)).decode()
     except orjson.JSONEncodeError:
-        return json.dumps(_event_rows(events, reasons, datetime.isoformat, json.loads))
+        return json.dumps(_event_rows(events, reasons, lambda t: _utc(t).isoformat(), json.loads))
+
+
+def _utc(time: datetime) -> datetime:
+    """The same instant with offset zero, which PostgreSQL always reads."""
+    return time.astimezone(UTC)
 
 
 def _event_rows(

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -185,16 +185,30 @@ class Validator:
         seq = body.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
             return "seq missing or not a positive integer"
-        time = body.get("time")
-        if not isinstance(time, str) or not _TIME.match(time):
-            return "time missing or not RFC 3339"
-        try:
-            datetime.fromisoformat(time)
-        except ValueError:
-            return "time is not a valid date"
+        problem = _time_problem(body.get("time"))
+        if problem is not None:
+            return problem
         validator = self._schemas.get(body["type"])
         if validator is not None and not validator.is_valid(body):
             error = next(iter(validator.iter_errors(body)))
             path = "/".join(str(p) for p in error.instance_path)
             return f"schema {body['type']}: {path}: {error.message[:300]}"
         return None
+
+
+def _time_problem(time: object) -> str | None:
+    """Why ``time`` is refused: not RFC 3339, not a date, or an instant outside Python's years.
+
+    The ledger stores the instant (UTC, central/ledger.py ``_events_json``): converting year 1
+    east of UTC or 9999 west of it raises OverflowError, which in the writer would fail the
+    batch every retry instead of quarantining the event (asyncpg refused these as data before).
+    """
+    if not isinstance(time, str) or not _TIME.match(time):
+        return "time missing or not RFC 3339"
+    try:
+        datetime.fromisoformat(time).astimezone(UTC)
+    except ValueError:
+        return "time is not a valid date"
+    except OverflowError:
+        return "time is outside years 1-9999 in UTC"
+    return None
