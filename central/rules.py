@@ -18,7 +18,13 @@ SCAN = "warehouse.barcode.scanned.v1"
 
 
 class Rule(Protocol):
-    """Returns, per event, why it is rejected, or None to accept it."""
+    """Returns, per event, why it is rejected, or None to accept it.
+
+    ``conn`` is the writer's own connection, inside the batch's transaction: read with it, and
+    leave no session state behind (no ``SET`` outside ``SET LOCAL``, no ``LISTEN``, no
+    session-level advisory lock). The pool hands the connection back without a reset (a round
+    trip per batch saved), so such state would carry over to every later batch.
+    """
 
     async def verdicts(self, conn: Any, events: Sequence[Event]) -> list[str | None]:  # noqa: ANN401
         """One entry per event, in order."""
