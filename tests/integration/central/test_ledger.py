@@ -99,3 +99,20 @@ async def test_instances_starting_together_migrate_once(pg_dsn) -> None:
     finally:
         for c in conns:
             await c.close()
+
+
+class ShortRule:
+    """A broken pluggable rule: one verdict short."""
+
+    async def verdicts(self, conn, events) -> list[str | None]:
+        return [None] * (len(events) - 1)
+
+
+async def test_a_rule_with_too_few_verdicts_fails_the_batch_rather_than_drop_events(conn) -> None:
+    """Every event of the batch is stored or none is: the batch fails (and is tried again,
+    unacknowledged), no event is left out because its verdict is missing."""
+    import pytest  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="zip"):
+        await write_batch(conn, events(scan_event(1), scan_event(2)), ShortRule())
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
