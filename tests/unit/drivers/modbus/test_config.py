@@ -14,7 +14,7 @@ from drivers import registry
 from drivers.base import Outcome
 from drivers.modbus.client import LinkDown, ModbusLink
 from drivers.modbus.config import RTU_LIBRARY_MISSING, ModbusConfig
-from tests.support import ROOT, cli
+from tests.support import ROOT, cli, run_python
 
 SAMPLE = Path(__file__).resolve().parents[4] / "drivers" / "modbus" / "sample.toml"
 BASE = {"id": "conveyor-a", "driver": "modbus", "host": "10.0.0.1"}
@@ -214,14 +214,7 @@ def test_check_config_without_pymodbus_names_the_rtu_device(tmp_path):
         f"sys.argv = ['edge-gateway', 'check-config', '--config', {str(config)!r}]; "
         "runpy.run_module('gateway', run_name='__main__')"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-    )
+    result = run_python(code)
     assert result.returncode == 2, result.stdout + result.stderr
     expected = f'{config}:12: devices[0] (id "conveyor-a").serial_port: {RTU_LIBRARY_MISSING}'
     assert expected in result.stderr.splitlines(), result.stderr
