@@ -65,9 +65,10 @@ class Pipeline:
                 )
 
             new = NewEvent(event_id, device.id, stamp, event.type, event.droppable, render)
-            # A task of its own, shielded: a driver cancelled here (reload, stop) must not leave
-            # an event the buffer commits anyway without its feedback decision.
-            append = asyncio.ensure_future(self._buffer.append(new))
+            # The commit's future, shielded: a driver cancelled here (reload, stop) must not
+            # leave an event the buffer commits anyway without its feedback decision. Queued
+            # is final (Buffer.append_nowait), and nothing but the buffer settles the future.
+            append = self._buffer.append_nowait(new)
             try:
                 stored = await asyncio.shield(append)
             except asyncio.CancelledError:
