@@ -362,16 +362,19 @@ class Buffer:
             error = _translate(exc)
             log.exception("buffer_commit_failed", events=len(batch), error=str(error))
             results = [error] * len(batch)
+        # An event whose future is already done (cancelled by an awaiter without a shield) is
+        # committed or refused all the same: it counts, and wakes the publisher, like any other;
+        # only its outcome has nobody to hear it.
         stored = 0
         for item, result in zip(batch, results, strict=True):
-            if item.future.done():
-                continue
             if isinstance(result, BaseException):
                 self.transitions["refused"] += 1
-                item.future.set_exception(result)
+                if not item.future.done():
+                    item.future.set_exception(result)
             else:
                 stored += 1
-                item.future.set_result(result)
+                if not item.future.done():
+                    item.future.set_result(result)
         if stored:
             self.transitions["stored"] += stored
             self.committed.set()

@@ -75,8 +75,8 @@ async def test_settled_only_after_commit_with_seqs_in_call_order(buf: Buffer) ->
 
 async def test_a_cancelled_future_does_not_unqueue_its_event(buf: Buffer, tmp_path: Path) -> None:
     """Futures cancelled before their commit (queued, and queued behind a commit held up): each
-    event is still committed with its seq, the next events follow without a gap, and only the
-    settled ones count as stored."""
+    event is still committed with its seq and counted stored, the publisher is woken for it,
+    and the next events follow without a gap."""
     hold = WriteHold(buf.path)
     try:
         first = [buf.append_nowait(make_event("a", n)) for n in range(3)]
@@ -90,8 +90,18 @@ async def test_a_cancelled_future_does_not_unqueue_its_event(buf: Buffer, tmp_pa
     assert [r.seq for r in results if isinstance(r, StoredEvent)] == [1, 3, 5, 6]
     assert [isinstance(r, asyncio.CancelledError) for r in results] == [0, 1, 0, 1, 0, 0]
     assert file_rows(buf.path) == [(f"a-{n}", "a", n + 1) for n in range(6)]
-    assert buf.transitions["stored"] == 4 and buf.transitions["refused"] == 0
+    assert buf.transitions["stored"] == 6 and buf.transitions["refused"] == 0
     assert (await buf.append_nowait(make_event("a", 6))).seq == 7
+    buf.committed.clear()
+    hold = WriteHold(buf.path)
+    alone = buf.append_nowait(make_event("a", 7))
+    await asyncio.sleep(0.05)
+    alone.cancel()  # the batch's only event: nobody hears it, the publisher still must
+    hold.release()
+    async with asyncio.timeout(5):
+        await buf.committed.wait()
+    assert file_rows(buf.path)[-1] == ("a-7", "a", 8)
+    assert buf.transitions["stored"] == 8
 
 
 async def test_refused_at_the_cap_takes_no_seq(tmp_path: Path) -> None:
