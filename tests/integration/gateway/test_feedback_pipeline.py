@@ -90,7 +90,7 @@ async def test_stored_telemetry_is_not_tracked(rig: Rig) -> None:
 
 
 async def test_concurrent_emits_keep_their_order_and_share_commits(rig: Rig) -> None:
-    """The commit's future is awaited shielded (so a cancelled driver cannot orphan it): emits
+    """The commit's future refuses cancellation (so a cancelled driver cannot orphan it): emits
     started in order, as the RFID driver starts them, still take seqs in that order and still
     commit in groups."""
     emit = rig.emit("portal", "rfid-llrp")
@@ -161,9 +161,9 @@ async def test_cancelled_before_the_writer_took_it_still_decided(rig: Rig) -> No
 async def test_cancelled_twice_mid_commit_decided_when_the_commit_returns(
     rig: Rig, full: bool
 ) -> None:
-    """A second cancellation cuts short the wait for the commit after the first: the decision
-    is still made, once, when the commit returns (good if stored, bad if refused at the cap),
-    and the event is in the file exactly when it was reported stored."""
+    """Cancelled twice while the commit is held up: the driver's task ends only once the
+    commit returned, and the decision is made then, once (good if stored, bad if refused at
+    the cap); the event is in the file exactly when it was reported stored."""
     if full:
         rig.buffer.max_bytes = 1
     holder = sqlite3.connect(rig.buffer.path, isolation_level=None)
@@ -172,18 +172,20 @@ async def test_cancelled_twice_mid_commit_decided_when_the_commit_returns(
         task = asyncio.create_task(rig.emit("dock-1", "barcode-serial")(DeviceEvent(SCAN, {})))
         await asyncio.sleep(0.05)
         task.cancel()
-        await asyncio.sleep(0.05)  # in _stored_while_stopping, awaiting the commit again
-        assert not task.done()
+        await asyncio.sleep(0.05)
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await asyncio.sleep(0.05)
+        assert not task.done(), "the cancellation waits for the commit"
         assert rig.given == [], "nothing decided while the commit is held up"
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    stored = await rig.settled()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert rig.given == [("dock-1", Outcome.BAD if full else Outcome.GOOD)]
+    stored = await rig.settled()
     assert stored == (0 if full else 1)
+    assert rig.given == [("dock-1", Outcome.BAD if full else Outcome.GOOD)], "once only"
     assert rig.pipeline.refused == (1 if full else 0)
     assert sum(rig.pipeline.stored.values()) == stored
 

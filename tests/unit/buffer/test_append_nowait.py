@@ -2,7 +2,8 @@
 
 The guarantees are ``append``'s: settled only once the transaction holding the event committed
 (or with the reason it was not stored), per-device seqs in call order without gaps, refusals at
-the cap taking no seq, and queued is final: a cancelled future does not un-queue its event.
+the cap taking no seq, and queued is final: the future refuses cancellation, so a cancelled
+awaiter hears its cancellation only once the commit returned.
 """
 
 from __future__ import annotations
@@ -73,35 +74,40 @@ async def test_settled_only_after_commit_with_seqs_in_call_order(buf: Buffer) ->
     assert buf.transitions["stored"] == 300
 
 
-async def test_a_cancelled_future_does_not_unqueue_its_event(buf: Buffer, tmp_path: Path) -> None:
-    """Futures cancelled before their commit (queued, and queued behind a commit held up): each
-    event is still committed with its seq and counted stored, the publisher is woken for it,
-    and the next events follow without a gap."""
+async def awaiting(future: asyncio.Future[StoredEvent]) -> StoredEvent:
+    """A task's await on ``future`` (``ensure_future`` would hand back the future itself)."""
+    return await future
+
+
+async def test_a_cancelled_awaiter_hears_the_cancellation_after_the_commit(buf: Buffer) -> None:
+    """The future refuses cancellation; tasks awaiting it (or ``append``) cancelled while
+    their commit is held up get CancelledError only once it returned, and their events are
+    committed with their seqs, counted stored, and followed without a gap."""
     hold = WriteHold(buf.path)
+    futures = [buf.append_nowait(make_event("a", n)) for n in range(2)]
+    await asyncio.sleep(0.05)  # the writer took them: their commit waits for the hold
+    assert futures[0].cancel() is False and not futures[0].cancelled()
+    waiting = [
+        asyncio.create_task(awaiting(futures[1])),
+        asyncio.create_task(buf.append(make_event("a", 2))),  # queued behind the held commit
+    ]
+    await asyncio.sleep(0.05)
+    for task in waiting:
+        task.cancel()
+    await asyncio.sleep(0.05)
     try:
-        first = [buf.append_nowait(make_event("a", n)) for n in range(3)]
-        await asyncio.sleep(0.05)  # the writer took them: their commit waits for the hold
-        behind = [buf.append_nowait(make_event("a", n)) for n in range(3, 6)]
-        first[1].cancel()
-        behind[0].cancel()
+        assert not any(task.done() for task in waiting), "cancelled before the commit returned"
+        assert file_rows(buf.path) == []
     finally:
         hold.release()
-    results = await asyncio.gather(*first, *behind, return_exceptions=True)
-    assert [r.seq for r in results if isinstance(r, StoredEvent)] == [1, 3, 5, 6]
-    assert [isinstance(r, asyncio.CancelledError) for r in results] == [0, 1, 0, 1, 0, 0]
-    assert file_rows(buf.path) == [(f"a-{n}", "a", n + 1) for n in range(6)]
-    assert buf.transitions["stored"] == 6 and buf.transitions["refused"] == 0
-    assert (await buf.append_nowait(make_event("a", 6))).seq == 7
-    buf.committed.clear()
-    hold = WriteHold(buf.path)
-    alone = buf.append_nowait(make_event("a", 7))
-    await asyncio.sleep(0.05)
-    alone.cancel()  # the batch's only event: nobody hears it, the publisher still must
-    hold.release()
-    async with asyncio.timeout(5):
-        await buf.committed.wait()
-    assert file_rows(buf.path)[-1] == ("a-7", "a", 8)
-    assert buf.transitions["stored"] == 8
+    for task in waiting:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert file_rows(buf.path), "the cancellation came after the commit"
+    assert (await futures[0]).seq == 1 and futures[1].result().seq == 2
+    assert file_rows(buf.path) == [(f"a-{n}", "a", n + 1) for n in range(3)]
+    assert buf.transitions["stored"] == 3 and buf.transitions["refused"] == 0
+    assert (await buf.append_nowait(make_event("a", 3))).seq == 4
 
 
 async def test_refused_at_the_cap_takes_no_seq(tmp_path: Path) -> None:
