@@ -324,21 +324,46 @@ class Buffer:
 
     async def _write_loop(self) -> None:
         """Commit queued appends in groups until :meth:`close` queues its ``None``."""
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self._batch_max and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            await self._commit(batch)
-            if stop:
-                return
+        batch: list[_Append] = []
+        try:
+            while True:
+                first = await self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < self._batch_max and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                await self._commit(batch)
+                if stop:
+                    return
+        except BaseException:
+            self._abandon(batch)
+            raise
+
+    def _abandon(self, batch: list[_Append]) -> None:
+        """Settle every future nobody else will: the writer is stopping without :meth:`close`.
+
+        It was cancelled as the event loop shuts down, or broke; the futures' awaiters cannot
+        be cancelled until they are settled (:class:`CommitFuture`). The batch being committed
+        may still commit on the SQLite thread, so its events are not called refused (a worker
+        told "bad read" would scan again, storing the item twice): their outcome is unknown,
+        which the pipeline answers with no feedback. Queued events never reached a
+        transaction: closed, not stored.
+        """
+        unknown = RuntimeError("buffer writer stopped during this event's commit: outcome unknown")
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(unknown)
+        while not self._queue.empty():
+            queued = self._queue.get_nowait()
+            if queued is not None and not queued.future.done():
+                self.transitions["refused"] += 1
+                queued.future.set_exception(BufferClosedError("buffer writer stopped"))
 
     async def _commit(self, batch: list[_Append]) -> None:
         """One transaction for ``batch``; memory (seqs, bytes) changes only once it committed."""

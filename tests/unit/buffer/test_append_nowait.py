@@ -151,6 +151,33 @@ async def test_close_commits_what_was_queued_and_refuses_the_rest_at_once(
         b.append_nowait(make_event("a", 6))
 
 
+async def test_a_writer_cancelled_mid_commit_settles_every_future(tmp_path: Path) -> None:
+    """The writer cancelled without close (the event loop shutting down): the futures of the
+    commit under way get "outcome unknown" (it may still commit: not called refused), those
+    queued behind it BufferClosedError, so no awaiter (which cannot cancel its wait) hangs."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    hold = WriteHold(b.path)
+    try:
+        under_way = [b.append_nowait(make_event("a", n)) for n in range(2)]
+        await asyncio.sleep(0.05)
+        queued = [b.append_nowait(make_event("a", n)) for n in range(2, 4)]
+        writer = b._writer
+        assert writer is not None
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        for future in under_way:
+            with pytest.raises(RuntimeError, match="outcome unknown"):
+                future.result()
+        for future in queued:
+            with pytest.raises(BufferClosedError):
+                future.result()
+        assert b.transitions["refused"] == 2
+    finally:
+        hold.release()
+    await b.close()
+    assert [seq for _i, _d, seq in file_rows(b.path)] in ([], [1, 2]), "never the queued ones"
+
+
 async def test_a_dead_writer_refuses_at_once(tmp_path: Path) -> None:
     """With the writer task gone, append_nowait raises instead of queueing an event nobody
     will ever commit (its future would never settle)."""
