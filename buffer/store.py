@@ -153,10 +153,31 @@ def _claimable(
     ]
 
 
+class CommitFuture(asyncio.Future[StoredEvent]):
+    """An append's outcome, settled by the buffer alone: ``cancel()`` refuses, returning False.
+
+    Queued is final (the event is committed or refused whatever its awaiter does), so the
+    outcome must not be lost with a cancelled awaiter. A task cancelled while awaiting this
+    future is not woken by the cancellation: asyncio's ``Task.cancel`` finds the future
+    refusing and marks the task instead, which then gets its ``CancelledError`` at the
+    ``await`` once the buffer settled the future, so the outcome is known (``result()``,
+    ``exception()``) where the cancellation is caught. ``asyncio.shield`` around the future
+    did the same with a second future and an extra loop turn per event (docs/performance.md).
+    The price: an awaiter's cancellation waits for the commit under way, as the pipeline's
+    did anyway to give the worker its feedback (gateway/pipeline.py).
+    """
+
+    __slots__ = ()
+
+    def cancel(self, msg: object | None = None) -> bool:  # noqa: ARG002 - asyncio's signature
+        """Refuse: only the buffer settles an append's outcome."""
+        return False
+
+
 @dataclass(slots=True)
 class _Append:
     event: NewEvent
-    future: asyncio.Future[StoredEvent]
+    future: CommitFuture
 
 
 @dataclass(slots=True)
@@ -272,32 +293,77 @@ class Buffer:
     # --- the way in ---------------------------------------------------------------------------
 
     async def append(self, event: NewEvent) -> StoredEvent:
-        """Store one event; returns after its transaction committed. Raises BufferFullError."""
+        """Store one event; returns after its transaction committed. Raises BufferFullError.
+
+        Cancelled, it raises ``CancelledError`` only once the event's commit returned (see
+        :meth:`append_nowait`): the event is then stored or refused, never left in between.
+        """
+        return await self.append_nowait(event)
+
+    def append_nowait(self, event: NewEvent) -> CommitFuture:
+        """Queue one event for the next group commit; its future tells how that ended.
+
+        The future gets the ``StoredEvent`` once the transaction holding the event committed,
+        or the reason it was not stored (``BufferFullError``, ``EventRenderError``, an SQLite
+        error, ``BufferClosedError`` when :meth:`close` came first); only the writer and
+        :meth:`close` settle it, and it cannot be cancelled (:class:`CommitFuture`). What
+        ``append`` awaits, without a task per event around it: the pipeline awaits it directly
+        (gateway/pipeline.py), ~11 % of the instructions of an event's whole path without the
+        task, ~11 % more without a shield (docs/performance.md).
+
+        Queued is final: an event is committed (or refused) whatever happens to its awaiter.
+        Raises at once, queueing nothing, when the buffer is closing or its writer is gone.
+        """
         if self._closing:
             raise BufferClosedError("buffer closed")
         if not self.healthy:
             raise RuntimeError("buffer writer is not running")
-        future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
+        future = CommitFuture(loop=asyncio.get_running_loop())
         self._queue.put_nowait(_Append(event, future))
-        return await future
+        return future
 
     async def _write_loop(self) -> None:
         """Commit queued appends in groups until :meth:`close` queues its ``None``."""
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self._batch_max and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            await self._commit(batch)
-            if stop:
-                return
+        batch: list[_Append] = []
+        try:
+            while True:
+                first = await self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < self._batch_max and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                await self._commit(batch)
+                if stop:
+                    return
+        except BaseException:
+            self._abandon(batch)
+            raise
+
+    def _abandon(self, batch: list[_Append]) -> None:
+        """Settle every future nobody else will: the writer is stopping without :meth:`close`.
+
+        It was cancelled as the event loop shuts down, or broke; the futures' awaiters cannot
+        be cancelled until they are settled (:class:`CommitFuture`). The batch being committed
+        may still commit on the SQLite thread, so its events are not called refused (a worker
+        told "bad read" would scan again, storing the item twice): their outcome is unknown,
+        which the pipeline answers with no feedback. Queued events never reached a
+        transaction: closed, not stored.
+        """
+        unknown = RuntimeError("buffer writer stopped during this event's commit: outcome unknown")
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(unknown)
+        while not self._queue.empty():
+            queued = self._queue.get_nowait()
+            if queued is not None and not queued.future.done():
+                self.transitions["refused"] += 1
+                queued.future.set_exception(BufferClosedError("buffer writer stopped"))
 
     async def _commit(self, batch: list[_Append]) -> None:
         """One transaction for ``batch``; memory (seqs, bytes) changes only once it committed."""
@@ -345,16 +411,19 @@ class Buffer:
             error = _translate(exc)
             log.exception("buffer_commit_failed", events=len(batch), error=str(error))
             results = [error] * len(batch)
+        # A future is settled here or by close() only (it refuses cancellation), so none is done
+        # yet; checked all the same, and such an event would count, and wake the publisher,
+        # like any other: it is committed or refused whatever became of its future.
         stored = 0
         for item, result in zip(batch, results, strict=True):
-            if item.future.done():
-                continue
             if isinstance(result, BaseException):
                 self.transitions["refused"] += 1
-                item.future.set_exception(result)
+                if not item.future.done():
+                    item.future.set_exception(result)
             else:
                 stored += 1
-                item.future.set_result(result)
+                if not item.future.done():
+                    item.future.set_result(result)
         if stored:
             self.transitions["stored"] += stored
             self.committed.set()

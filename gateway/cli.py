@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from gateway import __version__
@@ -27,15 +28,35 @@ EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 
 def _lean_daemon() -> None:
-    """Keep rich out of the daemon's memory (~4 MB of a 60 MB idle budget, issue 8).
+    """Keep rich and pydantic's plugin loader out of the daemon's memory (issues 8 and 16).
 
-    rich is installed for ``status --watch`` and the demo; structlog imports it on sight, only
-    to pretty-print tracebacks on a TTY, which the daemon (JSON logs under systemd) never does.
-    A ``None`` in ``sys.modules`` makes ``import rich`` raise ImportError, so structlog takes
-    its plain fallback. ``setdefault``: where rich is already loaded (tests calling ``main``
-    in-process), nothing changes.
+    rich (~4 MB of issue 8's 60 MB idle budget) is installed for ``status --watch`` and the
+    demo; structlog imports it on sight, only to pretty-print tracebacks on a TTY, which the
+    daemon (JSON logs under systemd) never does. A ``None`` in ``sys.modules`` makes
+    ``import rich`` raise ImportError, so structlog takes its plain fallback.
+
+    pydantic looks for plugins (observability hooks such as logfire) when it builds its first
+    validator, and the module that does so imports importlib.metadata, which brings email,
+    zipfile and csv along (~1 MB with biip's own lookup, see drivers/barcode_common/lean_biip.py;
+    issue 16's 45 MB budget). The daemon runs no pydantic plugin: its loader is replaced by one
+    that finds none, the same answer as ``PYDANTIC_DISABLE_PLUGINS=1``. Other commands keep
+    pydantic's own.
+
+    ``setdefault``: where a module is already loaded (tests calling ``main`` in-process),
+    nothing changes.
     """
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+    sys.modules.setdefault(_PYDANTIC_PLUGIN_LOADER, _no_pydantic_plugins())
+
+
+_PYDANTIC_PLUGIN_LOADER = "pydantic.plugin._loader"
+
+
+def _no_pydantic_plugins() -> ModuleType:
+    """A stand-in for pydantic's plugin loader whose ``get_plugins`` finds no plugin."""
+    loader = ModuleType(_PYDANTIC_PLUGIN_LOADER)
+    vars(loader)["get_plugins"] = tuple
+    return loader
 
 
 def _parser() -> argparse.ArgumentParser:

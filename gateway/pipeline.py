@@ -15,7 +15,7 @@ import time
 
 import structlog
 
-from buffer.store import Buffer, BufferFullError, EventRenderError, NewEvent
+from buffer.store import Buffer, BufferFullError, CommitFuture, EventRenderError, NewEvent
 from drivers.base import DeviceConfig, DeviceEvent, EmitFn, StoredEvent
 from gateway.confirmations import Confirmations
 from gateway.events import render_event, rfc3339_now, source_for, uuid7
@@ -65,13 +65,15 @@ class Pipeline:
                 )
 
             new = NewEvent(event_id, device.id, stamp, event.type, event.droppable, render)
-            # A task of its own, shielded: a driver cancelled here (reload, stop) must not leave
-            # an event the buffer commits anyway without its feedback decision.
-            append = asyncio.ensure_future(self._buffer.append(new))
+            # A driver cancelled here (reload, stop) must not leave an event the buffer commits
+            # anyway without its feedback decision. The commit's future refuses cancellation
+            # (buffer.store.CommitFuture): the CancelledError comes once the commit returned,
+            # while the driver still holds its device, and the outcome is there to decide on.
+            append = self._buffer.append_nowait(new)
             try:
-                stored = await asyncio.shield(append)
+                stored = await append
             except asyncio.CancelledError:
-                await self._stored_while_stopping(append, policy, event, captured)
+                self._stored_while_stopping(append, policy, event, captured)
                 raise
             except REFUSED as exc:
                 # Any store error (an I/O error, a lock held too long) means "not stored":
@@ -89,31 +91,24 @@ class Pipeline:
         log.error("event_refused", device=policy.device, type=event.type, reason=str(exc))
         self._confirmations.refused(policy, event.type)
 
-    async def _stored_while_stopping(
+    def _stored_while_stopping(
         self,
-        append: asyncio.Future[StoredEvent],
+        append: CommitFuture,
         policy: FeedbackPolicy,
         event: DeviceEvent,
         captured: float,
     ) -> None:
         """The driver was cancelled while its event was being committed: finish the decision.
 
-        Waits (in the cancelled task) for the commit, so feedback is given while the driver
-        still holds its device (a serial port closes as the cancellation unwinds). If a second
-        cancellation cuts that wait short, the decision is made when the commit returns.
+        Its task got the cancellation only once the commit returned (``CommitFuture``), so
+        feedback is given now, while the driver still holds its device (a serial port closes
+        as the cancellation unwinds). Should the future not be settled yet (asyncio delivering
+        a cancellation some other way), the decision is made when it is.
         """
-        try:
-            stored = await asyncio.shield(append)
-        except asyncio.CancelledError:
+        if append.done():
+            self._decide_late(append, policy, event, captured)
+        else:  # pragma: no cover - asyncio wakes a task on its awaited future only
             append.add_done_callback(lambda done: self._decide_late(done, policy, event, captured))
-            raise
-        except REFUSED as exc:
-            self._refused(policy, event, exc)
-            return
-        except Exception:  # the buffer failed: nothing stored, nothing to decide
-            return
-        self._confirmations.stored_while_stopping(policy, stored, captured)
-        self.stored[policy.device, event.type] += 1
 
     def _decide_late(
         self,

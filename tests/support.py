@@ -231,6 +231,19 @@ def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in a fresh interpreter at the repo's root, its output captured: for
+    what only a new process shows (which modules an entry point imports, a library hidden)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
 def make_v1_buffer(path: Path, ids: list[str | bytes]) -> None:
     """A buffer file as release 1 wrote it: text ids, rows in several states, 300 B payloads."""
     script = MIGRATIONS[0]

@@ -9,16 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import biip.gs1_prefixes
-from biip.gs1_messages import GS1Message
-
-# biip reads its whole GS1 Company Prefix table into nested dicts when imported: about 12 MB,
-# a fifth of the daemon's idle memory (issue 16), for a figure no event carries (we report the
-# GTIN, SSCC, lot, expiry and serial, never the company prefix). Emptied, biip answers "prefix
-# unknown" (None) for it, and nothing else in its parsing or checks depends on it
-# (tests/unit/drivers/barcode_common/test_gs1.py); the daemon hands the freed heap back to the
-# system once started (gateway.daemon.freeze_startup_objects).
-biip.gs1_prefixes._GS1_COMPANY_PREFIX_TRIE = {}  # noqa: SLF001
+from drivers.barcode_common.lean_biip import GS1Message
 
 GS = "\x1d"
 

@@ -1,5 +1,10 @@
 """Reads and writes with Modbus faults sorted by meaning (TCP: tcp.py; RTU: pymodbus).
 
+pymodbus is imported only when a link to an RTU device opens: Modbus TCP runs on our own
+channel, and the library costs ~2.5 MB of a daemon's idle RSS that has no serial device
+(docs/performance.md). ``check-config`` reports an RTU device on a box without it
+(``ModbusConfig``), and such a link is down with the same reason, never a crash.
+
 pymodbus 3.16 returns exception responses instead of raising, raises its own exceptions for
 timeouts and lost connections, and would reconnect on its own schedule. The driver needs three
 outcomes instead: data; ``DeviceError`` (the device answered but refused: a wrong map entry or a
@@ -13,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ModbusException
-from pymodbus.framer import FramerType
-
-from drivers.modbus.config import BIT_TABLES, ModbusConfig, Table
+from drivers.modbus.config import BIT_TABLES, RTU_LIBRARY_MISSING, ModbusConfig, Table
 from drivers.modbus.tcp import NoAnswer, TcpChannel
+
+if TYPE_CHECKING:
+    from pymodbus.client import AsyncModbusSerialClient
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -71,38 +75,52 @@ class ModbusLink:
         self._config = config
         self._tcp: TcpChannel | None = None
         self._serial: AsyncModbusSerialClient | None = None
-        if config.host is None:
-            assert config.serial_port is not None
-            # reconnect_delay=0: pymodbus must not reconnect behind our back; run() owns retries.
-            self._serial = AsyncModbusSerialClient(
-                config.serial_port,
-                framer=FramerType.RTU,
-                baudrate=config.baudrate,
-                bytesize=config.bytesize,
-                parity=config.parity,
-                stopbits=config.stopbits,
-                timeout=config.timeout,
-                retries=config.retries,
-                reconnect_delay=0,
-            )
+        self._faults: tuple[type[Exception], ...] = (TimeoutError, OSError)
+        """What a call that got no answer raises: pymodbus's own exception joins for RTU."""
         # Our own bound on top of pymodbus's: a wedged transport must not stall a poll forever.
         self._bound = config.timeout * (config.retries + 1) + 1.0
 
     async def open(self) -> None:
         """Connect (or open the serial port); ``LinkDown`` if that fails."""
         cfg = self._config
+        if cfg.host is None:
+            await self._open_serial()
+            return
+        channel = TcpChannel(cfg.unit, cfg.timeout, cfg.retries)
         try:
-            if self._serial is None:
-                assert cfg.host is not None
-                channel = TcpChannel(cfg.unit, cfg.timeout, cfg.retries)
-                loop = asyncio.get_running_loop()
-                async with asyncio.timeout(cfg.timeout):
-                    await loop.create_connection(lambda: channel, cfg.host, cfg.port)
-                self._tcp = channel
-                return
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(cfg.timeout):
+                await loop.create_connection(lambda: channel, cfg.host, cfg.port)
+        except (TimeoutError, OSError) as exc:
+            raise LinkDown(f"cannot connect to {cfg.transport}: {_why(exc)}") from exc
+        self._tcp = channel
+
+    async def _open_serial(self) -> None:
+        cfg = self._config
+        assert cfg.serial_port is not None
+        try:
+            from pymodbus.client import AsyncModbusSerialClient  # noqa: PLC0415 - RTU only
+            from pymodbus.exceptions import ModbusException  # noqa: PLC0415
+            from pymodbus.framer import FramerType  # noqa: PLC0415
+        except ImportError as exc:
+            raise LinkDown(f"cannot open {cfg.transport}: {RTU_LIBRARY_MISSING} ({exc})") from exc
+        self._faults = (TimeoutError, OSError, ModbusException)
+        # reconnect_delay=0: pymodbus must not reconnect behind our back; run() owns retries.
+        self._serial = AsyncModbusSerialClient(
+            cfg.serial_port,
+            framer=FramerType.RTU,
+            baudrate=cfg.baudrate,
+            bytesize=cfg.bytesize,
+            parity=cfg.parity,
+            stopbits=cfg.stopbits,
+            timeout=cfg.timeout,
+            retries=cfg.retries,
+            reconnect_delay=0,
+        )
+        try:
             async with asyncio.timeout(self._bound):
                 connected = await self._serial.connect()
-        except (TimeoutError, OSError, ModbusException) as exc:
+        except self._faults as exc:
             raise LinkDown(f"cannot connect to {cfg.transport}: {_why(exc)}") from exc
         if not connected:
             raise LinkDown(f"cannot connect to {cfg.transport}")
@@ -211,7 +229,7 @@ class ModbusLink:
         try:
             async with asyncio.timeout(self._bound):
                 return await call()
-        except (TimeoutError, OSError, ModbusException) as exc:
+        except self._faults as exc:
             raise LinkDown(
                 f"no answer to {label} from unit {self._config.unit}: {_why(exc)}"
             ) from exc

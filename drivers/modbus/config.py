@@ -1,7 +1,8 @@
 """Config model of a ``modbus`` device (Modbus TCP or RTU conveyor sensors).
 
 Kept free of pymodbus so that ``check-config`` can validate a file on a box where the Modbus
-library is missing or broken; the driver module imports it, this one never does. Errors that
+library is missing or broken; only an RTU link imports it (Modbus TCP runs on our own channel),
+so an RTU device on a box without it is a config error here, found without importing it. Errors that
 involve two keys (a point naming an unknown poll group) are still reported at the point's own
 key, because technicians fix the line the message points at.
 """
@@ -9,6 +10,7 @@ key, because technicians fix the line the message points at.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib.util import find_spec
 from typing import Any, Literal, Self
 
 from pydantic import (
@@ -48,6 +50,9 @@ WORDS: dict[str, int] = {
     "bool": 1,
 }
 """Registers (or bits, for bool in a bit table) each type occupies."""
+
+RTU_LIBRARY_MISSING = "Modbus RTU needs pymodbus, which is not installed"
+"""Said by ``check-config`` and by an RTU link that cannot open for want of the library."""
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
@@ -236,6 +241,8 @@ class ModbusConfig(ReconnectConfig):
     def _one_transport(self) -> Self:
         if (self.host is None) == (self.serial_port is None):
             raise ValueError("set host (Modbus TCP) or serial_port (Modbus RTU), exactly one")
+        if self.serial_port is not None and find_spec("pymodbus") is None:
+            raise _errors([(("serial_port",), RTU_LIBRARY_MISSING, self.serial_port)])
         message = reconnect_bounds_error(self.reconnect_min, self.reconnect_max)
         if message is not None:
             raise _errors([(("reconnect_max",), message, self.reconnect_max)])

@@ -90,7 +90,7 @@ async def test_stored_telemetry_is_not_tracked(rig: Rig) -> None:
 
 
 async def test_concurrent_emits_keep_their_order_and_share_commits(rig: Rig) -> None:
-    """The append runs in a task of its own (so a cancelled driver cannot orphan it): emits
+    """The commit's future refuses cancellation (so a cancelled driver cannot orphan it): emits
     started in order, as the RFID driver starts them, still take seqs in that order and still
     commit in groups."""
     emit = rig.emit("portal", "rfid-llrp")
@@ -143,6 +143,51 @@ async def test_cancelled_mid_emit_telemetry_stays_silent(rig: Rig) -> None:
     emit = rig.emit("conveyor", "modbus", "delivered")
     await cancel_mid_emit(emit, DeviceEvent(READING, {}, droppable=True))
     assert await rig.settled() == 1 and rig.given == []
+
+
+async def test_cancelled_before_the_writer_took_it_still_decided(rig: Rig) -> None:
+    """Cancelled at its first await, before the writer even took the event from its queue:
+    queued is final, so the scan is stored and the worker hears good, once."""
+    task = asyncio.create_task(rig.emit("dock-1", "barcode-serial")(DeviceEvent(SCAN, {})))
+    await asyncio.sleep(0)  # emit ran up to awaiting the commit's future
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rig.given == [("dock-1", Outcome.GOOD)]
+    assert await rig.settled() == 1 and rig.given == [("dock-1", Outcome.GOOD)]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["stored", "refused"])
+async def test_cancelled_twice_mid_commit_decided_when_the_commit_returns(
+    rig: Rig, full: bool
+) -> None:
+    """Cancelled twice while the commit is held up: the driver's task ends only once the
+    commit returned, and the decision is made then, once (good if stored, bad if refused at
+    the cap); the event is in the file exactly when it was reported stored."""
+    if full:
+        rig.buffer.max_bytes = 1
+    holder = sqlite3.connect(rig.buffer.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the commit waits for us
+    try:
+        task = asyncio.create_task(rig.emit("dock-1", "barcode-serial")(DeviceEvent(SCAN, {})))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done(), "the cancellation waits for the commit"
+        assert rig.given == [], "nothing decided while the commit is held up"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rig.given == [("dock-1", Outcome.BAD if full else Outcome.GOOD)]
+    stored = await rig.settled()
+    assert stored == (0 if full else 1)
+    assert rig.given == [("dock-1", Outcome.BAD if full else Outcome.GOOD)], "once only"
+    assert rig.pipeline.refused == (1 if full else 0)
+    assert sum(rig.pipeline.stored.values()) == stored
 
 
 async def test_scanner_stopped_by_a_reload_mid_commit_still_beeps(

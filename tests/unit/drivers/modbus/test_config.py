@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -10,12 +12,16 @@ from pydantic import ValidationError
 
 from drivers import registry
 from drivers.base import Outcome
-from drivers.modbus.config import ModbusConfig
-from tests.support import cli
+from drivers.modbus.client import LinkDown, ModbusLink
+from drivers.modbus.config import RTU_LIBRARY_MISSING, ModbusConfig
+from tests.support import ROOT, cli, run_python
 
 SAMPLE = Path(__file__).resolve().parents[4] / "drivers" / "modbus" / "sample.toml"
 BASE = {"id": "conveyor-a", "driver": "modbus", "host": "10.0.0.1"}
 POINT = {"name": "speed", "address": 0}
+PYMODBUS = ("pymodbus", "pymodbus.client", "pymodbus.exceptions", "pymodbus.framer")
+"""What the RTU link imports: all hidden, as on a box without the library."""
+RTU = {"host": None, "serial_port": "/dev/ttyUSB1"}
 
 
 def errors(**changes):
@@ -166,3 +172,59 @@ def test_check_config_names_file_line_and_key(tmp_path):
         )
         for line in lines
     ), lines
+
+
+@pytest.fixture
+def no_pymodbus(monkeypatch):
+    """pymodbus as if not installed: a None in sys.modules makes its import fail."""
+    for name in PYMODBUS:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.mark.usefixtures("no_pymodbus")
+def test_rtu_device_without_pymodbus_is_refused_at_serial_port():
+    """Only RTU needs the library: without it an RTU device is an error at its serial_port,
+    a TCP device still validates."""
+    assert errors(**RTU) == {"serial_port": RTU_LIBRARY_MISSING}
+    assert ModbusConfig.model_validate({**BASE, "points": [POINT]}).host == "10.0.0.1"
+
+
+async def test_rtu_link_without_pymodbus_is_down_with_the_reason(monkeypatch):
+    """A library gone (or broken) after the config was checked: the link fails as a device
+    fault (the device is down, with the reason), not as a driver crash."""
+    link = ModbusLink(ModbusConfig.model_validate({**BASE, **RTU, "points": [POINT]}))
+    for name in PYMODBUS:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(LinkDown, match=f"cannot open rtu /dev/ttyUSB1: {RTU_LIBRARY_MISSING}"):
+        await link.open()
+    link.close()
+
+
+def test_check_config_without_pymodbus_names_the_rtu_device(tmp_path):
+    """check-config, run where pymodbus is missing, points at the RTU device's serial_port."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[gateway]\nid = "gw-01"\nsite = "dc"\nstate_dir = "/tmp/x"\n\n[mqtt]\nhost = "h"\n\n'
+        '[[devices]]\nid = "conveyor-a"\ndriver = "modbus"\nserial_port = "/dev/ttyUSB1"\n\n'
+        '[[devices.points]]\nname = "speed"\naddress = 0\n'
+    )
+    hide = "; ".join(f"sys.modules[{name!r}] = None" for name in PYMODBUS)
+    code = (
+        f"import runpy, sys; {hide}; "
+        f"sys.argv = ['edge-gateway', 'check-config', '--config', {str(config)!r}]; "
+        "runpy.run_module('gateway', run_name='__main__')"
+    )
+    result = run_python(code)
+    assert result.returncode == 2, result.stdout + result.stderr
+    expected = f'{config}:12: devices[0] (id "conveyor-a").serial_port: {RTU_LIBRARY_MISSING}'
+    assert expected in result.stderr.splitlines(), result.stderr
+
+
+def test_tcp_driver_does_not_import_pymodbus():
+    """Modbus TCP runs on our own channel: the driver module leaves pymodbus unimported
+    (~2.5 MB of idle RSS), only an RTU link loads it."""
+    code = (
+        "import sys; import drivers.modbus.driver; "
+        "assert 'pymodbus' not in sys.modules, 'pymodbus imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=30)
