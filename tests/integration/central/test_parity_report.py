@@ -65,3 +65,5 @@ async def test_each_device_from_either_side_with_its_replays(conn) -> None:
     assert (gate.source, gate.root, gate.device) == ("/s2/gw9/gate", "edge/s2/gw9", "gate")
     assert (gate.replays_outstanding, gate.dropped, gate.missing) == (0, [], [])
     assert gate.in_parity
+    assert not gate.draining  # no checkpoint says so
+    assert gate.out_for_s == 0.0  # never out of parity
