@@ -151,6 +151,25 @@ async def test_close_answers_every_append_of_the_commit_under_way(tmp_path: Path
         await b.append(make_event("a", 999))
 
 
+async def test_close_returns_once_every_append_has_its_answer(tmp_path: Path) -> None:
+    """When ``close`` returns, no append is left waiting (each is stored or refused, nothing
+    settles later), no task of the buffer's runs on, and the counts match the file."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    appends = [asyncio.ensure_future(b.append(make_event("a", n, size=500))) for n in range(300)]
+    await asyncio.sleep(0)
+    await b.close()
+    assert all(a.done() for a in appends), sum(not a.done() for a in appends)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert left == [], "the writer (or anything of the buffer's) still running after close"
+    refused = [a for a in appends if a.exception() is not None]
+    assert all(isinstance(a.exception(), BufferClosedError) for a in refused)
+    assert b.transitions["refused"] == len(refused)
+    assert b.transitions["stored"] == len(appends) - len(refused)
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        held = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert held == len(appends) - len(refused)
+
+
 async def test_failed_commit_does_not_undo_a_prune_in_between(buf: Buffer) -> None:
     """A commit that fails after a prune ran (both queued behind the lock) must not restore the
     byte count from before the prune: the cap would then be hit early."""
