@@ -116,3 +116,20 @@ async def test_a_rule_with_too_few_verdicts_fails_the_batch_rather_than_drop_eve
     with pytest.raises(ValueError, match="zip"):
         await write_batch(conn, events(scan_event(1), scan_event(2)), ShortRule())
     assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_a_batch_the_fast_encoder_refuses_is_never_reported_stored_unwritten(conn) -> None:
+    """A lone surrogate (only the standard JSON parser lets one through) sends the batch down the
+    standard encoder: PostgreSQL then refuses it as a data error (``Central._write`` splits the
+    batch and quarantines that event alone), and nothing is reported stored that is not in the
+    table, the good events beside it included."""
+    import dataclasses  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+    import pytest  # noqa: PLC0415
+
+    good = events(scan_event(1), scan_event(2), scan_event(3))
+    batch = [good[0], dataclasses.replace(good[1], id="lone \ud800 surrogate"), good[2]]
+    with pytest.raises(asyncpg.DataError):
+        await write_batch(conn, batch, AcceptAll())
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
