@@ -67,14 +67,36 @@ class Confirmations:
     def __init__(self, feedback: FeedbackFn) -> None:
         self._feedback = feedback
         self._waiting: dict[str, _Waiter] = {}
+        self._live: dict[str, FeedbackPolicy | None] = {}
+        """Device -> the policy of the driver now holding it (None: stopped, none yet since).
+        A device not in here (a policy made outside the pipeline) is never taken as stopping."""
         self.latencies: list[float] = []
         self.latencies_total = 0
         """Seconds from capture to good feedback, most recent last (bounded)."""
         self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
         self._timeout_bursts: dict[str, _TimeoutBurst] = {}
 
+    def driver_started(self, policy: FeedbackPolicy) -> None:
+        """A driver instance with its own ``policy`` now holds ``policy.device``.
+
+        Called once per driver instance (``Pipeline.emitter``); a driver the supervisor
+        restarts after a crash keeps its emitter, so its policy stays the live one. Events
+        of the device's earlier policies are from a stopped driver (see :meth:`stored`).
+        """
+        self._live[policy.device] = policy
+
     def stored(self, policy: FeedbackPolicy, event: StoredEvent, captured: float) -> None:
-        """An event committed: give what the policy says now, or wait for its level."""
+        """An event committed: give what the policy says now, or wait for its level.
+
+        An event of a driver instance that is no longer its device's live one (stopped: its
+        emit was in flight in a task the stop's cancellation does not reach, as the RFID
+        driver's tag reports are) is decided now as :meth:`stored_while_stopping`: a waiter
+        would be left after :meth:`device_stopped`, and its PUBACK would later blink whichever
+        driver then holds the device.
+        """
+        if self._live.get(policy.device, policy) is not policy:
+            self.stored_while_stopping(policy, event, captured)
+            return
         outcome = policy.outcome(event.type, Stage.STORED)
         if outcome is not None:
             self._give(policy.device, outcome, captured)
@@ -103,8 +125,11 @@ class Confirmations:
 
         Called while the driver still holds its device. Later feedback would reach a driver
         that is gone (shutdown, removal) or a new one after a restart; the worker is told now
-        instead (pending: stored, not lost, no need to scan again). Returns how many.
+        instead (pending: stored, not lost, no need to scan again). Its events still being
+        committed are decided as they commit (:meth:`stored`). Returns how many.
         """
+        if device in self._live:
+            self._live[device] = None
         stopped = [(i, w) for i, w in self._waiting.items() if w.policy.device == device]
         for event_id, waiter in stopped:
             del self._waiting[event_id]

@@ -46,9 +46,12 @@ class Pipeline:
         """The ``emit`` coroutine handed to ``device``'s driver.
 
         ``policy`` defaults to the one built from ``device``'s config and registered driver.
+        One emitter per driver instance: its policy becomes the device's live one, so events
+        an earlier (stopped) instance still commits are never left waiting for their level.
         """
         source = source_for(self._site, self._gateway_id, device.id)
         policy = policy or FeedbackPolicy.for_device(device)
+        self._confirmations.driver_started(policy)
 
         async def emit(event: DeviceEvent) -> StoredEvent | None:
             captured = time.monotonic()

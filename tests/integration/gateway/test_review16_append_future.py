@@ -1,6 +1,6 @@
 """Review of issue 16's append future (``CommitFuture``, the pipeline awaiting it directly):
 suspects that were dismissed, kept as tests on a real buffer file, and one older hole found on
-the way (a stopping device's in-flight event, proven, not yet mended)."""
+the way (a stopping device's in-flight event, proven, now mended)."""
 
 from __future__ import annotations
 
@@ -123,19 +123,16 @@ async def test_a_timeout_around_emit_waits_for_the_commit_and_decides_once(rig: 
     assert rig.stored_ids() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="older than issue 16: an event emitted from a task of its own (the RFID driver's"
-    " _submit) commits after device_stopped and then waits for its level on a stopped device",
-)
 async def test_an_in_flight_arrival_of_a_stopping_device_does_not_wait(rig: Rig) -> None:
-    """PROVEN (pre-existing, not this change): the daemon's ``_stop_driver`` tells waiting
+    """PROVEN (older than issue 16), now mended: the daemon's ``_stop_driver`` tells waiting
     events "pending" (``device_stopped``) before it cancels the driver's task, but the RFID
     driver emits each tag report in a task of its own that the cancellation does not reach.
     An arrival committing at that moment is decided by ``Confirmations.stored`` after
     ``device_stopped``: it waits at ``delivered`` and its PUBACK later gives good to
     whichever driver then holds the device (a new one after a reload: a blink out of the blue,
-    which docs/confirmation.md promises never happens), or times out to the same."""
+    which docs/confirmation.md promises never happens), or times out to the same. The
+    emitter's policy was its device's live one; after ``device_stopped`` it is not, and
+    ``stored`` decides its event as stopping (pending at ``delivered``), never a waiter."""
     hold = LockHold(rig)
     emit = rig.emit("portal", "rfid-llrp", "delivered")
     in_flight = asyncio.create_task(emit(DeviceEvent(ARRIVED, {"epc": "e1"})))
@@ -145,5 +142,27 @@ async def test_an_in_flight_arrival_of_a_stopping_device_does_not_wait(rig: Rig)
     stored = await in_flight
     assert stored is not None
     rig.confirmations.delivered([stored.id])
-    assert rig.given in ([], [("portal", Outcome.PENDING)]), "no good-read after the stop"
+    assert rig.given == [("portal", Outcome.PENDING)], "pending at once, no good-read later"
     assert rig.confirmations.waiting == 0
+
+
+async def test_after_a_reload_the_old_drivers_arrival_is_decided_and_the_new_ones_wait(
+    rig: Rig,
+) -> None:
+    """A reload: the old driver is stopped and the new one started (its own emitter) while an
+    arrival of the old one is still committing. That arrival gets pending at once; the new
+    driver's arrival waits for its PUBACK as ever and gets good then."""
+    hold = LockHold(rig)
+    old = rig.emit("portal", "rfid-llrp", "delivered")
+    in_flight = asyncio.create_task(old(DeviceEvent(ARRIVED, {"epc": "e1"})))
+    await asyncio.sleep(0.05)
+    rig.confirmations.device_stopped("portal")
+    new = rig.emit("portal", "rfid-llrp", "delivered")
+    hold.release()
+    late = await in_flight
+    assert late is not None
+    assert rig.given == [("portal", Outcome.PENDING)] and rig.confirmations.waiting == 0
+    fresh = await new(DeviceEvent(ARRIVED, {"epc": "e2"}))
+    assert fresh is not None and rig.confirmations.waiting == 1
+    rig.confirmations.delivered([late.id, fresh.id])
+    assert rig.given == [("portal", Outcome.PENDING), ("portal", Outcome.GOOD)]

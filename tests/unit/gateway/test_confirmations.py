@@ -179,6 +179,32 @@ async def test_device_stopped_answers_only_that_devices_waiters(rec: Recorder) -
     assert rec.tracker.device_stopped("dock-1") == 0
 
 
+@pytest.mark.parametrize(("level", "expected"), [("stored", G), ("delivered", P), ("accepted", P)])
+async def test_an_event_of_a_stopped_driver_instance_is_decided_at_once(
+    rec: Recorder, level: str, expected: Outcome
+) -> None:
+    """A driver instance's event committing after ``device_stopped`` (its emit in a task the
+    stop's cancellation missed) gets its level's answer now, never a waiter; the instance
+    started after the stop (a reload) and a policy never registered keep waiting as ever."""
+    stopped, unregistered = policy("dock-1", level), policy("dock-2", level)
+    rec.tracker.driver_started(stopped)
+    rec.tracker.device_stopped("dock-1")
+    rec.tracker.device_stopped("dock-2")
+    rec.tracker.stored(stopped, scan("a"), time.monotonic())
+    assert rec.given == [("dock-1", expected)] and rec.tracker.waiting == 0
+    restarted = policy("dock-1", level)
+    rec.tracker.driver_started(restarted)
+    rec.tracker.stored(stopped, scan("b"), time.monotonic())  # still the old instance's
+    assert rec.given == [("dock-1", expected)] * 2 and rec.tracker.waiting == 0
+    rec.tracker.stored(restarted, scan("c"), time.monotonic())
+    rec.tracker.stored(unregistered, scan("d", "dock-2"), time.monotonic())
+    waits = 0 if level == "stored" else 2
+    assert rec.tracker.waiting == waits
+    rec.tracker.settled("c", "dock-1", accepted=True, reason=None)
+    rec.tracker.settled("d", "dock-2", accepted=True, reason=None)
+    assert rec.given[2:] == [("dock-1", G), ("dock-2", G)]
+
+
 async def test_latencies_stay_bounded_and_the_total_counts_all(rec: Recorder) -> None:
     p = policy("dock-1", "stored")
     now = time.monotonic()
