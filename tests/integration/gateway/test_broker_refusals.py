@@ -14,6 +14,8 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from buffer.store import Buffer, NewEvent
 from gateway.events import render_event
 from simulators.broker import MosquittoBroker
@@ -139,3 +141,24 @@ async def test_an_event_over_max_packet_size_inside_a_claim_does_not_stop_the_re
         # Counted once the hold has committed, which can come after central has the other 19.
         await wait_until(lambda: rig.publisher.refused_by_broker > 0, timeout=10)
         assert rig.publisher.refused_by_broker == 1
+
+
+async def test_a_refusal_that_goes_on_is_retried_less_and_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event the broker will never take is offered again from ``HELD_RETRY_MIN`` seconds,
+    the wait doubling while the refusals go on: a handful of tries in two seconds at a 0.1 s
+    start (0.1, 0.3, 0.7, 1.5), never a loop that hammers the broker and the log."""
+    import gateway.publisher  # noqa: PLC0415
+
+    monkeypatch.setattr(gateway.publisher, "HELD_RETRY_MIN", 0.1)
+    broker = broker_with(tmp_path, "max_packet_size 2000\n")
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    await buf.append(scan(1, "X" * 3000))
+    await buf.close()
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="hardened") as rig:
+        await wait_until(lambda: rig.publisher.refused_by_broker > 0, timeout=10)
+        await asyncio.sleep(2.0)
+        tries = rig.publisher.refused_by_broker
+        assert 2 <= tries <= 8, f"{tries} refusals in about two seconds"
+        assert rig.publisher.reconnects == 0
