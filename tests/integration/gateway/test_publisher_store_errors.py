@@ -5,18 +5,23 @@ gateway/publisher.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from buffer import schema
+from buffer.schema import STATE_IN_FLIGHT
 from buffer.store import Buffer
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
+from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.integration.gateway.test_store_faults import exclusive_lock
+from tests.support import wait_until
 
 
 async def test_each_store_error_is_counted_once(
@@ -63,3 +68,61 @@ async def test_each_store_error_is_counted_once(
         assert sorted(delivered) == [f"dock-1-{n:06d}" for n in range(3)]
     finally:
         await buf.close()
+
+
+async def test_a_release_that_failed_is_done_before_the_next_session(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events in flight when a session ends go back to pending before a later session claims
+    them: the session ends (no PUBACK within publish_timeout) while another process holds the
+    buffer EXCLUSIVE, so that release fails; once the lock is gone they are released, sent
+    again and delivered, with no restart."""
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_MS", 300)
+    db = tmp_path / "buffer.db"
+    buf = await Buffer.open(db, max_bytes=10**8)
+    delivered: list[str] = []
+    try:
+        async with FaultProxy(broker.host, broker.port) as proxy:
+            mqtt = MqttSection(
+                host=proxy.host,
+                port=proxy.port,
+                reconnect_min=0.05,
+                reconnect_max=0.2,
+                publish_timeout=2.0,
+            )
+            pub = Publisher(
+                mqtt,
+                buf,
+                TOPICS,
+                client_id="gw-release-owed",
+                on_delivered=lambda b: delivered.extend(e.id for e in b),
+            )
+            task = asyncio.create_task(pub.run())
+            try:
+                await wait_until(pub.connected.is_set, timeout=10)
+                proxy.blackhole()  # the PUBACKs of what comes now never arrive
+                for n in range(3):
+                    await buf.append(event("dock-1", n))
+                await wait_until(lambda: in_flight(db) == 3, timeout=10)
+                errors = pub.store_errors
+                async with exclusive_lock(db, 4.0):
+                    # publish_timeout ends the session; its release meets the lock.
+                    await wait_until(lambda: pub.store_errors > errors, timeout=10)
+                    proxy.heal()
+                await wait_until(lambda: len(delivered) == 3, timeout=20)
+            finally:
+                pub.stop()
+                async with asyncio.timeout(30):
+                    await task
+        assert sorted(delivered) == [f"dock-1-{n:06d}" for n in range(3)]
+    finally:
+        await buf.close()
+
+
+def in_flight(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM events WHERE state = ?", (STATE_IN_FLIGHT,)
+            ).fetchone()[0]
+        )
