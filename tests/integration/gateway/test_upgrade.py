@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 from pathlib import Path
@@ -29,10 +30,12 @@ async def test_start_on_a_v1_buffer_extends_the_start_timeout_then_is_ready(
     notify_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
         systemd.bind(str(notify_path))
-        systemd.settimeout(5)
+        systemd.settimeout(10)
         monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
         async with running_gateway(config):
-            heard = [systemd.recv(4096).decode() for _ in range(5)]
+            # In a thread: the gateway may still be starting (packing, READY=1) in this loop,
+            # which a blocking recv here would stall until it timed out.
+            heard = [(await asyncio.to_thread(systemd.recv, 4096)).decode() for _ in range(5)]
     assert heard[:4] == [
         *(f"EXTEND_TIMEOUT_USEC=30000000\nSTATUS=packing event ids: {p} %" for p in (33, 66, 100)),
         "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=counting buffered events: 100 %",  # v4
