@@ -55,8 +55,8 @@ async def test_gateway_events_confirmed_through_the_ledger(
             await wait_until(
                 lambda: set(states(db).values()) <= {STATE_CONFIRMED, STATE_REJECTED}, timeout=20
             )
-            assert GOOD in scanner.feedback_bytes()
-            assert BAD in scanner.feedback_bytes()
+            # The verdicts' feedback follows their commit in the buffer, over the serial line.
+            await scanner.wait_feedback(lambda b: GOOD in b and BAD in b, timeout=10)
         rows = await conn.fetch(
             "SELECT seq, status, data->>'code' AS code FROM events ORDER BY seq"
         )
