@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
+import asyncpg
+import pytest
+
 from central.ledger import Checkpoint, write_batch
 from central.rules import AcceptAll, SkuRule
 from central.schema import MIGRATIONS, migrate
@@ -85,9 +91,6 @@ async def test_checkpoint_and_quarantine_commit_with_the_batch(conn) -> None:
 async def test_instances_starting_together_migrate_once(pg_dsn) -> None:
     """Several instances starting at once on an empty database: one applies each migration,
     the others wait for it (the advisory lock) and find it done; none fails."""
-    import asyncio  # noqa: PLC0415
-
-    import asyncpg  # noqa: PLC0415
 
     conns = [await asyncpg.connect(pg_dsn) for _ in range(4)]
     try:
@@ -111,7 +114,6 @@ class ShortRule:
 async def test_a_rule_with_too_few_verdicts_fails_the_batch_rather_than_drop_events(conn) -> None:
     """Every event of the batch is stored or none is: the batch fails (and is tried again,
     unacknowledged), no event is left out because its verdict is missing."""
-    import pytest  # noqa: PLC0415
 
     with pytest.raises(ValueError, match="zip"):
         await write_batch(conn, events(scan_event(1), scan_event(2)), ShortRule())
@@ -123,10 +125,6 @@ async def test_a_batch_the_fast_encoder_refuses_is_never_reported_stored_unwritt
     standard encoder: PostgreSQL then refuses it as a data error (``Central._write`` splits the
     batch and quarantines that event alone), and nothing is reported stored that is not in the
     table, the good events beside it included."""
-    import dataclasses  # noqa: PLC0415
-
-    import asyncpg  # noqa: PLC0415
-    import pytest  # noqa: PLC0415
 
     good = events(scan_event(1), scan_event(2), scan_event(3))
     batch = [good[0], dataclasses.replace(good[1], id="lone \ud800 surrogate"), good[2]]

@@ -5,21 +5,19 @@ gateway/publisher.py)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from buffer import schema
-from buffer.schema import STATE_IN_FLIGHT
 from buffer.store import Buffer
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS, event
+from tests.integration.gateway.test_publisher_stop import until_in_flight
 from tests.integration.gateway.test_store_faults import exclusive_lock
 from tests.support import wait_until
 
@@ -103,7 +101,7 @@ async def test_a_release_that_failed_is_done_before_the_next_session(
                 proxy.blackhole()  # the PUBACKs of what comes now never arrive
                 for n in range(3):
                     await buf.append(event("dock-1", n))
-                await wait_until(lambda: in_flight(db) == 3, timeout=10)
+                await until_in_flight(buf, 3)
                 errors = pub.store_errors
                 async with exclusive_lock(db, 4.0):
                     # publish_timeout ends the session; its release meets the lock.
@@ -117,12 +115,3 @@ async def test_a_release_that_failed_is_done_before_the_next_session(
         assert sorted(delivered) == [f"dock-1-{n:06d}" for n in range(3)]
     finally:
         await buf.close()
-
-
-def in_flight(db: Path) -> int:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return int(
-            conn.execute(
-                "SELECT count(*) FROM events WHERE state = ?", (STATE_IN_FLIGHT,)
-            ).fetchone()[0]
-        )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from central.ledger import merge_ranges
-from central.parity import device_parity, subtract
+from central.parity import device_parity, expected_devices, subtract
 from central.replayer import coalesce
 
 
@@ -102,9 +105,6 @@ def test_replay_asks_for_old_gaps_not_for_a_long_out_device() -> None:
 def test_as_json_is_every_field_in_a_copy() -> None:
     """``parity --json`` writes each device's every field; ranges come out as lists, and the
     dict is a copy (the caller may add to it without touching the row)."""
-    import dataclasses  # noqa: PLC0415
-    import json  # noqa: PLC0415
-
     row = device_parity("/s/g/d", "edge/s/g", "d", [(1, 3)], {"last_seq": 6, "last_sent_seq": 6})
     out = row.as_json()
     assert set(out) == {f.name for f in dataclasses.fields(row)}
@@ -140,8 +140,6 @@ def test_a_device_with_no_figures_and_nothing_held_is_in_parity() -> None:
 def test_a_checkpoint_whose_devices_are_not_an_object_lists_none() -> None:
     """``devices`` as a list (or anything but an object) is ignored, not a crashed round; a
     device whose figures are not an object is skipped alone."""
-    from central.parity import expected_devices  # noqa: PLC0415
-
     assert expected_devices({"edge/s/g": {"devices": [["dock", {"last_seq": 1}]]}}) == {}
     assert expected_devices({"edge/s/g": {"devices": {"a": 1, "b": {"last_seq": 2}}}}) == {
         "/s/g/b": ("edge/s/g", "b", {"last_seq": 2}, False)
