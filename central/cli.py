@@ -67,11 +67,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
     if args.command == "check-config":
         from central.rules import load_rule  # noqa: PLC0415
         from central.service import link_section  # noqa: PLC0415
+        from gateway.config_lines import LineLocator, format_problem  # noqa: PLC0415
 
         try:
             load_rule(settings.confirm.rule)
         except ValueError as exc:
-            print(f"{args.config}: confirm.rule: {exc}", file=sys.stderr)
+            # Found only by importing the rule, after validation: located like its problems.
+            loc = ("confirm", "rule")
+            line = LineLocator(Path(args.config).read_text(encoding="utf-8")).line_of(loc)
+            print(format_problem(str(args.config), line, loc, str(exc)), file=sys.stderr)
             return EXIT_USAGE
         try:
             link_section(settings)

@@ -82,12 +82,12 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     bad.write_text('[central]\ninstance = "a"\n[confirm]\nrule = "nope"\n')
     done = _check_config(bad)
     assert done.returncode == 2
-    assert "unknown rule" in done.stderr
+    assert f"{bad}:4: confirm.rule: unknown rule 'nope'" in done.stderr
     # A factory that returns something without verdicts(): named, not a bare ValueError.
     bad.write_text('[central]\ninstance = "a"\n[confirm]\nrule = "builtins:object"\n')
     done = _check_config(bad)
     assert done.returncode == 2
-    assert "confirm.rule: rule 'builtins:object' has no verdicts() method" in done.stderr
+    assert f"{bad}:4: confirm.rule: rule 'builtins:object' has no verdicts() method" in done.stderr
 
 
 def test_gmqtt_connect_properties_contract() -> None:
