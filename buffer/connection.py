@@ -54,6 +54,7 @@ class BufferConnection:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
+        self._closed = False
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` with the raw connection on aiosqlite's thread, in one round trip.
@@ -79,8 +80,14 @@ class BufferConnection:
             return await self._call(fn)
 
     async def close(self) -> None:
-        """Checkpoint the WAL into the file (so a clean stop leaves one file) and close."""
+        """Checkpoint the WAL into the file (so a clean stop leaves one file) and close.
+
+        A second call does nothing: a shutdown path that closes again must not fail there.
+        """
         async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             with contextlib.suppress(sqlite3.Error):
                 await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._conn.close()

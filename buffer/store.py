@@ -777,20 +777,19 @@ class Buffer:
         )
 
     async def close(self) -> None:
-        """Finish the commit under way, fail the appends still queued, close the database.
+        """Let the writer commit everything queued, then close the database; twice is harmless.
 
         The batch being committed is never abandoned: its transaction may commit on the SQLite
         thread whatever happens to the task awaiting it, so its callers must hear how it ended.
+        Every append queued before this call is ahead of the ``None`` that stops the writer, and
+        none is queued after it (``_closing``), so the writer settles them all; a writer that
+        died settled its queue itself (:meth:`_abandon`), and without a writer nothing could be
+        queued (:meth:`append_nowait`).
         """
         self._closing = True
-        if self._writer is not None:
+        if self._writer is not None and not self._writer.done():
             self._queue.put_nowait(None)
             await asyncio.gather(self._writer, return_exceptions=True)
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not None and not item.future.done():
-                self.transitions["refused"] += 1
-                item.future.set_exception(BufferClosedError("buffer closed"))
         if self._reader is not None:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._reader.close()

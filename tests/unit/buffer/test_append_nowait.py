@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from buffer.store import Buffer, BufferClosedError, BufferFullError, NewEvent
 from drivers.base import StoredEvent
@@ -190,3 +191,54 @@ async def test_a_dead_writer_refuses_at_once(tmp_path: Path) -> None:
         b.append_nowait(make_event("a", 1))
     assert b._queue.empty()
     await b.close()
+
+
+async def test_commits_counts_each_transaction_once(buf: Buffer) -> None:
+    """``commits`` is one per transaction that stored events: three appends awaited one by one
+    are three commits, a burst queued at once is fewer than its events (the group commit the
+    benchmarks and the group-commit tests read it for)."""
+    for n in range(3):
+        await buf.append_nowait(make_event("a", n))
+    assert buf.commits == 3
+    await asyncio.gather(*[buf.append_nowait(make_event("a", n)) for n in range(3, 53)])
+    assert 4 <= buf.commits < 53
+
+
+async def test_a_refusal_at_the_cap_is_logged_with_the_events_refused(tmp_path: Path) -> None:
+    """The "buffer full" error line counts the scans refused in that commit, not the events
+    stored beside them nor telemetry (dropped telemetry is counted apart, as dropped)."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=1_000)
+    try:
+        await b.append_nowait(make_event("s", 0, size=700))
+        with capture_logs() as logs:
+            outcomes = await asyncio.gather(
+                b.append_nowait(make_event("s", 1, size=10)),
+                b.append_nowait(make_event("s", 2, size=900)),
+                b.append_nowait(make_event("s", 3, size=950)),
+                b.append_nowait(make_event("t", 4, size=900, droppable=True)),
+                return_exceptions=True,
+            )
+        assert [type(o).__name__ for o in outcomes] == [
+            "StoredEvent",
+            "BufferFullError",
+            "BufferFullError",
+            "BufferFullError",
+        ]
+        full = [line for line in logs if line["event"] == "buffer_full_refusing_event"]
+        assert [line["events"] for line in full] == [2]
+    finally:
+        await b.close()
+
+
+async def test_close_twice_is_harmless(tmp_path: Path) -> None:
+    """A shutdown path that closes the buffer again (after an error, say) must not fail there:
+    the second close finds the readers, the database and the writer lock already let go."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    await b.append_nowait(make_event("a", 1))
+    await b.stats()  # opens the statistics reader
+    await b.check_replay("a", 1, 1)  # opens the replay reader
+    await b.close()
+    await b.close()
+    reopened = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)  # the lock was let go
+    assert (await reopened.append_nowait(make_event("a", 2))).seq == 2
+    await reopened.close()
