@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from buffer.schema import STATE_HELD
 from buffer.store import Buffer, NewEvent
 from gateway.events import render_event
 from simulators.broker import MosquittoBroker
@@ -43,7 +44,16 @@ def broker_with(tmp_path: Path, extra: str) -> MosquittoBroker:
     return broker_configured(tmp_path / "hardened", lambda text: text + extra)
 
 
-async def run_case(tmp_path: Path, broker: MosquittoBroker, events: list[NewEvent]) -> None:
+def held_seqs(path: Path) -> set[int]:
+    with sqlite3.connect(path) as conn:
+        return {s for (s,) in conn.execute("SELECT seq FROM events WHERE state = ?", (STATE_HELD,))}
+
+
+async def run_case(
+    tmp_path: Path, broker: MosquittoBroker, events: list[NewEvent], refused: set[int]
+) -> None:
+    """Publish ``events``; the seqs in ``refused`` must end held (counted, not sent, not in
+    flight: their window slot freed), every other one sent and at central."""
     delivered: list[str] = []
     async with publisher_and_central(
         tmp_path,
@@ -64,13 +74,19 @@ async def run_case(tmp_path: Path, broker: MosquittoBroker, events: list[NewEven
             f"seqs {wrongly} marked sent (delivered feedback for {delivered}) though the broker"
             f" refused them; central has {sorted(got)}"
         )
+        # Held events are offered again later (HELD_RETRY_MIN): between tries one may be in
+        # flight for a moment, so the held set is waited for, not read once.
+        await wait_until(lambda: held_seqs(rig.buffer.path) == refused, timeout=5)
+        assert rig.publisher.refused_by_broker >= len(refused)
 
 
 async def test_puback_packet_too_large_is_not_delivery(tmp_path: Path) -> None:
     """``message_size_limit`` (a common hardening setting): a long 2D code is refused with
     PUBACK 0x95; the gateway marks it sent and the worker gets good feedback at ``delivered``."""
     broker = broker_with(tmp_path, "message_size_limit 2000\n")
-    await run_case(tmp_path, broker, [scan(1, "A1"), scan(2, "X" * 3000), scan(3, "A3")])
+    await run_case(
+        tmp_path, broker, [scan(1, "A1"), scan(2, "X" * 3000), scan(3, "A3")], refused={2}
+    )
 
 
 async def test_puback_not_authorized_is_not_delivery(tmp_path: Path) -> None:
@@ -83,7 +99,7 @@ async def test_puback_not_authorized_is_not_delivery(tmp_path: Path) -> None:
         "pattern read #\n"
     )
     broker = broker_with(tmp_path, f"acl_file {acl}\n")
-    await run_case(tmp_path, broker, [scan(1, "A1"), scan(2, "A2")])
+    await run_case(tmp_path, broker, [scan(1, "A1"), scan(2, "A2")], refused={1, 2})
 
 
 async def test_one_event_over_broker_max_packet_size_does_not_stop_delivery(

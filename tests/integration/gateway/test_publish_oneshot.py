@@ -89,6 +89,33 @@ async def test_oneshot_keeps_window_publishes_awaiting_puback(tmp_path: Path) ->
         broker.stop()
     assert taken == 4
     assert took >= 2.9, f"6 publishes with a window of 1 and 0.5 s PUBACKs took {took:.2f} s"
+    # ...and each publish goes as soon as the PUBACK before it came, not after publish_timeout.
+    assert took < 8.0, f"6 publishes with 0.5 s PUBACKs took {took:.2f} s"
+
+
+async def test_oneshot_window_is_ten_by_default(tmp_path: Path) -> None:
+    """``edge-gateway replay`` keeps ten publishes awaiting PUBACK: with every reply 0.5 s late,
+    22 messages go in three rounds (10, 10, 2), so they take 1.5 s from the first one; eleven
+    at once would take two rounds, 1 s, and one at a time 11 s."""
+    broker = broker_configured(tmp_path / "limits", lambda text: text)
+    first_asked: list[float] = []
+
+    async def timed() -> AsyncIterator[tuple[str, bytes]]:
+        first_asked.append(time.monotonic())  # after CONNACK, itself 0.5 s late
+        for n in range(22):
+            yield (TOPIC, f"m{n}".encode())
+
+    try:
+        async with FaultProxy(broker.host, broker.port) as proxy:
+            proxy.delay_replies(0.5)
+            mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=10.0)
+            taken = await publish_oneshot(mqtt, client_id="gw-oneshot-ten", messages=timed())
+            took = time.monotonic() - first_asked[0]
+            proxy.heal()
+    finally:
+        broker.stop()
+    assert taken == 22
+    assert 1.4 <= took < 4.0, f"22 publishes, 0.5 s PUBACKs, default window: {took:.2f} s"
 
 
 @pytest.mark.parametrize("count", [1, 3])

@@ -226,6 +226,7 @@ async def test_a_refusal_at_the_cap_is_logged_with_the_events_refused(tmp_path: 
         ]
         full = [line for line in logs if line["event"] == "buffer_full_refusing_event"]
         assert [line["events"] for line in full] == [2]
+        assert b.transitions["refused"] == 3
     finally:
         await b.close()
 
