@@ -593,8 +593,11 @@ class Publisher:
             return False
         return True
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
-        """QoS 1 publish on the current session; returns after its PUBACK.
+    async def publish(self, topic: str, payload: bytes) -> int | None:
+        """QoS 1 publish, not retained, on the current session; returns after its PUBACK.
+
+        For replays and command answers: what is retained (status, checkpoint) the publisher
+        sends itself, on the session's link.
 
         Returns None when the broker took it, else the reason code it refused it with (which
         sending again will not change). Raises NotConnectedError when there is no session or
@@ -604,7 +607,7 @@ class Publisher:
         if link is None or not self.connected.is_set():
             raise NotConnectedError("not connected to the broker")
         try:
-            return await link.publish(topic, payload, retain=retain)
+            return await link.publish(topic, payload)
         except LinkError as exc:
             raise NotConnectedError(str(exc)) from exc
 
