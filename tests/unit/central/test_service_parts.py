@@ -92,6 +92,18 @@ def test_other_topics_go_to_the_validator(central: Central) -> None:
         assert item.reason == "not an events topic", topic
 
 
+def test_events_are_never_read_as_control_messages(central: Central) -> None:
+    """An events topic goes to the validator whatever its payload: its reasons are the
+    validator's (invalid JSON, the event size limit), not the control messages' ones."""
+    item = central._item("edge/s1/gw1/events/dock", b"not json")
+    assert isinstance(item, Quarantined)
+    assert item.reason.startswith("invalid JSON"), item.reason
+    huge = b'{"p": "' + b"x" * MAX_CONTROL_PAYLOAD + b'"}'
+    item = central._item("edge/s1/gw1/events/dock", huge)
+    assert isinstance(item, Quarantined)
+    assert item.reason == f"payload of {len(huge)} B > {64 * 1024} B", item.reason
+
+
 def test_a_prefix_of_its_own() -> None:
     """The topic prefix comes from ``[central] topic_prefix``."""
     central = Central(settings(central={"instance": "a", "topic_prefix": "wh"}))
