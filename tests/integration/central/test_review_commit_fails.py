@@ -14,6 +14,7 @@ import json
 
 import aiomqtt
 import asyncpg
+from structlog.testing import capture_logs
 
 from tests.support import wait_until
 
@@ -55,8 +56,19 @@ async def test_a_commit_that_fails_after_the_insert_acknowledges_nothing_then_on
                     confirms.extend(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
 
             collector = asyncio.create_task(collect())
-            await client.publish(topic_of(body), raw(body), qos=1)
-            await wait_until(lambda: central.totals["retries"] >= 3, timeout=20)
+            with capture_logs() as logs:
+                await client.publish(topic_of(body), raw(body), qos=1)
+                await wait_until(lambda: central.totals["retries"] >= 3, timeout=20)
+            # PostgreSQL's own refusal: a warning that says why (no traceback), with the batch's
+            # size and the retry's growing delay.
+            failed = [line for line in logs if line["event"].startswith("batch_failed")][:3]
+            assert [line["event"] for line in failed] == ["batch_failed"] * 3
+            assert all("refused at commit" in line["error"] for line in failed)
+            assert [(line["events"], line["retry_s"]) for line in failed] == [
+                (1, 0.05),
+                (1, 0.1),
+                (1, 0.2),
+            ]
             link = central._link
             assert link is not None and link.unacknowledged == 1, "no PUBACK without a commit"
             assert central.totals["stored"] == central.totals["confirms"] == 0
