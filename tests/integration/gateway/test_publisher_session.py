@@ -198,6 +198,10 @@ async def test_online_status_checkpoint_and_publish_latencies(
     finally:
         await stop(pub, task)
     assert not await pub.publish_checkpoint({"n": 2}), "stopped"
+    # The link's end is told too, with the time it went down (``status`` shows it as since).
+    assert [up for up, _ in links] == [True, False]
+    down_since = links[1][1]
+    assert isinstance(down_since, str) and down_since >= status["since"], links
     offline = await retained(broker, TOPICS.status)
     assert offline["state"] == "offline" and offline["since"] > status["since"], "since the stop"
     assert await retained(broker, TOPICS.checkpoint) == {"n": 1}
