@@ -247,3 +247,14 @@ async def test_close_twice_is_harmless(tmp_path: Path) -> None:
     reopened = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)  # the lock was let go
     assert (await reopened.append_nowait(make_event("a", 2))).seq == 2
     await reopened.close()
+
+
+async def test_a_group_commit_holds_at_most_batch_max_events(tmp_path: Path) -> None:
+    """Seven appends queued at once with ``batch_max=2``: four transactions (2, 2, 2, 1)."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8, batch_max=2)
+    try:
+        stored = await asyncio.gather(*[b.append_nowait(make_event("a", n)) for n in range(7)])
+        assert [s.seq for s in stored] == list(range(1, 8))
+        assert b.commits == 4
+    finally:
+        await b.close()
