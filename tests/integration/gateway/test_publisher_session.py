@@ -301,3 +301,33 @@ async def test_publish_latencies_keep_the_newest_ten_thousand_at_most(
         assert pub.publish_latencies[-2] == newest
     finally:
         await stop(pub, task)
+
+
+async def test_an_outage_is_announced_down_once_however_many_attempts_fail(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """The broker goes away and every reconnect fails: the link is told down once, with the
+    time it went down, not again (with a later time) at each failed attempt."""
+    links: list[tuple[bool, str]] = []
+    mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.1)
+    pub = Publisher(
+        mqtt,
+        buffer,
+        TOPICS,
+        client_id="gw-outage",
+        on_delivered=lambda _b: None,
+        on_link=lambda up, since: links.append((up, since)),
+    )
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await pub.connected.wait()
+        broker.stop()
+        async with asyncio.timeout(10):
+            while pub.reconnects < 4:  # the session's loss, then failed attempts
+                await asyncio.sleep(0.02)
+        assert [up for up, _ in links] == [True, False], links
+    finally:
+        await stop(pub, task)
+        broker.start()
+    assert [up for up, _ in links] == [True, False], "stopping while down says nothing more"
