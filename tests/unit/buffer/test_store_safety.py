@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -413,3 +415,20 @@ async def test_a_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> No
         assert (await second.append(make_event("a", 3))).seq == 4
     finally:
         await second.close()
+
+
+async def test_a_buffer_in_a_new_directory_is_private_to_its_owner(tmp_path: Path) -> None:
+    """A state_dir that does not exist yet is made, parents too, and readable by its owner
+    alone (events carry what was scanned), as is the writer lock beside the buffer file.
+    (Python gives the mode to the last directory only: the contents are what it protects.)"""
+    path = tmp_path / "state" / "site" / "buffer.db"
+    old_umask = os.umask(0o022)
+    try:
+        buf = await Buffer.open(path, max_bytes=10**6)
+    finally:
+        os.umask(old_umask)
+    try:
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(Path(f"{path}.lock").stat().st_mode) == 0o600
+    finally:
+        await buf.close()
