@@ -131,3 +131,31 @@ async def test_a_refusal_says_what_is_left_of_the_range(buf: Buffer) -> None:
     assert (await buf.check_replay("s", 2, 6)).error == (
         "range 2..6 is no longer fully retained (oldest retained in range is 5)"
     )
+
+
+async def test_a_range_from_the_last_seq_is_held_and_one_past_it_is_beyond(buf: Buffer) -> None:
+    """An open range starting at the last stored seq is that one event; one past it is refused
+    as beyond the last seq, whatever else the range check would say."""
+    assert await buf.check_replay("s", 10, None) == ReplayRange("s", 10, 10, unsent=1)
+    assert await buf.check_replay("s", 11, None) == ReplayRange(
+        "s", 11, 10, error="from_seq 11 is beyond the last stored seq 10"
+    )
+
+
+async def test_figures_at_a_replay_s_end_name_the_ranges_dropped_meanwhile(tmp_path: Path) -> None:
+    """Telemetry dropped at the cap while a replay ran is reported dropped at its end (it will
+    never come), and only the device's drops inside the range count."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=4_000)
+    try:
+        for n in range(20):
+            await b.append(make_event("belt", n, droppable=True, size=300))
+            await b.append(make_event("other", n, droppable=True, size=10))
+        dropped = (await b.check_replay("belt", 1, 20)).dropped
+        assert dropped, "the cap dropped some of belt's telemetry"
+        first, last = dropped[0]
+        unsent, figures = await b.replay_figures("belt", first, 20)
+        assert figures == dropped
+        assert unsent == 20 - sum(hi - lo + 1 for lo, hi in dropped)
+        assert await b.replay_figures("belt", last + 1, 20) == (20 - last, [])
+    finally:
+        await b.close()
