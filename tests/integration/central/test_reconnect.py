@@ -1,0 +1,77 @@
+"""edge-central's MQTT sessions through broker outages, in process (the kill -9 tests run it as
+a child process, which mutation testing cannot see): it connects again, backing off from
+``reconnect_min`` doubling to ``reconnect_max``, starting again from ``reconnect_min`` after each
+session, and ingests what comes after.
+
+Written for survivors of a mutation run of central/service.py (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+from structlog.testing import capture_logs
+
+from central.service import Central
+from tests.support import wait_until
+
+from .conftest import running_central
+from .helpers import raw, scan_event, topic_of
+
+
+async def test_central_connects_again_after_each_outage_and_ingests(
+    broker, central_settings
+) -> None:
+    settings = central_settings(
+        replay={"enabled": False}, mqtt={"reconnect_min": 0.05, "reconnect_max": 0.2}
+    )
+    async with running_central(settings) as central:
+        for outage in range(2):
+            with capture_logs() as logs:
+                broker.stop()
+                await wait_until(lambda: not central.connected.is_set(), timeout=10)
+                await wait_until(
+                    lambda: sum(line["event"] == "mqtt_unavailable" for line in logs) >= 4,
+                    timeout=10,
+                )
+                broker.start()
+                await wait_until(central.connected.is_set, timeout=10)
+            delays = [line["retry_s"] for line in logs if line["event"] == "mqtt_unavailable"]
+            assert delays[:4] == [0.1, 0.2, 0.2, 0.2], (outage, delays)
+            body = scan_event(outage + 1)
+            async with aiomqtt.Client(
+                broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
+            ) as client:
+                await client.publish(topic_of(body), raw(body), qos=1)
+            stored = outage + 1
+            await wait_until(lambda: central.totals["stored"] == stored, timeout=10)  # noqa: B023
+
+
+async def test_central_started_before_its_broker_connects_once_it_is_up(
+    broker, central_settings
+) -> None:
+    """The broker is not up yet when the instance starts: it keeps trying, backing off from
+    ``reconnect_min``, and connects once the broker is there."""
+    settings = central_settings(
+        replay={"enabled": False}, mqtt={"reconnect_min": 0.05, "reconnect_max": 0.2}
+    )
+    broker.stop()
+    central = Central(settings)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(central.run(stop))
+        try:
+            await wait_until(
+                lambda: sum(line["event"] == "mqtt_unavailable" for line in logs) >= 3,
+                timeout=10,
+            )
+            assert not task.done()
+            broker.start()
+            await wait_until(central.connected.is_set, timeout=10)
+        finally:
+            stop.set()
+            async with asyncio.timeout(20):
+                await task
+    delays = [line["retry_s"] for line in logs if line["event"] == "mqtt_unavailable"]
+    assert delays[:3] == [0.05, 0.1, 0.2], delays
