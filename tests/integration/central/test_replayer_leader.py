@@ -21,6 +21,8 @@ from central.replayer import Replayer
 from central.schema import migrate
 from tests.support import wait_until
 
+from .conftest import running_central
+
 
 async def publish_nothing(_topic: str, _body: bytes) -> bool:
     return False
@@ -87,3 +89,13 @@ async def test_leader_through_a_database_outage(
     gc.collect()
     # Closed by the replayer, not terminated by asyncpg's finalizer with a ResourceWarning.
     assert not [w for w in recwarn if "unclosed connection" in str(w.message)]
+
+
+async def test_an_instance_exports_its_replayer_s_leadership(central_settings) -> None:
+    """The leader flag an operator watches is the instance's own metric (the one its
+    ``/metrics`` serves), not a gauge of a registry nobody serves."""
+    settings = central_settings(replay={"enabled": True})
+    async with running_central(settings) as central:
+        assert central.replayer is not None
+        await wait_until(lambda: central.replayer.leader, timeout=10)
+        await wait_until(lambda: central.metrics.leader._value.get() == 1, timeout=5)
