@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import aiomqtt
+import asyncpg
 from structlog.testing import capture_logs
 
 from central.service import Central
@@ -75,3 +76,50 @@ async def test_central_started_before_its_broker_connects_once_it_is_up(
                 await task
     delays = [line["retry_s"] for line in logs if line["event"] == "mqtt_unavailable"]
     assert delays[:3] == [0.05, 0.1, 0.2], delays
+
+
+async def test_central_started_before_its_database_opens_once_it_accepts(
+    broker, central_settings, pg_dsn
+) -> None:
+    """The database refuses connections when the instance starts (closed for a restore, say):
+    it retries, backing off from 0.1 s doubling to ``[database] retry_max``, and starts once
+    it may connect, migrating then."""
+    settings = central_settings(
+        replay={"enabled": False}, database={"retry_max": 0.3, "pool_size": 3}
+    )
+    probe = await asyncpg.connect(pg_dsn)
+    database = await probe.fetchval("SELECT current_database()")
+    await probe.close()
+    # A database cannot be closed from a connection to itself.
+    admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
+    central = Central(settings)
+    stop = asyncio.Event()
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        with capture_logs() as logs:
+            task = asyncio.create_task(central.run(stop))
+            try:
+                await wait_until(
+                    lambda: sum(line["event"] == "database_unavailable" for line in logs) >= 4,
+                    timeout=10,
+                )
+                assert not task.done()
+                await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+                await wait_until(central.connected.is_set, timeout=10)
+                # ``[database] pool_size`` connections at most, one kept open when idle.
+                assert central.pool is not None
+                assert (central.pool.get_min_size(), central.pool.get_max_size()) == (1, 3)
+            finally:
+                stop.set()
+                async with asyncio.timeout(20):
+                    await task
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    delays = [line["retry_s"] for line in logs if line["event"] == "database_unavailable"]
+    assert delays[:4] == [0.1, 0.2, 0.3, 0.3], delays
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM schema_version") >= 1
+    finally:
+        await connection.close()
