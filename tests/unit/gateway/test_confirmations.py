@@ -192,6 +192,8 @@ async def test_an_event_of_a_stopped_driver_instance_is_decided_at_once(
     rec.tracker.device_stopped("dock-2")
     rec.tracker.stored(stopped, scan("a"), time.monotonic())
     assert rec.given == [("dock-1", expected)] and rec.tracker.waiting == 0
+    # A good answer counts its scan -> feedback latency like any other.
+    assert len(rec.tracker.latencies) == (1 if expected is Outcome.GOOD else 0)
     restarted = policy("dock-1", level)
     rec.tracker.driver_started(restarted)
     rec.tracker.stored(stopped, scan("b"), time.monotonic())  # still the old instance's
