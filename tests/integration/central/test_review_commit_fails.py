@@ -83,6 +83,18 @@ async def test_a_commit_that_fails_after_the_insert_acknowledges_nothing_then_on
             assert link.unacknowledged == 0
             assert (central.totals["stored"], central.totals["duplicates"]) == (1, 0)
             assert await admin.fetchval("SELECT count(*) FROM events") == 1
+            # A later failure backs off from the start again, not from where the last one was.
+            await admin.execute("UPDATE review_block SET on_ = true")
+            second = scan_event(2)
+            with capture_logs() as logs:
+                await client.publish(topic_of(second), raw(second), qos=1)
+                await wait_until(
+                    lambda: sum(line["event"] == "batch_failed" for line in logs) >= 2, timeout=20
+                )
+            retries = [line["retry_s"] for line in logs if line["event"] == "batch_failed"]
+            assert retries[:2] == [0.05, 0.1], retries
+            await admin.execute("UPDATE review_block SET on_ = false")
+            await wait_until(lambda: central.totals["stored"] == 2, timeout=20)
             collector.cancel()
         finally:
             await admin.close()
