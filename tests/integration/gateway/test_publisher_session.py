@@ -14,11 +14,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from buffer.store import Buffer, NewEvent
-from gateway import publisher
+from gateway import __version__, publisher
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
+from tests.chaos.faultproxy import FaultProxy
 
 TOPICS = Topics("edge/site-test/gw-session")
 
@@ -174,6 +175,7 @@ async def test_online_status_checkpoint_and_publish_latencies(
             await pub.connected.wait()
         status = await retained(broker, TOPICS.status)
         assert status["state"] == "online" and isinstance(status["since"], str)
+        assert status["version"] == __version__, "central tells the fleet's versions apart"
         assert links == [(True, status["since"])]
         assert await pub.publish_checkpoint({"n": 1})
         assert await retained(broker, TOPICS.checkpoint) == {"n": 1}
@@ -331,3 +333,23 @@ async def test_an_outage_is_announced_down_once_however_many_attempts_fail(
         await stop(pub, task)
         broker.start()
     assert [up for up, _ in links] == [True, False], "stopping while down says nothing more"
+
+
+async def test_a_lost_session_counts_one_reconnect(buffer: Buffer, broker: MosquittoBroker) -> None:
+    """The connection is reset once and the next attempt succeeds: ``reconnects`` (the
+    metric an operator alerts on) is exactly one."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, reconnect_min=0.05, reconnect_max=0.1)
+        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-once", on_delivered=lambda _b: None)
+        task = asyncio.create_task(pub.run())
+        try:
+            async with asyncio.timeout(10):
+                await pub.connected.wait()
+            proxy.cut()
+            async with asyncio.timeout(10):
+                while pub.connected.is_set():
+                    await asyncio.sleep(0.01)
+                await pub.connected.wait()
+            assert pub.reconnects == 1
+        finally:
+            await stop(pub, task)
