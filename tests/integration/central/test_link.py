@@ -4,6 +4,7 @@ held is acknowledged once the link ends (the broker sends it again next session)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,7 +111,10 @@ async def test_close_returns_only_once_the_broker_has_read_its_acknowledgements(
         for future in futures[:50]:
             future.set_result(None)
         await wait_until(lambda: link.unacknowledged == 10, timeout=5)
+        started = time.monotonic()
         await link.close()
+        # Once the UNSUBACK proves the PUBACKs read (1 s late), not after [mqtt] timeout (5 s).
+        assert time.monotonic() - started < 4.0
         direct = central_settings(instance="link-slow-up")  # the broker itself, at once
         assert sorted(await _redelivered(direct)) == sorted(payloads[50:])
 
