@@ -73,24 +73,34 @@ def central_settings(
 
 
 @contextlib.asynccontextmanager
-async def running_central(
+async def started_central(
     settings: CentralSettings, *, rule: Rule | None = None
-) -> AsyncIterator[Central]:
-    """An instance in this event loop, connected; stopped on exit, its failure surfaced."""
+) -> AsyncIterator[tuple[Central, asyncio.Task[None]]]:
+    """An instance in this event loop, started whatever it can reach yet, and its task;
+    stopped on exit, its failure surfaced."""
     central = Central(settings, rule=rule)
     stop = asyncio.Event()
     task = asyncio.create_task(central.run(stop))
     try:
+        yield central, task
+    finally:
+        stop.set()
+        async with asyncio.timeout(20):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def running_central(
+    settings: CentralSettings, *, rule: Rule | None = None
+) -> AsyncIterator[Central]:
+    """An instance in this event loop, connected; stopped on exit, its failure surfaced."""
+    async with started_central(settings, rule=rule) as (central, task):
         async with asyncio.timeout(20):
             while not central.connected.is_set():
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
         yield central
-    finally:
-        stop.set()
-        async with asyncio.timeout(20):
-            await task
 
 
 class CentralProcess:

@@ -8,17 +8,21 @@ Written for survivors of a mutation run of central/service.py (docs/testing.md).
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import aiomqtt
 import asyncpg
 from structlog.testing import capture_logs
 
-from central.service import Central
 from tests.support import wait_until
 
-from .conftest import running_central
+from .conftest import running_central, started_central
 from .helpers import raw, scan_event, topic_of
+
+
+def retries(logs: list[dict[str, Any]], event: str) -> list[float]:
+    """The ``retry_s`` of each ``event`` line logged: one per failed attempt, in order."""
+    return [line["retry_s"] for line in logs if line["event"] == event]
 
 
 async def test_central_connects_again_after_each_outage_and_ingests(
@@ -32,13 +36,10 @@ async def test_central_connects_again_after_each_outage_and_ingests(
             with capture_logs() as logs:
                 broker.stop()
                 await wait_until(lambda: not central.connected.is_set(), timeout=10)
-                await wait_until(
-                    lambda: sum(line["event"] == "mqtt_unavailable" for line in logs) >= 4,
-                    timeout=10,
-                )
+                await wait_until(lambda: len(retries(logs, "mqtt_unavailable")) >= 4, timeout=10)
                 broker.start()
                 await wait_until(central.connected.is_set, timeout=10)
-            delays = [line["retry_s"] for line in logs if line["event"] == "mqtt_unavailable"]
+            delays = retries(logs, "mqtt_unavailable")
             assert delays[:4] == [0.1, 0.2, 0.2, 0.2], (outage, delays)
             body = scan_event(outage + 1)
             async with aiomqtt.Client(
@@ -58,23 +59,13 @@ async def test_central_started_before_its_broker_connects_once_it_is_up(
         replay={"enabled": False}, mqtt={"reconnect_min": 0.05, "reconnect_max": 0.2}
     )
     broker.stop()
-    central = Central(settings)
-    stop = asyncio.Event()
     with capture_logs() as logs:
-        task = asyncio.create_task(central.run(stop))
-        try:
-            await wait_until(
-                lambda: sum(line["event"] == "mqtt_unavailable" for line in logs) >= 3,
-                timeout=10,
-            )
+        async with started_central(settings) as (central, task):
+            await wait_until(lambda: len(retries(logs, "mqtt_unavailable")) >= 3, timeout=10)
             assert not task.done()
             broker.start()
             await wait_until(central.connected.is_set, timeout=10)
-        finally:
-            stop.set()
-            async with asyncio.timeout(20):
-                await task
-    delays = [line["retry_s"] for line in logs if line["event"] == "mqtt_unavailable"]
+    delays = retries(logs, "mqtt_unavailable")
     assert delays[:3] == [0.05, 0.1, 0.2], delays
 
 
@@ -92,16 +83,12 @@ async def test_central_started_before_its_database_opens_once_it_accepts(
     await probe.close()
     # A database cannot be closed from a connection to itself.
     admin = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres")
-    central = Central(settings)
-    stop = asyncio.Event()
     try:
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         with capture_logs() as logs:
-            task = asyncio.create_task(central.run(stop))
-            try:
+            async with started_central(settings) as (central, task):
                 await wait_until(
-                    lambda: sum(line["event"] == "database_unavailable" for line in logs) >= 4,
-                    timeout=10,
+                    lambda: len(retries(logs, "database_unavailable")) >= 4, timeout=10
                 )
                 assert not task.done()
                 await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
@@ -109,14 +96,10 @@ async def test_central_started_before_its_database_opens_once_it_accepts(
                 # ``[database] pool_size`` connections at most, one kept open when idle.
                 assert central.pool is not None
                 assert (central.pool.get_min_size(), central.pool.get_max_size()) == (1, 3)
-            finally:
-                stop.set()
-                async with asyncio.timeout(20):
-                    await task
     finally:
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await admin.close()
-    delays = [line["retry_s"] for line in logs if line["event"] == "database_unavailable"]
+    delays = retries(logs, "database_unavailable")
     assert delays[:4] == [0.1, 0.2, 0.3, 0.3], delays
     connection = await asyncpg.connect(pg_dsn)
     try:
