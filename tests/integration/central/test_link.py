@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from central.config import CentralSettings
 from central.service import CentralLink
+from gateway.mqtt_link import LinkError
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
 from tests.support import broker_configured, wait_until
@@ -33,6 +35,25 @@ async def _redelivered(settings: CentralSettings) -> list[bytes]:
     finally:
         await link.close()
     return seen
+
+
+def _pubacks_written(link: CentralLink) -> list[bytes]:
+    """Every PUBACK packet the link writes from now on, one entry per packet."""
+    protocol = link._client._connection._protocol
+    original = protocol.write_data
+    pubacks: list[bytes] = []
+
+    def write_data(data: bytes) -> None:
+        if data and data[0] & 0xF0 == 0x40:  # the link's flush writes PUBACKs and nothing else
+            at = 0
+            while at < len(data):
+                size = 2 + data[at + 1]  # a PUBACK's Remaining Length fits in one byte
+                pubacks.append(data[at : at + size])
+                at += size
+        original(data)
+
+    protocol.write_data = write_data
+    return pubacks
 
 
 async def test_acks_wait_for_effects_in_order_and_a_failure_holds_the_rest(
@@ -90,9 +111,15 @@ async def test_a_batch_done_at_once_is_acknowledged_and_held_ones_are_not(
     come again in the next session, and nothing else does."""
     settings = central_settings(instance="link-batch")
     link, futures, payloads = await _holding_link(broker, settings, 250)
+    pubacks = _pubacks_written(link)
     for future in futures[:200]:
         future.set_result(None)
     await wait_until(lambda: link.unacknowledged == 50, timeout=5)
+    # MQTT 5 PUBACKs: flags zero (a DUP bit there is a malformed packet [MQTT-2.1.3-1]),
+    # Remaining Length 4, reason code 0, no properties; one per message, no packet id twice.
+    assert len(pubacks) == 200
+    assert {(p[:2], p[4:]) for p in pubacks} == {(b"\x40\x04", b"\x00\x00")}
+    assert len({p[2:4] for p in pubacks}) == 200
     await link.close()
     futures[200].set_result(None)  # after the end: acknowledges nothing
     assert sorted(await _redelivered(settings)) == sorted(payloads[200:])
@@ -117,6 +144,55 @@ async def test_close_returns_only_once_the_broker_has_read_its_acknowledgements(
         assert time.monotonic() - started < 4.0
         direct = central_settings(instance="link-slow-up")  # the broker itself, at once
         assert sorted(await _redelivered(direct)) == sorted(payloads[50:])
+
+
+async def test_effects_done_while_close_waits_for_the_unsuback_are_not_acknowledged(
+    broker: MosquittoBroker, central_settings: Callable[..., CentralSettings]
+) -> None:
+    """Once close() has begun, a PUBACK would go out after the UNSUBSCRIBE that proves the
+    earlier ones read, so nothing proves it read: what is done while close() waits is held
+    and comes again in the next session, like everything not done by then."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        settings = central_settings(instance="link-closing", mqtt={"port": proxy.port})
+        link, futures, payloads = await _holding_link(broker, settings, 10)
+        futures[0].set_result(None)
+        await wait_until(lambda: link.unacknowledged == 9, timeout=5)
+        pubacks = _pubacks_written(link)
+        proxy.delay_requests(1.0)
+        closing = asyncio.create_task(link.close())
+        await asyncio.sleep(0.3)  # the UNSUBSCRIBE is on its way, its UNSUBACK 1 s away
+        assert not closing.done()
+        for future in futures[1:]:
+            future.set_result(None)
+        await closing
+        assert pubacks == []
+        direct = central_settings(instance="link-closing")
+        assert sorted(await _redelivered(direct)) == sorted(payloads[1:])
+
+
+async def test_nothing_is_acknowledged_once_a_timeout_declared_the_link_lost(
+    broker: MosquittoBroker, central_settings: Callable[..., CentralSettings]
+) -> None:
+    """No PUBACK within ``[mqtt] timeout`` ends the link (lost) while its socket is still open:
+    effects done after that are not acknowledged on it, they come again next session."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        settings = central_settings(
+            instance="link-timed-out", mqtt={"port": proxy.port, "timeout": 1}
+        )
+        link, futures, payloads = await _holding_link(broker, settings, 5)
+        pubacks = _pubacks_written(link)
+        proxy.delay_replies(30.0)
+        with pytest.raises(LinkError):
+            await link.publish("central/out", b"confirm")
+        assert link.lost.is_set()
+        assert link._client.is_connected, "the socket is still open: only the link gave up"
+        for future in futures:
+            future.set_result(None)
+        await asyncio.sleep(0.3)
+        assert pubacks == []
+        await link.close()
+    direct = central_settings(instance="link-timed-out")
+    assert sorted(await _redelivered(direct)) == sorted(payloads)
 
 
 async def test_close_during_a_blackhole_returns_within_the_timeout_and_loses_nothing(
