@@ -11,14 +11,18 @@ every CONNECT (our will is retained). Now refused events are held in the buffer 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from buffer.schema import STATE_HELD
 from buffer.store import Buffer, NewEvent
 from gateway.events import render_event
+from gateway.publisher import HELD_RETRY_MIN, Publisher
+from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.integration.gateway.test_publisher import TOPICS
 from tests.support import broker_configured, publisher_and_central, wait_until
@@ -178,3 +182,51 @@ async def test_a_refusal_that_goes_on_is_retried_less_and_less_often(
         tries = rig.publisher.refused_by_broker
         assert 2 <= tries <= 8, f"{tries} refusals in about two seconds"
         assert rig.publisher.reconnects == 0
+
+
+async def test_events_held_by_one_session_are_offered_again_when_the_next_starts(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A refusal may end with its session: the next one (new settings after a reload, a
+    failover broker) may take the event. What was held is offered again when that session
+    starts, not only at the in-session retry ``HELD_RETRY_MIN`` (5 s) later."""
+    limited = broker_with(tmp_path, "max_packet_size 2000\n")
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    pub = Publisher(
+        MqttSection(host=limited.host, port=limited.port),
+        buf,
+        TOPICS,
+        client_id="gw-held-next",
+        on_delivered=lambda _b: None,
+    )
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await pub.connected.wait()
+        await buf.append(scan(1, "X" * 3000))
+        await wait_until(lambda: held_seqs(buf.path) == {1}, timeout=5)
+        async with aiomqtt.Client(broker.host, broker.port, identifier="held-watch") as client:
+            await client.subscribe(TOPICS.events("+"), qos=1)
+            pub.reconfigure(MqttSection(host=broker.host, port=broker.port))
+            async with asyncio.timeout(HELD_RETRY_MIN / 2):
+                message = await anext(aiter(client.messages))
+        assert json.loads(bytes(message.payload))["seq"] == 1  # type: ignore[arg-type]
+    finally:
+        pub.stop()
+        async with asyncio.timeout(15):
+            await task
+        await buf.close()
+        limited.stop()
+
+
+async def test_holding_a_refused_event_leaves_no_error_on_the_event_loop(tmp_path: Path) -> None:
+    """The hold's bookkeeping (a done callback) must not fail: an error in a callback is
+    only logged by asyncio, and the future it should have forgotten stays referenced."""
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    broker = broker_with(tmp_path, "max_packet_size 2000\n")
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="hold-quiet") as rig:
+        await rig.buffer.append(scan(1, "X" * 3000))
+        await wait_until(lambda: held_seqs(rig.buffer.path) == {1}, timeout=5)
+        await asyncio.sleep(0.2)
+    assert errors == []

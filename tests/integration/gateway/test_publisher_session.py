@@ -4,7 +4,9 @@ handed on with their retained flag, and new settings applied (issue 19, mutation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,26 @@ async def retained(broker: MosquittoBroker, topic: str) -> Any:
         except TimeoutError:
             return None
     return None
+
+
+@contextlib.asynccontextmanager
+async def statuses_seen(broker: MosquittoBroker) -> AsyncIterator[list[tuple[str, Any]]]:
+    """Every device status published from now on (not those already retained), in order."""
+    seen: list[tuple[str, Any]] = []
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(TOPICS.device_status("+"), qos=1)
+
+        async def watch() -> None:
+            async for message in client.messages:
+                if not message.retain:
+                    body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    seen.append((str(message.topic), body))
+
+        watching = asyncio.create_task(watch())
+        try:
+            yield seen
+        finally:
+            watching.cancel()
 
 
 async def until_retained(broker: MosquittoBroker, topic: str, expected: object) -> None:
@@ -353,3 +375,82 @@ async def test_a_lost_session_counts_one_reconnect(buffer: Buffer, broker: Mosqu
             assert pub.reconnects == 1
         finally:
             await stop(pub, task)
+
+
+async def test_a_session_start_publishes_each_device_status_once(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """Statuses set before the connect go out once with the session: only a status that
+    changed while the session was being set up is sent a second time."""
+    async with statuses_seen(broker) as received:
+        mqtt = MqttSection(host=broker.host, port=broker.port)
+        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-once", on_delivered=lambda _b: None)
+        pub.device_status("dock-1", {"state": "up"})
+        pub.device_status("dock-2", {"state": "down"})
+        task = asyncio.create_task(pub.run())
+        try:
+            async with asyncio.timeout(10):
+                await pub.connected.wait()
+            await asyncio.sleep(0.5)
+        finally:
+            await stop(pub, task)
+    assert sorted(received) == [
+        (TOPICS.device_status("dock-1"), {"state": "up"}),
+        (TOPICS.device_status("dock-2"), {"state": "down"}),
+    ]
+
+
+async def test_the_puback_watcher_ends_the_session_at_publish_timeout_not_at_its_next_tick(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """The watcher checks once a second, but wakes when the oldest publish's time is up: with
+    ``publish_timeout`` 1.5 s a blackholed event ends the session 1.5 s after it was written,
+    not at the tick after (2 s)."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=1.5, keepalive=60)
+        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-watch", on_delivered=lambda _b: None)
+        task = asyncio.create_task(pub.run())
+        try:
+            async with asyncio.timeout(10):
+                await pub.connected.wait()
+            proxy.blackhole()
+            await buffer.append(scan("watch-1"))
+            async with asyncio.timeout(5):
+                while not pub._in_flight:
+                    await asyncio.sleep(0.005)
+            written = time.monotonic()
+            async with asyncio.timeout(5):
+                while pub.reconnects == 0:
+                    await asyncio.sleep(0.005)
+            took = time.monotonic() - written
+        finally:
+            proxy.heal()
+            await stop(pub, task)
+    assert 1.4 <= took < 1.8, f"the session ended {took:.2f} s after the publish"
+
+
+async def test_a_session_is_announced_only_once_the_device_statuses_are_published(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """Statuses set before the connect are published with the session, before it is announced
+    connected: with the broker's answers 0.3 s late, they have reached a subscriber by then."""
+    at_announce: list[int] = []
+    async with statuses_seen(broker) as received, FaultProxy(broker.host, broker.port) as proxy:
+        proxy.delay_replies(0.3)
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, keepalive=60)
+        pub = Publisher(
+            mqtt,
+            buffer,
+            TOPICS,
+            client_id="gw-status-first",
+            on_delivered=lambda _b: None,
+            on_link=lambda up, _since: at_announce.append(len(received)) if up else None,
+        )
+        pub.device_status("dock-1", {"state": "up"})
+        task = asyncio.create_task(pub.run())
+        try:
+            async with asyncio.timeout(10):
+                await pub.connected.wait()
+        finally:
+            await stop(pub, task)
+    assert at_announce == [1], (at_announce, received)
