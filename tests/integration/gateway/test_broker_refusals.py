@@ -230,3 +230,18 @@ async def test_holding_a_refused_event_leaves_no_error_on_the_event_loop(tmp_pat
         await wait_until(lambda: held_seqs(rig.buffer.path) == {1}, timeout=5)
         await asyncio.sleep(0.2)
     assert errors == []
+
+
+async def test_a_held_retry_that_finds_nothing_held_lets_the_session_go_on(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-session retry looks for held events every ``HELD_RETRY_MIN`` seconds whether or
+    not any are held; finding none, it waits from the start again, and the session goes on."""
+    import gateway.publisher  # noqa: PLC0415
+
+    monkeypatch.setattr(gateway.publisher, "HELD_RETRY_MIN", 0.05)
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="retry-idle") as rig:
+        await asyncio.sleep(0.3)  # several rounds with nothing held
+        await rig.buffer.append(scan(1, "A"))
+        await rig.central.wait_for(1, timeout=5)
+        assert rig.publisher.reconnects == 0
