@@ -87,7 +87,8 @@ class BufferConnection:
         async with self._lock:
             if self._closed:
                 return
-            self._closed = True
             with contextlib.suppress(sqlite3.Error):
                 await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._conn.close()
+            # Only now: a close cut short (cancelled in the checkpoint) is done by the next.
+            self._closed = True

@@ -218,6 +218,7 @@ class Buffer:
         this process runs (a restart forgets every claim)."""
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._close_task: asyncio.Future[None] | None = None
         self._lock_fd: int | None = None
         """The buffer file's writer lock (buffer/writer_lock.py), held until :meth:`close`."""
         self._reader: aiosqlite.Connection | None = None
@@ -359,6 +360,10 @@ class Buffer:
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(unknown)
+        self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """Refuse what is still queued: it never reached a transaction, and no writer will."""
         while not self._queue.empty():
             queued = self._queue.get_nowait()
             if queued is not None and not queued.future.done():
@@ -777,19 +782,31 @@ class Buffer:
         )
 
     async def close(self) -> None:
-        """Let the writer commit everything queued, then close the database; twice is harmless.
+        """Let the writer commit everything queued, then close the database.
 
-        The batch being committed is never abandoned: its transaction may commit on the SQLite
-        thread whatever happens to the task awaiting it, so its callers must hear how it ended.
-        Every append queued before this call is ahead of the ``None`` that stops the writer, and
-        none is queued after it (``_closing``), so the writer settles them all; a writer that
-        died settled its queue itself (:meth:`_abandon`), and without a writer nothing could be
-        queued (:meth:`append_nowait`).
+        Closes run once: a second call, from another task or after the first was cancelled
+        (a shutdown cut short), waits for that same close, which goes on to the end whatever
+        happens to its callers. Two closes each closing the readers would hang (aiosqlite's
+        second close waits for a thread the first ended), and a close cut short halfway would
+        leave the database open behind a released writer lock.
+        """
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        """The batch being committed is never abandoned: its transaction may commit on the
+        SQLite thread whatever happens to the task awaiting it, so its callers must hear how
+        it ended. Every append queued before this call is ahead of the ``None`` that stops the
+        writer, and none is queued after it (``_closing``), so the writer settles them all.
+        What a writer that never ran (cancelled before its first step: no :meth:`_abandon`)
+        left queued is refused here.
         """
         self._closing = True
         if self._writer is not None and not self._writer.done():
             self._queue.put_nowait(None)
             await asyncio.gather(self._writer, return_exceptions=True)
+        self._refuse_queued()
         if self._reader is not None:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._reader.close()
