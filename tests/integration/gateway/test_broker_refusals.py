@@ -220,15 +220,19 @@ async def test_events_held_by_one_session_are_offered_again_when_the_next_starts
 
 
 async def test_holding_a_refused_event_leaves_no_error_on_the_event_loop(tmp_path: Path) -> None:
-    """The hold's bookkeeping (a done callback) must not fail: an error in a callback is
-    only logged by asyncio, and the future it should have forgotten stays referenced."""
+    """The bookkeeping of a hold and of a sent mark (a done callback) must not fail: an error
+    in a callback is only logged by asyncio, and the future it should have forgotten stays
+    referenced. One refusal counts one."""
     errors: list[dict[str, object]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
     broker = broker_with(tmp_path, "max_packet_size 2000\n")
     async with publisher_and_central(tmp_path, broker, TOPICS, name="hold-quiet") as rig:
         await rig.buffer.append(scan(1, "X" * 3000))
+        await rig.buffer.append(scan(2, "A"))  # marked sent: the same bookkeeping
         await wait_until(lambda: held_seqs(rig.buffer.path) == {1}, timeout=5)
+        await rig.central.wait_for(1, timeout=5)
         await asyncio.sleep(0.2)
+        assert rig.publisher.refused_by_broker == 1
     assert errors == []
 
 

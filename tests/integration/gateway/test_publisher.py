@@ -18,6 +18,7 @@ from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
+from tests.support import wait_until
 
 TOPICS = Topics("edge/site-test/gw-test")
 
@@ -161,6 +162,7 @@ async def test_a_backlog_drained_without_live_events_is_not_historical(
     task = asyncio.create_task(pub.run())
     try:
         assert await central.wait_for(backlog, timeout=60), central.unique_count()
+        await wait_until(lambda: not pub.draining, timeout=5)  # the drain is over, and said so
     finally:
         pub.stop()
         async with asyncio.timeout(30):

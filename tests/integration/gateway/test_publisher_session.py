@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -454,3 +455,56 @@ async def test_a_session_is_announced_only_once_the_device_statuses_are_publishe
         finally:
             await stop(pub, task)
     assert at_announce == [1], (at_announce, received)
+
+
+async def test_a_publisher_that_never_connected_never_announces_a_link_down(
+    buffer: Buffer, tmp_path: Path
+) -> None:
+    """Down is announced only after up: attempts against a broker that is not there tell
+    ``on_link`` nothing (the daemon would log and count a link loss that never was)."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    links: list[bool] = []
+    mqtt = MqttSection(host="127.0.0.1", port=port, reconnect_min=0.02, reconnect_max=0.05)
+    pub = Publisher(
+        mqtt,
+        buffer,
+        TOPICS,
+        client_id="gw-never",
+        on_delivered=lambda _b: None,
+        on_link=lambda up, _since: links.append(up),
+    )
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(5):
+            while pub.reconnects < 3:
+                await asyncio.sleep(0.01)
+    finally:
+        await stop(pub, task)
+    assert links == []
+
+
+async def test_no_more_events_in_flight_than_max_inflight(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """``[mqtt] max_inflight`` bounds the events awaiting their PUBACK, below the broker's
+    window: with PUBACKs 0.5 s late, 10 events go out 3 at a time."""
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, max_inflight=3, keepalive=60)
+        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-window", on_delivered=lambda _b: None)
+        task = asyncio.create_task(pub.run())
+        try:
+            async with asyncio.timeout(10):
+                await pub.connected.wait()
+            proxy.delay_replies(0.5)
+            for n in range(10):
+                await buffer.append(scan(f"w-{n}"))
+            most = 0
+            for _ in range(40):
+                most = max(most, len(pub._in_flight))
+                await asyncio.sleep(0.01)
+        finally:
+            proxy.heal()
+            await stop(pub, task)
+    assert most == 3
