@@ -158,6 +158,8 @@ def test_link_settings_come_from_mqtt(tmp_path: Path) -> None:
     password = tmp_path / "password"
     password.write_text("secret\n")
     password.chmod(0o600)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     section = link_section(
         settings(
             mqtt={
@@ -167,7 +169,7 @@ def test_link_settings_come_from_mqtt(tmp_path: Path) -> None:
                 "timeout": 7,
                 "username": "central",
                 "password_file": str(password),
-                "tls": {"insecure": True},
+                "tls": {"insecure": True, "ca_file": str(ca)},
             }
         )
     )
@@ -181,6 +183,7 @@ def test_link_settings_come_from_mqtt(tmp_path: Path) -> None:
     assert section.password_file == password
     assert section.tls is not None
     assert section.tls.insecure is True
+    assert section.tls.ca_file == ca
     plain = link_section(settings())
     assert plain.username is None
     assert plain.password_file is None
