@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from structlog.testing import capture_logs
 
 from buffer.store import Buffer, NewEvent
 from drivers.backoff import Backoff
@@ -169,3 +170,22 @@ async def test_a_backlog_drained_without_live_events_is_not_historical(
             await task
     assert not [m["seq"] for m in central.messages if m.get("historical")]
     assert [m["seq"] for m in central.messages] == list(range(1, backlog + 1))
+
+
+async def test_a_backlog_of_exactly_live_first_backlog_is_no_drain(
+    buffer: Buffer, broker: MosquittoBroker, central: CentralCollector
+) -> None:
+    """A drain (live first, ``draining`` in the checkpoint) is for a backlog larger than
+    ``LIVE_FIRST_BACKLOG``; one of exactly that many goes out as usual."""
+    await asyncio.gather(*(buffer.append(event("a", i)) for i in range(LIVE_FIRST_BACKLOG)))
+    mqtt = MqttSection(host=broker.host, port=broker.port)
+    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-no-drain", on_delivered=lambda _b: None)
+    with capture_logs() as logs:
+        task = asyncio.create_task(pub.run())
+        try:
+            assert await central.wait_for(LIVE_FIRST_BACKLOG, timeout=60)
+        finally:
+            pub.stop()
+            async with asyncio.timeout(30):
+                await task
+    assert not [line for line in logs if line["event"] == "backlog_drain_started"]

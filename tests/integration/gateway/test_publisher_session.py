@@ -461,7 +461,8 @@ async def test_a_publisher_that_never_connected_never_announces_a_link_down(
     buffer: Buffer, tmp_path: Path
 ) -> None:
     """Down is announced only after up: attempts against a broker that is not there tell
-    ``on_link`` nothing (the daemon would log and count a link loss that never was)."""
+    ``on_link`` nothing (the daemon would log and count a link loss that never was), and
+    there is no drain without a session."""
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -483,6 +484,7 @@ async def test_a_publisher_that_never_connected_never_announces_a_link_down(
     finally:
         await stop(pub, task)
     assert links == []
+    assert not pub.draining, "no session, no drain (the checkpoint and the demo view read it)"
 
 
 async def test_no_more_events_in_flight_than_max_inflight(
