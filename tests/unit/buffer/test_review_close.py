@@ -167,3 +167,53 @@ async def test_a_connection_close_cut_short_in_its_checkpoint_is_done_by_the_nex
     await db.close()
     assert await thread_ended(conn), "the database connection was never closed"
     await b.close()
+
+
+@pytest.mark.parametrize(
+    "error", [sqlite3.OperationalError("disk I/O error"), ValueError("closed")]
+)
+async def test_a_reader_that_fails_to_close_does_not_keep_the_buffer_open(
+    tmp_path: Path, error: Exception
+) -> None:
+    """Closing the read-only connections (statistics, replays) can fail as aiosqlite does
+    (``sqlite3.Error``, or ``ValueError`` for a connection already gone); such a failure,
+    injected here because no fault we can cause makes a read-only close fail, must not keep
+    the writer's connection open or the writer lock held."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    await b.append_nowait(make_event("a", 1))
+    await b.stats()
+    replay = await b._replay_reads()
+    conn = b._db._conn
+
+    async def failing_close() -> None:
+        raise error
+
+    for reader in (b._reader, replay):
+        assert reader is not None
+        reader.close = failing_close  # type: ignore[method-assign]
+    await b.close()
+    assert b._lock_fd is None, "the writer lock is let go"
+    assert await thread_ended(conn), "the writer's connection is closed"
+
+
+async def test_a_writer_cancelled_while_close_waits_for_it_still_lets_close_finish(
+    tmp_path: Path,
+) -> None:
+    """The loop's teardown may cancel the writer while ``close`` waits for it to commit what
+    was queued: close still refuses nothing it cannot answer, closes the file and lets the
+    writer lock go (a CancelledError out of its wait must not cut it short)."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    hold = WriteHold(b.path)
+    future = b.append_nowait(make_event("a", 1))
+    await asyncio.sleep(0.05)  # the writer is in the commit, waiting for the lock
+    conn = b._db._conn
+    closing = asyncio.create_task(b.close())
+    await asyncio.sleep(0.05)
+    assert b._writer is not None
+    b._writer.cancel()
+    hold.release()
+    async with asyncio.timeout(10):
+        await closing
+    assert future.done()
+    assert b._lock_fd is None
+    assert await thread_ended(conn)
