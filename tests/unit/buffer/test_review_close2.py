@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from buffer.store import Buffer
+from buffer.store import Buffer, BufferClosedError
 from tests.unit.buffer.test_append_nowait import WriteHold, file_rows, make_event
 
 
@@ -122,3 +122,63 @@ async def test_a_close_that_failed_once_releases_the_writer_lock_on_the_next(
         if b._lock_fd is not None:
             os.close(b._lock_fd)
             b._lock_fd = None
+
+
+async def test_an_append_between_close_and_its_task_is_committed_or_refused_never_lost(
+    tmp_path: Path,
+) -> None:
+    """DISMISSED (append_nowait racing the close): ``close()`` only schedules ``_close``, so
+    ``_closing`` is set one loop step later; an append in between is queued ahead of the
+    ``None`` (``_closing = True`` then ``put_nowait(None)``, no await between) and committed,
+    told stored with its seq (docs/buffer.md's "refused at once" holds from ``_close``'s first
+    step, not from the call). ``_refuse_queued`` has no await in its loop, so nothing joins the
+    queue while it empties it. Either way every future is settled once, as the file says."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    await b.append_nowait(make_event("a", 1))
+    closing = asyncio.create_task(b.close())
+    await asyncio.sleep(0)  # close() ran up to its shield; _close has not started
+    assert b._close_task is not None and not b._closing
+    early = b.append_nowait(make_event("a", 2))
+    await asyncio.sleep(0)  # _close's first step
+    with pytest.raises(BufferClosedError):
+        b.append_nowait(make_event("a", 3))
+    async with asyncio.timeout(10):
+        await closing
+    assert (early.result().id, early.result().seq) == ("a-2", 2)
+    assert file_rows(b.path) == [("a-1", "a", 1), ("a-2", "a", 2)]
+    assert b.transitions["stored"] == 2 and b.transitions["refused"] == 0
+    assert b._lock_fd is None
+
+
+async def test_a_failed_close_whose_caller_was_cancelled_logs_no_unretrieved_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DISMISSED ("Task exception was never retrieved"): when the only caller's await of the
+    shield was cancelled, ``asyncio.shield``'s ``_inner_done_callback`` calls
+    ``inner.exception()`` once the close task ends (``if outer.cancelled(): if not
+    inner.cancelled(): inner.exception()``), so its error is marked retrieved; a later
+    ``close()`` re-raises it (the PROVEN test above)."""
+    b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    conn = b._db._conn
+    real_close = conn.close
+
+    async def close_failing() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(conn, "close", close_failing)
+    caller = asyncio.create_task(b.close())
+    await asyncio.sleep(0)
+    caller.cancel()
+    await asyncio.gather(caller, return_exceptions=True)
+    assert caller.cancelled()
+    task = b._close_task
+    assert task is not None
+    async with asyncio.timeout(10):
+        await asyncio.wait([task])
+    assert not task._log_traceback, "nobody retrieved the close's error"  # type: ignore[attr-defined]
+    assert isinstance(task.exception(), sqlite3.OperationalError)
+    monkeypatch.undo()
+    await real_close()
+    if b._lock_fd is not None:
+        os.close(b._lock_fd)
+        b._lock_fd = None
