@@ -150,14 +150,20 @@ async def test_an_append_between_close_and_its_task_is_committed_or_refused_neve
     assert b._lock_fd is None
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="PROVEN: a close task that fails after its only caller was cancelled keeps an"
+    " unretrieved error: 'Task exception was never retrieved' once the buffer is collected",
+)
 async def test_a_failed_close_whose_caller_was_cancelled_logs_no_unretrieved_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DISMISSED ("Task exception was never retrieved"): when the only caller's await of the
-    shield was cancelled, ``asyncio.shield``'s ``_inner_done_callback`` calls
-    ``inner.exception()`` once the close task ends (``if outer.cancelled(): if not
-    inner.cancelled(): inner.exception()``), so its error is marked retrieved; a later
-    ``close()`` re-raises it (the PROVEN test above)."""
+    """On Python 3.11 ``asyncio.shield``'s ``_outer_done_callback`` removes the callback that
+    would retrieve the inner task's error once the outer (the caller's await) is cancelled
+    first (``if not inner.done(): inner.remove_done_callback(_inner_done_callback)``). The
+    close task then fails with nobody retrieving it: unless a later ``close()`` re-raises it,
+    asyncio logs "Task exception was never retrieved" when the Buffer is collected, and the
+    failure itself is never reported by whoever closed."""
     b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
     conn = b._db._conn
     real_close = conn.close
@@ -166,19 +172,22 @@ async def test_a_failed_close_whose_caller_was_cancelled_logs_no_unretrieved_err
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(conn, "close", close_failing)
-    caller = asyncio.create_task(b.close())
-    await asyncio.sleep(0)
-    caller.cancel()
-    await asyncio.gather(caller, return_exceptions=True)
-    assert caller.cancelled()
-    task = b._close_task
-    assert task is not None
-    async with asyncio.timeout(10):
-        await asyncio.wait([task])
-    assert not task._log_traceback, "nobody retrieved the close's error"  # type: ignore[attr-defined]
-    assert isinstance(task.exception(), sqlite3.OperationalError)
-    monkeypatch.undo()
-    await real_close()
-    if b._lock_fd is not None:
-        os.close(b._lock_fd)
-        b._lock_fd = None
+    try:
+        caller = asyncio.create_task(b.close())
+        await asyncio.sleep(0)
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        assert caller.cancelled()
+        task = b._close_task
+        assert task is not None
+        async with asyncio.timeout(10):
+            await asyncio.wait([task])
+        assert not task._log_traceback, "nobody retrieved the close's error"  # type: ignore[attr-defined]
+    finally:
+        monkeypatch.undo()
+        if b._close_task is not None and b._close_task.done():
+            b._close_task.exception()  # retrieved here, so the test logs nothing
+        await real_close()
+        if b._lock_fd is not None:
+            os.close(b._lock_fd)
+            b._lock_fd = None
