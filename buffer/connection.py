@@ -87,6 +87,12 @@ class BufferConnection:
         async with self._lock:
             if self._closed:
                 return
+            if not self._conn._thread.is_alive():  # noqa: SLF001
+                # Its thread died handing a result to an event loop already closed (a loop's
+                # teardown): nothing would answer a close. The SQLite connection, bound to that
+                # thread, is closed when it is collected.
+                self._closed = True
+                return
             with contextlib.suppress(sqlite3.Error):
                 await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._conn.close()

@@ -790,12 +790,18 @@ class Buffer:
         second close waits for a thread the first ended), and a close cut short halfway would
         leave the database open behind a released writer lock.
         """
-        if self._close_task is None:
-            self._close_task = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._close_task)
+        task = self._close_task
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            # The first close, or the last one was cut short (a loop's teardown cancels every
+            # task left) or failed: this one tries again.
+            task = self._close_task = asyncio.ensure_future(self._close())
+            task.add_done_callback(_report_close_failure)
+        await asyncio.shield(task)
 
     async def _close(self) -> None:
-        """The batch being committed is never abandoned: its transaction may commit on the
+        """Stop the writer, refuse what is left, close the readers and the file, let the lock go.
+
+        The batch being committed is never abandoned: its transaction may commit on the
         SQLite thread whatever happens to the task awaiting it, so its callers must hear how
         it ended. Every append queued before this call is ahead of the ``None`` that stops the
         writer, and none is queued after it (``_closing``), so the writer settles them all.
@@ -803,22 +809,40 @@ class Buffer:
         left queued is refused here.
         """
         self._closing = True
-        if self._writer is not None and not self._writer.done():
-            self._queue.put_nowait(None)
-            await asyncio.gather(self._writer, return_exceptions=True)
-        self._refuse_queued()
-        if self._reader is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await self._reader.close()
-            self._reader = None
-        if self._replay_reader is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await self._replay_reader.close()
-            self._replay_reader = None
-        await self._db.close()
-        if self._lock_fd is not None:
-            writer_lock.release(self._lock_fd)
-            self._lock_fd = None
+        try:
+            if self._writer is not None and not self._writer.done():
+                self._queue.put_nowait(None)
+                await asyncio.gather(self._writer, return_exceptions=True)
+            self._refuse_queued()
+            if self._reader is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await self._reader.close()
+                self._reader = None
+            if self._replay_reader is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await self._replay_reader.close()
+                self._replay_reader = None
+            await self._db.close()
+        finally:
+            # Whatever ended the close (a failure, the loop's teardown), nothing writes any
+            # more: the writer is done and appends are refused. Held on, the lock would refuse
+            # every later open in this process, a restart of the buffer included.
+            if self._lock_fd is not None:
+                writer_lock.release(self._lock_fd)
+                self._lock_fd = None
+
+
+def _report_close_failure(task: asyncio.Future[None]) -> None:
+    """Log a close that failed, once.
+
+    Its caller may have stopped waiting (cancelled); asyncio would otherwise only complain of
+    an unretrieved error when the task is collected.
+    """
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("buffer_close_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _runs(events: Sequence[OutgoingEvent]) -> dict[str, list[int]]:
