@@ -809,27 +809,25 @@ class Buffer:
         left queued is refused here.
         """
         self._closing = True
-        try:
-            if self._writer is not None and not self._writer.done():
-                self._queue.put_nowait(None)
-                await asyncio.gather(self._writer, return_exceptions=True)
-            self._refuse_queued()
-            if self._reader is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await self._reader.close()
-                self._reader = None
-            if self._replay_reader is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await self._replay_reader.close()
-                self._replay_reader = None
-            await self._db.close()
-        finally:
-            # Whatever ended the close (a failure, the loop's teardown), nothing writes any
-            # more: the writer is done and appends are refused. Held on, the lock would refuse
-            # every later open in this process, a restart of the buffer included.
-            if self._lock_fd is not None:
-                writer_lock.release(self._lock_fd)
-                self._lock_fd = None
+        if self._writer is not None and not self._writer.done():
+            self._queue.put_nowait(None)
+            await asyncio.gather(self._writer, return_exceptions=True)
+        self._refuse_queued()
+        if self._reader is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._reader.close()
+            self._reader = None
+        if self._replay_reader is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._replay_reader.close()
+            self._replay_reader = None
+        await self._db.close()
+        # Only once the file is closed: a close cut short may leave a commit finishing on the
+        # SQLite thread, and a writer let in before it lands would read the seqs without it and
+        # number its next events again. A close that failed keeps the lock until one succeeds.
+        if self._lock_fd is not None:
+            writer_lock.release(self._lock_fd)
+            self._lock_fd = None
 
 
 def _report_close_failure(task: asyncio.Future[None]) -> None:

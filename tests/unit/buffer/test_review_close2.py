@@ -36,7 +36,7 @@ def _cleanup(b: Buffer) -> None:
     run=False,
     reason="OPEN (not reachable from the daemon, which awaits its close unbounded): the next"
     " close, in a new loop, hangs on the connection whose thread is still handing its last"
-    " commit to the closed loop; the writer lock is released by the cancelled close itself",
+    " commit to the closed loop, and the writer lock stays taken until a close succeeds",
 )
 def test_a_close_cancelled_by_the_loops_teardown_is_finished_by_the_next(tmp_path: Path) -> None:
     """A shutdown that bounds its close (``wait_for``) and then ends its loop (``asyncio.run``):
