@@ -56,6 +56,15 @@ class WriteHold:
         self._conn.close()
 
 
+async def seq_after_reopen(path: Path, event: NewEvent) -> int:
+    """The seq a buffer opened again on ``path`` gives ``event`` (its writer lock must be free)."""
+    reopened = await Buffer.open(path, max_bytes=10**8)
+    try:
+        return (await reopened.append_nowait(event)).seq
+    finally:
+        await reopened.close()
+
+
 async def test_settled_only_after_commit_with_seqs_in_call_order(buf: Buffer) -> None:
     """Futures taken in one go from two devices: each is settled once its row is in the file
     (seen by another connection), seqs follow the calls without gaps, and commits are grouped."""
@@ -244,9 +253,7 @@ async def test_close_twice_is_harmless(tmp_path: Path) -> None:
     await b.check_replay("a", 1, 1)  # opens the replay reader
     await b.close()
     await b.close()
-    reopened = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)  # the lock was let go
-    assert (await reopened.append_nowait(make_event("a", 2))).seq == 2
-    await reopened.close()
+    assert await seq_after_reopen(tmp_path / "b.db", make_event("a", 2)) == 2  # lock let go
 
 
 async def test_a_group_commit_holds_at_most_batch_max_events(tmp_path: Path) -> None:

@@ -13,7 +13,12 @@ import aiosqlite
 import pytest
 
 from buffer.store import Buffer, BufferClosedError
-from tests.unit.buffer.test_append_nowait import WriteHold, file_rows, make_event
+from tests.unit.buffer.test_append_nowait import (
+    WriteHold,
+    file_rows,
+    make_event,
+    seq_after_reopen,
+)
 
 
 async def thread_ended(conn: aiosqlite.Connection) -> bool:
@@ -87,9 +92,7 @@ async def test_two_concurrent_closes_without_readers_settle_everything_once(
     assert [f.result().seq for f in queued] == [1, 2, 3, 4]
     assert file_rows(b.path) == [(f"a-{n}", "a", n + 1) for n in range(4)]
     assert b.transitions["stored"] == 4 and b.transitions["refused"] == 0
-    reopened = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)  # the lock was let go
-    assert (await reopened.append_nowait(make_event("a", 4))).seq == 5
-    await reopened.close()
+    assert await seq_after_reopen(tmp_path / "b.db", make_event("a", 4)) == 5  # the lock was let go
 
 
 async def test_a_close_cut_short_is_finished_by_the_next_close(tmp_path: Path) -> None:
@@ -141,9 +144,7 @@ async def test_a_cancelled_close_still_commits_what_was_queued(tmp_path: Path) -
         await b.close()  # the same close, still going
     assert [f.result().seq for f in under_way + queued] == [1, 2, 3, 4]
     assert file_rows(b.path) == [(f"a-{n}", "a", n + 1) for n in range(4)]
-    reopened = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
-    assert (await reopened.append_nowait(make_event("a", 9))).seq == 5
-    await reopened.close()
+    assert await seq_after_reopen(tmp_path / "b.db", make_event("a", 9)) == 5
     with sqlite3.connect(tmp_path / "b.db") as check:
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 from buffer.store import Buffer, BufferClosedError
-from tests.unit.buffer.test_append_nowait import WriteHold, file_rows, make_event
+from tests.unit.buffer.test_append_nowait import (
+    WriteHold,
+    file_rows,
+    make_event,
+    seq_after_reopen,
+)
 
 
 def _cleanup(b: Buffer) -> None:
@@ -68,18 +73,10 @@ def test_a_close_cancelled_by_the_loops_teardown_is_finished_by_the_next(tmp_pat
     try:
         asyncio.run(b.close())  # the shutdown path's next close
         assert b._lock_fd is None, "the writer lock was never released"
-        reopened_seq = asyncio.run(_append_after_reopen(path))
+        reopened_seq = asyncio.run(seq_after_reopen(path, make_event("a", 9)))
         assert reopened_seq == len(file_rows(path))  # continues after what is in the file
     finally:
         _cleanup(b)
-
-
-async def _append_after_reopen(path: Path) -> int:
-    reopened = await Buffer.open(path, max_bytes=10**8)
-    try:
-        return (await reopened.append_nowait(make_event("a", 9))).seq
-    finally:
-        await reopened.close()
 
 
 async def test_a_close_that_failed_once_releases_the_writer_lock_on_the_next(
@@ -109,9 +106,7 @@ async def test_a_close_that_failed_once_releases_the_writer_lock_on_the_next(
         with contextlib.suppress(sqlite3.OperationalError):
             await b.close()  # the shutdown path's next close: the failure is gone
         assert b._lock_fd is None, "the writer lock is still taken"
-        reopened = await Buffer.open(path, max_bytes=10**8)
-        assert (await reopened.append_nowait(make_event("a", 2))).seq == 2
-        await reopened.close()
+        assert await seq_after_reopen(path, make_event("a", 2)) == 2
     finally:
         monkeypatch.undo()
         if conn._connection is not None:
