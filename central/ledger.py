@@ -51,24 +51,54 @@ core. Answering only the events not inserted (usually none) instead of ``RETURNI
 row spares decoding a thousand records a batch.
 """
 _BOOKS = """
-WITH devices_added AS (
+WITH new AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS n(source, lo, hi)
+), touched AS (
+    DELETE FROM seq_ranges r USING new n
+    WHERE r.source = n.source AND r.first_seq <= n.hi + 1 AND r.last_seq >= n.lo - 1
+    RETURNING r.source, r.first_seq AS lo, r.last_seq AS hi
+), spans AS (
+    SELECT source, lo, hi FROM new UNION ALL SELECT source, lo, hi FROM touched
+), marked AS (
+    SELECT source, lo, hi,
+        CASE WHEN lo <= max(hi) OVER (PARTITION BY source ORDER BY lo, hi
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) + 1
+            THEN 0 ELSE 1 END AS starts
+    FROM spans
+), islands AS (
+    SELECT source, lo, hi, sum(starts) OVER (PARTITION BY source ORDER BY lo, hi) AS island
+    FROM marked
+), ranges_merged AS (
+    INSERT INTO seq_ranges (source, first_seq, last_seq)
+    SELECT source, min(lo), max(hi) FROM islands GROUP BY source, island
+), devices_added AS (
     INSERT INTO devices (source, root, device, held, duplicates, conflicts)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
-                         $6::bigint[])
+    SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
+                         $9::bigint[])
     ON CONFLICT (source) DO UPDATE SET
         held = devices.held + excluded.held,
         duplicates = devices.duplicates + excluded.duplicates,
         conflicts = devices.conflicts + excluded.conflicts
 ), counted AS (
-    INSERT INTO counters (name, value) SELECT * FROM unnest($7::text[], $8::bigint[])
+    INSERT INTO counters (name, value) SELECT * FROM unnest($10::text[], $11::bigint[])
     ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value
 )
-SELECT pg_notify($9, $10) WHERE $10 <> '0'
+SELECT pg_notify($12, $13) WHERE $13 <> '0'
 """
-"""A batch's books in one round trip: per-device figures, counters, and the NOTIFY when it
-stored anything. PostgreSQL runs a data-modifying WITH to completion whether or not the query
-reads it. Each statement of a batch is a round trip on the latency path of ``accepted``
-(0.2-0.4 ms each at the median on this box, 3-4 ms at p99 under load); these were three.
+"""A batch's books in one round trip: the new seqs folded into the stored ranges, per-device
+figures, counters, and the NOTIFY when it stored anything.
+
+Each statement of a batch is a round trip on the latency path of ``accepted`` (0.2-0.4 ms each
+at the median on this box, 3-4 ms at p99 under load); these were six (the ranges touching the
+new seqs read, deleted and written again, then the devices, counters and NOTIFY). The ranges
+are merged here as they were in Python: the stored ranges that overlap or adjoin a new span
+are deleted and come back (``touched``) with the new spans, and each run of spans that overlap
+or adjoin (a span starting at most one past the highest end before it) becomes one range.
+Every part of a WITH sees the table as it was when the statement began, so the INSERT does not
+see ``touched``'s deletions, but PostgreSQL's unique check does: a range that keeps its
+``first_seq`` is written again without a key conflict (``test_ledger_books.py``). The advisory
+lock taken before the insert keeps other writers of these devices out until the commit.
+PostgreSQL runs a data-modifying WITH to completion whether or not the query reads it.
 """
 _HELD = """
 SELECT n.source, n.id, e.status, e.reason, s.id AS held_id
@@ -137,8 +167,9 @@ async def write_batch(conn: Any, items: Sequence[Item], rule: Rule) -> BatchOutc
     events.sort(key=lambda e: (e.source, e.seq))
     async with conn.transaction():
         devices: list[tuple[str, str, str, int, int, int]] = []
+        spans: list[tuple[str, int, int]] = []
         if events:
-            devices = await _write_events(conn, events, rule, outcome, twice)
+            devices, spans = await _write_events(conn, events, rule, outcome, twice)
         await _write_rest(conn, items, outcome)
         counts = {
             "stored": outcome.stored,
@@ -148,6 +179,9 @@ async def write_batch(conn: Any, items: Sequence[Item], rule: Rule) -> BatchOutc
         }
         await conn.execute(
             _BOOKS,
+            [n[0] for n in spans],
+            [n[1] for n in spans],
+            [n[2] for n in spans],
             [d[0] for d in devices],
             [d[1] for d in devices],
             [d[2] for d in devices],
@@ -168,8 +202,11 @@ async def _write_events(
     rule: Rule,
     outcome: BatchOutcome,
     twice: Counter[str],
-) -> list[tuple[str, str, str, int, int, int]]:
-    """Insert the events; returns the per-device figures for :data:`_BOOKS`."""
+) -> tuple[list[tuple[str, str, str, int, int, int]], list[tuple[str, int, int]]]:
+    """Insert the events; returns the per-device figures and new seq spans for :data:`_BOOKS`.
+
+    The spans are the seqs inserted, merged per device: (source, first, last).
+    """
     sources = sorted({e.source for e in events})
     await conn.execute(
         "SELECT count(pg_advisory_xact_lock(hashtextextended(s, 0)))"
@@ -212,11 +249,16 @@ async def _write_events(
     if conflicts:
         for source in await _write_conflicts(conn, conflicts, outcome):
             per_device[source]["cf"] += 1
-    await _merge_seq_ranges(conn, new_spans)
-    return [
+    devices = [
         (src, s["root"], s["device"], s["held"], s["dup"], s["cf"])
         for src, s in sorted(per_device.items())
     ]
+    spans = [
+        (src, first, last)
+        for src, seqs in sorted(new_spans.items())
+        for first, last in merge_ranges(seqs)
+    ]
+    return devices, spans
 
 
 def _events_json(events: Sequence[Event], reasons: Sequence[str | None]) -> str:
@@ -340,43 +382,6 @@ async def _write_conflicts(
             detail="same (source, seq) under another id: kept in conflicts, not merged",
         )
     return [row["source"] for row in rows]
-
-
-async def _merge_seq_ranges(conn: Any, spans: dict[str, list[tuple[int, int]]]) -> None:  # noqa: ANN401
-    """Fold the batch's new seqs into the stored ranges: cost grows with ranges touched."""
-    if not spans:
-        return
-    news = [
-        (src, first, last) for src, items in spans.items() for first, last in merge_ranges(items)
-    ]
-    touching = await conn.fetch(
-        "SELECT DISTINCT r.source, r.first_seq, r.last_seq FROM seq_ranges r"
-        " JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS n(source, lo, hi)"
-        " ON r.source = n.source AND r.first_seq <= n.hi + 1 AND r.last_seq >= n.lo - 1",
-        [n[0] for n in news],
-        [n[1] for n in news],
-        [n[2] for n in news],
-    )
-    combined: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for src, first, last in news:
-        combined[src].append((first, last))
-    for row in touching:
-        combined[row["source"]].append((row["first_seq"], row["last_seq"]))
-    if touching:
-        await conn.execute(
-            "DELETE FROM seq_ranges r USING unnest($1::text[], $2::bigint[]) AS d(source, f)"
-            " WHERE r.source = d.source AND r.first_seq = d.f",
-            [r["source"] for r in touching],
-            [r["first_seq"] for r in touching],
-        )
-    merged = [(src, f, last) for src, items in combined.items() for f, last in merge_ranges(items)]
-    await conn.execute(
-        "INSERT INTO seq_ranges (source, first_seq, last_seq)"
-        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])",
-        [m[0] for m in merged],
-        [m[1] for m in merged],
-        [m[2] for m in merged],
-    )
 
 
 async def _write_rest(conn: Any, items: Sequence[Item], outcome: BatchOutcome) -> None:  # noqa: ANN401
