@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +33,14 @@ from simulators.broker import MosquittoBroker
 from simulators.postgres import PostgresServer
 
 TARGET_PER_INSTANCE = 20_000
+
+
+def box_cpu() -> tuple[int, int]:
+    """Busy and total jiffies of every core since boot (``/proc/stat``), to tell how much of the
+    box a run used: the instances, PostgreSQL and Mosquitto share its cores."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def event(n: int, run: str) -> tuple[str, bytes]:
@@ -101,7 +112,7 @@ async def run(
     await publish_all(broker, count, run_id)
     centrals = [Central(s) for s in settings]
     stop = asyncio.Event()
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, box = time.perf_counter(), time.process_time(), box_cpu()
     tasks = [asyncio.create_task(c.run(stop)) for c in centrals]
     first: tuple[float, int] | None = None  # when the first batch committed, and its size
     async with asyncio.timeout(120):
@@ -111,6 +122,7 @@ async def run(
             await asyncio.sleep(0.005)
     end = time.perf_counter()
     elapsed, cpu = end - start, time.process_time() - cpu
+    busy, total = (now - then for now, then in zip(box_cpu(), box, strict=True))
     steady_since, stored_then = first or (start, 0)
     stop.set()
     await asyncio.gather(*tasks)
@@ -129,6 +141,66 @@ async def run(
         "startup_to_first_commit_s": round(steady_since - start, 3),
         "cpu_us_per_event": round(cpu / count * 1e6, 1),
         "mean_batch": round(count / max(1, batches), 1),
+        # of the box's cores, how many were busy on average (everything on it, the other
+        # programs included): near os.cpu_count(), the box, not the instance, set the rate
+        "box_cores_busy": round(busy / max(1, total) * (os.cpu_count() or 1), 2),
+    }
+
+
+async def run_processes(
+    root: Path, broker: MosquittoBroker, dsn: str, instances: int, count: int, window: int
+) -> dict[str, Any]:
+    """As :func:`run`, each instance an ``edge-central run`` process of its own (its own core).
+
+    The rate is read from the ledger (``count(*)`` every 20 ms) from its first row on, so the
+    processes' start-up (imports, connect) is not in it; CPU is the children's, as
+    ``os.times`` counts it once they exited.
+    """
+    paths = [
+        config(root, broker, dsn, f"p{instances}-{n}", f"gp{instances}-{window}", window)
+        for n in range(instances)
+    ]
+    for path in paths:  # create the sessions, then go away
+        central = Central(load_central_settings(path))
+        stop = asyncio.Event()
+        task = asyncio.create_task(central.run(stop))
+        while not central.connected.is_set():
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("TRUNCATE events, seq_ranges, devices")
+    await publish_all(broker, count, uuid.uuid4().hex[:8])
+    children_cpu = sum(os.times()[2:4])
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "central", "run", "--config", str(path)
+        )
+        for path in paths
+    ]
+    first: float | None = None
+    box = box_cpu()
+    async with asyncio.timeout(120):
+        while (held := await conn.fetchval("SELECT count(*) FROM events")) < count:
+            if first is None and held:
+                first, held_then, box = time.perf_counter(), held, box_cpu()
+            await asyncio.sleep(0.02)
+    end = time.perf_counter()
+    busy, total = (now - then for now, then in zip(box_cpu(), box, strict=True))
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        await proc.wait()
+    await conn.close()
+    cpu = sum(os.times()[2:4]) - children_cpu
+    first = first or end
+    return {
+        "instances": instances,
+        "events": count,
+        "held": held,
+        "events_per_s_after_first_commit": round((count - held_then) / max(1e-9, end - first)),
+        "cpu_us_per_event": round(cpu / count * 1e6, 1),
+        "box_cores_busy": round(busy / max(1, total) * (os.cpu_count() or 1), 2),
     }
 
 
@@ -140,6 +212,7 @@ async def main(count: int, window: int) -> dict[str, Any]:
         with private_broker() as (root, broker):
             one = await run(root, broker, server.dsn, 1, count, window)
             two = await run(root, broker, server.dsn, 2, count, window)
+            apart = await run_processes(root, broker, server.dsn, 2, count, window)
     finally:
         server.cleanup()
     return {
@@ -150,8 +223,11 @@ async def main(count: int, window: int) -> dict[str, Any]:
         " cpu_us_per_event: this process's CPU (the instances) per event, without PostgreSQL"
         " and Mosquitto: at 20,000 events/s one instance may spend 50 us of one core",
         "receive_maximum": window,
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "one_instance": one,
         "two_instances_one_process": two,
+        "two_instances_two_processes": apart,
         "target_events_per_s_per_instance": TARGET_PER_INSTANCE,
     }
 
