@@ -37,7 +37,7 @@ def _lean_daemon() -> None:
 
     pydantic looks for plugins (observability hooks such as logfire) when it builds its first
     validator, and the module that does so imports importlib.metadata, which brings email,
-    zipfile and csv along (~1 MB with biip's own lookup, see drivers/barcode_common/lean_biip.py;
+    zipfile and csv along (~1 MB with biip's own lookups, see drivers/barcode_common/lean_biip.py;
     issue 16's 45 MB budget). The daemon runs no pydantic plugin: its loader is replaced by one
     that finds none, the same answer as ``PYDANTIC_DISABLE_PLUGINS=1``. Other commands keep
     pydantic's own.

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 import biip.gs1_prefixes
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from drivers.barcode_common.gs1 import gs1_check_digit, parse_gs1, sniff_gs1
 
 GS = "\x1d"
+ROOT = Path(__file__).resolve().parents[4]
 
 
 def test_gtin_lot_expiry():
@@ -98,3 +102,24 @@ def test_company_prefix_table_is_not_kept_and_checks_still_hold():
     assert parse_gs1("0109501101020917")["gtin"] == "09501101020917"
     assert "check digit" in parse_gs1("0109501101020918")["gs1_error"]
     assert "check digit" in parse_gs1("00376104250021234568")["gs1_error"]
+
+
+def test_biip_imported_alone_reads_its_tables_without_importlib_resources():
+    """In a fresh interpreter (as the daemon imports it): importlib.metadata and .resources, and
+    the zipfile and tempfile they bring, stay out; the GS1 prefix and AI tables are read from
+    the package's files; the company prefix table is never read (it would be ~12 MB)."""
+    probe = (
+        "import sys\n"
+        "from drivers.barcode_common.gs1 import parse_gs1\n"
+        "import biip.gs1_prefixes as p, biip.gs1_application_identifiers as ai\n"
+        "print(sorted(m for m in ('importlib.metadata', 'importlib.resources', 'zipfile',"
+        " 'tempfile') if m in sys.modules))\n"
+        "print(len(p._GS1_PREFIX_TRIE) > 0, p._GS1_COMPANY_PREFIX_TRIE == {},"
+        " len(ai._GS1_APPLICATION_IDENTIFIERS) > 100)\n"
+        "print(parse_gs1('0109501101020917')['gtin'])\n"
+        "print(type(p.GS1Prefix.extract('9501101020917')).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.splitlines()
+    assert out == ["[]", "True True True", "09501101020917", "GS1Prefix"]
