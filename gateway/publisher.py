@@ -113,6 +113,8 @@ class Publisher:
         self._in_flight: dict[int, tuple[OutgoingEvent, float]] = {}
         """mid -> (event, monotonic time written), oldest first."""
         self._acked: list[OutgoingEvent] = []
+        self._delivering: list[OutgoingEvent] = []
+        """PUBACKed events whose delivered feedback is due at the loop's next turn."""
         self._unsent: list[OutgoingEvent] = []
         """Claimed events not written yet for want of a free packet id (released at the end of
         the session like every claimed row)."""
@@ -469,6 +471,22 @@ class Publisher:
             self._acked.append(entry[0])
             self._acks_ready.set()
             self._slot_freed.set()
+            if not self._delivering:
+                asyncio.get_running_loop().call_soon(self._deliver)
+            self._delivering.append(entry[0])
+
+    def _deliver(self) -> None:
+        """Delivered feedback for the PUBACKs of this turn, without waiting for their sent mark.
+
+        ``delivered`` means the broker acknowledged the event (docs/contract.md), which the
+        PUBACK says; recording it in the buffer only decides whether a restart publishes it
+        again (with the same id and seq), not whether it was delivered. Waiting for that
+        commit (behind whatever commit the SQLite thread was running) put one or two more
+        fsyncs into every good-read at ``delivered``. The PUBACKs of one read come in one turn
+        of the loop, so they are told together.
+        """
+        delivered, self._delivering = self._delivering, []
+        self._on_delivered(delivered)
 
     def _take_unsent(self) -> list[OutgoingEvent]:
         unsent, self._unsent = self._unsent, []
@@ -550,7 +568,6 @@ class Publisher:
         self.publish_latencies_total += sum(1 for e in batch if e.created)
         if len(self.publish_latencies) > 10_000:
             del self.publish_latencies[:5_000]
-        self._on_delivered(batch)
 
     # --- status topics -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiomqtt
@@ -50,33 +51,46 @@ async def until_in_flight(buffer: Buffer, count: int) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_stop_waits_for_outstanding_pubacks_and_records_them_sent(
-    buffer: Buffer, broker: MosquittoBroker
-) -> None:
-    """PUBACKs arrive 1 s late: events in flight when stop is asked end sent and delivered,
-    and the retained status then says offline."""
+@asynccontextmanager
+async def behind_proxy(
+    buffer: Buffer, broker: MosquittoBroker, client_id: str, publish_timeout: float
+) -> AsyncIterator[tuple[Publisher, FaultProxy, list[str]]]:
+    """A publisher connected through a fault proxy, the ids it told delivered; stopped (and
+    its run awaited) on the way out, with the proxy still there."""
     delivered: list[str] = []
     async with FaultProxy(broker.host, broker.port) as proxy:
-        mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=15.0, keepalive=60)
+        mqtt = MqttSection(
+            host=proxy.host, port=proxy.port, publish_timeout=publish_timeout, keepalive=60
+        )
         pub = Publisher(
             mqtt,
             buffer,
             TOPICS,
-            client_id="gw-stop-late",
-            on_delivered=lambda b: delivered.extend(e.id for e in b),
+            client_id=client_id,
+            on_delivered=lambda batch: delivered.extend(e.id for e in batch),
         )
         task = asyncio.create_task(pub.run())
         try:
             async with asyncio.timeout(10):
                 await pub.connected.wait()
-            proxy.delay_replies(1.0)
-            for n in range(5):
-                await buffer.append(event("dock-1", n))
-            await until_in_flight(buffer, 5)
+            yield pub, proxy, delivered
         finally:
             pub.stop()
             async with asyncio.timeout(30):
                 await task
+            proxy.heal()
+
+
+async def test_stop_waits_for_outstanding_pubacks_and_records_them_sent(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """PUBACKs arrive 1 s late: events in flight when stop is asked end sent and delivered,
+    and the retained status then says offline."""
+    async with behind_proxy(buffer, broker, "gw-stop-late", 15.0) as (pub, proxy, delivered):
+        proxy.delay_replies(1.0)
+        for n in range(5):
+            await buffer.append(event("dock-1", n))
+        await until_in_flight(buffer, 5)
     stats = await buffer.stats()
     assert stats.unsent == 0, stats.by_state
     assert stats.devices["dock-1"].last_sent_seq == 5
@@ -151,29 +165,11 @@ async def test_pubacks_later_than_publish_timeout_still_count_during_the_stop(
     """PUBACKs come 6 s late, ``publish_timeout`` is 4 s: the stop waits 4 s for them, then
     publishes offline and waits up to 4 s more for that PUBACK. The events' PUBACKs arrive
     meanwhile (at 6 s), so they are recorded sent, not sent again after the restart."""
-    delivered: list[str] = []
-    async with FaultProxy(broker.host, broker.port) as proxy:
-        mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=4.0, keepalive=60)
-        pub = Publisher(
-            mqtt,
-            buffer,
-            TOPICS,
-            client_id="gw-stop-later",
-            on_delivered=lambda b: delivered.extend(e.id for e in b),
-        )
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
-            proxy.delay_replies(6.0)
-            for n in range(3):
-                await buffer.append(event("dock-1", n))
-            await until_in_flight(buffer, 3)
-        finally:
-            pub.stop()
-            async with asyncio.timeout(30):
-                await task
-            proxy.heal()
+    async with behind_proxy(buffer, broker, "gw-stop-later", 4.0) as (pub, proxy, delivered):
+        proxy.delay_replies(6.0)
+        for n in range(3):
+            await buffer.append(event("dock-1", n))
+        await until_in_flight(buffer, 3)
     assert sorted(delivered) == [f"dock-1-{n:06d}" for n in range(3)]
     stats = await buffer.stats()
     assert stats.unsent == 0, stats.by_state
