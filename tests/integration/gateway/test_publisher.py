@@ -19,6 +19,7 @@ from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
+from tests.chaos.faultproxy import FaultProxy
 from tests.support import wait_until
 
 TOPICS = Topics("edge/site-test/gw-test")
@@ -189,3 +190,27 @@ async def test_a_backlog_of_exactly_live_first_backlog_is_no_drain(
             async with asyncio.timeout(30):
                 await task
     assert not [line for line in logs if line["event"] == "backlog_drain_started"]
+
+
+async def test_a_small_backlog_goes_out_before_live_events(
+    buffer: Buffer, broker: MosquittoBroker, central: CentralCollector
+) -> None:
+    """A backlog of at most ``LIVE_FIRST_BACKLOG`` keeps strict seq order: events scanned while
+    it drains (2 in flight at a time, PUBACKs 0.1 s late) wait behind it, none overtakes."""
+    await asyncio.gather(*(buffer.append(event("a", i)) for i in range(30)))
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        proxy.delay_replies(0.1)
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, max_inflight=2, keepalive=60)
+        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-small", on_delivered=lambda _b: None)
+        task = asyncio.create_task(pub.run())
+        try:
+            await wait_until(lambda: bool(pub._in_flight), timeout=10)  # the drain has begun
+            for i in range(30, 35):
+                await buffer.append(event("a", i))
+            assert await central.wait_for(35, timeout=30), central.unique_count()
+        finally:
+            pub.stop()
+            async with asyncio.timeout(30):
+                await task
+    assert [m["seq"] for m in central.messages] == list(range(1, 36))
+    assert not any(m.get("historical") for m in central.messages)
