@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -249,3 +250,30 @@ async def test_a_held_retry_that_finds_nothing_held_lets_the_session_go_on(
         await rig.buffer.append(scan(1, "A"))
         await rig.central.wait_for(1, timeout=5)
         assert rig.publisher.reconnects == 0
+
+
+async def test_the_wait_between_offers_of_a_refused_event_doubles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the broker goes on refusing a held event, the wait before the next offer doubles:
+    from ``HELD_RETRY_MIN`` 0.2 s, refusals at about 0, 0.2, 0.6 and 1.4 s, so 0.8 s (4 x 0.2)
+    between the third and the fourth. A factor of 3 would make that 1.8 s (9 x 0.2): the bound
+    is 1.2 s (6 x 0.2), which leaves 0.4 s for what a loaded box adds to a sleep."""
+    import gateway.publisher  # noqa: PLC0415
+
+    start = 0.2
+    monkeypatch.setattr(gateway.publisher, "HELD_RETRY_MIN", start)
+    broker = broker_with(tmp_path, "max_packet_size 2000\n")
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    await buf.append(scan(1, "X" * 3000))
+    await buf.close()
+    refused_at: list[float] = []
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="hardened") as rig:
+        async with asyncio.timeout(10):
+            while len(refused_at) < 4:
+                if rig.publisher.refused_by_broker > len(refused_at):
+                    refused_at.append(time.monotonic())
+                await asyncio.sleep(0.002)
+        assert rig.publisher.refused_by_broker == 4, "one refusal per offer"
+    gap = refused_at[3] - refused_at[2]
+    assert gap < 6 * start, f"{gap:.2f} s between the third and the fourth offer"
