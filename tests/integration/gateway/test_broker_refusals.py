@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from structlog.testing import capture_logs
 
 from buffer.schema import STATE_HELD
 from buffer.store import Buffer, NewEvent
@@ -277,3 +278,68 @@ async def test_the_wait_between_offers_of_a_refused_event_doubles(
         assert rig.publisher.refused_by_broker == 4, "one refusal per offer"
     gap = refused_at[3] - refused_at[2]
     assert gap < 6 * start, f"{gap:.2f} s between the third and the fourth offer"
+
+
+def device_scan(device: str, n: int) -> NewEvent:
+    event_id = f"{device}-{n:06d}"
+
+    def render(seq: int) -> bytes:
+        return render_event(
+            event_id=event_id,
+            source=f"/site-test/gw-test/{device}",
+            type_="warehouse.barcode.scanned.v1",
+            time_="2026-11-24T00:00:00.000000Z",
+            seq=seq,
+            data={"code": "A"},
+        )
+
+    return NewEvent(event_id, device, "t", "warehouse.barcode.scanned.v1", False, render)
+
+
+async def test_a_drain_whose_backlog_holds_a_refused_event_ends_within_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog (``LIVE_FIRST_BACKLOG`` lowered to 2) of two events the broker takes and one
+    its ACL refuses, all PUBACKed at once: the refusal is held first, then the others are
+    marked sent, and the pump, woken by those PUBACKs, counts what is left of the backlog
+    between the two (its read waits behind the hold), finds the two still in flight, and
+    waits. Nothing wakes it after the marks: its 1 s safety net is what notices that the drain
+    is over, so ``draining`` goes false about a second after the last mark (measured 1.00 s;
+    1.5 s allowed, a 2 s net gives 2.0)."""
+    import gateway.publisher  # noqa: PLC0415
+
+    monkeypatch.setattr(gateway.publisher, "LIVE_FIRST_BACKLOG", 2)
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "pattern write edge/site-test/gw-test/status\n"
+        "pattern write edge/site-test/gw-test/events/ok\n"
+        "pattern read #\n"
+    )
+    broker = broker_with(tmp_path, f"acl_file {acl}\n")
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    for event in (device_scan("ok", 1), device_scan("no", 1), device_scan("ok", 2)):
+        await buf.append(event)
+    await buf.close()
+    delivered: list[str] = []
+    marked_at = ended_at = 0.0
+    with capture_logs() as logs:
+        async with publisher_and_central(
+            tmp_path,
+            broker,
+            TOPICS,
+            name="drain-held",
+            on_delivered=lambda b: delivered.extend(e.id for e in b),
+        ) as rig:
+            async with asyncio.timeout(10):
+                while not ended_at:
+                    if len(delivered) == 2 and not marked_at:
+                        marked_at = time.monotonic()
+                    if marked_at and not rig.publisher.draining:
+                        ended_at = time.monotonic()
+                    await asyncio.sleep(0.002)
+            assert held_seqs(rig.buffer.path) == {1}
+    assert [e["event"] for e in logs if str(e["event"]).startswith("backlog_drain")] == [
+        "backlog_drain_started",
+        "backlog_drain_finished",
+    ]
+    assert ended_at - marked_at < 1.5, f"the drain's end noticed {ended_at - marked_at:.2f} s late"
