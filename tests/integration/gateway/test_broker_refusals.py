@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import aiomqtt
 import pytest
+from structlog.testing import capture_logs
 
 from buffer.schema import STATE_HELD
 from buffer.store import Buffer, NewEvent
@@ -249,3 +251,95 @@ async def test_a_held_retry_that_finds_nothing_held_lets_the_session_go_on(
         await rig.buffer.append(scan(1, "A"))
         await rig.central.wait_for(1, timeout=5)
         assert rig.publisher.reconnects == 0
+
+
+async def test_the_wait_between_offers_of_a_refused_event_doubles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the broker goes on refusing a held event, the wait before the next offer doubles:
+    from ``HELD_RETRY_MIN`` 0.2 s, refusals at about 0, 0.2, 0.6 and 1.4 s, so 0.8 s (4 x 0.2)
+    between the third and the fourth. A factor of 3 would make that 1.8 s (9 x 0.2): the bound
+    is 1.2 s (6 x 0.2), which leaves 0.4 s for what a loaded box adds to a sleep."""
+    import gateway.publisher  # noqa: PLC0415
+
+    start = 0.2
+    monkeypatch.setattr(gateway.publisher, "HELD_RETRY_MIN", start)
+    broker = broker_with(tmp_path, "max_packet_size 2000\n")
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    await buf.append(scan(1, "X" * 3000))
+    await buf.close()
+    refused_at: list[float] = []
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="hardened") as rig:
+        async with asyncio.timeout(10):
+            while len(refused_at) < 4:
+                if rig.publisher.refused_by_broker > len(refused_at):
+                    refused_at.append(time.monotonic())
+                await asyncio.sleep(0.002)
+        assert rig.publisher.refused_by_broker == 4, "one refusal per offer"
+    gap = refused_at[3] - refused_at[2]
+    assert gap < 6 * start, f"{gap:.2f} s between the third and the fourth offer"
+
+
+def device_scan(device: str, n: int) -> NewEvent:
+    event_id = f"{device}-{n:06d}"
+
+    def render(seq: int) -> bytes:
+        return render_event(
+            event_id=event_id,
+            source=f"/site-test/gw-test/{device}",
+            type_="warehouse.barcode.scanned.v1",
+            time_="2026-11-24T00:00:00.000000Z",
+            seq=seq,
+            data={"code": "A"},
+        )
+
+    return NewEvent(event_id, device, "t", "warehouse.barcode.scanned.v1", False, render)
+
+
+async def test_a_drain_whose_backlog_holds_a_refused_event_ends_within_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog (``LIVE_FIRST_BACKLOG`` lowered to 2) of two events the broker takes and one
+    its ACL refuses, all PUBACKed at once: the refusal is held first, then the others are
+    marked sent, and the pump, woken by those PUBACKs, counts what is left of the backlog
+    between the two (its read waits behind the hold), finds the two still in flight, and
+    waits. Nothing wakes it after the marks: its 1 s safety net is what notices that the drain
+    is over, so ``draining`` goes false about a second after the last mark (measured 1.00 s;
+    1.5 s allowed, a 2 s net gives 2.0)."""
+    import gateway.publisher  # noqa: PLC0415
+
+    monkeypatch.setattr(gateway.publisher, "LIVE_FIRST_BACKLOG", 2)
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "pattern write edge/site-test/gw-test/status\n"
+        "pattern write edge/site-test/gw-test/events/ok\n"
+        "pattern read #\n"
+    )
+    broker = broker_with(tmp_path, f"acl_file {acl}\n")
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    for event in (device_scan("ok", 1), device_scan("no", 1), device_scan("ok", 2)):
+        await buf.append(event)
+    await buf.close()
+    delivered: list[str] = []
+    marked_at = ended_at = 0.0
+    with capture_logs() as logs:
+        async with publisher_and_central(
+            tmp_path,
+            broker,
+            TOPICS,
+            name="drain-held",
+            on_delivered=lambda b: delivered.extend(e.id for e in b),
+        ) as rig:
+            async with asyncio.timeout(10):
+                while not ended_at:
+                    if len(delivered) == 2 and not marked_at:
+                        marked_at = time.monotonic()
+                    if marked_at and not rig.publisher.draining:
+                        ended_at = time.monotonic()
+                    await asyncio.sleep(0.002)
+            assert held_seqs(rig.buffer.path) == {1}
+    assert [e["event"] for e in logs if str(e["event"]).startswith("backlog_drain")] == [
+        "backlog_drain_started",
+        "backlog_drain_finished",
+    ]
+    assert ended_at - marked_at < 1.5, f"the drain's end noticed {ended_at - marked_at:.2f} s late"

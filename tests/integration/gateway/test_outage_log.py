@@ -11,6 +11,7 @@ from buffer.store import Buffer
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
+from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS
 
 
@@ -40,3 +41,33 @@ async def test_many_failed_attempts_make_two_lines(tmp_path: Path) -> None:
     assert events == ["mqtt_disconnected", "mqtt_connected"], events
     connected = next(e for e in logs if e["event"] == "mqtt_connected")
     assert connected["attempts"] >= attempts
+
+
+async def test_a_session_the_broker_drops_is_logged_with_its_reason(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A connection reset under a running session: the journal's ``mqtt_disconnected`` line
+    says why (``connection lost``), the reason a technician reads and that tells one outage
+    from the next (refused, TLS, timeout)."""
+    buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, keepalive=60, reconnect_min=0.05)
+        publisher = Publisher(
+            mqtt, buffer, TOPICS, client_id="gw-outage-why", on_delivered=lambda _b: None
+        )
+        with capture_logs() as logs:
+            task = asyncio.create_task(publisher.run())
+            try:
+                async with asyncio.timeout(10):
+                    await publisher.connected.wait()
+                proxy.cut()
+                async with asyncio.timeout(10):
+                    while publisher.reconnects == 0:
+                        await asyncio.sleep(0.01)
+            finally:
+                publisher.stop()
+                async with asyncio.timeout(15):
+                    await task
+                await buffer.close()
+    lines = [e for e in logs if e["event"] == "mqtt_disconnected"]
+    assert [e["error"] for e in lines] == ["connection lost"], lines

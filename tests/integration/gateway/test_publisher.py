@@ -13,12 +13,14 @@ from structlog.testing import capture_logs
 
 from buffer.store import Buffer, NewEvent
 from drivers.backoff import Backoff
+from gateway import publisher as publisher_module
 from gateway.events import render_event
 from gateway.publisher import LIVE_FIRST_BACKLOG, Publisher
 from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
+from tests.chaos.faultproxy import FaultProxy
 from tests.support import wait_until
 
 TOPICS = Topics("edge/site-test/gw-test")
@@ -189,3 +191,69 @@ async def test_a_backlog_of_exactly_live_first_backlog_is_no_drain(
             async with asyncio.timeout(30):
                 await task
     assert not [line for line in logs if line["event"] == "backlog_drain_started"]
+
+
+async def test_a_small_backlog_goes_out_before_live_events(
+    buffer: Buffer, broker: MosquittoBroker, central: CentralCollector
+) -> None:
+    """A backlog of at most ``LIVE_FIRST_BACKLOG`` keeps strict seq order: events scanned while
+    it drains (2 in flight at a time, PUBACKs 0.1 s late) wait behind it, none overtakes."""
+    await asyncio.gather(*(buffer.append(event("a", i)) for i in range(30)))
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        proxy.delay_replies(0.1)
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, max_inflight=2, keepalive=60)
+        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-small", on_delivered=lambda _b: None)
+        task = asyncio.create_task(pub.run())
+        try:
+            await wait_until(lambda: bool(pub._in_flight), timeout=10)  # the drain has begun
+            for i in range(30, 35):
+                await buffer.append(event("a", i))
+            assert await central.wait_for(35, timeout=30), central.unique_count()
+        finally:
+            pub.stop()
+            async with asyncio.timeout(30):
+                await task
+    assert [m["seq"] for m in central.messages] == list(range(1, 36))
+    assert not any(m.get("historical") for m in central.messages)
+
+
+async def test_a_drain_ends_with_its_backlog_while_live_events_keep_coming(
+    buffer: Buffer, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain is over once the backlog is sent, whatever live events still wait: with one
+    scanned every 20 ms and PUBACKs 0.5 s late, some live event is always in flight, yet
+    ``draining`` goes false (and ``backlog_drain_finished`` is logged) while they keep coming.
+    ``LIVE_FIRST_BACKLOG`` is lowered to 10 so that an 11-event backlog is a drain."""
+    monkeypatch.setattr(publisher_module, "LIVE_FIRST_BACKLOG", 10)
+    for i in range(11):
+        await buffer.append(event("a", i))
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        proxy.delay_replies(0.5)
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, keepalive=60)
+        pub = Publisher(
+            mqtt, buffer, TOPICS, client_id="gw-drain-end", on_delivered=lambda _b: None
+        )
+        with capture_logs() as logs:
+            task = asyncio.create_task(pub.run())
+            try:
+                await wait_until(lambda: pub.draining, timeout=10)
+                n = 11
+                async with asyncio.timeout(4):
+                    while pub.draining:
+                        await buffer.append(event("a", n))
+                        n += 1
+                        await asyncio.sleep(0.02)
+                ended_after = n - 11
+                for _ in range(10):  # and live events still come after the drain's end
+                    await buffer.append(event("a", n))
+                    n += 1
+                    await asyncio.sleep(0.02)
+            finally:
+                pub.stop()
+                async with asyncio.timeout(30):
+                    await task
+    assert ended_after > 0, "the backlog cannot be sent before a live event was scanned"
+    assert [e["event"] for e in logs if str(e["event"]).startswith("backlog_drain")] == [
+        "backlog_drain_started",
+        "backlog_drain_finished",
+    ]

@@ -510,3 +510,47 @@ async def test_no_more_events_in_flight_than_max_inflight(
             proxy.heal()
             await stop(pub, task)
     assert most == 3
+
+
+async def test_a_session_s_work_is_over_when_its_end_is_announced(
+    buffer: Buffer, broker: MosquittoBroker
+) -> None:
+    """When ``on_link`` hears that the link is down, nothing of the session still runs: its
+    pump, PUBACK writer, held-event retry and watcher have all finished (not merely been asked
+    to), so no claim, send or mark of that session can come after the announcement."""
+    left: list[list[str]] = []
+
+    def on_link(up: bool, _since: str) -> None:
+        if not up:
+            left.append(
+                sorted(
+                    name
+                    for task in asyncio.all_tasks()
+                    if not task.done()
+                    and (name := getattr(task.get_coro(), "__qualname__", "")).startswith(
+                        "Publisher."
+                    )
+                    and name != "Publisher.run"
+                )
+            )
+
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        mqtt = MqttSection(host=proxy.host, port=proxy.port, keepalive=60)
+        pub = Publisher(
+            mqtt, buffer, TOPICS, client_id="gw-over", on_delivered=lambda _b: None, on_link=on_link
+        )
+        task = asyncio.create_task(pub.run())
+        try:
+            async with asyncio.timeout(10):
+                await pub.connected.wait()
+            await buffer.append(scan("over-1"))  # the session has done some work
+            async with asyncio.timeout(10):
+                while (await buffer.stats()).by_state.get("sent", 0) < 1:
+                    await asyncio.sleep(0.01)
+            proxy.cut()
+            async with asyncio.timeout(10):
+                while not left:
+                    await asyncio.sleep(0.005)
+        finally:
+            await stop(pub, task)
+    assert left[0] == [], left

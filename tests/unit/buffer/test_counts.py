@@ -356,3 +356,28 @@ async def test_a_missing_kept_state_row_is_recounted(tmp_path: Path) -> None:
         check(path, buf)
     finally:
         await buf.close()
+
+
+async def test_telemetry_acked_across_chunks_after_a_release_counts_as_telemetry_sent(
+    tmp_path: Path,
+) -> None:
+    """PUBACKs for more than one chunk of rows, some no longer in flight (the session's end
+    released them first): the chunk that moved whole is counted by each row's kind, so sent
+    telemetry stays telemetry (``sent_telemetry``), not events."""
+    path = tmp_path / "b.db"
+    rng = random.Random(11)
+    buf = await Buffer.open(path, max_bytes=10**8, keep_unconfirmed=ACCEPTED)
+    try:
+        futures = [buf.append_nowait(event("belt", i, rng)) for i in range(510)]
+        await asyncio.gather(*futures)
+        claimed = await buf.claim(510)
+        assert len(claimed) == 510 and all(e.droppable for e in claimed)
+        await buf.release(claimed[-5:])  # in the second chunk of 500: the careful path
+        await buf.mark_sent(claimed)  # every PUBACK came, the released ones' late
+        check(path, buf)
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            assert conn.execute(
+                "SELECT sent_events, sent_telemetry FROM devices WHERE device = 'belt'"
+            ).fetchone() == (0, 510)
+    finally:
+        await buf.close()
