@@ -26,7 +26,7 @@ buffer = test_publisher_stop.buffer  # the same fixture: a new buffer file per t
 async def test_delivered_is_told_at_the_puback_while_the_sent_mark_waits(
     buffer: Buffer, broker: MosquittoBroker
 ) -> None:
-    """Three events in flight, their PUBACKs 0.3 s late; the buffer's write lock is taken by
+    """Three events in flight, their PUBACKs 1 s late; the buffer's write lock is taken by
     another connection before they come. All three are told delivered, once each, while their
     rows are still in flight in the file; once the lock goes, they are recorded sent."""
     async with behind_proxy(buffer, broker, "gw-delivered-at-puback", 15.0) as (
@@ -34,10 +34,11 @@ async def test_delivered_is_told_at_the_puback_while_the_sent_mark_waits(
         proxy,
         delivered,
     ):
-        proxy.delay_replies(0.3)
+        proxy.delay_replies(1.0)
         for n in range(3):
             await buffer.append(event("dock-1", n))
         await until_in_flight(buffer, 3)
+        assert delivered == [], "published is not delivered: the PUBACKs are 1 s away"
         holder = sqlite3.connect(buffer.path, isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")  # the sent mark now waits for us
