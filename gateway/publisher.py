@@ -408,6 +408,12 @@ class Publisher:
         limit = min(self._mqtt.max_inflight, link.send_quota)
         in_flight = self._in_flight
         while True:
+            # Cleared before anything is read, not before each wait: a PUBACK, a sent mark or a
+            # commit that lands while this turn reads the buffer must wake the wait that ends
+            # it (a clear after the claim lost the sent mark that ended a drain: the 1 s net
+            # below noticed it instead).
+            self._slot_freed.clear()
+            self._buffer.committed.clear()
             if self.draining and not await self._buffer.unsent_count(live_after, at_most=1):
                 self.draining = False
                 log.info("backlog_drain_finished")
@@ -416,16 +422,13 @@ class Publisher:
                 overtaken = self._send(link, self._take_unsent(), overtaken=overtaken)
             free = min(limit - len(in_flight), link.free_ids())
             if free <= 0 or self._unsent:
-                self._slot_freed.clear()
                 await _first_of(self._slot_freed.wait(), link.ids_freed(), timeout=1.0)
                 continue
-            self._buffer.committed.clear()
             batch = await self._buffer.claim(free, live_after if self.draining else None)
             if not store_ok:  # the store answers again: its next fault backs off from low
                 store_ok = True
                 self._store_backoff.reset()
             if not batch:
-                self._slot_freed.clear()
                 waits = [self._buffer.committed.wait(), self._slot_freed.wait()]
                 await _first_of(*waits, timeout=1.0)
                 continue
@@ -514,6 +517,7 @@ class Publisher:
             self._marking.add(holding)
             holding.add_done_callback(self._marking.discard)
             await asyncio.shield(holding)
+            self._slot_freed.set()  # a drain may have been waiting for these rows alone
             self.refused_by_broker += len(batch)
             event, reason = batch[0]
             log.error(
@@ -563,6 +567,8 @@ class Publisher:
 
     async def _mark_sent(self, batch: list[OutgoingEvent]) -> None:
         await self._buffer.mark_sent(batch)
+        if self.draining:  # the last of a backlog: the pump sees the drain end now
+            self._slot_freed.set()
         now = time.time()
         self.publish_latencies.extend(now - e.created for e in batch if e.created)
         self.publish_latencies_total += sum(1 for e in batch if e.created)
