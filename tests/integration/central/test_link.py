@@ -4,6 +4,7 @@ held is acknowledged once the link ends (the broker sends it again next session)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -295,3 +296,47 @@ async def test_a_broker_window_of_two_still_takes_confirms(
         assert got == [b"confirm 0", b"confirm 1", b"confirm 2"]
     finally:
         small.stop()
+
+
+async def test_confirms_keep_to_their_quota_and_give_up_after_the_timeout(
+    broker: MosquittoBroker, central_settings: Callable[..., CentralSettings]
+) -> None:
+    """While the broker acknowledges nothing, ``send_when_room`` lets exactly ``send_quota``
+    confirms out (``publish`` keeps its reserve of packet ids for replay requests); the next
+    waits for a PUBACK, and with none it fails with LinkError after ``[mqtt] timeout``, the
+    link still up (``send_when_room__mutmut_2``, ``_6`` sent past the quota, ``_1`` waited
+    with no bound)."""
+    async with (
+        FaultProxy(broker.host, broker.port) as proxy,
+        aiomqtt.Client(broker.host, broker.port, identifier="link-quota-sub") as client,
+    ):
+        await client.subscribe("central/out", qos=1)
+        settings = central_settings(instance="link-quota", mqtt={"port": proxy.port, "timeout": 1})
+        link = CentralLink(settings, lambda _t, _p: None)
+        await link.connect()
+        try:
+            proxy.delay_replies(30.0)
+            quota = link.send_quota
+            assert 0 < quota < link.free_ids()
+            for n in range(quota):
+                async with asyncio.timeout(0.5):  # room: it goes at once
+                    await link.send_when_room("central/out", b"confirm %d" % n)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            with pytest.raises(LinkError, match="no free packet id within the timeout"):
+                async with asyncio.timeout(3):
+                    await link.send_when_room("central/out", b"one too many")
+            took = loop.time() - began
+            assert 1.0 <= took < 2.5, took
+            assert not link.lost.is_set(), "only the confirm gave up, not the link"
+            assert link._id_limit() - link.free_ids() == quota, "the reserve is left free"
+            got: list[bytes] = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    async for message in client.messages:
+                        got.append(bytes(message.payload))  # type: ignore[arg-type]
+                        if len(got) > quota:
+                            break
+            assert got == [b"confirm %d" % n for n in range(quota)], "the broker got the quota"
+        finally:
+            await link.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,66 @@ def test_a_quarantine_moves_the_wal_and_shm_with_the_database(tmp_path: Path) ->
     assert Path(f"{target}-shm").read_bytes() == b"old shm"
     assert target.read_bytes().startswith(b"this is not a database")
     assert not any(Path(f"{path}{s}").exists() for s in ("", "-wal", "-shm"))
+
+
+def test_after_a_thousand_quarantines_in_a_second_the_next_is_refused_not_overwritten(
+    tmp_path: Path,
+) -> None:
+    """Names ``corrupt-<stamp>`` to ``corrupt-<stamp>.999`` all taken (for this second and the
+    next two, as the test may cross a second): the quarantine gives up with an error that says
+    so, and the damaged file stays where it is (``_aside__mutmut_10`` tried a 1001st name,
+    ``_25`` raised with no message)."""
+    path = tmp_path / "b.db"
+    for stamp in stamps():
+        for n in range(1000):
+            Path(f"{path}.corrupt-{stamp}" + (f".{n}" if n else "")).touch()
+    garbage(path)
+    with pytest.raises(BufferOpenError) as raised:
+        quarantine(path, "test")
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: too many quarantined files named corrupt-\d{{8}}T\d{{6}}Z",
+        str(raised.value),
+    ), str(raised.value)
+    assert path.read_bytes().startswith(b"this is not a database")
+    assert len(list(tmp_path.iterdir())) == 3 * 1000 + 1
+
+
+async def test_the_reason_of_a_file_failing_quick_check_names_its_first_five_problems(
+    tmp_path: Path,
+) -> None:
+    """A buffer whose rows break NOT NULL constraints in seven ways (a disk that flipped bits,
+    an outside tool): ``quick_check`` reports one row per problem, and the logged reason is the
+    first five, joined by "; " (``_check__mutmut_14`` joined them by "XX; XX", ``_15`` kept six)."""
+    path = tmp_path / "b.db"
+    conn = await open_database(path)
+    await conn.close()
+    columns = ["device", "seq", "state", "droppable", "created", "payload", "id"]
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        [create] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE name = 'events'",
+            (create.replace("NOT NULL", ""),),
+        )
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:  # the loosened schema
+        for n, column in enumerate(columns, start=1):
+            row = {"id": f"e{n}", "device": "dock", "seq": n, "state": 0, "droppable": 0}
+            row |= {"created": 1.0, "payload": b"{}", column: None}
+            db.execute(
+                "INSERT INTO events (id, device, seq, state, droppable, created, payload)"
+                " VALUES (:id, :device, :seq, :state, :droppable, :created, :payload)",
+                row,
+            )
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'events'", (create,))
+    with closing(sqlite3.connect(path)) as db:
+        problems = [str(r[0]) for r in db.execute("PRAGMA quick_check")]
+    assert problems == [f"NULL value in events.{column}" for column in columns]
+    with capture_logs() as logs:
+        conn = await open_database(path)
+    await conn.close()
+    [moved] = [e for e in logs if e["event"] == "buffer_quarantined"]
+    assert moved["reason"] == "; ".join(problems[:5])
 
 
 async def test_a_damaged_file_is_set_aside_with_the_reason_logged(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,6 +57,31 @@ def test_refusals_say_why() -> None:
         assert reason in result.reason
         assert len(result.raw) <= 64
         assert result.size == len(payload)
+
+
+@pytest.mark.parametrize(
+    ("zone", "instant"),
+    [
+        ("WEST+12", "0001-01-01T00:00:00Z"),  # the box's zone 12 h west of UTC: year 0 there
+        ("EAST-14", "9999-12-31T23:59:59Z"),  # 14 h east: year 10000 there
+    ],
+)
+def test_a_time_is_judged_in_utc_whatever_the_box_zone(
+    monkeypatch: pytest.MonkeyPatch, zone: str, instant: str
+) -> None:
+    """Years 1-9999 are checked in UTC, the zone the ledger stores: a time at the edge of them
+    is valid on any box, not refused where the local date would fall outside
+    (``_time_problem__mutmut_8`` converted to the local zone)."""
+    body = scan_event(1, time=instant)
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        result = V.check(topic_of(body), raw(body))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert isinstance(result, Event), result
+    assert result.time.isoformat() == instant.replace("Z", "+00:00")
 
 
 def test_topic_split() -> None:

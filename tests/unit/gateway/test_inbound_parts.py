@@ -22,7 +22,7 @@ from buffer.event_ids import id_text
 from buffer.schema import STATE_CONFIRMED, STATE_REJECTED
 from buffer.store import Buffer, NewEvent
 from drivers.base import DeviceConfig, Outcome
-from gateway import inbound
+from gateway import inbound, replay
 from gateway.command_limits import COMMAND_BURST
 from gateway.confirmations import Confirmations
 from gateway.feedback_policy import FeedbackPolicy
@@ -336,6 +336,36 @@ async def test_answers_are_bounded_too(rig: Rig) -> None:
     assert 50 <= len(rig.answers) <= 50 + refilled, "a burst of 50, then 50/s"
     assert suppressed == 200 - len(rig.answers)
     assert rig.inbound.counters["cmd_invalid"] + rig.inbound.counters["cmd_rate_limited"] == 200
+
+
+class Clock:
+    """``time`` as gateway/replay.py's token buckets see it, with a monotonic clock the test
+    moves by hand (the rest is the real module)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+async def test_answers_refill_at_fifty_a_second(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer bound is a burst of 50, then 50 a second: 0.99 s after a flood spent the
+    burst, 49 more answers go out (49.5 earned), not 50 (``Inbound.__init____mutmut_19``
+    refilled at 51/s). The buckets' clock is driven, so no second is waited for."""
+    clock = Clock()
+    monkeypatch.setattr(replay, "time", clock)
+    for n in range(200):
+        rig.command(f"a{n}", from_seq=0)
+    assert len(rig.answers) == 50, "the burst"
+    clock.now += 0.99
+    for n in range(200):
+        rig.command(f"b{n}", from_seq=0)
+    assert len(rig.answers) == 50 + 49
+    assert rig.inbound.counters["answers_suppressed"] == 400 - 99
 
 
 async def test_refusals_past_the_answer_bound_are_counted_not_answered(rig: Rig) -> None:
