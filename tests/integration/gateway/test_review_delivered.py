@@ -1,0 +1,124 @@
+"""Adversarial review of 6409176: ``delivered`` feedback told at the PUBACK (``Publisher._deliver``,
+a ``call_soon`` per loop turn), no longer after the buffer's sent mark committed.
+
+Each test is either a hole proven (``xfail(strict=True, reason="PROVEN: ...")``) or a passing pin
+of a dismissal. Real parts only: a private Mosquitto (tests/conftest.py), the fault proxy
+(tests/chaos/faultproxy.py), a real buffer file, the real pipeline and ``Confirmations`` wired
+as the daemon wires them (``on_delivered`` -> ``Confirmations.delivered``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from buffer.rows import OutgoingEvent
+from buffer.store import Buffer
+from drivers.base import DeviceConfig, DeviceEvent, EmitFn, Outcome
+from gateway.confirmations import Confirmations
+from gateway.pipeline import Pipeline
+from gateway.publisher import Publisher
+from gateway.settings import MqttSection
+from simulators.broker import MosquittoBroker
+from tests.integration.gateway.test_publisher import TOPICS
+from tests.support import wait_until
+
+SCAN = "warehouse.barcode.scanned.v1"
+
+
+class Rig:
+    """Buffer file, pipeline, confirmations and publisher as the daemon wires them.
+
+    ``given`` is every feedback the devices got, in order; ``told`` counts how often the
+    publisher reported each event id delivered (``on_delivered``)."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self.buffer = buffer
+        self.given: list[tuple[str, Outcome]] = []
+        self.confirmations = Confirmations(lambda d, o: self.given.append((d, o)))
+        self.pipeline = Pipeline(buffer, self.confirmations, site="s", gateway_id="g")
+        self.told: collections.Counter[str] = collections.Counter()
+
+    def on_delivered(self, batch: Sequence[OutgoingEvent]) -> None:
+        self.told.update(e.id for e in batch)
+        self.confirmations.delivered(e.id for e in batch)
+
+    def scanner(self, device: str, timeout: float = 60.0) -> EmitFn:
+        config = DeviceConfig(
+            id=device, driver="barcode-serial", confirm="delivered", confirm_timeout=timeout
+        )
+        return self.pipeline.emitter(config)
+
+    def per_device(self) -> dict[str, list[Outcome]]:
+        out: dict[str, list[Outcome]] = collections.defaultdict(list)
+        for device, outcome in self.given:
+            out[device].append(outcome)
+        return dict(out)
+
+
+@asynccontextmanager
+async def running(rig: Rig, host: str, port: int, client_id: str) -> AsyncIterator[Publisher]:
+    settings = MqttSection(host=host, port=port, reconnect_min=0.05, reconnect_max=0.2)
+    pub = Publisher(
+        settings, rig.buffer, TOPICS, client_id=client_id, on_delivered=rig.on_delivered
+    )
+    task = asyncio.create_task(pub.run())
+    try:
+        async with asyncio.timeout(10):
+            await pub.connected.wait()
+        yield pub
+    finally:
+        pub.stop()
+        async with asyncio.timeout(30):
+            await task
+
+
+async def sent_up_to(buffer: Buffer, device: str, seq: int, timeout: float = 15) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            figures = (await buffer.stats()).devices.get(device)
+            if figures is not None and figures.last_sent_seq >= seq:
+                return
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**8)
+    made = Rig(buffer)
+    yield made
+    made.confirmations.close()
+    await buffer.close()
+
+
+# --- DISMISSED: the PUBACK overtaking the waiter --------------------------------------------
+
+
+async def test_puback_never_comes_before_the_waiter_it_settles(
+    rig: Rig, broker: MosquittoBroker
+) -> None:
+    """DISMISSED: the change took the sent-mark fsync out of the PUBACK -> feedback path, so the
+    PUBACK now follows the commit by one claim and one broker round trip only. Could it reach
+    ``Confirmations.delivered`` before ``Confirmations.stored`` made the waiter (then the scan
+    would wait for nothing and time out pending)? No, by the loop's order: the append's
+    ``CommitFuture`` is settled in the same step that releases the buffer's write lock, so the
+    emitter runs ``stored`` in the next turn, while the claim has yet to take the lock, go to
+    the SQLite thread and back, be written and PUBACKed, and ``_deliver`` is one more turn.
+    Pinned: 20 scanners x 5 scans at once against a fast local broker, every scan good, once."""
+    scanners = {f"dock-{d}": rig.scanner(f"dock-{d}") for d in range(20)}
+    async with running(rig, broker.host, broker.port, "gw-review-delivered-order"):
+        tasks = [
+            asyncio.create_task(emit(DeviceEvent(SCAN, {"code": f"{device}-{n}"})))
+            for n in range(5)
+            for device, emit in scanners.items()
+        ]
+        await asyncio.gather(*tasks)
+        await wait_until(lambda: len(rig.given) >= 100, timeout=15)
+        await asyncio.sleep(0.2)  # a second feedback would come now
+    assert rig.per_device() == {device: [Outcome.GOOD] * 5 for device in scanners}
+    assert rig.confirmations.waiting == 0
