@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from buffer import schema
 from buffer.rows import OutgoingEvent
 from buffer.store import Buffer
 from drivers.base import DeviceConfig, DeviceEvent, EmitFn, Outcome
@@ -25,7 +27,9 @@ from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
+from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS
+from tests.integration.gateway.test_publisher_stop import until_in_flight
 from tests.support import wait_until
 
 SCAN = "warehouse.barcode.scanned.v1"
@@ -122,3 +126,48 @@ async def test_puback_never_comes_before_the_waiter_it_settles(
         await asyncio.sleep(0.2)  # a second feedback would come now
     assert rig.per_device() == {device: [Outcome.GOOD] * 5 for device in scanners}
     assert rig.confirmations.waiting == 0
+
+
+# --- DISMISSED: told twice when the sent mark fails and the event is published again --------
+
+
+async def test_sent_mark_failing_after_the_puback_gives_feedback_once(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DISMISSED: now the PUBACK is told before (and whether or not) its sent mark commits. When
+    that mark fails (another connection holds the buffer's write lock past the busy timeout),
+    the session ends, the row is released still unsent and published again (same id and seq),
+    and its second PUBACK is told delivered a second time: ``on_delivered`` sees the id twice,
+    which before the change could not happen. ``Confirmations.delivered`` pops the waiter at
+    the first, so the second finds none: the scan got good feedback once."""
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_MS", 300)
+    buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**8)
+    rig = Rig(buffer)
+    emit = rig.scanner("dock-1")
+    try:
+        async with (
+            FaultProxy(broker.host, broker.port) as proxy,
+            running(rig, proxy.host, proxy.port, "gw-review-delivered-twice") as pub,
+        ):
+            proxy.delay_replies(0.5)
+            stored = await emit(DeviceEvent(SCAN, {"code": "A"}))
+            assert stored is not None
+            await until_in_flight(buffer, 1)
+            holder = sqlite3.connect(buffer.path, isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")  # the sent mark (and the release) now fail
+                await wait_until(lambda: rig.given != [], timeout=5)
+                await wait_until(lambda: pub.store_errors >= 1, timeout=5)
+                proxy.heal()
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            await wait_until(lambda: rig.told[stored.id] >= 2, timeout=15)
+            await sent_up_to(buffer, "dock-1", stored.seq)
+            await asyncio.sleep(0.2)
+        assert rig.told[stored.id] == 2, "told at the first PUBACK and at the republished one's"
+        assert rig.given == [("dock-1", Outcome.GOOD)], "feedback once, good"
+        assert (await buffer.stats()).unsent == 0
+    finally:
+        rig.confirmations.close()
+        await buffer.close()
