@@ -28,9 +28,10 @@ from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
+from tests.integration.gateway.test_broker_refusals import broker_with, scan
 from tests.integration.gateway.test_publisher import TOPICS
 from tests.integration.gateway.test_publisher_stop import until_in_flight
-from tests.support import wait_until
+from tests.support import publisher_and_central, wait_until
 
 SCAN = "warehouse.barcode.scanned.v1"
 
@@ -199,3 +200,29 @@ async def test_timeout_racing_the_puback_gives_one_feedback_per_scan(
     per_device = rig.per_device()
     assert sorted(per_device) == sorted(scanners), "every scan got feedback"
     assert all(len(outcomes) == 1 for outcomes in per_device.values()), per_device
+
+
+# --- DISMISSED: a PUBACK refusing the event ---------------------------------------------------
+
+
+async def test_puback_with_a_failure_code_is_never_told_delivered(tmp_path: Path) -> None:
+    """DISMISSED: the new path is fed by ``_on_ack`` only; a PUBACK with a reason code of 0x80
+    or more goes to ``_on_refused`` (gateway/mqtt_link.py ``_acked``), and an event over the
+    broker's Maximum Packet Size is never in ``_in_flight``. test_broker_refusals.py checks
+    such events are not marked sent, which no longer implies they were not told delivered; this
+    checks the telling itself: the 3000-byte scan refused with 0x95 is never reported."""
+    broker = broker_with(tmp_path, "message_size_limit 2000\n")
+    told: list[str] = []
+    async with publisher_and_central(
+        tmp_path,
+        broker,
+        TOPICS,
+        name="review-delivered-refused",
+        on_delivered=lambda b: told.extend(e.id for e in b),
+    ) as setup:
+        for ev in (scan(1, "A1"), scan(2, "X" * 3000), scan(3, "A3")):
+            await setup.buffer.append(ev)
+        await wait_until(lambda: setup.publisher.refused_by_broker >= 1, timeout=10)
+        await wait_until(lambda: len(told) >= 2, timeout=10)
+        await asyncio.sleep(0.3)
+    assert sorted(told) == ["scan-000001", "scan-000003"]
