@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_broker_refusals import broker_with, scan
-from tests.integration.gateway.test_publisher import TOPICS
+from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.integration.gateway.test_publisher_stop import until_in_flight
 from tests.support import publisher_and_central, wait_until
 
@@ -226,3 +227,56 @@ async def test_puback_with_a_failure_code_is_never_told_delivered(tmp_path: Path
         await wait_until(lambda: len(told) >= 2, timeout=10)
         await asyncio.sleep(0.3)
     assert sorted(told) == ["scan-000001", "scan-000003"]
+
+
+# --- DISMISSED: an exception in on_delivered --------------------------------------------------
+
+
+async def test_on_delivered_raising_does_not_stop_later_feedback_or_the_sent_marks(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """DISMISSED: an exception in ``on_delivered`` is now raised in the ``_deliver`` loop
+    callback (the loop's exception handler gets it) instead of in ``_mark_sent`` (where it
+    failed the ack writer, ended the session and left ``run()`` by an exception nobody
+    catches). ``_deliver`` empties ``_delivering`` before it calls, so the next PUBACK
+    schedules a new one: later events are told; the raising batch is still marked sent; the
+    session goes on. (What the rest of the raising batch loses is the callee's business:
+    ``Confirmations.delivered`` cannot raise in the daemon, whose ``_feedback`` catches.)"""
+    buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**8)
+    told: list[str] = []
+    calls = 0
+
+    def on_delivered(batch: Sequence[OutgoingEvent]) -> None:
+        nonlocal calls
+        calls += 1
+        told.extend(e.id for e in batch)
+        if calls == 1:
+            raise RuntimeError("feedback bug")
+
+    caught: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: caught.append(context))
+    settings = MqttSection(host=broker.host, port=broker.port)
+    pub = Publisher(
+        settings, buffer, TOPICS, client_id="gw-review-delivered-raise", on_delivered=on_delivered
+    )
+    task = asyncio.create_task(pub.run())
+    try:
+        await wait_until(pub.connected.is_set, timeout=10)
+        await buffer.append(event("dock-1", 0))
+        await wait_until(lambda: calls >= 1, timeout=10)
+        for n in range(1, 4):
+            await buffer.append(event("dock-1", n))
+        await wait_until(lambda: len(told) >= 4, timeout=10)
+        await sent_up_to(buffer, "dock-1", 4)
+        assert not task.done(), "the publisher keeps running"
+        assert pub.reconnects == 0 and pub.store_errors == 0
+    finally:
+        pub.stop()
+        async with asyncio.timeout(30):
+            await task
+        loop.set_exception_handler(previous)
+        await buffer.close()
+    assert told == [f"dock-1-{n:06d}" for n in range(4)]
+    assert len(caught) == 1 and isinstance(caught[0].get("exception"), RuntimeError), caught
