@@ -181,26 +181,28 @@ async def test_sent_mark_failing_after_the_puback_gives_feedback_once(
 async def test_timeout_racing_the_puback_gives_one_feedback_per_scan(
     rig: Rig, broker: MosquittoBroker
 ) -> None:
-    """DISMISSED: a scan's ``confirm_timeout`` (0.3 s) and its PUBACK (held 0.3 s by the proxy)
-    come in the same few loop turns, for 30 scanners. ``_deliver`` runs one turn after the
-    PUBACK; whichever of it and ``_timed_out`` runs first pops the waiter, the other finds none
-    (the loop is one thread): good or pending, never both. Same for a verdict
-    (``Confirmations.settled``) or ``device_stopped`` between ``_on_ack`` and ``_deliver``:
-    each pops the waiter before giving anything."""
-    scanners = {f"gate-{d}": rig.scanner(f"gate-{d}", timeout=0.3) for d in range(30)}
+    """DISMISSED: a scan's ``confirm_timeout`` and its PUBACK (held 0.3 s by the proxy) come in
+    the same few loop turns: 40 scanners whose timeouts step from 0.1 to 0.49 s, so some are
+    told delivered first and some time out first, and those near 0.3 s race. ``_deliver`` runs
+    one turn after the PUBACK; whichever of it and ``_timed_out`` runs first pops the waiter,
+    the other finds none (the loop is one thread): good or pending, never both. Same for a
+    verdict (``Confirmations.settled``) or ``device_stopped`` between ``_on_ack`` and
+    ``_deliver``: each pops the waiter before giving anything."""
+    scanners = {f"gate-{d}": rig.scanner(f"gate-{d}", timeout=0.1 + d * 0.01) for d in range(40)}
     async with FaultProxy(broker.host, broker.port) as proxy:
         async with running(rig, proxy.host, proxy.port, "gw-review-delivered-race"):
             proxy.delay_replies(0.3)
-            for device, emit in scanners.items():
-                await emit(DeviceEvent(SCAN, {"code": device}))
-                await asyncio.sleep(0.01)
+            for emit in scanners.values():
+                await emit(DeviceEvent(SCAN, {"code": "race"}))
             for device in scanners:
                 await sent_up_to(rig.buffer, device, 1)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.6)  # past every timeout: a second feedback would be here
         proxy.heal()
     per_device = rig.per_device()
     assert sorted(per_device) == sorted(scanners), "every scan got feedback"
     assert all(len(outcomes) == 1 for outcomes in per_device.values()), per_device
+    outcomes = {outcomes[0] for outcomes in per_device.values()}
+    assert outcomes == {Outcome.GOOD, Outcome.PENDING}, "both sides of the race were taken"
 
 
 # --- DISMISSED: a PUBACK refusing the event ---------------------------------------------------
