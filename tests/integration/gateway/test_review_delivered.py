@@ -205,6 +205,45 @@ async def test_timeout_racing_the_puback_gives_one_feedback_per_scan(
     assert outcomes == {Outcome.GOOD, Outcome.PENDING}, "both sides of the race were taken"
 
 
+@pytest.mark.parametrize(
+    ("what", "other"), [("device_stopped", Outcome.PENDING), ("rejected", Outcome.BAD)]
+)
+async def test_stop_or_verdict_racing_the_puback_gives_one_feedback_per_scan(
+    rig: Rig, broker: MosquittoBroker, what: str, other: Outcome
+) -> None:
+    """DISMISSED: ``device_stopped`` (a reload or shutdown stopping the driver) or central's
+    rejection (``Confirmations.settled``, as gateway/inbound.py calls it) lands 0.1 to 0.49 s
+    after each of 40 scans is stored, around its PUBACK (held 0.3 s by the proxy), so some land
+    between ``_on_ack`` and ``_deliver``. Each pops the waiter before it gives anything, as
+    ``delivered`` does: good, or pending/bad, never both, never good then bad."""
+    loop = asyncio.get_running_loop()
+    scanners = {f"lane-{d}": rig.scanner(f"lane-{d}") for d in range(40)}
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        async with running(rig, proxy.host, proxy.port, f"gw-review-delivered-{what}"):
+            proxy.delay_replies(0.3)
+            for d, (device, emit) in enumerate(scanners.items()):
+                stored = await emit(DeviceEvent(SCAN, {"code": "race"}))
+                assert stored is not None
+                if what == "device_stopped":
+                    loop.call_later(0.1 + d * 0.01, rig.confirmations.device_stopped, device)
+                else:
+                    loop.call_later(
+                        0.1 + d * 0.01,
+                        lambda i=stored.id, dev=device: rig.confirmations.settled(
+                            i, dev, accepted=False, reason="review"
+                        ),
+                    )
+            for device in scanners:
+                await sent_up_to(rig.buffer, device, 1)
+            await asyncio.sleep(0.6)  # past every scheduled stop or verdict
+        proxy.heal()
+    per_device = rig.per_device()
+    assert sorted(per_device) == sorted(scanners), "every scan got feedback"
+    assert all(len(outcomes) == 1 for outcomes in per_device.values()), per_device
+    outcomes = {outcomes[0] for outcomes in per_device.values()}
+    assert outcomes == {Outcome.GOOD, other}, "both sides of the race were taken"
+
+
 # --- DISMISSED: a PUBACK refusing the event ---------------------------------------------------
 
 
