@@ -244,6 +244,44 @@ async def test_stop_or_verdict_racing_the_puback_gives_one_feedback_per_scan(
     assert outcomes == {Outcome.GOOD, other}, "both sides of the race were taken"
 
 
+# --- DISMISSED: a session ending between the PUBACK and _deliver; mids reused after it -------
+
+
+async def test_link_cut_mid_stream_each_scan_good_once(rig: Rig, broker: MosquittoBroker) -> None:
+    """DISMISSED: 20 scans, their PUBACKs held 0.3 s, the connection reset (RST) while about
+    half have come. A ``_deliver`` scheduled by the last PUBACKs before the reset runs after the
+    session's end began; that is right: each event in it was PUBACKed on the live link (the
+    broker has it). The next link numbers its mids from 1 again, but an old link reports no
+    ack once lost (gateway/mqtt_link.py ``_acked``) and ``_settle`` empties ``_in_flight``
+    before the next link exists, so a new PUBACK only maps to the event sent with it; and
+    ``_deliver`` carries events, not mids. The rest are released and sent again: each scan gets
+    good feedback once, and the buffer ends with nothing unsent."""
+    scanners = {f"belt-{d}": rig.scanner(f"belt-{d}") for d in range(20)}
+    async with (
+        FaultProxy(broker.host, broker.port) as proxy,
+        running(rig, proxy.host, proxy.port, "gw-review-delivered-cut") as pub,
+    ):
+        proxy.delay_replies(0.3)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for emit in scanners.values():
+            await emit(DeviceEvent(SCAN, {"code": "cut"}))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(max(0.0, started + 0.55 - loop.time()))
+        proxy.cut()
+        before_cut = len(rig.given)
+        proxy.heal()
+        for device in scanners:
+            await sent_up_to(rig.buffer, device, 1)
+        await wait_until(lambda: len(rig.given) >= len(scanners), timeout=10)
+        await asyncio.sleep(0.3)
+        reconnects = pub.reconnects
+    assert 0 < before_cut < len(scanners), f"the cut came mid-stream ({before_cut} told)"
+    assert reconnects >= 1
+    assert rig.per_device() == {device: [Outcome.GOOD] for device in scanners}
+    assert (await rig.buffer.stats()).unsent == 0
+
+
 # --- DISMISSED: a PUBACK refusing the event ---------------------------------------------------
 
 
