@@ -5,7 +5,8 @@ stopped) is its device's :class:`~gateway.feedback_policy.FeedbackPolicy`'s answ
 only tracks the events still waiting for their level and fires the policy's answer once.
 
 ``stored`` devices get good feedback as soon as the buffer commit returns. ``delivered`` devices
-wait for the broker's PUBACK (reported by the publisher after the event is marked sent); if it
+wait for the broker's PUBACK (reported by the publisher when it arrives, before the buffer
+records the event sent: the sent mark only decides whether a restart publishes it again); if it
 does not come within ``confirm_timeout`` they get pending feedback instead, the event stays
 buffered and will still be delivered, and no good feedback follows later (the worker has moved
 on; a late beep would confuse the next scan).
