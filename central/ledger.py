@@ -55,14 +55,14 @@ WITH new AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS n(source, lo, hi)
 ), touched AS (
     DELETE FROM seq_ranges r USING new n
-    WHERE r.source = n.source AND r.first_seq <= n.hi + 1 AND r.last_seq >= n.lo - 1
+    WHERE r.source = n.source AND r.first_seq - 1 <= n.hi AND r.last_seq >= n.lo - 1
     RETURNING r.source, r.first_seq AS lo, r.last_seq AS hi
 ), spans AS (
     SELECT source, lo, hi FROM new UNION ALL SELECT source, lo, hi FROM touched
 ), marked AS (
     SELECT source, lo, hi,
-        CASE WHEN lo <= max(hi) OVER (PARTITION BY source ORDER BY lo, hi
-                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) + 1
+        CASE WHEN lo - 1 <= max(hi) OVER (PARTITION BY source ORDER BY lo, hi
+                                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
             THEN 0 ELSE 1 END AS starts
     FROM spans
 ), islands AS (
@@ -99,6 +99,9 @@ see ``touched``'s deletions, but PostgreSQL's unique check does: a range that ke
 ``first_seq`` is written again without a key conflict (``test_ledger_books.py``). The advisory
 lock taken before the insert keeps other writers of these devices out until the commit.
 PostgreSQL runs a data-modifying WITH to completion whether or not the query reads it.
+"Adjoining" is written ``first - 1 <= last``, never ``last + 1``: seqs run up to 2^63 - 1, the
+largest bigint, where ``+ 1`` overflowed and the batch holding it failed (then was halved until
+that valid event was quarantined alone).
 """
 _HELD = """
 SELECT n.source, n.id, e.status, e.reason, s.id AS held_id

@@ -20,7 +20,6 @@ from collections import defaultdict
 from typing import Any
 
 import asyncpg
-import pytest
 
 from central.ledger import Checkpoint, merge_ranges, write_batch
 from central.rules import AcceptAll
@@ -59,48 +58,29 @@ async def check_books(conn: asyncpg.Connection) -> None:
     assert stored == sum(per_device.values())
 
 
-async def test_a_valid_seq_of_max_bigint_is_refused_as_before(conn) -> None:
-    """DISMISSED as a regression: seq 2**63-1 passes the validator, and the batch holding it
-    fails with ``bigint out of range`` (``n.hi + 1``, an index condition evaluated for every
-    new span, even of a device with no stored range). The three statements before 0502b84 had
-    the same ``n.hi + 1`` in their SELECT and failed the same batches the same way (checked
-    against ``git show 0502b84^:central/ledger.py`` on this PostgreSQL: a fresh device, a
-    device with a far range, one with 2**63-2 stored, empty and 20,000-range tables; both
-    plans are the same nested loop on ``seq_ranges_pkey``). Pinned here: it is still a
-    ``DataError`` (``Central._write`` halves the batch and quarantines that event alone, the
-    rest commits) and nothing of the batch stays. The hole itself, older than the change, is
-    the xfail below."""
-    (top,) = events(scan_event(MAX, event_id="top"))
-    await write_batch(conn, events(scan_event(5, event_id="five")), AcceptAll())
-    with pytest.raises(asyncpg.DataError, match="bigint out of range"):
-        await write_batch(conn, [*events(scan_event(6, event_id="six")), top], AcceptAll())
-    assert await ranges(conn) == {"/s1/gw1/dock": [(5, 5)]}
-    assert await held_seqs(conn) == {"/s1/gw1/dock": {5}}
-    await check_books(conn)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=asyncpg.DataError,
-    reason="PROVEN (pre-existing, NOT from 0502b84: the old SELECT had the same n.hi + 1):"
-    " seq 2**63-1 is valid for central/validate.py but every batch holding it fails with"
-    " 'bigint out of range' in the seq-range merge, so that event is quarantined, never"
-    " stored nor confirmed",
-)
 async def test_a_valid_seq_of_max_bigint_is_stored(conn) -> None:
+    """Once PROVEN (older than 0502b84: the three statements before it had the same
+    ``n.hi + 1``): seq 2**63-1 passes the validator, and every batch holding it failed with
+    ``bigint out of range`` in the seq-range merge, so ``Central._write`` halved it until that
+    event was quarantined alone, never stored nor confirmed. The merge now writes "adjoining"
+    as ``first - 1 <= last``: the event is stored, joins the range below it, and the rest of
+    its batch commits with it."""
     validator = Validator(prefix="edge", max_payload=65536, keep_bytes=100)
     top = validator.check("edge/s1/gw1/events/dock", raw(scan_event(MAX, event_id="top")))
     assert isinstance(top, Event)
     outcome = await write_batch(conn, [top], AcceptAll())
     assert outcome.stored == 1
     assert await ranges(conn) == {"/s1/gw1/dock": [(MAX, MAX)]}
+    below = events(scan_event(MAX - 1, event_id="below"), scan_event(6, event_id="six"))
+    assert (await write_batch(conn, below, AcceptAll())).stored == 2
+    assert await ranges(conn) == {"/s1/gw1/dock": [(6, 6), (MAX - 1, MAX)]}
+    assert as_ranges(await held_seqs(conn)) == await ranges(conn)
+    await check_books(conn)
 
 
 async def test_the_seqs_just_below_max_bigint_merge(conn) -> None:
-    """DISMISSED: ``max(hi) OVER (...) + 1`` in the window overflows only after a span ending
-    at 2**63-1, and no such span gets that far (the DELETE's ``n.hi + 1`` refuses it first,
-    and no stored range can end there, above); up to 2**63-2 the window's ``+ 1`` fits. Below,
-    on either side, and bridging."""
+    """Seqs just below 2**63-1 merge below, on either side, and bridging (the window's
+    "adjoining" test is ``lo - 1 <= max(hi)``: it cannot overflow)."""
     top = MAX - 1
     await write_batch(conn, events(scan_event(top, event_id="t0")), AcceptAll())
     await write_batch(conn, events(scan_event(top - 2, event_id="t2")), AcceptAll())
