@@ -56,6 +56,11 @@ LIVE_FIRST_BACKLOG = 1000
 """A backlog larger than this (over a second of publishing) lets live events overtake it; a
 smaller one simply goes first, so short outages keep strict per-device seq order."""
 
+PUMP_RECHECK_S = 1.0
+"""The longest the event pump sleeps without a wake-up (a commit, a freed slot or packet id, a
+hold or sent mark while draining): a net, so that a wake-up nobody thought of costs this long
+instead of stopping delivery (tests/integration/gateway/test_pump_wakeups.py injects one)."""
+
 ACK_CHECK_INTERVAL = 1.0
 """The longest the PUBACK watcher sleeps with nothing in flight (it also watches the link). With
 publishes in flight it wakes when the oldest reaches ``publish_timeout``, and a publish entering
@@ -422,7 +427,7 @@ class Publisher:
                 overtaken = self._send(link, self._take_unsent(), overtaken=overtaken)
             free = min(limit - len(in_flight), link.free_ids())
             if free <= 0 or self._unsent:
-                await _first_of(self._slot_freed.wait(), link.ids_freed(), timeout=1.0)
+                await _first_of(self._slot_freed.wait(), link.ids_freed(), timeout=PUMP_RECHECK_S)
                 continue
             batch = await self._buffer.claim(free, live_after if self.draining else None)
             if not store_ok:  # the store answers again: its next fault backs off from low
@@ -430,7 +435,7 @@ class Publisher:
                 self._store_backoff.reset()
             if not batch:
                 waits = [self._buffer.committed.wait(), self._slot_freed.wait()]
-                await _first_of(*waits, timeout=1.0)
+                await _first_of(*waits, timeout=PUMP_RECHECK_S)
                 continue
             overtaken = self._send(link, batch, overtaken=overtaken)
 
