@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,12 @@ import aiosqlite
 import pytest
 
 from buffer.store import Buffer
-from tests.unit.buffer.test_append_nowait import make_event
+from tests.unit.buffer.test_append_nowait import (
+    WriteHold,
+    file_rows,
+    make_event,
+    seq_after_reopen,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -139,3 +145,31 @@ def test_a_process_that_closed_its_buffer_exits(tmp_path: Path) -> None:
         pytest.fail("the process did not exit within 12 s after its buffer was closed")
     assert proc.returncode == 0
     assert "main done" in out
+
+
+async def test_a_commit_failing_during_close_is_refused_and_takes_no_seq(tmp_path: Path) -> None:
+    """DISMISSED (a failing SQLite commit during close; real fault: another connection holds
+    the file's write lock, as a second process or an operator's ``sqlite3`` shell would): the
+    close's last batch waits ``busy_timeout`` (5 s) and fails with "database is locked"; the
+    writer answers every append of it refused, once, and takes no seq (``_last_seq`` changes
+    only after a commit). The close then goes on (the checkpoint's busy answer is suppressed),
+    closes the file and lets the lock go; nothing refused is in the file and the next writer
+    numbers on from what is. Bounded, not hung: one ``busy_timeout`` per queued batch and one
+    for the checkpoint (the daemon stops its drivers before it closes, so few are queued)."""
+    path = tmp_path / "b.db"
+    b = await Buffer.open(path, max_bytes=10**8)
+    await b.append_nowait(make_event("a", 1))
+    hold = WriteHold(path)
+    try:
+        queued = [b.append_nowait(make_event("a", n)) for n in (2, 3, 4)]
+        async with asyncio.timeout(30):
+            await b.close()
+    finally:
+        hold.release()
+    for future in queued:
+        assert isinstance(future.exception(), sqlite3.OperationalError)
+        assert "locked" in str(future.exception())
+    assert b.transitions["refused"] == 3 and b.transitions["stored"] == 1
+    assert b._lock_fd is None
+    assert file_rows(path) == [("a-1", "a", 1)]
+    assert await seq_after_reopen(path, make_event("a", 5)) == 2
