@@ -16,7 +16,7 @@ import aiosqlite
 import pytest
 
 from buffer.schema import STATE_PENDING, STATE_SENT
-from buffer.store import Buffer
+from buffer.store import Buffer, BufferClosedError
 from tests.unit.buffer.test_append_nowait import (
     WriteHold,
     file_rows,
@@ -217,3 +217,39 @@ async def test_close_with_the_publishers_writes_in_flight_and_their_callers_canc
         assert [e.seq for e in await reopened.claim(100)] == list(range(4, 10))
     finally:
         await reopened.close()
+
+
+async def test_a_burst_closed_from_two_tasks_one_cancelled_answers_every_append_once(
+    tmp_path: Path,
+) -> None:
+    """DISMISSED (close during an append burst, from two tasks, one of them cancelled at its
+    only await): both await the one shielded close task; the cancelled caller does not cut
+    it short. Every append queued before ``_close`` started is committed and told stored
+    with consecutive seqs (all in the file); every later one is refused at once
+    (``BufferClosedError`` from ``append_nowait``); none is left unanswered or told twice."""
+    path = tmp_path / "b.db"
+    b = await Buffer.open(path, max_bytes=10**8, batch_max=50)
+    futures = [b.append_nowait(make_event("ab"[n % 2], n)) for n in range(400)]
+    closers = [asyncio.ensure_future(b.close()) for _ in range(2)]
+    await asyncio.sleep(0)
+    closers[0].cancel()
+    refused_at_once = 0
+    for n in range(400, 410):
+        try:
+            futures.append(b.append_nowait(make_event("ab"[n % 2], n)))
+        except BufferClosedError:
+            refused_at_once += 1
+        await asyncio.sleep(0)
+    async with asyncio.timeout(30):
+        await asyncio.gather(*closers, return_exceptions=True)
+    assert closers[0].cancelled() and closers[1].result() is None
+    assert all(f.done() for f in futures)
+    stored = [f.result() for f in futures if f.exception() is None]
+    assert len(stored) == len(futures) and len(futures) + refused_at_once == 410
+    assert refused_at_once >= 9  # only an append in the step before _close ran gets in
+    rows = file_rows(path)
+    assert sorted((s.id, s.device, s.seq) for s in stored) == sorted(rows)
+    for device in "ab":
+        seqs = [r[2] for r in rows if r[1] == device]
+        assert seqs == list(range(1, len(seqs) + 1))
+    assert b._lock_fd is None and b.transitions["stored"] == len(stored)
