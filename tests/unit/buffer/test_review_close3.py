@@ -20,7 +20,7 @@ import pytest
 
 from buffer import writer_lock
 from buffer.schema import STATE_PENDING, STATE_SENT, BufferOpenError
-from buffer.store import Buffer, BufferClosedError
+from buffer.store import Buffer, BufferClosedError, CommitFuture
 from tests.support import write_config
 from tests.unit.buffer.test_append_nowait import (
     WriteHold,
@@ -399,3 +399,69 @@ async def test_a_real_aiosqlite_close_failure_is_finished_by_the_next_close(
             with contextlib.suppress(ValueError, sqlite3.Error):
                 await b.close()
             await asyncio.sleep(0.6)
+
+
+def _where(task: asyncio.Future[None]) -> tuple[tuple[str, int], ...]:
+    """Where the close task is suspended: (function, line) of each coroutine in its await chain."""
+    chain = []
+    coro = task.get_coro()  # type: ignore[attr-defined]
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        chain.append((coro.cr_code.co_name, coro.cr_frame.f_lineno))
+        coro = coro.cr_await
+    return tuple(chain)
+
+
+async def _closing_buffer(path: Path) -> tuple[Buffer, asyncio.Future[None], CommitFuture]:
+    """A buffer with both readers open and an append queued, its close just started."""
+    b = await Buffer.open(path, max_bytes=10**8)
+    await b.stats()
+    await b.check_replay("a", 1, 1)
+    pending = b.append_nowait(make_event("a", 1))
+    caller = asyncio.ensure_future(b.close())
+    await asyncio.sleep(0)
+    return b, caller, pending
+
+
+async def test_the_callers_cancellation_at_any_step_of_close_does_not_cut_it_short(
+    tmp_path: Path,
+) -> None:
+    """DISMISSED (cancellation of close's caller at each of ``_close``'s await points: the
+    writer's last commit, the stats reader's close, the replay reader's, the lock, the
+    checkpoint, the connection's close and its thread's stop). A first close is walked step by
+    step to list every place its task suspends; then, for each, a fresh buffer's close has its
+    caller cancelled exactly there. The caller gets ``CancelledError`` and nothing else
+    happens to the close: the shielded task goes on to the end (the append stored and in the
+    file, every connection closed, the lock let go), and a later ``close()`` returns at once
+    without running it again."""
+    b, caller, _ = await _closing_buffer(tmp_path / "walk.db")
+    task = b._close_task
+    assert task is not None
+    points: list[tuple[tuple[str, int], ...]] = []
+    async with asyncio.timeout(20):
+        while not task.done():
+            where = _where(task)
+            if where and where not in points:
+                points.append(where)
+            await asyncio.sleep(0)
+    await caller
+    inner = {point[-1][0] for point in points}
+    assert {"_close", "close"} <= {point[0][0] for point in points} | inner
+    assert len(points) >= 5, points
+    for n, point in enumerate(points):
+        path = tmp_path / f"b{n}.db"
+        b, caller, pending = await _closing_buffer(path)
+        task = b._close_task
+        assert task is not None
+        async with asyncio.timeout(20):
+            while not task.done() and _where(task) != point:
+                await asyncio.sleep(0)
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        async with asyncio.timeout(10):
+            await asyncio.wait([task])
+        assert task.exception() is None, point
+        assert (await pending).seq == 1 and file_rows(path) == [("a-1", "a", 1)]
+        assert b._lock_fd is None and b._db._closed, point
+        assert b._reader is None and b._replay_reader is None and await _leaked(b) == []
+        await b.close()
+        assert b._close_task is task  # not run again
