@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import aiosqlite
@@ -26,6 +27,15 @@ DURABLE = "FULL"
 """Every commit is fsynced before it returns: what an append needs before it reports stored."""
 LAZY = "NORMAL"
 """No fsync of its own (WAL stays consistent; the next durable commit's fsync covers it)."""
+
+
+def read_only_uri(path: str | Path) -> str:
+    """The SQLite URI that opens ``path`` read-only (``mode=ro`` needs a URI).
+
+    Percent-encoded: a "#" or "?" in a state directory would otherwise end the path there, and
+    SQLite would open (or fail to find) another file.
+    """
+    return f"{Path(path).absolute().as_uri()}?mode=ro"
 
 
 def run_in_transaction(
@@ -91,6 +101,11 @@ class BufferConnection:
                 # Its thread died handing a result to an event loop already closed (a loop's
                 # teardown): nothing would answer a close. The SQLite connection, bound to that
                 # thread, is closed when it is collected.
+                self._closed = True
+                return
+            if self._conn._connection is None:  # noqa: SLF001
+                # A close that failed in SQLite: aiosqlite let the connection go anyway (in a
+                # finally) and is stopping its thread; nothing is left to checkpoint or close.
                 self._closed = True
                 return
             with contextlib.suppress(sqlite3.Error):

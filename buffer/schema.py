@@ -23,6 +23,7 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
+from buffer.connection import read_only_uri
 from buffer.event_ids import id_key
 
 log = structlog.get_logger(__name__)
@@ -363,7 +364,7 @@ def highest_seqs(path: Path) -> dict[str, int]:
         "SELECT device, max(seq) FROM events GROUP BY device",
     )
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
     except sqlite3.Error:
         return found
     try:

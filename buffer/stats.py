@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosqlite
 
-from buffer.connection import BufferConnection
+from buffer.connection import BufferConnection, read_only_uri
 from buffer.rows import marks
 from buffer.schema import STATE_NAMES, STATE_SENT
 
@@ -251,7 +251,7 @@ def unconfirmed_by_device(
 
 async def open_reader(path: Path) -> aiosqlite.Connection:
     """A read-only connection: WAL lets it read while the writer commits, without blocking it."""
-    conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+    conn = await aiosqlite.connect(read_only_uri(path), uri=True)
     try:
         await conn.execute("PRAGMA busy_timeout=5000")
     except BaseException:

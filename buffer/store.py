@@ -717,9 +717,29 @@ class Buffer:
 
     async def _replay_reads(self) -> BufferConnection:
         """The read-only connection replays read on, opened at first use, beside the writer's."""
+        if self._closing:
+            raise BufferClosedError("the buffer is closed")
         if self._replay_reader is None:
-            self._replay_reader = BufferConnection(await open_reader(self.path))
+            reader = BufferConnection(await self._open_read_only())
+            if self._replay_reader is None:
+                self._replay_reader = reader
+            else:  # another read opened one meanwhile
+                await reader.close()
         return self._replay_reader
+
+    async def _open_read_only(self) -> aiosqlite.Connection:
+        """A read-only connection, or BufferClosedError once the buffer is closing.
+
+        One that finished opening after a close began is closed again here: that close has
+        passed the readers, or will not see this one, and aiosqlite's thread (not a daemon)
+        would keep the process from exiting.
+        """
+        conn = await open_reader(self.path)
+        if self._closing:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await conn.close()
+            raise BufferClosedError("the buffer is closed")
+        return conn
 
     async def check_replay(self, device: str, from_seq: int, to_seq: int | None) -> ReplayRange:
         """Validate a replay request against what is stored; see :func:`check_range`.
@@ -775,8 +795,15 @@ class Buffer:
         queries take over a second, and commits (and the worker's feedback) must not wait on
         them. The payload total comes from memory rather than a scan.
         """
+        if self._closing:
+            raise BufferClosedError("the buffer is closed")
         if self._reader is None:
-            self._reader = await open_reader(self.path)
+            reader = await self._open_read_only()
+            if self._reader is None:
+                self._reader = reader
+            else:  # another stats() opened one meanwhile
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await reader.close()
         return await collect_stats(
             self._reader, payload_bytes=self._bytes, awaiting_verdict=self.keep_unconfirmed
         )

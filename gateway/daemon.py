@@ -126,6 +126,21 @@ class Gateway:
             keep_unconfirmed=frozenset(d.id for d in s.devices if d.confirm == "accepted"),
             progress=_still_starting,
         )
+        try:
+            failure = await self._serve(stop)
+        finally:
+            # However the run ended: aiosqlite's threads are not daemons, so a buffer left
+            # open after a failure kept the process alive (and the writer lock taken) until
+            # systemd killed it.
+            await self.buffer.close()
+        gc.unfreeze()  # collectable again: several gateways may run in one (test) process
+        log.info("gateway_stopped")
+        if failure is not None:
+            raise failure
+
+    async def _serve(self, stop: asyncio.Event) -> BaseException | None:
+        """Everything between opening the buffer and closing it; returns what failed, if any."""
+        s = self.settings
         self.confirmations = Confirmations(self._feedback)
         self.pipeline = Pipeline(
             self.buffer, self.confirmations, site=s.gateway.site, gateway_id=s.gateway.id
@@ -206,11 +221,7 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(bound):
                     await asyncio.gather(publisher_task, return_exceptions=True)
-        await self.buffer.close()
-        gc.unfreeze()  # collectable again: several gateways may run in one (test) process
-        log.info("gateway_stopped")
-        if failure is not None:
-            raise failure
+        return failure
 
     def _link_changed(self, connected: bool, since: str) -> None:
         """Record the MQTT link's state for ``status`` (gateway/runstate.py)."""

@@ -15,7 +15,14 @@ import time
 
 import structlog
 
-from buffer.store import Buffer, BufferFullError, CommitFuture, EventRenderError, NewEvent
+from buffer.store import (
+    Buffer,
+    BufferClosedError,
+    BufferFullError,
+    CommitFuture,
+    EventRenderError,
+    NewEvent,
+)
 from drivers.base import DeviceConfig, DeviceEvent, EmitFn, StoredEvent
 from gateway.confirmations import Confirmations
 from gateway.events import render_event, rfc3339_now, source_for, uuid7
@@ -23,9 +30,11 @@ from gateway.feedback_policy import FeedbackPolicy
 
 log = structlog.get_logger(__name__)
 
-REFUSED = (BufferFullError, EventRenderError, sqlite3.Error)
+REFUSED = (BufferFullError, EventRenderError, BufferClosedError, sqlite3.Error)
 """What ``Buffer.append`` raises for an event it did not store: the worker hears a bad read.
-``EventRenderError``: the driver's data cannot be written as JSON (refused alone)."""
+``EventRenderError``: the driver's data cannot be written as JSON (refused alone);
+``BufferClosedError``: an event emitted once the buffer began closing (a stop whose drivers
+outlived its shutdown bound), not stored."""
 
 
 class Pipeline:
@@ -72,7 +81,11 @@ class Pipeline:
             # anyway without its feedback decision. The commit's future refuses cancellation
             # (buffer.store.CommitFuture): the CancelledError comes once the commit returned,
             # while the driver still holds its device, and the outcome is there to decide on.
-            append = self._buffer.append_nowait(new)
+            try:
+                append = self._buffer.append_nowait(new)
+            except REFUSED as exc:  # closing: refused at once, nothing queued
+                self._refused(policy, event, exc)
+                return None
             try:
                 stored = await append
             except asyncio.CancelledError:

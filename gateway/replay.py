@@ -23,7 +23,7 @@ from functools import partial
 import aiosqlite
 import structlog
 
-from buffer.connection import BufferConnection
+from buffer.connection import BufferConnection, read_only_uri
 from buffer.dropped import runs
 from buffer.replay_reads import ReplayRange, check_range, delivered_rows
 from buffer.stats import reader
@@ -318,7 +318,7 @@ async def replay_messages(
     path: str, *, device: str, from_seq: int, to_seq: int | None, topics: Topics, rate: float
 ) -> tuple[ReplayRange, _RowStream]:
     """For ``edge-gateway replay``: check the range in the file, then stream it, rate-limited."""
-    raw = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+    raw = await aiosqlite.connect(read_only_uri(path), uri=True)
     conn = BufferConnection(raw)
     try:
         await raw.execute("PRAGMA busy_timeout=5000")

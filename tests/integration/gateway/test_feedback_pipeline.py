@@ -138,6 +138,20 @@ async def test_cancelled_mid_emit_and_refused_gets_bad(rig: Rig) -> None:
     assert await rig.settled() == 0
 
 
+async def test_a_scan_emitted_once_the_buffer_is_closing_gets_bad_and_the_driver_goes_on(
+    rig: Rig,
+) -> None:
+    """A driver that outlived the stop's bound emits after the buffer began closing: the scan
+    is not stored, so the worker hears bad (scan again), once, and ``emit`` returns instead of
+    raising ``BufferClosedError`` into the driver. It used to raise, with no feedback at all
+    (found by the third review of the buffer's close)."""
+    emit = rig.emit("dock-1", "barcode-serial")
+    await rig.buffer.close()
+    assert await emit(DeviceEvent(SCAN, {})) is None
+    assert rig.given == [("dock-1", Outcome.BAD)]
+    assert rig.pipeline.refused == 1 and rig.stored_ids() == 0
+
+
 async def test_cancelled_mid_emit_telemetry_stays_silent(rig: Rig) -> None:
     """A reading cancelled mid-emit is stored and, like any reading, gives no feedback."""
     emit = rig.emit("conveyor", "modbus", "delivered")
