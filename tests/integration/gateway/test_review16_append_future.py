@@ -73,8 +73,10 @@ async def test_loop_shutdown_cancelling_writer_and_emits_together_gives_no_feedb
     commit either leaves them hanging (their futures refuse cancellation) or gives a bad read
     for an event that then commits. DISMISSED: ``_abandon`` settles every future (the batch
     under way "outcome unknown", which is no REFUSED, so no feedback; the queued ones
-    BufferClosedError, never written), cancelled or not the emits end, and nobody hears
-    anything, whichever way the held-up transaction ends."""
+    BufferClosedError, never written), cancelled or not the emits end; the batch under way is
+    told nothing, whichever way its held-up transaction ends, and the queued scan, never
+    written, is refused: bad (scan again), once. (It was told nothing until BufferClosedError
+    became a refusal, after the third review of the buffer's close.)"""
     hold = LockHold(rig)
     emit = rig.emit("dock-1", "barcode-serial")
     under_way = [asyncio.create_task(emit(DeviceEvent(SCAN, {"n": n}))) for n in range(2)]
@@ -95,8 +97,8 @@ async def test_loop_shutdown_cancelling_writer_and_emits_together_gives_no_feedb
     assert isinstance(outcomes[0], RuntimeError) and "outcome unknown" in str(outcomes[0])
     assert isinstance(outcomes[1], asyncio.CancelledError)
     assert isinstance(outcomes[2], asyncio.CancelledError)
-    assert rig.given == [], "no feedback for an outcome nobody knows"
-    assert rig.pipeline.refused == 0 and not rig.pipeline.stored
+    assert rig.given == [("dock-1", Outcome.BAD)], "bad for the one never written, only"
+    assert rig.pipeline.refused == 1 and not rig.pipeline.stored
     assert rig.stored_ids() in (0, 2), "the batch under way whole or not at all, never the queued"
 
 
