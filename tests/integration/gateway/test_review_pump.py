@@ -1,0 +1,141 @@
+"""Adversarial review of commit 5317475 (the publisher pump's wake-up events), on real parts.
+
+5317475 clears the pump's wake-up events (``_slot_freed``, the buffer's ``committed``) at the
+top of each loop turn, before it reads the buffer, and has a hold and a sent mark while
+draining set ``_slot_freed``. Each test here either proves a hole (``xfail(strict=True)``,
+reason ``PROVEN: ...``) or pins a dismissal: a real Mosquitto (``max_inflight_messages`` edited
+where a small broker window is the point), a real buffer file, the real publisher.
+
+Where a test needs the pump's claim to take a while, it holds the buffer file's SQLite write
+lock from a second connection for a few milliseconds (as a slow disk or a long commit would):
+the claim's ``BEGIN IMMEDIATE`` then waits in aiosqlite's thread, and the test acts while the
+pump is inside ``Buffer.claim`` (read from the pump task's coroutine chain, not changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buffer.store import Buffer, OutgoingEvent
+from simulators.broker import MosquittoBroker
+from tests.integration.gateway.test_publisher import TOPICS, event
+from tests.support import broker_configured, publisher_and_central, wait_until
+
+
+def small_window_broker(tmp_path: Path, inflight: int) -> MosquittoBroker:
+    return broker_configured(
+        tmp_path / "small",
+        lambda text: text.replace("max_inflight_messages 100", f"max_inflight_messages {inflight}"),
+    )
+
+
+def pump_task() -> asyncio.Task[Any]:
+    return next(t for t in asyncio.all_tasks() if t.get_name() == "publisher-pump")
+
+
+def awaiting(task: asyncio.Task[Any], name: str) -> bool:
+    """Whether ``task`` is suspended somewhere inside a coroutine function called ``name``."""
+    coro: Any = task.get_coro()
+    while coro is not None:
+        if getattr(getattr(coro, "cr_code", None), "co_name", "") == name:
+            return True
+        coro = getattr(coro, "cr_await", None)
+    return False
+
+
+async def until_awaiting(task: asyncio.Task[Any], name: str, timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not awaiting(task, name):
+            await asyncio.sleep(0)
+
+
+def write_lock(path: Path) -> sqlite3.Connection:
+    """The buffer file's SQLite write lock, taken from a second connection (see the module)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, buffer: Buffer, name: str) -> Callable[[], int]:
+    """Count the pump's calls of a buffer method (each still runs the real one)."""
+    real: Callable[..., Awaitable[Any]] = getattr(buffer, name)
+    calls = 0
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(buffer, name, counted)
+    return lambda: calls
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- PROVEN ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PROVEN: an event left in _unsent because a checkpoint took the broker window's only "
+    "packet id during the claim waits for the pump's 1 s net: the checkpoint's PUBACK is read "
+    "in the loop turn the pump starts waiting, before MqttLink.ids_freed() (run as a task one "
+    "turn later) clears _acks_freed, so the wakeup is lost; a status/checkpoint PUBACK never "
+    "sets _slot_freed. Not introduced by 5317475 (5317475^ stalls the same), not fixed by it",
+)
+async def test_an_event_a_checkpoint_kept_from_its_packet_id_is_sent_when_the_id_frees(
+    tmp_path: Path,
+) -> None:
+    """A broker window of 2 (Receive Maximum 2: one packet id, shared by the events and the
+    statuses). An event is appended; the pump counts one free id and claims it; while the claim
+    waits for the file's write lock, a checkpoint takes the id; the lock goes, and the claim's
+    answer and the checkpoint's PUBACK reach the loop in the same turn, the claim first (the
+    loop is busy for 30 ms meanwhile, as a loaded box is). The pump finds no id, keeps the event
+    in ``_unsent`` and waits for an id; the PUBACK freeing it is read before the wait's
+    ``ids_freed()`` starts and clears the link's event. Nothing else wakes the pump: the event
+    goes out at the 1 s net. Measured 1.03 s in 20 of 20 runs on 5317475 and on 5317475^
+    (0.03 s, the busy loop alone, once ``ids_freed`` returns when an id is already free)."""
+    broker = small_window_broker(tmp_path, 2)
+    delivered: dict[str, float] = {}
+
+    def on_delivered(batch: list[OutgoingEvent]) -> None:
+        delivered.update((e.id, time.monotonic()) for e in batch)
+
+    loop = asyncio.get_running_loop()
+    took: list[float] = []
+    checkpoints: list[asyncio.Task[bool]] = []
+    async with publisher_and_central(
+        tmp_path, broker, TOPICS, name="unsent-id", on_delivered=on_delivered
+    ) as rig:
+        await asyncio.sleep(0.2)
+        pump = pump_task()
+        for n in range(5):
+            ev = event("a", n)
+            started = time.monotonic()
+            await rig.buffer.append(ev)
+            lock = write_lock(rig.buffer.path)
+            await until_awaiting(pump, "claim")  # free ids counted: 1; the claim waits
+            checkpoints.append(asyncio.create_task(rig.publisher.publish_checkpoint({"n": n})))
+
+            def release(lock: sqlite3.Connection = lock) -> None:
+                lock.execute("ROLLBACK")
+                lock.close()
+                time.sleep(0.03)  # the loop busy: the claim ends, the PUBACK arrives
+
+            loop.call_soon(release)  # after the checkpoint's first step: it has the id then
+            await wait_until(lambda ev=ev: ev.id in delivered, timeout=5)
+            took.append(delivered[ev.id] - started)
+            await asyncio.sleep(0.05)
+        assert all(await asyncio.gather(*checkpoints))
+    assert max(took) < 0.5, "from append to PUBACK: " + " ".join(f"{t:.3f}" for t in took)
