@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
+import gateway.publisher
 from buffer.store import Buffer, OutgoingEvent
 from simulators.broker import MosquittoBroker
+from tests.integration.gateway.test_broker_refusals import broker_with, device_scan, held_seqs
 from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.support import broker_configured, publisher_and_central, wait_until
 
@@ -139,3 +141,42 @@ async def test_an_event_a_checkpoint_kept_from_its_packet_id_is_sent_when_the_id
             await asyncio.sleep(0.05)
         assert all(await asyncio.gather(*checkpoints))
     assert max(took) < 0.5, "from append to PUBACK: " + " ".join(f"{t:.3f}" for t in took)
+
+
+# --- DISMISSED (pinned) ------------------------------------------------------------------------
+
+
+async def test_an_idle_publisher_does_not_spin_before_or_after_a_drain_that_held_an_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spin: a wake-up event left set would loop the pump without waiting. Each turn clears
+    both events first and nothing but a PUBACK, a commit, a hold, a sent mark (while draining)
+    or the held retry sets them, so an idle pump turns once a second (its net). Pinned on the
+    two paths 5317475 added: a drain (``LIVE_FIRST_BACKLOG`` lowered to 2) whose backlog holds
+    an event the broker's ACL refuses (``_hold_refused`` sets ``_slot_freed``, the marks set it
+    while draining), then idle: pump turns (claims) and the process's CPU over 2 s. Measured
+    before/after with a plain idle publisher (/tmp script, 5 s): 0.004 s CPU on 5317475^ and on
+    5317475 alike."""
+    monkeypatch.setattr(gateway.publisher, "LIVE_FIRST_BACKLOG", 2)
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "pattern write edge/site-test/gw-test/status\n"
+        "pattern write edge/site-test/gw-test/events/ok\n"
+        "pattern read #\n"
+    )
+    broker = broker_with(tmp_path, f"acl_file {acl}\n")
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    for ev in (device_scan("ok", 1), device_scan("no", 1), device_scan("ok", 2)):
+        await buf.append(ev)
+    await buf.close()
+    async with publisher_and_central(tmp_path, broker, TOPICS, name="idle") as rig:
+        await rig.central.wait_for(2, timeout=5)
+        await wait_until(lambda: not rig.publisher.draining, timeout=2)
+        await wait_until(lambda: held_seqs(rig.buffer.path) == {1}, timeout=2)
+        claims = count_calls(monkeypatch, rig.buffer, "claim")
+        cpu, started = cpu_seconds(), time.monotonic()
+        await asyncio.sleep(2.0)
+        cpu, idle = cpu_seconds() - cpu, time.monotonic() - started
+        assert claims() <= 4, f"{claims()} pump turns in {idle:.2f} s idle"
+        assert cpu < 0.1 * idle, f"{cpu:.3f} s CPU in {idle:.2f} s idle"
+        assert rig.publisher.refused_by_broker == 1, "the held event was offered again"
