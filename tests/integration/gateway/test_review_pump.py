@@ -180,3 +180,40 @@ async def test_an_idle_publisher_does_not_spin_before_or_after_a_drain_that_held
         assert claims() <= 4, f"{claims()} pump turns in {idle:.2f} s idle"
         assert cpu < 0.1 * idle, f"{cpu:.3f} s CPU in {idle:.2f} s idle"
         assert rig.publisher.refused_by_broker == 1, "the held event was offered again"
+
+
+async def test_an_event_committed_during_an_empty_claim_is_sent_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events committed during a claim: the pump clears ``committed`` before it claims, so a
+    commit that the claim does not see (here it waits behind the claim, which waits for the
+    file's write lock) sets it after the clear, and the wait after the empty claim returns at
+    once. The event is delivered within milliseconds (0.5 s allowed), not at the 1 s net."""
+    delivered: dict[str, float] = {}
+
+    def on_delivered(batch: list[OutgoingEvent]) -> None:
+        delivered.update((e.id, time.monotonic()) for e in batch)
+
+    broker = MosquittoBroker(tmp_path / "b")
+    broker.start()
+    took: list[float] = []
+    async with publisher_and_central(
+        tmp_path, broker, TOPICS, name="commit-claim", on_delivered=on_delivered
+    ) as rig:
+        pump = pump_task()
+        claims = count_calls(monkeypatch, rig.buffer, "claim")
+        for n in range(3):
+            lock = write_lock(rig.buffer.path)
+            before = claims()
+            await until_awaiting(pump, "claim")  # its idle claim (the net), waiting for the lock
+            assert claims() == before + 1
+            ev = event("c", n)
+            stored = rig.buffer.append_nowait(ev)
+            started = time.monotonic()
+            await asyncio.sleep(0.01)
+            lock.execute("ROLLBACK")
+            lock.close()
+            await stored
+            await wait_until(lambda ev=ev: ev.id in delivered, timeout=5)
+            took.append(delivered[ev.id] - started)
+    assert max(took) < 0.5, " ".join(f"{t:.3f}" for t in took)
