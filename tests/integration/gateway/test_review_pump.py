@@ -15,6 +15,7 @@ pump is inside ``Buffer.claim`` (read from the pump task's coroutine chain, not 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import resource
 import sqlite3
 import time
@@ -26,7 +27,10 @@ import pytest
 
 import gateway.publisher
 from buffer.store import Buffer, OutgoingEvent
+from gateway.publisher import Publisher
+from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
+from simulators.central import CentralCollector
 from tests.integration.gateway.test_broker_refusals import broker_with, device_scan, held_seqs
 from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.support import broker_configured, publisher_and_central, wait_until
@@ -217,3 +221,79 @@ async def test_an_event_committed_during_an_empty_claim_is_sent_at_once(
             await wait_until(lambda ev=ev: ev.id in delivered, timeout=5)
             took.append(delivered[ev.id] - started)
     assert max(took) < 0.5, " ".join(f"{t:.3f}" for t in took)
+
+
+async def test_a_windowed_drain_with_live_events_keeps_order_window_and_ends_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PUBACK or a sent mark during the drain's ``unsent_count`` read, a window limit, order.
+    ``max_inflight`` 2 and a backlog of 60 (``LIVE_FIRST_BACKLOG`` lowered to 10): every turn of
+    the drain reads the count, and PUBACKs and marks land during those reads; ``_slot_freed``
+    is cleared before the read, so none is lost: no gap of the 1 s net between two deliveries
+    (0.8 s allowed on a loaded box), and the drain ends within 0.8 s of the last PUBACK (on
+    5317475^ it ended 1.0 s after it: this test fails there). Never more than 2 events in
+    flight (sampled at every loop turn); per device the live events and the backlog each
+    arrive in seq order, the backlog flagged historical once overtaken."""
+    monkeypatch.setattr(gateway.publisher, "LIVE_FIRST_BACKLOG", 10)
+    broker = MosquittoBroker(tmp_path / "b")
+    broker.start()
+    path = tmp_path / "buffer.db"
+    buf = await Buffer.open(path, max_bytes=10**9)
+    for n in range(60):
+        await buf.append(event(f"d{n % 3}", n))
+    await buf.close()
+    buf = await Buffer.open(path, max_bytes=10**9)
+    central = CentralCollector(broker.host, broker.port, client_id="central-window")
+    central_task = asyncio.create_task(central.run())
+    times: list[float] = []
+    mqtt = MqttSection(host=broker.host, port=broker.port, max_inflight=2)
+    pub = Publisher(
+        mqtt,
+        buf,
+        TOPICS,
+        client_id="gw-window",
+        on_delivered=lambda b: times.extend(time.monotonic() for _ in b),
+    )
+    most = 0
+    ended_at = 0.0
+
+    async def sample() -> None:
+        nonlocal most, ended_at
+        while True:
+            most = max(most, len(pub._in_flight))
+            if pub.connected.is_set() and not pub.draining and not ended_at and times:
+                ended_at = time.monotonic()
+            await asyncio.sleep(0)
+
+    await central.connected.wait()
+    sampler = asyncio.create_task(sample())
+    task = asyncio.create_task(pub.run())
+    try:
+        await pub.connected.wait()
+        for n in range(20):
+            await buf.append(event(f"d{n % 3}", 100 + n))
+        assert await central.wait_for(80, timeout=20)
+        await wait_until(lambda: bool(ended_at), timeout=3)
+    finally:
+        pub.stop()
+        await task
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+        await buf.close()
+        central_task.cancel()
+        await asyncio.gather(central_task, return_exceptions=True)
+        broker.stop()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) < 0.8, f"a {max(gaps):.2f} s gap between two deliveries"
+    late = ended_at - times[-1]  # the drain may end before the last live event's PUBACK
+    assert late < 0.8, f"the drain's end noticed {late:.2f} s after the last PUBACK"
+    assert most <= 2, f"{most} events in flight with max_inflight 2"
+    assert any(m.get("historical") for m in central.messages), "no live event overtook"
+    for index, device in enumerate(("d0", "d1", "d2")):
+        mine = [m for m in central.messages if m["source"].endswith(f"/{device}")]
+        live = [m["seq"] for m in mine if not m.get("historical") and m["seq"] > 20]
+        backlog = [m["seq"] for m in mine if m["seq"] <= 20]
+        assert live == sorted(live), f"{device}: live {live}"
+        assert backlog == sorted(backlog), f"{device}: backlog {backlog}"
+        live_count = sum(1 for n in range(20) if n % 3 == index)
+        assert sorted({m["seq"] for m in mine}) == list(range(1, 21 + live_count))
