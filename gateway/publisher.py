@@ -419,6 +419,7 @@ class Publisher:
             # below noticed it instead).
             self._slot_freed.clear()
             self._buffer.committed.clear()
+            ids_freed = link.arm_ids_freed()
             if self.draining and not await self._buffer.unsent_count(live_after, at_most=1):
                 self.draining = False
                 log.info("backlog_drain_finished")
@@ -427,7 +428,9 @@ class Publisher:
                 overtaken = self._send(link, self._take_unsent(), overtaken=overtaken)
             free = min(limit - len(in_flight), link.free_ids())
             if free <= 0 or self._unsent:
-                await _first_of(self._slot_freed.wait(), link.ids_freed(), timeout=PUMP_RECHECK_S)
+                await _first_of(
+                    self._slot_freed.wait(), link.ids_freed(ids_freed), timeout=PUMP_RECHECK_S
+                )
                 continue
             batch = await self._buffer.claim(free, live_after if self.draining else None)
             if not store_ok:  # the store answers again: its next fault backs off from low

@@ -36,7 +36,7 @@ class _LostWakeups(asyncio.Event):
         return
 
 
-async def _never(_link: MqttLink) -> None:
+async def _never(_link: MqttLink, armed: object = None) -> None:
     """``MqttLink.ids_freed`` that misses every PUBACK (injected)."""
     await asyncio.Event().wait()
 

@@ -2,8 +2,8 @@
 
 5317475 clears the pump's wake-up events (``_slot_freed``, the buffer's ``committed``) at the
 top of each loop turn, before it reads the buffer, and has a hold and a sent mark while
-draining set ``_slot_freed``. Each test here either proves a hole (``xfail(strict=True)``,
-reason ``PROVEN: ...``) or pins a dismissal: a real Mosquitto (``max_inflight_messages`` edited
+draining set ``_slot_freed``. Each test here pinned a hole it proved (fixed since, now
+a plain test) or pins a dismissal: a real Mosquitto (``max_inflight_messages`` edited
 where a small broker window is the point), a real buffer file, the real publisher.
 
 Where a test needs the pump's claim to take a while, it holds the buffer file's SQLite write
@@ -92,14 +92,6 @@ def cpu_seconds() -> float:
 # --- PROVEN ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: an event left in _unsent because a checkpoint took the broker window's only "
-    "packet id during the claim waits for the pump's 1 s net: the checkpoint's PUBACK is read "
-    "in the loop turn the pump starts waiting, before MqttLink.ids_freed() (run as a task one "
-    "turn later) clears _acks_freed, so the wakeup is lost; a status/checkpoint PUBACK never "
-    "sets _slot_freed. Not introduced by 5317475 (5317475^ stalls the same), not fixed by it",
-)
 async def test_an_event_a_checkpoint_kept_from_its_packet_id_is_sent_when_the_id_frees(
     tmp_path: Path,
 ) -> None:
@@ -111,7 +103,9 @@ async def test_an_event_a_checkpoint_kept_from_its_packet_id_is_sent_when_the_id
     in ``_unsent`` and waits for an id; the PUBACK freeing it is read before the wait's
     ``ids_freed()`` starts and clears the link's event. Nothing else wakes the pump: the event
     goes out at the 1 s net. Measured 1.03 s in 20 of 20 runs on 5317475 and on 5317475^
-    (0.03 s, the busy loop alone, once ``ids_freed`` returns when an id is already free)."""
+    (0.03 s, the busy loop alone, once ``ids_freed`` returns when an id is already free).
+    Was PROVEN; fixed: the pump takes ``MqttLink.arm_ids_freed()``'s future at the top of its
+    turn, in the same step as its checks, and a PUBACK resolves it whenever it is read."""
     broker = small_window_broker(tmp_path, 2)
     delivered: dict[str, float] = {}
 
