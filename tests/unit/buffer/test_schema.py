@@ -4,9 +4,12 @@ damaged file still shows, and how a failure to open is told apart from damage. R
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
+import subprocess
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -224,6 +227,54 @@ async def test_the_state_directory_is_created_private_with_its_parents(tmp_path:
     await conn.close()
     assert path.parent.stat().st_mode & 0o777 == 0o700
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i`` on a real file or directory: no one may write it, root included.
+
+    The tests run as root, for whom ``os.access`` grants any read or write by mode bits; an
+    immutable inode is refused to root too (``EPERM``), as a read-only mount would be.
+    """
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        pytest.skip("chattr (e2fsprogs) is not installed")
+    done = subprocess.run([chattr, "+i", str(path)], capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.skip(f"cannot make {path} immutable here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+async def test_a_buffer_file_nobody_may_write_is_refused_untouched(tmp_path: Path) -> None:
+    """An immutable buffer file (readable, not writable, even by root) is refused before
+    SQLite opens it, saying so, and nothing is written or set aside next to it."""
+    path = tmp_path / "b.db"
+    conn = await open_database(path)
+    await conn.close()
+    before = path.read_bytes()
+    with immutable(path), pytest.raises(BufferOpenError) as refused:
+        await open_database(path)
+    assert str(refused.value) == f"{path}: buffer file or its directory is not writable"
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db"]
+
+
+async def test_a_buffer_whose_directory_nobody_may_write_is_refused(tmp_path: Path) -> None:
+    """A writable buffer file in an immutable directory (SQLite could not create its WAL, nor
+    a quarantine be moved aside there) is refused before SQLite opens it, saying so."""
+    state = tmp_path / "state"
+    path = state / "b.db"
+    conn = await open_database(path)
+    await conn.close()
+    before = path.read_bytes()
+    with immutable(state), pytest.raises(BufferOpenError) as refused:
+        await open_database(path)
+    assert str(refused.value) == f"{path}: buffer file or its directory is not writable"
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in state.iterdir()) == ["b.db"]
 
 
 async def test_the_v4_migration_counts_no_unsent_state_a_hand_edit_invented(tmp_path: Path) -> None:
