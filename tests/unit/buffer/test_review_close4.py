@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiosqlite
 import pytest
 
 import buffer.store
+from buffer.schema import highest_seqs
+from buffer.stats import read_stats
 from buffer.store import Buffer, BufferClosedError
+from gateway.replay import replay_messages
+from gateway.topics import Topics
+from tests.support import cli, write_config
 from tests.unit.buffer.test_append_nowait import make_event
 
 
@@ -95,3 +102,98 @@ async def test_a_read_whose_spare_reader_is_closed_while_the_buffer_closes_is_re
         with contextlib.suppress(Exception):
             await second
         await b.close()
+
+
+@pytest.fixture
+def in_tmp_cwd(tmp_path: Path) -> Iterator[Path]:
+    """The test's temporary directory as the working directory (for relative paths)."""
+    before = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        yield tmp_path
+    finally:
+        os.chdir(before)
+
+
+STATE_DIR_NAMES = [
+    "with space",
+    "naïve-état-日本",
+    "100%",
+    "pct%23not-a-hash",
+    "pct%2",
+    "q?mode=rw&x#frag",
+    ";semi=1",
+    "back\\slash",
+]
+
+
+def _status_seq(config: Path, device: str) -> int:
+    """``edge-gateway status --json`` as another process: the device's last seq it shows."""
+    done = cli("status", "--config", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    return int(json.loads(done.stdout)["devices"][device]["last_seq"])
+
+
+async def _read_everything(path: Path, config: Path) -> None:
+    """Every read-only opener of the file, in this process and in another one."""
+    assert highest_seqs(path) == {"a": 2}
+    span, rows = await replay_messages(
+        str(path), device="a", from_seq=1, to_seq=2, topics=Topics("edge/s/g"), rate=1000.0
+    )
+    await rows.aclose()
+    assert (span.error, span.from_seq, span.to_seq) == (None, 1, 2)
+    assert (await read_stats(path)) is not None
+    assert _status_seq(config, "a") == 2
+
+
+@pytest.mark.parametrize("name", STATE_DIR_NAMES)
+async def test_a_state_dir_with_uri_characters_is_read_whole_by_every_reader(
+    tmp_path: Path, name: str
+) -> None:
+    """DISMISSED (the new ``read_only_uri``: a space, non-ASCII, a literal ``%`` or ``%23``, a
+    stray ``%2``, ``?``/``&``/``#``/``;``/``\\`` in ``state_dir``): ``Path.as_uri()`` percent-
+    encodes every byte but ``/`` and the unreserved ones (UTF-8 for non-ASCII, ``%`` as ``%25``),
+    and SQLite decodes each ``%HH`` back, so the reader opens the writer's very file. Pinned for
+    each reader: the buffer's ``stats()`` and replay reads, ``highest_seqs`` (a fresh buffer's
+    floor), ``replay_messages`` (``edge-gateway replay``), ``read_stats`` and ``edge-gateway
+    status`` as a separate process."""
+    state = tmp_path / name / "state"
+    path = state / "buffer.db"
+    config = write_config(tmp_path / "gw.toml", mqtt_port=1, state_dir=state, devices=[])
+    b = await Buffer.open(path, max_bytes=10**8)
+    try:
+        await b.append_nowait(make_event("a", 1))
+        await b.append_nowait(make_event("a", 2))
+        assert (await b.stats()).devices["a"].last_seq == 2
+        assert (await b.check_replay("a", 1, 2)).error is None
+        await _read_everything(path, config)
+    finally:
+        await b.close()
+    await _read_everything(path, config)  # the daemon stopped: status and replay read alone
+
+
+async def test_a_relative_or_symlinked_buffer_path_is_read_whole(in_tmp_cwd: Path) -> None:
+    """DISMISSED (relative paths and symlinks): ``read_only_uri`` makes a relative path
+    absolute against the working directory, as the writer's ``sqlite3.connect`` resolves it
+    (``state_dir`` itself is made absolute against the config's folder by the settings), and
+    does not resolve symlinks, which SQLite follows as the writer's open did. A buffer opened
+    by a relative path through a symlinked folder is read whole by its own reads and by
+    ``status`` reading it through the link."""
+    real = in_tmp_cwd / "real state"
+    real.mkdir()
+    (in_tmp_cwd / "link").symlink_to(real)
+    rel = Path("link") / "buffer.db"
+    config = write_config(
+        in_tmp_cwd / "gw.toml", mqtt_port=1, state_dir=in_tmp_cwd / "link", devices=[]
+    )
+    b = await Buffer.open(rel, max_bytes=10**8)
+    try:
+        await b.append_nowait(make_event("a", 1))
+        await b.append_nowait(make_event("a", 2))
+        assert (await b.stats()).devices["a"].last_seq == 2
+        assert (await b.check_replay("a", 1, 2)).error is None
+        await _read_everything(rel, config)
+    finally:
+        await b.close()
+    assert (real / "buffer.db").exists()
+    assert _status_seq(config, "a") == 2
