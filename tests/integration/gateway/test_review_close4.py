@@ -1,0 +1,184 @@
+"""Fourth adversarial review of ``Buffer.close`` (b655f5f), the daemon's side: its ``finally``
+close with everything still running, a close that raises there, and the ``stats()`` callers at
+an ordinary stop. The real daemon as a process, a real Mosquitto, a real scanner simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from buffer import writer_lock
+from buffer.stats import read_stats
+from simulators.broker import MosquittoBroker
+from simulators.central import CentralCollector
+from simulators.scanner import ScannerSimulator
+from tests.support import ROOT, GatewayProcess, scanner_device, write_config
+
+FEEDBACK = {"feedback": "custom", "feedback_good": "G\r", "feedback_bad": "B\r"}
+GOOD, BAD = b"G\r", b"B\r"
+
+_FAULTY_DAEMON = textwrap.dedent(
+    """
+    import sqlite3
+    import sys
+
+    from gateway.cli import main
+    from gateway.inbound import Inbound
+
+    if sys.argv[2] == "shutdown":
+        async def drain(self):  # the injected fault: the stop path raises first thing
+            raise RuntimeError("injected shutdown fault")
+
+        Inbound.drain = drain
+    elif sys.argv[2] == "close":
+        class CloseFails(sqlite3.Connection):
+            def close(self):  # the writer's close fails in SQLite (an I/O error)
+                raise sqlite3.OperationalError("injected close fault")
+
+        real_connect = sqlite3.connect
+
+        def connect(database, **kwargs):
+            if kwargs.get("isolation_level", "") is None:  # the writer's (buffer/schema.py)
+                kwargs["factory"] = CloseFails
+            return real_connect(database, **kwargs)
+
+        sqlite3.connect = connect
+    sys.exit(main(["run", "--config", sys.argv[1]]))
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_faulty(config: Path, fault: str, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", _FAULTY_DAEMON, str(config), fault],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _pour(sim: ScannerSimulator, first: int, count: int) -> None:
+    for start in range(first, first + count, 20):
+        await sim.write_raw("".join(f"R{i:06d}\r" for i in range(start, start + 20)).encode())
+        await asyncio.sleep(0.01)
+
+
+async def test_a_stop_path_that_raises_with_everything_running_ends_and_answers_once(
+    tmp_path: Path, broker: MosquittoBroker, central: CentralCollector
+) -> None:
+    """DISMISSED (the ``finally`` close when ``_serve`` raised with the publisher, the drivers,
+    housekeeping and the helpers all still running): the stop path's first step fails
+    (``Inbound.drain`` raises, in the daemon's own process) while scans pour in. The buffer
+    closes under them: the writer commits what was queued, later emits are refused at once
+    (bad feedback, ``emit`` returns), the publisher's next buffer call fails; ``_run``
+    re-raises, ``cmd_run`` logs ``gateway_failed`` and ``asyncio.run`` cancels every task left,
+    none of which waits on anything the closed buffer would never settle. The process exits
+    with 1 in seconds, the writer lock is free, no scan heard twice (good at most once per
+    stored scan, bad at most once per scan not stored), and after a clean restart everything
+    stored reaches central with no gap."""
+    async with ScannerSimulator(tmp_path / "scanner0") as sim:
+        state = tmp_path / "state"
+        config = write_config(
+            tmp_path / "gw.toml",
+            mqtt_port=broker.port,
+            state_dir=state,
+            devices=[scanner_device("dock-1", sim.link, **FEEDBACK)],
+            gateway={"shutdown_timeout": 5},
+            metrics={"listen": f"127.0.0.1:{_free_port()}"},
+        )
+        log_path = tmp_path / "gw.log"
+        proc = _start_faulty(config, "shutdown", log_path)
+        try:
+            await sim.wait_opened(timeout=20)
+            load = asyncio.create_task(_pour(sim, 0, 2000))
+            while central.unique_count() < 100:
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                code = None
+            stop_s = time.monotonic() - started
+            load.cancel()
+            await asyncio.gather(load, return_exceptions=True)
+            log = log_path.read_text()
+            assert "injected shutdown fault" in log, "the fault did not happen"
+            assert code == 1, f"exit {code} after {stop_s:.1f}s"
+            writer_lock.release(writer_lock.take(state / "buffer.db"))  # not held any more
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        stats = await read_stats(state / "buffer.db")
+        assert stats is not None
+        stored = stats.devices["dock-1"].last_seq
+        heard = sim.feedback_bytes()
+        good, bad = heard.count(GOOD), heard.count(BAD)
+        assert 0 < good <= stored, (good, stored)  # once at most per stored scan
+        assert bad <= 2000 - stored, (bad, stored)  # once at most per scan not stored
+        daemon = GatewayProcess(config, tmp_path / "gw2.log")
+        daemon.start()
+        try:
+            assert await central.wait_for(stored, timeout=60), (central.unique_count(), stored)
+            async with asyncio.timeout(20):  # its signal handlers are in place
+                while "gateway_started" not in [e.get("event") for e in daemon.log_lines()]:
+                    await asyncio.sleep(0.05)
+        finally:
+            assert daemon.terminate() == 0
+    track = central.sources["/site-test/gw-test/dock-1"]
+    assert track.missing() == []
+    assert track.conflicting == 0
+    print({"stop_s": round(stop_s, 2), "stored": stored, "good": good, "bad": bad})
+
+
+async def test_a_close_that_raises_in_the_daemons_finally_ends_the_process(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """DISMISSED (an exception while ``close`` itself raises, in the daemon's ``finally``): the
+    writer's SQLite close fails (injected at ``sqlite3.connect``'s factory, as the third review
+    did: CPython's close does not fail on a real file). ``Buffer.close`` logs
+    ``buffer_close_failed`` and raises; aiosqlite let the connection go and stopped its thread
+    anyway (in its own ``finally``), the readers were closed before it, so no non-daemon thread
+    is left: ``cmd_run`` logs ``gateway_failed`` and the process exits with 1 at once."""
+    async with ScannerSimulator(tmp_path / "scanner0") as sim:
+        config = write_config(
+            tmp_path / "gw.toml",
+            mqtt_port=broker.port,
+            state_dir=tmp_path / "state",
+            devices=[scanner_device("dock-1", sim.link)],
+        )
+        log_path = tmp_path / "gw.log"
+        proc = _start_faulty(config, "close", log_path)
+        try:
+            await sim.wait_opened(timeout=20)
+            await _pour(sim, 0, 40)
+            await asyncio.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                code = None
+            log = log_path.read_text()
+            assert "injected close fault" in log, "the fault did not happen"
+            assert "buffer_close_failed" in log and "gateway_failed" in log
+            assert code == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
