@@ -182,3 +182,39 @@ async def test_a_close_that_raises_in_the_daemons_finally_ends_the_process(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+async def test_an_ordinary_stop_reads_no_closed_buffer(
+    tmp_path: Path, broker: MosquittoBroker, central: CentralCollector
+) -> None:
+    """DISMISSED (``stats()`` now raising ``BufferClosedError`` once closing, at every stop):
+    its callers are housekeeping's metrics sample and checkpoint (cancelled in ``_shutdown``
+    before anything else but the inbound drain), the checkpoint ``_shutdown`` publishes itself
+    (before ``publisher.stop()``, so before the close), ``_report_removed_while_stopped``
+    (start-up only) and the demo's view (its loop ends before the demo sets ``stop``). None
+    runs once the close began: an ordinary SIGTERM under load, with metrics sampled and the
+    checkpoint ticking, exits 0 with no error logged and no traceback."""
+    async with ScannerSimulator(tmp_path / "scanner0") as sim:
+        config = write_config(
+            tmp_path / "gw.toml",
+            mqtt_port=broker.port,
+            state_dir=tmp_path / "state",
+            devices=[scanner_device("dock-1", sim.link, **FEEDBACK)],
+            metrics={"listen": f"127.0.0.1:{_free_port()}"},
+        )
+        daemon = GatewayProcess(config, tmp_path / "gw.log")
+        daemon.start()
+        await sim.wait_opened(timeout=20)
+        load = asyncio.create_task(_pour(sim, 0, 1000))
+        while central.unique_count() < 100:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.5)  # a metrics sample and checkpoint ticks
+        code = await asyncio.to_thread(daemon.terminate, 30)
+        load.cancel()
+        await asyncio.gather(load, return_exceptions=True)
+    lines = daemon.log_lines()
+    assert code == 0
+    assert "gateway_stopped" in [e.get("event") for e in lines]
+    assert [e for e in lines if e.get("level") in ("error", "critical")] == []
+    text = daemon.log_path.read_text()
+    assert "Traceback" not in text and "BufferClosedError" not in text
