@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -270,3 +271,76 @@ def test_the_demo_says_why_its_gateway_failed() -> None:
     assert done.returncode != 0
     assert "BufferClosedError" not in out
     assert "injected gateway failure" in out
+
+
+async def test_a_stop_past_its_bound_with_a_driver_still_running_answers_each_scan_once(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """DISMISSED (double feedback at the new early refusal, a driver that outlived the bound).
+    The shutdown bound passes while a driver still runs (the way b655f5f's refusal at
+    ``append_nowait`` was written for): another connection holds the file's write lock, so
+    dock-1's scan waits in its commit and its driver's stop waits on it (the commit's future
+    refuses cancellation) past ``shutdown_timeout``; dock-2's driver, stopped after dock-1's,
+    is still reading. Its scans during the close are refused at once (bad), those after it
+    too; the stuck commit lands once the other connection lets go (good; after ``busy_timeout``
+    it would fail and be refused: bad). An emit refused at ``append_nowait`` queued nothing,
+    so no ``_stored_while_stopping`` or writer answer can follow it: each scan is answered
+    once, good only for a stored one, and the process exits 0 (seen: dock-2 typed 25, heard
+    3 good = 3 stored and 22 bad)."""
+    async with (
+        ScannerSimulator(tmp_path / "scanner1") as one,
+        ScannerSimulator(tmp_path / "scanner2") as two,
+    ):
+        state = tmp_path / "state"
+        config = write_config(
+            tmp_path / "gw.toml",
+            mqtt_port=broker.port,
+            state_dir=state,
+            devices=[
+                scanner_device("dock-1", one.link, **FEEDBACK),
+                scanner_device("dock-2", two.link, **FEEDBACK),
+            ],
+            gateway={"shutdown_timeout": 1},
+        )
+        daemon = GatewayProcess(config, tmp_path / "gw.log")
+        daemon.start()
+        await one.wait_opened(timeout=20)
+        await two.wait_opened(timeout=20)
+        async with asyncio.timeout(20):
+            while "gateway_started" not in [e.get("event") for e in daemon.log_lines()]:
+                await asyncio.sleep(0.05)
+        await one.type_code("A0", aim="")
+        await two.type_code("B0", aim="")
+        await one.wait_feedback(1)
+        await two.wait_feedback(1)
+        holder = sqlite3.connect(state / "buffer.db", isolation_level=None)
+        typed_two = 1
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # the gateway's commits now wait for us
+            await one.type_code("A1", aim="")
+            await asyncio.sleep(0.3)
+            daemon.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            for n in range(1, 25):
+                await two.type_code(f"B{n}", aim="")
+                typed_two += 1
+                await asyncio.sleep(0.1)
+                if daemon.process.poll() is not None:  # type: ignore[union-attr]
+                    break
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        code = await asyncio.to_thread(daemon.process.wait, 20)  # type: ignore[union-attr]
+        await asyncio.sleep(0.3)
+        heard_one, heard_two = one.feedback_bytes(), two.feedback_bytes()
+    stats = await read_stats(state / "buffer.db")
+    assert stats is not None
+    stored = {d: stats.devices[d].last_seq for d in ("dock-1", "dock-2")}
+    log = daemon.log_path.read_text()
+    print({"one": heard_one, "two": heard_two, "stored": stored, "typed_two": typed_two})
+    assert code == 0
+    assert heard_one.count(GOOD) == stored["dock-1"]
+    assert heard_two.count(GOOD) == stored["dock-2"]
+    assert len(heard_one) // 2 <= 2  # A0 and A1, once each
+    assert heard_two.count(BAD) > 0, "no scan met the closing buffer"
+    assert len(heard_two) // 2 <= typed_two
+    assert "Traceback" not in log and "never retrieved" not in log
