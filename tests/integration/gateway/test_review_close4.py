@@ -19,10 +19,19 @@ import pytest
 
 from buffer import writer_lock
 from buffer.stats import read_stats
+from buffer.store import Buffer
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from simulators.scanner import ScannerSimulator
-from tests.support import ROOT, GatewayProcess, run_python, scanner_device, write_config
+from tests.support import (
+    ROOT,
+    GatewayProcess,
+    cli,
+    run_python,
+    scanner_device,
+    write_config,
+)
+from tests.unit.buffer.test_append_nowait import make_event
 
 FEEDBACK = {"feedback": "custom", "feedback_good": "G\r", "feedback_bad": "B\r"}
 GOOD, BAD = b"G\r", b"B\r"
@@ -400,3 +409,30 @@ async def test_a_close_failing_after_the_publisher_failed_still_logs_why_the_dae
     assert "injected close fault" in log, "the fault did not happen"
     assert code == 1
     assert "injected publisher failure" in log
+
+
+async def test_edge_gateway_replay_reads_a_state_dir_full_of_uri_characters(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """DISMISSED (``edge-gateway replay`` as its own process on a ``state_dir`` with ``?``,
+    ``&``, ``#``, ``%``, a space and non-ASCII in it, the daemon stopped): the command opens
+    the file by ``read_only_uri``, connects to a real broker and finds the whole range with
+    its three events (stored, not yet delivered: the daemon sends those, so the replay
+    publishes none of them)."""
+    state = tmp_path / "st?mode=rw&x#f 100% été" / "state"
+    config = write_config(tmp_path / "gw.toml", mqtt_port=broker.port, state_dir=state, devices=[])
+    b = await Buffer.open(state / "buffer.db", max_bytes=10**8)
+    try:
+        for n in range(1, 4):
+            await b.append_nowait(make_event("dock-1", n))
+    finally:
+        await b.close()
+    done = await asyncio.to_thread(
+        cli, "replay", "--config", str(config), "--device", "dock-1", "--from-seq", "1"
+    )
+    assert done.returncode == 0, done.stderr
+    # The range and its three stored (not yet delivered: the daemon sends those) events
+    # were found: the command read the writer's file, not another one or none.
+    assert done.stdout.strip() == (
+        "dock-1: re-published 0 events (seq 1..3); 3 not yet delivered, the daemon sends them"
+    )
