@@ -725,7 +725,10 @@ class Buffer:
                 self._replay_reader = reader
             else:  # another read opened one meanwhile
                 await reader.close()
-        return self._replay_reader
+        kept = self._replay_reader
+        if kept is None or self._closing:  # a close began while this one closed its spare
+            raise BufferClosedError("the buffer is closed")
+        return kept
 
     async def _open_read_only(self) -> aiosqlite.Connection:
         """A read-only connection, or BufferClosedError once the buffer is closing.
@@ -804,8 +807,11 @@ class Buffer:
             else:  # another stats() opened one meanwhile
                 with contextlib.suppress(sqlite3.Error, ValueError):
                     await reader.close()
+        kept = self._reader
+        if kept is None or self._closing:  # a close began while this one closed its spare
+            raise BufferClosedError("the buffer is closed")
         return await collect_stats(
-            self._reader, payload_bytes=self._bytes, awaiting_verdict=self.keep_unconfirmed
+            kept, payload_bytes=self._bytes, awaiting_verdict=self.keep_unconfirmed
         )
 
     async def close(self) -> None:

@@ -126,17 +126,31 @@ class Gateway:
             keep_unconfirmed=frozenset(d.id for d in s.devices if d.confirm == "accepted"),
             progress=_still_starting,
         )
+        # The buffer is closed however the run ends: aiosqlite's threads are not daemons, so a
+        # buffer left open after a failure kept the process alive (and the writer lock taken)
+        # until systemd killed it.
         try:
             failure = await self._serve(stop)
-        finally:
-            # However the run ended: aiosqlite's threads are not daemons, so a buffer left
-            # open after a failure kept the process alive (and the writer lock taken) until
-            # systemd killed it.
-            await self.buffer.close()
+        except BaseException as exc:
+            await self._close_buffer(exc)
+            raise
+        await self._close_buffer(failure)
         gc.unfreeze()  # collectable again: several gateways may run in one (test) process
         log.info("gateway_stopped")
         if failure is not None:
             raise failure
+
+    async def _close_buffer(self, failure: BaseException | None) -> None:
+        """Close the buffer; when the run already failed, its failure stays what is reported.
+
+        A close that fails then (logged as ``buffer_close_failed`` by the buffer) must not
+        replace why the daemon stopped: the log and the exit would name only the close.
+        """
+        try:
+            await self.buffer.close()
+        except Exception:
+            if failure is None:
+                raise
 
     async def _serve(self, stop: asyncio.Event) -> BaseException | None:
         """Everything between opening the buffer and closing it; returns what failed, if any."""

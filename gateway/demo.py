@@ -196,13 +196,18 @@ view is only drawn once there, at the end."""
 
 
 async def _show(
-    state: DemoState, keys: dict[str, asyncio.Event], broker: Broker, duration: float | None
+    state: DemoState,
+    keys: dict[str, asyncio.Event],
+    broker: Broker,
+    duration: float | None,
+    gateway: asyncio.Task[None],
 ) -> None:
+    """The live view, until ``q``, ``duration``, or the gateway's end (its buffer is closed)."""
     plain = not sys.stdout.isatty()
     next_line = time.monotonic() + PROGRESS_EVERY
     with _keys(keys), Live(refresh_per_second=4, screen=False) as live:
         while duration is None or time.monotonic() - state.started < duration:
-            if keys["q"].is_set():
+            if keys["q"].is_set() or gateway.done():
                 break
             if keys["b"].is_set():
                 keys["b"].clear()
@@ -296,7 +301,7 @@ async def run_demo(
             if outage_every > 0:
                 tasks.append(asyncio.create_task(_outages(broker, outage_every, outage_for)))
             try:
-                await _show(state, keys, broker, duration)
+                await _show(state, keys, broker, duration, tasks[0])
             finally:
                 for task in tasks[1:]:
                     task.cancel()
@@ -309,4 +314,16 @@ async def run_demo(
                 tasks[0].cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 # The exit stack then stops the ingest, removes the database, stops the broker.
-    return 0
+            code = _exit_code(tasks[0])
+    return code
+
+
+def _exit_code(gateway: asyncio.Task[None]) -> int:
+    """1, said why, when the gateway's task failed (not when the demo stopped it); else 0."""
+    if not gateway.done() or gateway.cancelled() or gateway.exception() is None:
+        return 0
+    failed = gateway.exception()
+    structlog.get_logger("demo").error(
+        "demo_gateway_failed", error=f"{type(failed).__name__}: {failed}"
+    )
+    return 1

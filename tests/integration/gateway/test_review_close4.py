@@ -15,8 +15,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from buffer import writer_lock
 from buffer.stats import read_stats
 from buffer.store import Buffer
@@ -274,12 +272,6 @@ _DEMO_WITH_FAILING_GATEWAY = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: once its gateway fails, the demo's view calls buffer.stats() on the buffer "
-    "the gateway's finally closed: BufferClosedError escapes run_demo as a traceback, and the "
-    "gateway's own failure (its task's exception, suppressed in run_demo's finally) is never shown",
-)
 def test_the_demo_says_why_its_gateway_failed() -> None:
     """``edge-gateway demo`` runs the gateway as a task beside its live view, which reads
     ``gateway.buffer.stats()`` four times a second. b655f5f made two changes meet there: the
@@ -291,7 +283,10 @@ def test_the_demo_says_why_its_gateway_failed() -> None:
     up, and the process dies with a ``BufferClosedError`` traceback: the user is told "the
     buffer is closed" and never why the gateway stopped. (Before, the view went on showing a
     dead gateway until ``q``, and the leaked reader thread hung the exit.) No data at stake:
-    the stop ends and the private broker and database are removed."""
+    the stop ends and the private broker and database are removed.
+
+    Was PROVEN; fixed: the view ends when the gateway's task does, and the demo logs
+    ``demo_gateway_failed`` with the task's own error and exits 1."""
     done = run_python(_DEMO_WITH_FAILING_GATEWAY, timeout=90)
     out = done.stdout + done.stderr
     assert done.returncode != 0
@@ -372,12 +367,6 @@ async def test_a_stop_past_its_bound_with_a_driver_still_running_answers_each_sc
     assert "Traceback" not in log and "never retrieved" not in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: _serve returns the essential task's failure instead of raising it, and the "
-    "finally's close runs before it is raised: a close that raises then replaces it, not "
-    "even as __context__, and why the daemon stopped is never logged",
-)
 async def test_a_close_failing_after_the_publisher_failed_still_logs_why_the_daemon_stopped(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
@@ -389,7 +378,10 @@ async def test_a_close_failing_after_the_publisher_failed_still_logs_why_the_dae
     dropped: not raised, not chained (it was never being handled), not logged. The daemon
     exits 1 with ``gateway_failed: injected close fault`` and no word of the publisher. (The
     same held before b655f5f, whose restructuring kept it: an exception *raised* by
-    ``_serve`` is at least chained as the close error's context.)"""
+    ``_serve`` is at least chained as the close error's context.)
+
+    Was PROVEN; fixed: ``Gateway._close_buffer`` keeps the run's failure what is raised
+    when the close fails too (the close's own error is logged as ``buffer_close_failed``)."""
     async with ScannerSimulator(tmp_path / "scanner0") as sim:
         config = write_config(
             tmp_path / "gw.toml",

@@ -1,7 +1,7 @@
 """Fourth adversarial review of ``Buffer.close`` (b655f5f: reads refused once closing, a reader
 opened after a close began closed again, percent-encoded read-only URIs) on a real SQLite file,
-real aiosqlite and real asyncio: the holes it proved (``xfail(strict=True)``, the test states
-what should hold) and the suspicions it dismissed (plain tests pinning the reason)."""
+real aiosqlite and real asyncio: the hole it proved (fixed since; the test states what holds)
+and the suspicions it dismissed (plain tests pinning the reason)."""
 
 from __future__ import annotations
 
@@ -34,13 +34,6 @@ async def _check_replay(b: Buffer) -> object:
     return await b.check_replay("a", 1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: a read that lost the race to open the lazy reader closes its own spare "
-    "connection (an await) and then uses self._reader / self._replay_reader without looking "
-    "at _closing again: a close that ran meanwhile set it to None, and the read fails with "
-    "AttributeError on None instead of BufferClosedError",
-)
 @pytest.mark.parametrize("read", [_stats, _check_replay], ids=["stats", "check_replay"])
 async def test_a_read_whose_spare_reader_is_closed_while_the_buffer_closes_is_refused(
     tmp_path: Path,
@@ -59,7 +52,10 @@ async def test_a_read_whose_spare_reader_is_closed_while_the_buffer_closes_is_re
     its own thread) is held until the buffer's close returned; a loaded machine gives the same
     order. Not reachable in the daemon as wired today (its first ``stats()`` is alone at
     start-up and the replay worker serves one command at a time), reachable by any two
-    concurrent first reads of the public API (the bench, the demo)."""
+    concurrent first reads of the public API (the bench, the demo).
+
+    Was PROVEN (an AttributeError on ``None``); fixed: the read checks ``_closing`` and the
+    kept reader again after closing its spare, and is refused with ``BufferClosedError``."""
     real_open = buffer.store.open_reader
     opened = 0
     second_may_return = asyncio.Event()
