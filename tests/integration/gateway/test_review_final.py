@@ -20,11 +20,16 @@ import textwrap
 import tracemalloc
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
-from gateway.mqtt_link import MqttLink
+from central.config import load_central_settings
+from central.service import CentralLink
+from gateway.mqtt_link import LinkError, MqttLink
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
+from tests.chaos.faultproxy import FaultProxy
+from tests.integration.central.conftest import write_central_config
 from tests.support import broker_configured, run_python, wait_until
 
 _DEMO_WITH_GATEWAY_FAILING_INTO_A_SLOW_CLOSE = textwrap.dedent(
@@ -201,3 +206,108 @@ async def test_100k_pubacks_through_the_shared_future_leak_nothing_and_spin_noth
     assert most_callbacks <= 8
     assert counted.calls["sender"] <= total_pubacks
     assert counted.calls["publish"] <= 2 * total_pubacks
+
+
+async def test_in_a_window_of_one_id_each_freed_id_wakes_the_publishes_and_a_lost_link_ends_them(
+    tmp_path: Path,
+) -> None:
+    """DISMISSED (a waiter left asleep although an id was freed; ``_acked`` on a lost link).
+    A broker window of 2 leaves one packet id; the broker's replies come 0.4 s late (a proxy):
+    an event holds the id, three ``publish()`` calls (status, checkpoint, answer) wait for it
+    in publish's loop. Each PUBACK resolves the one shared future all three hold (replaced only
+    once done, so no waiter holds a future that nobody resolves); one wins the id, the others
+    arm the next future in the same step as their check. All three are through in about
+    4 x 0.4 s, far from ``publish_timeout`` (10 s). Then a publish waiting behind a held id
+    ends with LinkError at once when the connection is cut: ``lost`` is one of its two waits,
+    and ``_acked`` resolves the future before it returns early on a lost link, so a PUBACK
+    parsed after the loss still wakes its waiters, which then see ``lost``."""
+    broker = small_window_broker(tmp_path, 2)
+    try:
+        async with FaultProxy(broker.host, broker.port) as proxy:
+            link = MqttLink(
+                MqttSection(host="127.0.0.1", port=proxy.port, publish_timeout=10), "rf-one"
+            )
+            await link.connect()
+            try:
+                assert link.free_ids() == 1
+                proxy.delay_replies(0.4)
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+                link.send("rf/events", b"event")
+                waiting = [
+                    asyncio.create_task(link.publish(f"rf/status/{n}", b"s")) for n in range(3)
+                ]
+                await asyncio.sleep(0.2)
+                assert not any(t.done() for t in waiting)
+                assert link.free_ids() == 0
+                async with asyncio.timeout(5):
+                    assert await asyncio.gather(*waiting) == [None, None, None]
+                took = loop.time() - began
+                assert 1.5 <= took < 3.0, took
+                link.send("rf/events", b"held")
+                blocked = asyncio.create_task(link.publish("rf/status/x", b"s"))
+                await asyncio.sleep(0.1)
+                cut = loop.time()
+                proxy.cut()
+                with pytest.raises(LinkError):
+                    async with asyncio.timeout(3):
+                        await blocked
+                assert loop.time() - cut < 1.0
+            finally:
+                await link.close()
+    finally:
+        broker.stop()
+
+
+async def test_central_confirms_and_a_publish_share_a_window_of_one_id_without_timing_out(
+    tmp_path: Path,
+) -> None:
+    """DISMISSED (``CentralLink.send_when_room`` broken by 25d2eee). It calls ``ids_freed()``
+    unarmed, but awaits it directly, so ``arm_ids_freed()`` runs in the same step as its
+    check: no PUBACK can land in between. Pinned: a broker window of 2 (one id, which is the
+    confirm quota too, shared with ``publish``), replies 0.3 s late, six confirms and one
+    replay-request publish all waiting at once: each freed id wakes them, one goes, and all
+    seven are through in about 7 x 0.3 s, none reaching ``[mqtt] timeout`` (5 s); the
+    subscriber gets every confirm."""
+    broker = small_window_broker(tmp_path, 2)
+    try:
+        async with (
+            FaultProxy(broker.host, broker.port) as proxy,
+            aiomqtt.Client(broker.host, broker.port, identifier="rf-central-sub") as client,
+        ):
+            await client.subscribe("central/out", qos=1)
+            config = write_central_config(
+                tmp_path / "central.toml",
+                broker=broker,
+                dsn="postgresql://review@127.0.0.1/unused",  # the link never opens the database
+                instance="rf-central",
+                mqtt={"port": proxy.port, "timeout": 5},
+            )
+            link = CentralLink(load_central_settings(config), lambda _t, _p: None)
+            await link.connect()
+            try:
+                assert link.free_ids() == 1 and link.send_quota == 1
+                proxy.delay_replies(0.3)
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+                confirms = [
+                    asyncio.create_task(link.send_when_room("central/out", b"confirm %d" % n))
+                    for n in range(6)
+                ]
+                request = asyncio.create_task(link.publish("central/request", b"replay"))
+                async with asyncio.timeout(6):
+                    await asyncio.gather(*confirms)
+                    assert await request is None
+                took = loop.time() - began
+                assert took < 4.0, took
+                got: list[bytes] = []
+                async with asyncio.timeout(5):
+                    async for message in client.messages:
+                        got.append(bytes(message.payload))  # type: ignore[arg-type]
+                        if len(got) == 6:
+                            break
+                assert sorted(got) == sorted(b"confirm %d" % n for n in range(6))
+            finally:
+                await link.close()
+    finally:
+        broker.stop()
