@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import resource
 import sys
 import textwrap
+import time
 import tracemalloc
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
+from buffer.store import Buffer
 from central.config import load_central_settings
 from central.service import CentralLink
 from gateway.mqtt_link import LinkError, MqttLink
+from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.central.conftest import write_central_config
+from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.support import broker_configured, run_python, wait_until
 
 _DEMO_WITH_GATEWAY_FAILING_INTO_A_SLOW_CLOSE = textwrap.dedent(
@@ -89,6 +94,11 @@ def test_a_gateway_failing_into_a_slow_buffer_close_is_still_said_by_the_demo() 
     assert done.returncode == 1, out[-3000:]
     assert "BufferClosedError" not in out, out[-3000:]
     assert "demo_gateway_failed" in out and "injected gateway failure" in out, out[-3000:]
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def small_window_broker(tmp_path: Path, inflight: int) -> MosquittoBroker:
@@ -311,3 +321,76 @@ async def test_central_confirms_and_a_publish_share_a_window_of_one_id_without_t
                 await link.close()
     finally:
         broker.stop()
+
+
+async def test_a_stalled_full_window_with_the_reserve_taken_does_not_spin_the_pump_or_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DISMISSED (a spin in the real pump or in publish's loop: ids free, the reserve used).
+    A broker window of 6 (5 ids: a quota of 3 events, a reserve of 2), the broker's replies
+    held 2.5 s by a proxy; 40 events in a real buffer: the pump fills its quota and waits
+    (``free <= 0``). Three checkpoints: two take the reserve's ids, the third waits in
+    publish's loop. While nothing is acknowledged (1.5 s), ``arm_ids_freed`` (the real one,
+    counted) is called by the pump at most at its 1 s net and by the waiting publish at most
+    once (each turn needs a new PUBACK to resolve a fresh future), and the process's CPU stays
+    idle. Once the replies flow, all 40 events and the checkpoints go through."""
+    arms: dict[str, int] = {}
+    real_arm = MqttLink.arm_ids_freed
+
+    def counted(self: MqttLink) -> asyncio.Future[None]:
+        caller = sys._getframe(1).f_code.co_name
+        arms[caller] = arms.get(caller, 0) + 1
+        return real_arm(self)
+
+    monkeypatch.setattr(MqttLink, "arm_ids_freed", counted)
+    broker = small_window_broker(tmp_path, 6)
+    buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
+    delivered: set[str] = set()
+    try:
+        async with FaultProxy(broker.host, broker.port) as proxy:
+            mqtt = MqttSection(host=broker.host, port=proxy.port, publish_timeout=5)
+            publisher = Publisher(
+                mqtt,
+                buffer,
+                TOPICS,
+                client_id="gw-rf-stall",
+                on_delivered=lambda batch: delivered.update(e.id for e in batch),
+            )
+            task = asyncio.create_task(publisher.run())
+            try:
+                async with asyncio.timeout(10):
+                    await publisher.connected.wait()
+                await asyncio.sleep(0.2)
+                proxy.delay_replies(2.5)
+                for n in range(40):
+                    await buffer.append(event("a", n))
+                checkpoints = [
+                    asyncio.create_task(publisher.publish_checkpoint({"n": n})) for n in range(3)
+                ]
+                await asyncio.sleep(0.3)
+                arms.clear()
+                cpu, began = cpu_seconds(), time.monotonic()
+                await asyncio.sleep(1.5)
+                cpu, stalled = cpu_seconds() - cpu, time.monotonic() - began
+                turns = dict(arms)
+                link = publisher._link
+                assert link is not None
+                state = (len(publisher._in_flight), link.free_ids(), len(link._waiters))
+                waiting = sum(not c.done() for c in checkpoints)
+                proxy.heal()
+                async with asyncio.timeout(15):
+                    assert all(await asyncio.gather(*checkpoints))
+                await wait_until(lambda: len(delivered) == 40, timeout=15)
+            finally:
+                publisher.stop()
+                async with asyncio.timeout(15):
+                    await task
+    finally:
+        await buffer.close()
+        broker.stop()
+    print(f"turns={turns} state={state} waiting={waiting} cpu={cpu:.3f}")
+    assert state == (3, 0, 2), "quota full, the reserve taken by two checkpoints"
+    assert waiting == 3, "two await their PUBACK, the third an id"
+    assert turns.get("_pump", 0) <= 3, turns
+    assert turns.get("publish", 0) <= 2, turns
+    assert cpu < 0.1 * stalled, f"{cpu:.3f} s CPU in {stalled:.2f} s stalled"
