@@ -14,8 +14,13 @@ is the point), real buffer files, the demo as a process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
+import pty
 import resource
+import select
+import signal
 import sys
 import textwrap
 import time
@@ -35,7 +40,7 @@ from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.central.conftest import write_central_config
 from tests.integration.gateway.test_publisher import TOPICS, event
-from tests.support import broker_configured, run_python, wait_until
+from tests.support import ROOT, broker_configured, run_python, wait_until
 
 _DEMO_WITH_GATEWAY_FAILING_INTO_A_SLOW_CLOSE = textwrap.dedent(
     """
@@ -394,3 +399,59 @@ async def test_a_stalled_full_window_with_the_reserve_taken_does_not_spin_the_pu
     assert turns.get("_pump", 0) <= 3, turns
     assert turns.get("publish", 0) <= 2, turns
     assert cpu < 0.1 * stalled, f"{cpu:.3f} s CPU in {stalled:.2f} s stalled"
+
+
+def _demo_in_a_terminal(seconds: float, keys: bytes) -> tuple[int, str, float]:
+    """``python -m gateway demo`` on a pty (its keys work there), ``keys`` typed after
+    ``seconds``; returns its exit code, what it drew, and how long it took to exit."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the demo, as a technician starts it in a terminal
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "gateway", "demo", "--scanners", "1"])
+    out = bytearray()
+
+    def read_for(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # the child closed the pty: it exited
+                    return True
+                if not chunk:
+                    return True
+                out.extend(chunk)
+        return False
+
+    try:
+        read_for(seconds)
+        typed = time.monotonic()
+        os.write(fd, keys)
+        read_for(40)
+        _, status = os.waitpid(pid, 0)
+        return (
+            os.waitstatus_to_exitcode(status),
+            out.decode(errors="replace"),
+            time.monotonic() - typed,
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_the_demo_quit_with_q_in_a_terminal_still_exits_0() -> None:
+    """DISMISSED (6d4302d changed the demo's exit on a clean stop). ``_exit_code`` is 1 only
+    for a gateway task that ended with an exception; a stop by ``q`` sets the gateway's stop
+    event and its run returns None (a stop that overran the demo's 15 s wait cancels it:
+    also 0). Run by hand from this worktree: ``edge-gateway demo --duration 8`` exit 0,
+    SIGTERM and SIGINT after 6 s exit 0, ``--duration 8 --outage-every 4 --outage-for 6``
+    (the broker down at the stop) exit 0; the signals and a duration with outages are pinned
+    in test_demo_signals.py and test_demo.py. Pinned here: ``q`` typed on a terminal."""
+    code, drawn, took = _demo_in_a_terminal(9.0, b"q")
+    assert code == 0, drawn[-2000:]
+    assert "Traceback" not in drawn and "demo_gateway_failed" not in drawn
+    assert "ledger:" in drawn and took < 30
