@@ -31,6 +31,7 @@ from pathlib import Path
 import structlog
 from rich.live import Live
 
+from buffer.store import BufferClosedError
 from gateway.daemon import Gateway
 from gateway.demo_central import DemoCentral
 from gateway.demo_view import DemoState, progress_line, render, take_frame
@@ -212,7 +213,10 @@ async def _show(
             if keys["b"].is_set():
                 keys["b"].clear()
                 await broker.toggle()
-            frame = await take_frame(state)
+            try:
+                frame = await take_frame(state)
+            except BufferClosedError:  # the gateway ended and is closing its buffer
+                break
             live.update(render(state, frame))
             if plain and time.monotonic() >= next_line:
                 next_line += PROGRESS_EVERY

@@ -6,7 +6,7 @@ shared future, taken in the step of the check, instead of an event each waiter c
 reader; ``Gateway._close_buffer`` keeps the run's failure; the demo's view ends with the
 gateway's task and a failed gateway makes it log ``demo_gateway_failed`` and exit 1.
 
-Each test pins a hole it proves (``xfail(strict=True, reason="PROVEN: ...")``) or a dismissal
+Each test pins a hole it proved (fixed since) or a dismissal
 (a plain test): a real Mosquitto (``max_inflight_messages`` edited where a small broker window
 is the point), real buffer files, the demo as a process.
 """
@@ -75,13 +75,6 @@ _DEMO_WITH_GATEWAY_FAILING_INTO_A_SLOW_CLOSE = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: the demo's view checks gateway.done() only before each frame; the gateway "
-    "task is not done until its buffer's close ends, while stats() refuses from the close's "
-    "first step (_closing): a frame taken during the close raises BufferClosedError out of "
-    "_show as a traceback, and demo_gateway_failed (the gateway's own error) is never said",
-)
 def test_a_gateway_failing_into_a_slow_buffer_close_is_still_said_by_the_demo() -> None:
     """6d4302d ends the view when ``gateway.done()``, checked at the top of each 0.25 s turn,
     then ``take_frame`` awaits the ledger and ``gateway.buffer.stats()``. The gateway's task
@@ -93,7 +86,10 @@ def test_a_gateway_failing_into_a_slow_buffer_close_is_still_said_by_the_demo() 
     fsync on an SD card, a large queued batch) loses it every time: here the close takes 1 s.
     The demo then dies with a ``BufferClosedError`` traceback instead of
     ``demo_gateway_failed: RuntimeError: injected gateway failure``; the exit is non-zero
-    either way, and the broker and database are removed."""
+    either way, and the broker and database are removed.
+
+    Was PROVEN; fixed: the view ends at a frame the closing buffer refuses, and the demo
+    then says why its gateway failed."""
     done = run_python(_DEMO_WITH_GATEWAY_FAILING_INTO_A_SLOW_CLOSE, timeout=120)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]

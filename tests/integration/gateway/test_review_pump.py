@@ -180,9 +180,7 @@ async def test_an_idle_publisher_does_not_spin_before_or_after_a_drain_that_held
         assert rig.publisher.refused_by_broker == 1, "the held event was offered again"
 
 
-async def test_an_event_committed_during_an_empty_claim_is_sent_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_event_committed_during_an_empty_claim_is_sent_at_once(tmp_path: Path) -> None:
     """Events committed during a claim: the pump clears ``committed`` before it claims, so a
     commit that the claim does not see (here it waits behind the claim, which waits for the
     file's write lock) sets it after the clear, and the wait after the empty claim returns at
@@ -199,12 +197,11 @@ async def test_an_event_committed_during_an_empty_claim_is_sent_at_once(
         tmp_path, broker, TOPICS, name="commit-claim", on_delivered=on_delivered
     ) as rig:
         pump = pump_task()
-        claims = count_calls(monkeypatch, rig.buffer, "claim")
         for n in range(3):
             lock = write_lock(rig.buffer.path)
-            before = claims()
-            await until_awaiting(pump, "claim")  # its idle claim (the net), waiting for the lock
-            assert claims() == before + 1
+            # Its idle claim (after the last PUBACK, or at the net), waiting for the lock: one
+            # may have begun before the lock was taken (a CI run counted no new claim here).
+            await until_awaiting(pump, "claim")
             ev = event("c", n)
             stored = rig.buffer.append_nowait(ev)
             started = time.monotonic()
