@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from buffer.schema import MIGRATIONS
 from buffer.stats import DeviceStats
 from buffer.store import Buffer
 from gateway.daemon import Gateway
-from gateway.publisher import DeliveredFn, Publisher
+from gateway.publisher import DeliveredFn, MessageFn, Publisher
 from gateway.settings import MqttSection, load_settings
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
@@ -283,6 +283,52 @@ def broker_configured(workdir: Path, edit: Callable[[str], str]) -> MosquittoBro
     return broker
 
 
+@contextlib.asynccontextmanager
+async def running_publisher(
+    mqtt: MqttSection,
+    buffer: Buffer,
+    topics: Topics,
+    *,
+    client_id: str,
+    on_delivered: DeliveredFn | None = None,
+    on_message: MessageFn | None = None,
+    subscriptions: Sequence[str] = (),
+    on_link: Callable[[bool, str], None] | None = None,
+    before_run: Callable[[Publisher], Awaitable[object] | None] | None = None,
+    connect: bool = True,
+    stop_within: float = 10,
+) -> AsyncIterator[Publisher]:
+    """A publisher on ``mqtt``, its ``run`` started: yielded once it is connected (within
+    10 s), or at once if ``connect`` is false (a broker that is down, a test that waits for
+    something else); stopped and its run awaited (within ``stop_within`` s) on the way out.
+    ``before_run`` is given the publisher before its run starts (statuses set before the
+    connect, an injected fault); ``on_delivered`` defaults to ignoring what is delivered."""
+    pub = Publisher(
+        mqtt,
+        buffer,
+        topics,
+        client_id=client_id,
+        on_delivered=on_delivered or (lambda _b: None),
+        on_message=on_message,
+        subscriptions=subscriptions,
+        on_link=on_link,
+    )
+    if before_run is not None:
+        prepared = before_run(pub)
+        if prepared is not None:
+            await prepared
+    task = asyncio.create_task(pub.run())
+    try:
+        if connect:
+            async with asyncio.timeout(10):
+                await pub.connected.wait()
+        yield pub
+    finally:
+        pub.stop()
+        async with asyncio.timeout(stop_within):
+            await task
+
+
 @dataclass
 class PublisherRig:
     """A publisher on a real buffer file and a central subscriber, on one broker."""
@@ -310,20 +356,22 @@ async def publisher_and_central(
     central_task = asyncio.create_task(central.run())
     buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
     mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
-    publisher = Publisher(
-        mqtt, buffer, topics, client_id=f"gw-{name}", on_delivered=on_delivered or (lambda _b: None)
-    )
-    task = asyncio.create_task(publisher.run())
     try:
-        async with asyncio.timeout(10):
-            await central.connected.wait()
-            if wait_publisher:
-                await publisher.connected.wait()
-        yield PublisherRig(central, buffer, publisher)
+        async with running_publisher(
+            mqtt,
+            buffer,
+            topics,
+            client_id=f"gw-{name}",
+            on_delivered=on_delivered,
+            connect=False,  # below, within the same 10 s as central's
+            stop_within=15,
+        ) as publisher:
+            async with asyncio.timeout(10):
+                await central.connected.wait()
+                if wait_publisher:
+                    await publisher.connected.wait()
+            yield PublisherRig(central, buffer, publisher)
     finally:
-        publisher.stop()
-        async with asyncio.timeout(15):
-            await task
         await buffer.close()
         central_task.cancel()
         await asyncio.gather(central_task, return_exceptions=True)

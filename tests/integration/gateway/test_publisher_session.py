@@ -23,6 +23,7 @@ from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
+from tests.support import running_publisher
 
 TOPICS = Topics("edge/site-test/gw-session")
 
@@ -74,31 +75,24 @@ async def until_retained(broker: MosquittoBroker, topic: str, expected: object) 
             await asyncio.sleep(0.02)
 
 
-async def stop(pub: Publisher, task: asyncio.Task[None]) -> None:
-    pub.stop()
-    async with asyncio.timeout(10):
-        await task
-
-
 async def test_device_statuses_are_retained_before_and_during_a_session(
     buffer: Buffer, broker: MosquittoBroker
 ) -> None:
     """A status set before the connect is published with the session; one set during it is
     published at once; the retained message always ends as the device's latest state."""
     mqtt = MqttSection(host=broker.host, port=broker.port)
-    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-devices", on_delivered=lambda _b: None)
-    pub.device_status("dock-1", {"state": "up", "n": 1})
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
+    async with running_publisher(
+        mqtt,
+        buffer,
+        TOPICS,
+        client_id="gw-devices",
+        before_run=lambda pub: pub.device_status("dock-1", {"state": "up", "n": 1}),
+    ) as pub:
         assert await retained(broker, TOPICS.device_status("dock-1")) == {"state": "up", "n": 1}
         pub.device_status("dock-2", {"state": "down"})
         pub.device_status("dock-1", {"state": "down", "n": 2})
         await until_retained(broker, TOPICS.device_status("dock-2"), {"state": "down"})
         await until_retained(broker, TOPICS.device_status("dock-1"), {"state": "down", "n": 2})
-    finally:
-        await stop(pub, task)
 
 
 async def test_messages_are_handed_on_with_their_retained_flag(
@@ -117,27 +111,25 @@ async def test_messages_are_handed_on_with_their_retained_flag(
         arrived.set()
 
     mqtt = MqttSection(host=broker.host, port=broker.port)
-    pub = Publisher(
-        mqtt,
-        buffer,
-        TOPICS,
-        client_id="gw-handed-on",
-        on_delivered=lambda _b: None,
-        on_message=on_message,
-        subscriptions=[topic],
-    )
-    task = asyncio.create_task(pub.run())
     try:
-        async with asyncio.timeout(10):
-            await arrived.wait()
-        arrived.clear()
-        async with aiomqtt.Client(broker.host, broker.port) as client:
-            await client.publish(topic, b"live", qos=1)
-        async with asyncio.timeout(5):
-            await arrived.wait()
-        assert seen == [(topic, b"kept", True), (topic, b"live", False)]
+        async with running_publisher(
+            mqtt,
+            buffer,
+            TOPICS,
+            client_id="gw-handed-on",
+            on_message=on_message,
+            subscriptions=[topic],
+            connect=False,  # the kept message's arrival is waited for instead
+        ):
+            async with asyncio.timeout(10):
+                await arrived.wait()
+            arrived.clear()
+            async with aiomqtt.Client(broker.host, broker.port) as client:
+                await client.publish(topic, b"live", qos=1)
+            async with asyncio.timeout(5):
+                await arrived.wait()
+            assert seen == [(topic, b"kept", True), (topic, b"live", False)]
     finally:
-        await stop(pub, task)
         async with aiomqtt.Client(broker.host, broker.port) as client:
             await client.publish(topic, b"", qos=1, retain=True)  # cleared
 
@@ -149,18 +141,13 @@ async def test_new_session_settings_reconnect_and_others_do_not(
     setting (``keepalive``) ends it cleanly and connects again at once with the new one."""
     links: list[bool] = []
     mqtt = MqttSection(host=broker.host, port=broker.port, keepalive=30)
-    pub = Publisher(
+    async with running_publisher(
         mqtt,
         buffer,
         TOPICS,
         client_id="gw-reload",
-        on_delivered=lambda _b: None,
         on_link=lambda up, _since: links.append(up),
-    )
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
+    ) as pub:
         pub.reconfigure(mqtt.model_copy())
         pub.reconfigure(mqtt.model_copy(update={"replay_rate": mqtt.replay_rate / 2}))
         await asyncio.sleep(0.2)
@@ -170,8 +157,6 @@ async def test_new_session_settings_reconnect_and_others_do_not(
             while links != [True, False, True]:
                 await asyncio.sleep(0.02)
         assert pub.reconnects == 0, "a clean end, not a lost link"
-    finally:
-        await stop(pub, task)
     assert links == [True, False, True, False]
 
 
@@ -183,19 +168,18 @@ async def test_online_status_checkpoint_and_publish_latencies(
     its commit, to the publish metrics."""
     links: list[tuple[bool, str]] = []
     mqtt = MqttSection(host=broker.host, port=broker.port)
-    pub = Publisher(
+
+    async def not_connected_yet(pub: Publisher) -> None:
+        assert not await pub.publish_checkpoint({"n": 0}), "not connected yet"
+
+    async with running_publisher(
         mqtt,
         buffer,
         TOPICS,
         client_id="gw-online",
-        on_delivered=lambda _b: None,
         on_link=lambda up, since: links.append((up, since)),
-    )
-    assert not await pub.publish_checkpoint({"n": 0}), "not connected yet"
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
+        before_run=not_connected_yet,
+    ) as pub:
         status = await retained(broker, TOPICS.status)
         assert status["state"] == "online" and isinstance(status["since"], str)
         assert status["version"] == __version__, "central tells the fleet's versions apart"
@@ -220,8 +204,6 @@ async def test_online_status_checkpoint_and_publish_latencies(
         assert pub.publish_latencies_total == 6
         assert len(pub.publish_latencies) == 6
         assert all(0 <= latency < 5 for latency in pub.publish_latencies)
-    finally:
-        await stop(pub, task)
     assert not await pub.publish_checkpoint({"n": 2}), "stopped"
     # The link's end is told too, with the time it went down (``status`` shows it as since).
     assert [up for up, _ in links] == [True, False]
@@ -245,9 +227,7 @@ async def test_sessions_dropped_right_after_connack_are_reported_once_per_streak
     """Another client taking our client id drops each session right after CONNACK: the third
     such drop in a row is reported once, with the client id; further drops are not."""
     mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.01, reconnect_max=0.02)
-    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-twice", on_delivered=lambda _b: None)
-    task = asyncio.create_task(pub.run())
-    try:
+    async with running_publisher(mqtt, buffer, TOPICS, client_id="gw-twice", connect=False) as pub:
         with capture_logs() as logs:
             for kick in range(5):
                 async with asyncio.timeout(10):
@@ -260,8 +240,6 @@ async def test_sessions_dropped_right_after_connack_are_reported_once_per_streak
                     await asyncio.sleep(0.01)
         warnings = [e for e in logs if e["event"] == "mqtt_client_id_in_use_elsewhere"]
         assert [(e["client_id"], e["drops"]) for e in warnings] == [("gw-twice", 3)]
-    finally:
-        await stop(pub, task)
 
 
 async def test_a_session_that_lasted_ends_the_streak(
@@ -271,22 +249,20 @@ async def test_a_session_that_lasted_ends_the_streak(
     report comes only after three more quick drops."""
     monkeypatch.setattr(publisher, "QUICK_DROP_S", 0.3)
     mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.01, reconnect_max=0.02)
-    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-streak", on_delivered=lambda _b: None)
-    task = asyncio.create_task(pub.run())
+    async with running_publisher(mqtt, buffer, TOPICS, client_id="gw-streak", connect=False) as pub:
 
-    async def kick(*, after: float = 0.0) -> None:
-        drops = pub.reconnects
-        async with asyncio.timeout(10):
-            while not pub.connected.is_set():
-                await asyncio.sleep(0.01)
-        await asyncio.sleep(after)
-        async with aiomqtt.Client(broker.host, broker.port, identifier="gw-streak"):
-            pass
-        async with asyncio.timeout(10):
-            while pub.reconnects == drops:
-                await asyncio.sleep(0.01)
+        async def kick(*, after: float = 0.0) -> None:
+            drops = pub.reconnects
+            async with asyncio.timeout(10):
+                while not pub.connected.is_set():
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(after)
+            async with aiomqtt.Client(broker.host, broker.port, identifier="gw-streak"):
+                pass
+            async with asyncio.timeout(10):
+                while pub.reconnects == drops:
+                    await asyncio.sleep(0.01)
 
-    try:
         with capture_logs() as logs:
             await kick()
             await kick()
@@ -297,8 +273,6 @@ async def test_a_session_that_lasted_ends_the_streak(
             await kick()
         warnings = [e for e in logs if e["event"] == "mqtt_client_id_in_use_elsewhere"]
         assert [e["drops"] for e in warnings] == [3]
-    finally:
-        await stop(pub, task)
 
 
 async def test_publish_latencies_keep_the_newest_ten_thousand_at_most(
@@ -307,11 +281,7 @@ async def test_publish_latencies_keep_the_newest_ten_thousand_at_most(
     """The latency samples for metrics are bounded: up to 10 000 are kept; past that the
     oldest 5 000 go (the total keeps counting every PUBACK)."""
     mqtt = MqttSection(host=broker.host, port=broker.port)
-    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-latencies", on_delivered=lambda _b: None)
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
+    async with running_publisher(mqtt, buffer, TOPICS, client_id="gw-latencies") as pub:
         await asyncio.gather(*(buffer.append(scan(f"l{n}")) for n in range(10_000)))
         async with asyncio.timeout(60):
             while pub.publish_latencies_total < 10_000:
@@ -324,8 +294,6 @@ async def test_publish_latencies_keep_the_newest_ten_thousand_at_most(
                 await asyncio.sleep(0.01)
         assert len(pub.publish_latencies) == 5_001, "over it: the oldest 5 000 dropped"
         assert pub.publish_latencies[-2] == newest
-    finally:
-        await stop(pub, task)
 
 
 async def test_an_outage_is_announced_down_once_however_many_attempts_fail(
@@ -335,25 +303,20 @@ async def test_an_outage_is_announced_down_once_however_many_attempts_fail(
     time it went down, not again (with a later time) at each failed attempt."""
     links: list[tuple[bool, str]] = []
     mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.1)
-    pub = Publisher(
-        mqtt,
-        buffer,
-        TOPICS,
-        client_id="gw-outage",
-        on_delivered=lambda _b: None,
-        on_link=lambda up, since: links.append((up, since)),
-    )
-    task = asyncio.create_task(pub.run())
     try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
-        broker.stop()
-        async with asyncio.timeout(10):
-            while pub.reconnects < 4:  # the session's loss, then failed attempts
-                await asyncio.sleep(0.02)
-        assert [up for up, _ in links] == [True, False], links
+        async with running_publisher(
+            mqtt,
+            buffer,
+            TOPICS,
+            client_id="gw-outage",
+            on_link=lambda up, since: links.append((up, since)),
+        ) as pub:
+            broker.stop()
+            async with asyncio.timeout(10):
+                while pub.reconnects < 4:  # the session's loss, then failed attempts
+                    await asyncio.sleep(0.02)
+            assert [up for up, _ in links] == [True, False], links
     finally:
-        await stop(pub, task)
         broker.start()
     assert [up for up, _ in links] == [True, False], "stopping while down says nothing more"
 
@@ -363,19 +326,13 @@ async def test_a_lost_session_counts_one_reconnect(buffer: Buffer, broker: Mosqu
     metric an operator alerts on) is exactly one."""
     async with FaultProxy(broker.host, broker.port) as proxy:
         mqtt = MqttSection(host=proxy.host, port=proxy.port, reconnect_min=0.05, reconnect_max=0.1)
-        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-once", on_delivered=lambda _b: None)
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
+        async with running_publisher(mqtt, buffer, TOPICS, client_id="gw-once") as pub:
             proxy.cut()
             async with asyncio.timeout(10):
                 while pub.connected.is_set():
                     await asyncio.sleep(0.01)
                 await pub.connected.wait()
             assert pub.reconnects == 1
-        finally:
-            await stop(pub, task)
 
 
 async def test_a_session_start_publishes_each_device_status_once(
@@ -385,16 +342,15 @@ async def test_a_session_start_publishes_each_device_status_once(
     changed while the session was being set up is sent a second time."""
     async with statuses_seen(broker) as received:
         mqtt = MqttSection(host=broker.host, port=broker.port)
-        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-once", on_delivered=lambda _b: None)
-        pub.device_status("dock-1", {"state": "up"})
-        pub.device_status("dock-2", {"state": "down"})
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
+
+        def statuses(pub: Publisher) -> None:
+            pub.device_status("dock-1", {"state": "up"})
+            pub.device_status("dock-2", {"state": "down"})
+
+        async with running_publisher(
+            mqtt, buffer, TOPICS, client_id="gw-once", before_run=statuses
+        ):
             await asyncio.sleep(0.5)
-        finally:
-            await stop(pub, task)
     assert sorted(received) == [
         (TOPICS.device_status("dock-1"), {"state": "up"}),
         (TOPICS.device_status("dock-2"), {"state": "down"}),
@@ -409,24 +365,20 @@ async def test_the_puback_watcher_ends_the_session_at_publish_timeout_not_at_its
     not at the tick after (2 s)."""
     async with FaultProxy(broker.host, broker.port) as proxy:
         mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=1.5, keepalive=60)
-        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-watch", on_delivered=lambda _b: None)
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
-            proxy.blackhole()
-            await buffer.append(scan("watch-1"))
-            async with asyncio.timeout(5):
-                while not pub._in_flight:
-                    await asyncio.sleep(0.005)
-            written = time.monotonic()
-            async with asyncio.timeout(5):
-                while pub.reconnects == 0:
-                    await asyncio.sleep(0.005)
-            took = time.monotonic() - written
-        finally:
-            proxy.heal()
-            await stop(pub, task)
+        async with running_publisher(mqtt, buffer, TOPICS, client_id="gw-watch") as pub:
+            try:
+                proxy.blackhole()
+                await buffer.append(scan("watch-1"))
+                async with asyncio.timeout(5):
+                    while not pub._in_flight:
+                        await asyncio.sleep(0.005)
+                written = time.monotonic()
+                async with asyncio.timeout(5):
+                    while pub.reconnects == 0:
+                        await asyncio.sleep(0.005)
+                took = time.monotonic() - written
+            finally:
+                proxy.heal()
     assert 1.4 <= took < 1.8, f"the session ended {took:.2f} s after the publish"
 
 
@@ -439,21 +391,15 @@ async def test_a_session_is_announced_only_once_the_device_statuses_are_publishe
     async with statuses_seen(broker) as received, FaultProxy(broker.host, broker.port) as proxy:
         proxy.delay_replies(0.3)
         mqtt = MqttSection(host=proxy.host, port=proxy.port, keepalive=60)
-        pub = Publisher(
+        async with running_publisher(
             mqtt,
             buffer,
             TOPICS,
             client_id="gw-status-first",
-            on_delivered=lambda _b: None,
             on_link=lambda up, _since: at_announce.append(len(received)) if up else None,
-        )
-        pub.device_status("dock-1", {"state": "up"})
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
-        finally:
-            await stop(pub, task)
+            before_run=lambda pub: pub.device_status("dock-1", {"state": "up"}),
+        ):
+            pass  # connected, then stopped
     assert at_announce == [1], (at_announce, received)
 
 
@@ -468,21 +414,17 @@ async def test_a_publisher_that_never_connected_never_announces_a_link_down(
         port = probe.getsockname()[1]
     links: list[bool] = []
     mqtt = MqttSection(host="127.0.0.1", port=port, reconnect_min=0.02, reconnect_max=0.05)
-    pub = Publisher(
+    async with running_publisher(
         mqtt,
         buffer,
         TOPICS,
         client_id="gw-never",
-        on_delivered=lambda _b: None,
         on_link=lambda up, _since: links.append(up),
-    )
-    task = asyncio.create_task(pub.run())
-    try:
+        connect=False,  # it never will
+    ) as pub:
         async with asyncio.timeout(5):
             while pub.reconnects < 3:
                 await asyncio.sleep(0.01)
-    finally:
-        await stop(pub, task)
     assert links == []
     assert not pub.draining, "no session, no drain (the checkpoint and the demo view read it)"
 
@@ -494,21 +436,17 @@ async def test_no_more_events_in_flight_than_max_inflight(
     window: with PUBACKs 0.5 s late, 10 events go out 3 at a time."""
     async with FaultProxy(broker.host, broker.port) as proxy:
         mqtt = MqttSection(host=proxy.host, port=proxy.port, max_inflight=3, keepalive=60)
-        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-window", on_delivered=lambda _b: None)
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
-            proxy.delay_replies(0.5)
-            for n in range(10):
-                await buffer.append(scan(f"w-{n}"))
-            most = 0
-            for _ in range(40):
-                most = max(most, len(pub._in_flight))
-                await asyncio.sleep(0.01)
-        finally:
-            proxy.heal()
-            await stop(pub, task)
+        async with running_publisher(mqtt, buffer, TOPICS, client_id="gw-window") as pub:
+            try:
+                proxy.delay_replies(0.5)
+                for n in range(10):
+                    await buffer.append(scan(f"w-{n}"))
+                most = 0
+                for _ in range(40):
+                    most = max(most, len(pub._in_flight))
+                    await asyncio.sleep(0.01)
+            finally:
+                proxy.heal()
     assert most == 3
 
 
@@ -536,13 +474,7 @@ async def test_a_session_s_work_is_over_when_its_end_is_announced(
 
     async with FaultProxy(broker.host, broker.port) as proxy:
         mqtt = MqttSection(host=proxy.host, port=proxy.port, keepalive=60)
-        pub = Publisher(
-            mqtt, buffer, TOPICS, client_id="gw-over", on_delivered=lambda _b: None, on_link=on_link
-        )
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
+        async with running_publisher(mqtt, buffer, TOPICS, client_id="gw-over", on_link=on_link):
             await buffer.append(scan("over-1"))  # the session has done some work
             async with asyncio.timeout(10):
                 while (await buffer.stats()).by_state.get("sent", 0) < 1:
@@ -551,6 +483,4 @@ async def test_a_session_s_work_is_over_when_its_end_is_announced(
             async with asyncio.timeout(10):
                 while not left:
                     await asyncio.sleep(0.005)
-        finally:
-            await stop(pub, task)
     assert left[0] == [], left
