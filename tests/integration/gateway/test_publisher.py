@@ -21,7 +21,7 @@ from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from simulators.central import CentralCollector
 from tests.chaos.faultproxy import FaultProxy
-from tests.support import wait_until
+from tests.support import running_publisher, wait_until
 
 TOPICS = Topics("edge/site-test/gw-test")
 
@@ -53,19 +53,17 @@ async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
 async def publisher(buffer: Buffer, broker: MosquittoBroker) -> AsyncIterator[Publisher]:
     mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
     delivered: list[str] = []
-    pub = Publisher(
+    async with running_publisher(
         mqtt,
         buffer,
         TOPICS,
         client_id="gw-test",
         on_delivered=lambda b: delivered.extend(e.id for e in b),
-    )
-    pub.delivered_ids = delivered  # type: ignore[attr-defined]
-    task = asyncio.create_task(pub.run())
-    yield pub
-    pub.stop()
-    async with asyncio.timeout(15):
-        await task
+        before_run=lambda pub: setattr(pub, "delivered_ids", delivered),
+        connect=False,
+        stop_within=15,
+    ) as pub:
+        yield pub
 
 
 async def test_events_arrive_once_in_seq_order_and_are_marked_sent(
@@ -161,15 +159,11 @@ async def test_a_backlog_drained_without_live_events_is_not_historical(
     backlog = LIVE_FIRST_BACKLOG + 500
     await asyncio.gather(*(buffer.append(event("a", i)) for i in range(backlog)))
     mqtt = MqttSection(host=broker.host, port=broker.port)
-    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-drain", on_delivered=lambda _b: None)
-    task = asyncio.create_task(pub.run())
-    try:
+    async with running_publisher(
+        mqtt, buffer, TOPICS, client_id="gw-drain", connect=False, stop_within=30
+    ) as pub:
         assert await central.wait_for(backlog, timeout=60), central.unique_count()
         await wait_until(lambda: not pub.draining, timeout=5)  # the drain is over, and said so
-    finally:
-        pub.stop()
-        async with asyncio.timeout(30):
-            await task
     assert not [m["seq"] for m in central.messages if m.get("historical")]
     assert [m["seq"] for m in central.messages] == list(range(1, backlog + 1))
 
@@ -181,15 +175,11 @@ async def test_a_backlog_of_exactly_live_first_backlog_is_no_drain(
     ``LIVE_FIRST_BACKLOG``; one of exactly that many goes out as usual."""
     await asyncio.gather(*(buffer.append(event("a", i)) for i in range(LIVE_FIRST_BACKLOG)))
     mqtt = MqttSection(host=broker.host, port=broker.port)
-    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-no-drain", on_delivered=lambda _b: None)
     with capture_logs() as logs:
-        task = asyncio.create_task(pub.run())
-        try:
+        async with running_publisher(
+            mqtt, buffer, TOPICS, client_id="gw-no-drain", connect=False, stop_within=30
+        ):
             assert await central.wait_for(LIVE_FIRST_BACKLOG, timeout=60)
-        finally:
-            pub.stop()
-            async with asyncio.timeout(30):
-                await task
     assert not [line for line in logs if line["event"] == "backlog_drain_started"]
 
 
@@ -202,17 +192,13 @@ async def test_a_small_backlog_goes_out_before_live_events(
     async with FaultProxy(broker.host, broker.port) as proxy:
         proxy.delay_replies(0.1)
         mqtt = MqttSection(host=proxy.host, port=proxy.port, max_inflight=2, keepalive=60)
-        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-small", on_delivered=lambda _b: None)
-        task = asyncio.create_task(pub.run())
-        try:
+        async with running_publisher(
+            mqtt, buffer, TOPICS, client_id="gw-small", connect=False, stop_within=30
+        ) as pub:
             await wait_until(lambda: bool(pub._in_flight), timeout=10)  # the drain has begun
             for i in range(30, 35):
                 await buffer.append(event("a", i))
             assert await central.wait_for(35, timeout=30), central.unique_count()
-        finally:
-            pub.stop()
-            async with asyncio.timeout(30):
-                await task
     assert [m["seq"] for m in central.messages] == list(range(1, 36))
     assert not any(m.get("historical") for m in central.messages)
 
@@ -230,12 +216,10 @@ async def test_a_drain_ends_with_its_backlog_while_live_events_keep_coming(
     async with FaultProxy(broker.host, broker.port) as proxy:
         proxy.delay_replies(0.5)
         mqtt = MqttSection(host=proxy.host, port=proxy.port, keepalive=60)
-        pub = Publisher(
-            mqtt, buffer, TOPICS, client_id="gw-drain-end", on_delivered=lambda _b: None
-        )
         with capture_logs() as logs:
-            task = asyncio.create_task(pub.run())
-            try:
+            async with running_publisher(
+                mqtt, buffer, TOPICS, client_id="gw-drain-end", connect=False, stop_within=30
+            ) as pub:
                 await wait_until(lambda: pub.draining, timeout=10)
                 n = 11
                 async with asyncio.timeout(4):
@@ -248,10 +232,6 @@ async def test_a_drain_ends_with_its_backlog_while_live_events_keep_coming(
                     await buffer.append(event("a", n))
                     n += 1
                     await asyncio.sleep(0.02)
-            finally:
-                pub.stop()
-                async with asyncio.timeout(30):
-                    await task
     assert ended_after > 0, "the backlog cannot be sent before a live event was scanned"
     assert [e["event"] for e in logs if str(e["event"]).startswith("backlog_drain")] == [
         "backlog_drain_started",

@@ -24,6 +24,7 @@ from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS, event
+from tests.support import running_publisher
 
 
 @pytest.fixture
@@ -62,22 +63,17 @@ async def behind_proxy(
         mqtt = MqttSection(
             host=proxy.host, port=proxy.port, publish_timeout=publish_timeout, keepalive=60
         )
-        pub = Publisher(
-            mqtt,
-            buffer,
-            TOPICS,
-            client_id=client_id,
-            on_delivered=lambda batch: delivered.extend(e.id for e in batch),
-        )
-        task = asyncio.create_task(pub.run())
         try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
-            yield pub, proxy, delivered
+            async with running_publisher(
+                mqtt,
+                buffer,
+                TOPICS,
+                client_id=client_id,
+                on_delivered=lambda batch: delivered.extend(e.id for e in batch),
+                stop_within=30,
+            ) as pub:
+                yield pub, proxy, delivered
         finally:
-            pub.stop()
-            async with asyncio.timeout(30):
-                await task
             proxy.heal()
 
 
