@@ -27,6 +27,7 @@ from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.integration.gateway.test_publisher import TOPICS, event
+from tests.support import running_publisher
 
 
 class _LostWakeups(asyncio.Event):
@@ -56,24 +57,21 @@ async def publishing(
     of its events was told delivered. ``lose_slot_wakeups``: its freed-slot wake-up is lost."""
     times: list[float] = []
     mqtt = MqttSection(host=broker.host, port=broker.port, max_inflight=1)
-    pub = Publisher(
+
+    def inject(pub: Publisher) -> None:
+        if lose_slot_wakeups:
+            pub._slot_freed = _LostWakeups()  # the injected fault
+
+    async with running_publisher(
         mqtt,
         buffer,
         TOPICS,
         client_id="gw-pump-wakeups",
         on_delivered=lambda batch: times.extend(time.monotonic() for _ in batch),
-    )
-    if lose_slot_wakeups:
-        pub._slot_freed = _LostWakeups()  # the injected fault
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
+        before_run=inject,
+        stop_within=30,
+    ):
         yield times
-    finally:
-        pub.stop()
-        async with asyncio.timeout(30):
-            await task
 
 
 async def until(times: list[float], count: int) -> None:

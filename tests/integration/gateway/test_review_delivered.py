@@ -32,7 +32,7 @@ from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_broker_refusals import broker_with, scan
 from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.integration.gateway.test_publisher_stop import until_in_flight
-from tests.support import publisher_and_central, wait_until
+from tests.support import publisher_and_central, running_publisher, wait_until
 
 SCAN = "warehouse.barcode.scanned.v1"
 
@@ -70,18 +70,15 @@ class Rig:
 @asynccontextmanager
 async def running(rig: Rig, host: str, port: int, client_id: str) -> AsyncIterator[Publisher]:
     settings = MqttSection(host=host, port=port, reconnect_min=0.05, reconnect_max=0.2)
-    pub = Publisher(
-        settings, rig.buffer, TOPICS, client_id=client_id, on_delivered=rig.on_delivered
-    )
-    task = asyncio.create_task(pub.run())
-    try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
+    async with running_publisher(
+        settings,
+        rig.buffer,
+        TOPICS,
+        client_id=client_id,
+        on_delivered=rig.on_delivered,
+        stop_within=30,
+    ) as pub:
         yield pub
-    finally:
-        pub.stop()
-        async with asyncio.timeout(30):
-            await task
 
 
 async def sent_up_to(buffer: Buffer, device: str, seq: int, timeout: float = 15) -> None:
