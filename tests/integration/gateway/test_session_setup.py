@@ -17,7 +17,7 @@ from gateway.settings import MqttSection
 from gateway.topics import Topics
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
-from tests.support import retained
+from tests.support import retained, running_publisher
 
 TOPICS = Topics("edge/site-test/gw-test")
 DELAY = 0.6
@@ -46,17 +46,16 @@ async def test_a_device_change_during_session_setup_is_what_stays_retained(
     async with FaultProxy(broker.host, broker.port) as proxy:
         proxy.delay_replies(DELAY)
         mqtt = MqttSection(host=proxy.host, port=proxy.port, reconnect_min=0.05, publish_timeout=5)
-        pub = Publisher(
+        async with running_publisher(
             mqtt,
             buffer,
             TOPICS,
             client_id="gw-setup",
-            on_delivered=lambda _b: None,
             subscriptions=(TOPICS.confirm, TOPICS.cmd_replay),
-        )
-        pub.device_status("dock-1", body("down"))
-        task = asyncio.create_task(pub.run())
-        try:
+            before_run=lambda pub: pub.device_status("dock-1", body("down")),
+            connect=False,  # the setup is waited into below
+            stop_within=15,
+        ) as pub:
             async with asyncio.timeout(10):
                 while pub._link is None:  # CONNACK received: the session is being set up
                     await asyncio.sleep(0.005)
@@ -67,10 +66,6 @@ async def test_a_device_change_during_session_setup_is_what_stays_retained(
                 await pub.connected.wait()
             await asyncio.sleep(3 * DELAY)  # any publish still owed has reached the broker
             assert (await retained(broker, TOPICS.device_status("dock-1")))["state"] == "up"
-        finally:
-            pub.stop()
-            async with asyncio.timeout(15):
-                await task
 
 
 async def test_statuses_overtaking_each_other_end_with_the_current_one(
@@ -79,22 +74,18 @@ async def test_statuses_overtaking_each_other_end_with_the_current_one(
     """Rapid flips while connected and PUBACKs are late: the last state is the retained one."""
     async with FaultProxy(broker.host, broker.port) as proxy:
         mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=5)
-        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-flips", on_delivered=lambda _b: None)
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
-            proxy.delay_replies(0.2)
-            for n in range(7):
-                pub.device_status("dock-1", body("up" if n % 2 else "down"))
-                await asyncio.sleep(0.03)
-            await asyncio.sleep(1.5)
-            assert (await retained(broker, TOPICS.device_status("dock-1")))["state"] == "down"
-        finally:
-            proxy.heal()
-            pub.stop()
-            async with asyncio.timeout(15):
-                await task
+        async with running_publisher(
+            mqtt, buffer, TOPICS, client_id="gw-flips", stop_within=15
+        ) as pub:
+            try:
+                proxy.delay_replies(0.2)
+                for n in range(7):
+                    pub.device_status("dock-1", body("up" if n % 2 else "down"))
+                    await asyncio.sleep(0.03)
+                await asyncio.sleep(1.5)
+                assert (await retained(broker, TOPICS.device_status("dock-1")))["state"] == "down"
+            finally:
+                proxy.heal()
 
 
 async def test_puback_timeout_fires_on_time(buffer: Buffer, broker: MosquittoBroker) -> None:
@@ -108,29 +99,25 @@ async def test_puback_timeout_fires_on_time(buffer: Buffer, broker: MosquittoBro
         mqtt = MqttSection(
             host=proxy.host, port=proxy.port, publish_timeout=timeout, reconnect_min=5
         )
-        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-late", on_delivered=lambda _b: None)
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
-            await asyncio.sleep(0.1)
-            proxy.blackhole()
-            render = b'{"seq":%d}'.__mod__
-            await buffer.append(NewEvent("e1", "dock-1", "t", "x", False, render))
-            async with asyncio.timeout(5):
-                while not pub._in_flight:
-                    await asyncio.sleep(0.001)
-            _, written = next(iter(pub._in_flight.values()))
-            async with asyncio.timeout(5):
-                while pub.connected.is_set():
-                    await asyncio.sleep(0.005)
-            late = time.monotonic() - written - timeout
-            assert -0.05 < late < 0.3, f"fired {late:+.2f} s from publish_timeout"
-        finally:
-            proxy.heal()
-            pub.stop()
-            async with asyncio.timeout(15):
-                await task
+        async with running_publisher(
+            mqtt, buffer, TOPICS, client_id="gw-late", stop_within=15
+        ) as pub:
+            try:
+                await asyncio.sleep(0.1)
+                proxy.blackhole()
+                render = b'{"seq":%d}'.__mod__
+                await buffer.append(NewEvent("e1", "dock-1", "t", "x", False, render))
+                async with asyncio.timeout(5):
+                    while not pub._in_flight:
+                        await asyncio.sleep(0.001)
+                _, written = next(iter(pub._in_flight.values()))
+                async with asyncio.timeout(5):
+                    while pub.connected.is_set():
+                        await asyncio.sleep(0.005)
+                late = time.monotonic() - written - timeout
+                assert -0.05 < late < 0.3, f"fired {late:+.2f} s from publish_timeout"
+            finally:
+                proxy.heal()
 
 
 async def test_puback_timeout_below_the_watchers_tick_fires_on_time(
@@ -156,24 +143,21 @@ async def test_puback_timeout_below_the_watchers_tick_fires_on_time(
             else:
                 ended.set()
 
-        pub = Publisher(
+        async with running_publisher(
             mqtt,
             buffer,
             TOPICS,
             client_id="gw-short",
-            on_delivered=lambda _b: None,
             on_link=on_link,
-        )
-        task = asyncio.create_task(pub.run())
-        try:
-            with capture_logs() as logs:
-                async with asyncio.timeout(15):
-                    await ended.wait()
-        finally:
-            proxy.heal()
-            pub.stop()
-            async with asyncio.timeout(15):
-                await task
+            connect=False,  # its session's end is waited for instead
+            stop_within=15,
+        ) as pub:
+            try:
+                with capture_logs() as logs:
+                    async with asyncio.timeout(15):
+                        await ended.wait()
+            finally:
+                proxy.heal()
     errors = [e["error"] for e in logs if e["event"] == "mqtt_disconnected"]
     assert errors and errors[0].startswith("no PUBACK for "), errors
     (up, since), (down, until) = times[:2]
