@@ -25,6 +25,7 @@ from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker, free_port
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS
+from tests.support import running_publisher
 
 REPLAYED = TOPICS.events("dock-1")
 
@@ -98,9 +99,14 @@ async def test_replays_and_answers_are_not_retained(
     """A replayed event (``publish``) and a command answer (``publish_soon``) reach who listens
     and are not kept by the broker: a consumer subscribing later must not get them again."""
     mqtt = MqttSection(host=broker.host, port=broker.port)
-    pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-unretained", on_delivered=lambda _b: None)
-    task = asyncio.create_task(pub.run())
-    try:
+    async with running_publisher(
+        mqtt,
+        buffer,
+        TOPICS,
+        client_id="gw-unretained",
+        connect=False,  # waited for below, once central listens
+        stop_within=30,
+    ) as pub:
         async with aiomqtt.Client(broker.host, broker.port, identifier="central-now") as central:
             await central.subscribe(REPLAYED, qos=1)
             await central.subscribe(TOPICS.cmd_result, qos=1)
@@ -119,10 +125,6 @@ async def test_replays_and_answers_are_not_retained(
             await later.subscribe(REPLAYED, qos=1)
             await later.subscribe(TOPICS.cmd_result, qos=1)
             assert await first_message(later, timeout=1.0) is None, "nothing retained"
-    finally:
-        pub.stop()
-        async with asyncio.timeout(30):
-            await task
 
 
 async def test_an_answer_that_cannot_be_sent_is_dropped_quietly(buffer: Buffer) -> None:
@@ -152,16 +154,12 @@ async def test_a_checkpoint_without_its_puback_is_not_reported_sent(
     and ``publish_checkpoint`` says it was not sent (housekeeping then tries again)."""
     async with FaultProxy(broker.host, broker.port) as proxy:
         mqtt = MqttSection(host=proxy.host, port=proxy.port, publish_timeout=1.5, keepalive=60)
-        pub = Publisher(mqtt, buffer, TOPICS, client_id="gw-cp-hole", on_delivered=lambda _b: None)
-        task = asyncio.create_task(pub.run())
-        try:
-            async with asyncio.timeout(10):
-                await pub.connected.wait()
-            proxy.blackhole()
-            async with asyncio.timeout(15):
-                assert not await pub.publish_checkpoint({"n": 1})
-        finally:
-            proxy.heal()
-            pub.stop()
-            async with asyncio.timeout(30):
-                await task
+        async with running_publisher(
+            mqtt, buffer, TOPICS, client_id="gw-cp-hole", stop_within=30
+        ) as pub:
+            try:
+                proxy.blackhole()
+                async with asyncio.timeout(15):
+                    assert not await pub.publish_checkpoint({"n": 1})
+            finally:
+                proxy.heal()

@@ -22,7 +22,7 @@ from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.integration.gateway.test_publisher_stop import until_in_flight
 from tests.integration.gateway.test_store_faults import exclusive_lock
-from tests.support import wait_until
+from tests.support import running_publisher, wait_until
 
 
 async def test_each_store_error_is_counted_once(
@@ -91,15 +91,15 @@ async def test_a_release_that_failed_is_done_before_the_next_session(
                 reconnect_max=0.2,
                 publish_timeout=2.0,
             )
-            pub = Publisher(
+            async with running_publisher(
                 mqtt,
                 buf,
                 TOPICS,
                 client_id="gw-release-owed",
                 on_delivered=lambda b: delivered.extend(e.id for e in b),
-            )
-            task = asyncio.create_task(pub.run())
-            try:
+                connect=False,  # waited for below
+                stop_within=30,
+            ) as pub:
                 await wait_until(pub.connected.is_set, timeout=10)
                 proxy.blackhole()  # the PUBACKs of what comes now never arrive
                 for n in range(3):
@@ -111,10 +111,6 @@ async def test_a_release_that_failed_is_done_before_the_next_session(
                     await wait_until(lambda: pub.store_errors > errors, timeout=10)
                     proxy.heal()
                 await wait_until(lambda: len(delivered) == 3, timeout=20)
-            finally:
-                pub.stop()
-                async with asyncio.timeout(30):
-                    await task
         assert sorted(delivered) == [f"dock-1-{n:06d}" for n in range(3)]
     finally:
         await buf.close()
@@ -239,16 +235,16 @@ async def test_no_session_starts_while_the_release_of_the_last_one_keeps_failing
             mqtt = MqttSection(
                 host=proxy.host, port=proxy.port, reconnect_min=0.05, reconnect_max=0.2
             )
-            pub = Publisher(
-                mqtt,
-                buf,
-                TOPICS,
-                client_id="gw-release-first",
-                on_delivered=lambda b: delivered.extend(e.id for e in b),
-            )
             with capture_logs() as logs:
-                task = asyncio.create_task(pub.run())
-                try:
+                async with running_publisher(
+                    mqtt,
+                    buf,
+                    TOPICS,
+                    client_id="gw-release-first",
+                    on_delivered=lambda b: delivered.extend(e.id for e in b),
+                    connect=False,  # waited for below
+                    stop_within=30,
+                ) as pub:
                     await wait_until(pub.connected.is_set, timeout=10)
                     proxy.blackhole()  # their PUBACKs never come
                     for n in range(3):
@@ -271,10 +267,6 @@ async def test_no_session_starts_while_the_release_of_the_last_one_keeps_failing
                     assert proxy.accepted == accepted, "a session started with rows in flight"
                     cue()
                     await wait_until(lambda: len(delivered) == 3, timeout=20)
-                finally:
-                    pub.stop()
-                    async with asyncio.timeout(30):
-                        await task
         assert sorted(delivered) == [f"dock-1-{n:06d}" for n in range(3)]
     finally:
         holder.stdin.close()
