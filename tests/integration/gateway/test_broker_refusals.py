@@ -23,11 +23,16 @@ from structlog.testing import capture_logs
 from buffer.schema import STATE_HELD
 from buffer.store import Buffer, NewEvent
 from gateway.events import render_event
-from gateway.publisher import HELD_RETRY_MIN, Publisher
+from gateway.publisher import HELD_RETRY_MIN
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.integration.gateway.test_publisher import TOPICS
-from tests.support import broker_configured, publisher_and_central, wait_until
+from tests.support import (
+    broker_configured,
+    publisher_and_central,
+    running_publisher,
+    wait_until,
+)
 
 
 def scan(n: int, code: str) -> NewEvent:
@@ -194,29 +199,23 @@ async def test_events_held_by_one_session_are_offered_again_when_the_next_starts
     starts, not only at the in-session retry ``HELD_RETRY_MIN`` (5 s) later."""
     limited = broker_with(tmp_path, "max_packet_size 2000\n")
     buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
-    pub = Publisher(
-        MqttSection(host=limited.host, port=limited.port),
-        buf,
-        TOPICS,
-        client_id="gw-held-next",
-        on_delivered=lambda _b: None,
-    )
-    task = asyncio.create_task(pub.run())
     try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
-        await buf.append(scan(1, "X" * 3000))
-        await wait_until(lambda: held_seqs(buf.path) == {1}, timeout=5)
-        async with aiomqtt.Client(broker.host, broker.port, identifier="held-watch") as client:
-            await client.subscribe(TOPICS.events("+"), qos=1)
-            pub.reconfigure(MqttSection(host=broker.host, port=broker.port))
-            async with asyncio.timeout(HELD_RETRY_MIN / 2):
-                message = await anext(aiter(client.messages))
-        assert json.loads(bytes(message.payload))["seq"] == 1  # type: ignore[arg-type]
+        async with running_publisher(
+            MqttSection(host=limited.host, port=limited.port),
+            buf,
+            TOPICS,
+            client_id="gw-held-next",
+            stop_within=15,
+        ) as pub:
+            await buf.append(scan(1, "X" * 3000))
+            await wait_until(lambda: held_seqs(buf.path) == {1}, timeout=5)
+            async with aiomqtt.Client(broker.host, broker.port, identifier="held-watch") as client:
+                await client.subscribe(TOPICS.events("+"), qos=1)
+                pub.reconfigure(MqttSection(host=broker.host, port=broker.port))
+                async with asyncio.timeout(HELD_RETRY_MIN / 2):
+                    message = await anext(aiter(client.messages))
+            assert json.loads(bytes(message.payload))["seq"] == 1  # type: ignore[arg-type]
     finally:
-        pub.stop()
-        async with asyncio.timeout(15):
-            await task
         await buf.close()
         limited.stop()
 

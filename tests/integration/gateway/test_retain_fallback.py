@@ -17,6 +17,7 @@ from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.integration.gateway.test_publisher import TOPICS
+from tests.support import running_publisher
 
 
 async def retained_or_none(broker: MosquittoBroker, topic: str) -> dict[str, object] | None:
@@ -38,28 +39,27 @@ async def test_retain_fallback_is_undone_when_the_broker_retains_again(tmp_path:
     broker.start()
     buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
     mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.05, reconnect_max=0.3)
-    pub = Publisher(mqtt, buf, TOPICS, client_id="gw-r3-retain", on_delivered=lambda b: None)
-    pub.device_status("dock-1", {"state": "down", "since": time.time(), "detail": ""})
-    task = asyncio.create_task(pub.run())
+
+    def down(pub: Publisher) -> None:
+        pub.device_status("dock-1", {"state": "down", "since": time.time(), "detail": ""})
+
     try:
-        async with asyncio.timeout(10):
-            await pub.connected.wait()
-        # The broker is fixed: retained messages available again, restarted on the same port.
-        broker.stop()
-        broker.config_path.write_text(plain)
-        broker.start()
-        async with asyncio.timeout(15):
-            while pub.reconnects == 0 or not pub.connected.is_set():
-                await asyncio.sleep(0.05)
-        pub.device_status("dock-1", {"state": "up", "since": time.time(), "detail": ""})
-        await asyncio.sleep(0.5)
-        got = await retained_or_none(broker, TOPICS.device_status("dock-1"))
-        assert got is not None and got["state"] == "up", (
-            f"session usable on a broker that retains, device is up, retained status is {got}"
-        )
+        async with running_publisher(
+            mqtt, buf, TOPICS, client_id="gw-r3-retain", before_run=down, stop_within=15
+        ) as pub:
+            # The broker is fixed: retained messages available again, restarted on the same port.
+            broker.stop()
+            broker.config_path.write_text(plain)
+            broker.start()
+            async with asyncio.timeout(15):
+                while pub.reconnects == 0 or not pub.connected.is_set():
+                    await asyncio.sleep(0.05)
+            pub.device_status("dock-1", {"state": "up", "since": time.time(), "detail": ""})
+            await asyncio.sleep(0.5)
+            got = await retained_or_none(broker, TOPICS.device_status("dock-1"))
+            assert got is not None and got["state"] == "up", (
+                f"session usable on a broker that retains, device is up, retained status is {got}"
+            )
     finally:
-        pub.stop()
-        async with asyncio.timeout(15):
-            await task
         await buf.close()
         broker.stop()

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from buffer.store import Buffer
-from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS, event
 from tests.integration.gateway.test_small_broker_window import small_window_broker
+from tests.support import running_publisher
 
 PUBLISH_TIMEOUT = 2.0
 
@@ -38,35 +38,34 @@ async def test_blackholed_link_with_status_holding_the_only_id_times_out(
                 reconnect_min=0.05,
                 reconnect_max=0.3,
             )
-            pub = Publisher(mqtt, buf, TOPICS, client_id="gw-r3", on_delivered=lambda b: None)
-            task = asyncio.create_task(pub.run())
             ck: asyncio.Task[bool] | None = None
             try:
-                async with asyncio.timeout(10):
-                    await pub.connected.wait()
-                proxy.blackhole()
-                if holder == "device_status":
-                    pub.device_status("dev0", {"state": "up", "since": "x", "detail": ""})
-                else:  # what gateway/housekeeping.py does every checkpoint_interval
-                    ck = asyncio.create_task(pub.publish_checkpoint({"devices": {}}))
-                await asyncio.sleep(0.1)  # the status holds the one packet id
-                await buf.append(event("a", 0))
-                start = time.monotonic()
-                # The link is dead: publish_timeout (plus slack) must end the session.
-                deadline = start + 4 * PUBLISH_TIMEOUT
-                while pub.reconnects == 0 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                waited = time.monotonic() - start
-                assert pub.reconnects >= 1, (
-                    f"blackholed link not noticed in {waited:.1f} s (publish_timeout"
-                    f" {PUBLISH_TIMEOUT} s); link still 'connected'={pub.connected.is_set()},"
-                    f" in_flight={len(pub._in_flight)} unsent={len(pub._unsent)}"
-                )
+                async with running_publisher(
+                    mqtt, buf, TOPICS, client_id="gw-r3", stop_within=30
+                ) as pub:
+                    try:
+                        proxy.blackhole()
+                        if holder == "device_status":
+                            pub.device_status("dev0", {"state": "up", "since": "x", "detail": ""})
+                        else:  # what gateway/housekeeping.py does every checkpoint_interval
+                            ck = asyncio.create_task(pub.publish_checkpoint({"devices": {}}))
+                        await asyncio.sleep(0.1)  # the status holds the one packet id
+                        await buf.append(event("a", 0))
+                        start = time.monotonic()
+                        # The link is dead: publish_timeout (plus slack) must end the session.
+                        deadline = start + 4 * PUBLISH_TIMEOUT
+                        while pub.reconnects == 0 and time.monotonic() < deadline:
+                            await asyncio.sleep(0.05)
+                        waited = time.monotonic() - start
+                        assert pub.reconnects >= 1, (
+                            f"blackholed link not noticed in {waited:.1f} s (publish_timeout"
+                            f" {PUBLISH_TIMEOUT} s); link still"
+                            f" 'connected'={pub.connected.is_set()},"
+                            f" in_flight={len(pub._in_flight)} unsent={len(pub._unsent)}"
+                        )
+                    finally:
+                        proxy.heal()
             finally:
-                proxy.heal()
-                pub.stop()
-                async with asyncio.timeout(30):
-                    await task
                 if ck is not None:
                     await asyncio.gather(ck, return_exceptions=True)
     finally:
