@@ -8,11 +8,11 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from buffer.store import Buffer
-from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.gateway.test_publisher import TOPICS
+from tests.support import running_publisher
 
 
 async def test_many_failed_attempts_make_two_lines(tmp_path: Path) -> None:
@@ -21,19 +21,22 @@ async def test_many_failed_attempts_make_two_lines(tmp_path: Path) -> None:
     broker = MosquittoBroker(tmp_path / "broker")  # its port is chosen, nothing listens yet
     buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
     mqtt = MqttSection(host=broker.host, port=broker.port, reconnect_min=0.02, reconnect_max=0.05)
-    publisher = Publisher(mqtt, buffer, TOPICS, client_id="gw-outage", on_delivered=lambda _b: None)
     with capture_logs() as logs:
-        task = asyncio.create_task(publisher.run())
         try:
-            await asyncio.sleep(1.5)
-            attempts = publisher.reconnects
-            broker.start()
-            async with asyncio.timeout(10):
-                await publisher.connected.wait()
+            async with running_publisher(
+                mqtt,
+                buffer,
+                TOPICS,
+                client_id="gw-outage",
+                connect=False,  # not before the broker starts, below
+                stop_within=15,
+            ) as publisher:
+                await asyncio.sleep(1.5)
+                attempts = publisher.reconnects
+                broker.start()
+                async with asyncio.timeout(10):
+                    await publisher.connected.wait()
         finally:
-            publisher.stop()
-            async with asyncio.timeout(15):
-                await task
             await buffer.close()
             broker.stop()
     events = [e["event"] for e in logs if str(e["event"]).startswith("mqtt_")]
@@ -52,22 +55,16 @@ async def test_a_session_the_broker_drops_is_logged_with_its_reason(
     buffer = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**9)
     async with FaultProxy(broker.host, broker.port) as proxy:
         mqtt = MqttSection(host=proxy.host, port=proxy.port, keepalive=60, reconnect_min=0.05)
-        publisher = Publisher(
-            mqtt, buffer, TOPICS, client_id="gw-outage-why", on_delivered=lambda _b: None
-        )
         with capture_logs() as logs:
-            task = asyncio.create_task(publisher.run())
             try:
-                async with asyncio.timeout(10):
-                    await publisher.connected.wait()
-                proxy.cut()
-                async with asyncio.timeout(10):
-                    while publisher.reconnects == 0:
-                        await asyncio.sleep(0.01)
+                async with running_publisher(
+                    mqtt, buffer, TOPICS, client_id="gw-outage-why", stop_within=15
+                ) as publisher:
+                    proxy.cut()
+                    async with asyncio.timeout(10):
+                        while publisher.reconnects == 0:
+                            await asyncio.sleep(0.01)
             finally:
-                publisher.stop()
-                async with asyncio.timeout(15):
-                    await task
                 await buffer.close()
     lines = [e for e in logs if e["event"] == "mqtt_disconnected"]
     assert [e["error"] for e in lines] == ["connection lost"], lines

@@ -34,13 +34,12 @@ from buffer.store import Buffer
 from central.config import load_central_settings
 from central.service import CentralLink
 from gateway.mqtt_link import LinkError, MqttLink
-from gateway.publisher import Publisher
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 from tests.chaos.faultproxy import FaultProxy
 from tests.integration.central.conftest import write_central_config
 from tests.integration.gateway.test_publisher import TOPICS, event
-from tests.support import ROOT, broker_configured, run_python, wait_until
+from tests.support import ROOT, broker_configured, run_python, running_publisher, wait_until
 
 _DEMO_WITH_GATEWAY_FAILING_INTO_A_SLOW_CLOSE = textwrap.dedent(
     """
@@ -350,17 +349,14 @@ async def test_a_stalled_full_window_with_the_reserve_taken_does_not_spin_the_pu
     try:
         async with FaultProxy(broker.host, broker.port) as proxy:
             mqtt = MqttSection(host=broker.host, port=proxy.port, publish_timeout=5)
-            publisher = Publisher(
+            async with running_publisher(
                 mqtt,
                 buffer,
                 TOPICS,
                 client_id="gw-rf-stall",
                 on_delivered=lambda batch: delivered.update(e.id for e in batch),
-            )
-            task = asyncio.create_task(publisher.run())
-            try:
-                async with asyncio.timeout(10):
-                    await publisher.connected.wait()
+                stop_within=15,
+            ) as publisher:
                 await asyncio.sleep(0.2)
                 proxy.delay_replies(2.5)
                 for n in range(40):
@@ -382,10 +378,6 @@ async def test_a_stalled_full_window_with_the_reserve_taken_does_not_spin_the_pu
                 async with asyncio.timeout(15):
                     assert all(await asyncio.gather(*checkpoints))
                 await wait_until(lambda: len(delivered) == 40, timeout=15)
-            finally:
-                publisher.stop()
-                async with asyncio.timeout(15):
-                    await task
     finally:
         await buffer.close()
         broker.stop()
