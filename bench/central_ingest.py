@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 
 from bench import logs_to_stderr, private_broker
-from central.config import load_central_settings
+from central.config import CentralSettings, load_central_settings
 from central.service import Central
 from gateway.mqtt_link import MqttLink
 from gateway.settings import MqttSection
@@ -89,16 +89,10 @@ def config(
     return path
 
 
-async def run(
-    root: Path, broker: MosquittoBroker, dsn: str, instances: int, count: int, window: int
-) -> dict[str, Any]:
-    settings = [
-        load_central_settings(
-            config(root, broker, dsn, f"c{instances}-{n}", f"g{instances}-{window}", window)
-        )
-        for n in range(instances)
-    ]
-    for s in settings:  # create the sessions, then go away
+async def backlog_waiting(settings: list[CentralSettings], dsn: str) -> asyncpg.Connection:
+    """Each instance's persistent session created (connected once, then gone), an empty
+    ledger; returns a connection to it. Events published next wait in those sessions."""
+    for s in settings:
         central = Central(s)
         stop = asyncio.Event()
         task = asyncio.create_task(central.run(stop))
@@ -108,6 +102,19 @@ async def run(
         await task
     conn = await asyncpg.connect(dsn)
     await conn.execute("TRUNCATE events, seq_ranges, devices")
+    return conn
+
+
+async def run(
+    root: Path, broker: MosquittoBroker, dsn: str, instances: int, count: int, window: int
+) -> dict[str, Any]:
+    settings = [
+        load_central_settings(
+            config(root, broker, dsn, f"c{instances}-{n}", f"g{instances}-{window}", window)
+        )
+        for n in range(instances)
+    ]
+    conn = await backlog_waiting(settings, dsn)
     run_id = uuid.uuid4().hex[:8]
     await publish_all(broker, count, run_id)
     centrals = [Central(s) for s in settings]
@@ -160,16 +167,7 @@ async def run_processes(
         config(root, broker, dsn, f"p{instances}-{n}", f"gp{instances}-{window}", window)
         for n in range(instances)
     ]
-    for path in paths:  # create the sessions, then go away
-        central = Central(load_central_settings(path))
-        stop = asyncio.Event()
-        task = asyncio.create_task(central.run(stop))
-        while not central.connected.is_set():
-            await asyncio.sleep(0.01)
-        stop.set()
-        await task
-    conn = await asyncpg.connect(dsn)
-    await conn.execute("TRUNCATE events, seq_ranges, devices")
+    conn = await backlog_waiting([load_central_settings(path) for path in paths], dsn)
     await publish_all(broker, count, uuid.uuid4().hex[:8])
     children_cpu = sum(os.times()[2:4])
     procs = [

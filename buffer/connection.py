@@ -97,15 +97,11 @@ class BufferConnection:
         async with self._lock:
             if self._closed:
                 return
-            if not self._conn._thread.is_alive():  # noqa: SLF001
-                # Its thread died handing a result to an event loop already closed (a loop's
-                # teardown): nothing would answer a close. The SQLite connection, bound to that
-                # thread, is closed when it is collected.
-                self._closed = True
-                return
-            if self._conn._connection is None:  # noqa: SLF001
-                # A close that failed in SQLite: aiosqlite let the connection go anyway (in a
-                # finally) and is stopping its thread; nothing is left to checkpoint or close.
+            if not self._conn._thread.is_alive() or self._conn._connection is None:  # noqa: SLF001
+                # Nothing left to checkpoint or close: its thread died handing a result to an
+                # event loop already closed (a loop's teardown; the SQLite connection, bound to
+                # that thread, is closed when collected), or a close failed in SQLite and
+                # aiosqlite let the connection go anyway (in a finally) and stops its thread.
                 self._closed = True
                 return
             with contextlib.suppress(sqlite3.Error):

@@ -223,6 +223,8 @@ class Buffer:
         """The buffer file's writer lock (buffer/writer_lock.py), held until :meth:`close`."""
         self._reader: aiosqlite.Connection | None = None
         self._replay_reader: BufferConnection | None = None
+        self._opening_reader = asyncio.Lock()
+        """Held while a read-only connection is opened at first use (one per kind, not two)."""
         """Read-only, for replay range checks (WAL: they never wait for the writer)."""
         self.committed = asyncio.Event()
         """Set after each commit that added events; the publisher waits on it when idle."""
@@ -717,26 +719,24 @@ class Buffer:
 
     async def _replay_reads(self) -> BufferConnection:
         """The read-only connection replays read on, opened at first use, beside the writer's."""
-        if self._closing:
-            raise BufferClosedError("the buffer is closed")
-        if self._replay_reader is None:
-            reader = BufferConnection(await self._open_read_only())
+        async with self._opening_reader:
             if self._replay_reader is None:
-                self._replay_reader = reader
-            else:  # another read opened one meanwhile
-                await reader.close()
-        kept = self._replay_reader
-        if kept is None or self._closing:  # a close began while this one closed its spare
+                self._replay_reader = BufferConnection(await self._open_read_only())
+        reader = self._replay_reader
+        if reader is None or self._closing:
             raise BufferClosedError("the buffer is closed")
-        return kept
+        return reader
 
     async def _open_read_only(self) -> aiosqlite.Connection:
         """A read-only connection, or BufferClosedError once the buffer is closing.
 
         One that finished opening after a close began is closed again here: that close has
         passed the readers, or will not see this one, and aiosqlite's thread (not a daemon)
-        would keep the process from exiting.
+        would keep the process from exiting. Callers hold ``_opening_reader``, so two first
+        reads open one connection, not two.
         """
+        if self._closing:
+            raise BufferClosedError("the buffer is closed")
         conn = await open_reader(self.path)
         if self._closing:
             with contextlib.suppress(sqlite3.Error, ValueError):
@@ -798,20 +798,14 @@ class Buffer:
         queries take over a second, and commits (and the worker's feedback) must not wait on
         them. The payload total comes from memory rather than a scan.
         """
-        if self._closing:
-            raise BufferClosedError("the buffer is closed")
-        if self._reader is None:
-            reader = await self._open_read_only()
+        async with self._opening_reader:
             if self._reader is None:
-                self._reader = reader
-            else:  # another stats() opened one meanwhile
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await reader.close()
-        kept = self._reader
-        if kept is None or self._closing:  # a close began while this one closed its spare
+                self._reader = await self._open_read_only()
+        reader = self._reader
+        if reader is None or self._closing:
             raise BufferClosedError("the buffer is closed")
         return await collect_stats(
-            kept, payload_bytes=self._bytes, awaiting_verdict=self.keep_unconfirmed
+            reader, payload_bytes=self._bytes, awaiting_verdict=self.keep_unconfirmed
         )
 
     async def close(self) -> None:

@@ -324,9 +324,11 @@ async def run_demo(
 
 def _exit_code(gateway: asyncio.Task[None]) -> int:
     """1, said why, when the gateway's task failed (not when the demo stopped it); else 0."""
-    if not gateway.done() or gateway.cancelled() or gateway.exception() is None:
+    if not gateway.done() or gateway.cancelled():
         return 0
     failed = gateway.exception()
+    if failed is None:
+        return 0
     structlog.get_logger("demo").error(
         "demo_gateway_failed", error=f"{type(failed).__name__}: {failed}"
     )

@@ -528,7 +528,7 @@ class MqttLink:
                     while len(self._waiters) >= self._reserve() or self.free_ids() <= 0:
                         if self.lost.is_set():
                             raise LinkError("not connected")
-                        await self.ids_freed(self.arm_ids_freed())
+                        await self.ids_freed()  # armed in this step, with the check
             except TimeoutError as exc:
                 raise LinkError("no free packet id within publish_timeout") from exc
         try:

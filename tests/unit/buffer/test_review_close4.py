@@ -35,48 +35,31 @@ async def _check_replay(b: Buffer) -> object:
 
 
 @pytest.mark.parametrize("read", [_stats, _check_replay], ids=["stats", "check_replay"])
-async def test_a_read_whose_spare_reader_is_closed_while_the_buffer_closes_is_refused(
+async def test_two_first_reads_racing_a_close_open_one_reader_and_are_refused(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     read: Callable[[Buffer], Awaitable[object]],
 ) -> None:
-    """b655f5f: two first reads racing to open the lazy reader no longer both keep one: the
-    one that finds the attribute set when its own open returns closes its spare connection,
-    ``await reader.close()``, and then returns ``self._replay_reader`` (replay reads) or
-    passes ``self._reader`` to ``collect_stats`` (``stats()``). That close is a round trip to
-    its aiosqlite thread, and a ``Buffer.close`` that begins meanwhile closes the kept reader
-    and sets the attribute to ``None``: the read then calls ``.read`` / ``BufferConnection(None)``
-    and raises ``AttributeError`` into its caller, where every other read once the close began
-    raises ``BufferClosedError`` (docs/buffer.md). Only the timing is arranged: the second
-    read's open waits for the first read to finish, and its spare connection's close (real, on
-    its own thread) is held until the buffer's close returned; a loaded machine gives the same
-    order. Not reachable in the daemon as wired today (its first ``stats()`` is alone at
-    start-up and the replay worker serves one command at a time), reachable by any two
-    concurrent first reads of the public API (the bench, the demo).
-
-    Was PROVEN (an AttributeError on ``None``); fixed: the read checks ``_closing`` and the
-    kept reader again after closing its spare, and is refused with ``BufferClosedError``."""
+    """b655f5f let two first reads race to open the lazy reader: the one that found the
+    attribute set when its own open returned closed its spare connection (a round trip to its
+    aiosqlite thread), and a ``Buffer.close`` that began meanwhile closed the kept reader and
+    set the attribute to ``None``: the read then raised ``AttributeError`` into its caller,
+    where every other read once the close began raises ``BufferClosedError`` (docs/buffer.md).
+    Was PROVEN; fixed since: first reads open their reader under a lock, so there is no spare,
+    and each checks ``_closing`` once it holds the reader. Arranged here: the first read's open
+    (real, on its own thread) is held until the buffer's close returned, the second read waits
+    for it; both are refused with ``BufferClosedError``, and only one connection was opened."""
     real_open = buffer.store.open_reader
     opened = 0
-    second_may_return = asyncio.Event()
-    spare_closing = asyncio.Event()
-    spare_may_close = asyncio.Event()
+    opening = asyncio.Event()
+    may_return = asyncio.Event()
 
     async def open_reader(path: Path) -> aiosqlite.Connection:
         nonlocal opened
         opened += 1
-        nth = opened
         conn = await real_open(path)
-        if nth == 2:  # the read that loses the race
-            await second_may_return.wait()
-            real_close = conn.close
-
-            async def close() -> None:
-                spare_closing.set()
-                await spare_may_close.wait()
-                await real_close()
-
-            conn.close = close  # type: ignore[method-assign]
+        opening.set()
+        await may_return.wait()
         return conn
 
     monkeypatch.setattr(buffer.store, "open_reader", open_reader)
@@ -85,19 +68,20 @@ async def test_a_read_whose_spare_reader_is_closed_while_the_buffer_closes_is_re
     first = asyncio.ensure_future(read(b))
     second = asyncio.ensure_future(read(b))
     try:
-        await first  # kept its reader
-        second_may_return.set()
         async with asyncio.timeout(5):
-            await spare_closing.wait()  # the second read is closing its spare connection
+            await opening.wait()  # the first read's connection is open, not yet kept
             await b.close()
-        spare_may_close.set()
+        may_return.set()
+        with pytest.raises(BufferClosedError):
+            await first
         with pytest.raises(BufferClosedError):
             await second
+        assert opened == 1, "two first reads opened two connections"
     finally:
-        spare_may_close.set()
-        second_may_return.set()
-        with contextlib.suppress(Exception):
-            await second
+        may_return.set()
+        for task in (first, second):
+            with contextlib.suppress(Exception):
+                await task
         await b.close()
 
 
