@@ -88,6 +88,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _scanner_config(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    sim: ScannerSimulator,
+    feedback: dict[str, str] | None = None,
+    **sections: dict[str, object],
+) -> Path:
+    """The gateway config these tests run: one scanner, dock-1, the state in ``tmp_path``."""
+    return write_config(
+        tmp_path / "gw.toml",
+        mqtt_port=broker.port,
+        state_dir=tmp_path / "state",
+        devices=[scanner_device("dock-1", sim.link, **(feedback or {}))],
+        **sections,
+    )
+
+
 def _start_faulty(config: Path, fault: str, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -120,11 +137,11 @@ async def test_a_stop_path_that_raises_with_everything_running_ends_and_answers_
     stored reaches central with no gap."""
     async with ScannerSimulator(tmp_path / "scanner0") as sim:
         state = tmp_path / "state"
-        config = write_config(
-            tmp_path / "gw.toml",
-            mqtt_port=broker.port,
-            state_dir=state,
-            devices=[scanner_device("dock-1", sim.link, **FEEDBACK)],
+        config = _scanner_config(
+            tmp_path,
+            broker,
+            sim,
+            FEEDBACK,
             gateway={"shutdown_timeout": 5},
             metrics={"listen": f"127.0.0.1:{_free_port()}"},
         )
@@ -184,12 +201,7 @@ async def test_a_close_that_raises_in_the_daemons_finally_ends_the_process(
     anyway (in its own ``finally``), the readers were closed before it, so no non-daemon thread
     is left: ``cmd_run`` logs ``gateway_failed`` and the process exits with 1 at once."""
     async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        config = write_config(
-            tmp_path / "gw.toml",
-            mqtt_port=broker.port,
-            state_dir=tmp_path / "state",
-            devices=[scanner_device("dock-1", sim.link)],
-        )
+        config = _scanner_config(tmp_path, broker, sim)
         log_path = tmp_path / "gw.log"
         proc = _start_faulty(config, "close", log_path)
         try:
@@ -222,12 +234,8 @@ async def test_an_ordinary_stop_reads_no_closed_buffer(
     runs once the close began: an ordinary SIGTERM under load, with metrics sampled and the
     checkpoint ticking, exits 0 with no error logged and no traceback."""
     async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        config = write_config(
-            tmp_path / "gw.toml",
-            mqtt_port=broker.port,
-            state_dir=tmp_path / "state",
-            devices=[scanner_device("dock-1", sim.link, **FEEDBACK)],
-            metrics={"listen": f"127.0.0.1:{_free_port()}"},
+        config = _scanner_config(
+            tmp_path, broker, sim, FEEDBACK, metrics={"listen": f"127.0.0.1:{_free_port()}"}
         )
         daemon = GatewayProcess(config, tmp_path / "gw.log")
         daemon.start()
@@ -383,12 +391,7 @@ async def test_a_close_failing_after_the_publisher_failed_still_logs_why_the_dae
     Was PROVEN; fixed: ``Gateway._close_buffer`` keeps the run's failure what is raised
     when the close fails too (the close's own error is logged as ``buffer_close_failed``)."""
     async with ScannerSimulator(tmp_path / "scanner0") as sim:
-        config = write_config(
-            tmp_path / "gw.toml",
-            mqtt_port=broker.port,
-            state_dir=tmp_path / "state",
-            devices=[scanner_device("dock-1", sim.link)],
-        )
+        config = _scanner_config(tmp_path, broker, sim)
         log_path = tmp_path / "gw.log"
         proc = _start_faulty(config, "publisher+close", log_path)
         try:

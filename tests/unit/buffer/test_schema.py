@@ -248,29 +248,18 @@ def immutable(path: Path) -> Iterator[None]:
         subprocess.run([chattr, "-i", str(path)], check=True)
 
 
-async def test_a_buffer_file_nobody_may_write_is_refused_untouched(tmp_path: Path) -> None:
-    """An immutable buffer file (readable, not writable, even by root) is refused before
-    SQLite opens it, saying so, and nothing is written or set aside next to it."""
-    path = tmp_path / "b.db"
-    conn = await open_database(path)
-    await conn.close()
-    before = path.read_bytes()
-    with immutable(path), pytest.raises(BufferOpenError) as refused:
-        await open_database(path)
-    assert str(refused.value) == f"{path}: buffer file or its directory is not writable"
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db"]
-
-
-async def test_a_buffer_whose_directory_nobody_may_write_is_refused(tmp_path: Path) -> None:
-    """A writable buffer file in an immutable directory (SQLite could not create its WAL, nor
-    a quarantine be moved aside there) is refused before SQLite opens it, saying so."""
+@pytest.mark.parametrize("frozen", ["file", "directory"])
+async def test_a_buffer_nobody_may_write_is_refused_untouched(tmp_path: Path, frozen: str) -> None:
+    """An immutable buffer file (readable, not writable, even by root), or a writable one in an
+    immutable directory (SQLite could not create its WAL, nor a quarantine be moved aside
+    there), is refused before SQLite opens it, saying so, and nothing is written or set aside
+    next to it."""
     state = tmp_path / "state"
     path = state / "b.db"
     conn = await open_database(path)
     await conn.close()
     before = path.read_bytes()
-    with immutable(state), pytest.raises(BufferOpenError) as refused:
+    with immutable(path if frozen == "file" else state), pytest.raises(BufferOpenError) as refused:
         await open_database(path)
     assert str(refused.value) == f"{path}: buffer file or its directory is not writable"
     assert path.read_bytes() == before
