@@ -719,6 +719,8 @@ class Buffer:
 
     async def _replay_reads(self) -> BufferConnection:
         """The read-only connection replays read on, opened at first use, beside the writer's."""
+        if self._closing:  # at once, not behind another read's open
+            raise BufferClosedError("the buffer is closed")
         async with self._opening_reader:
             if self._replay_reader is None:
                 self._replay_reader = BufferConnection(await self._open_read_only())
@@ -798,6 +800,8 @@ class Buffer:
         queries take over a second, and commits (and the worker's feedback) must not wait on
         them. The payload total comes from memory rather than a scan.
         """
+        if self._closing:  # at once, not behind another read's open
+            raise BufferClosedError("the buffer is closed")
         async with self._opening_reader:
             if self._reader is None:
                 self._reader = await self._open_read_only()

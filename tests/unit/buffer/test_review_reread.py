@@ -3,7 +3,7 @@ connection under one ``asyncio.Lock`` (``Buffer._opening_reader``, shared by ``s
 replay reads), ``_open_read_only`` refuses before and after opening once closing, and a read
 checks ``_closing`` once it holds the reader. On a real SQLite file, real aiosqlite threads and
 real asyncio; only the timing of an open is arranged (held after the real open returned). The
-hole it proved (``xfail(strict=True)``) and the suspicions it dismissed (plain tests pinning the
+hole it proved (fixed since; a plain test) and the suspicions it dismissed (plain tests pinning the
 reason where one can).
 
 Dismissed without a test of their own:
@@ -84,15 +84,6 @@ def _held_open(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.
     return opening, may_return
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason=(
-        "PROVEN: a read asked for after close() returned is not refused at once: it waits on "
-        "_opening_reader behind another read's unfinished open (either kind), because 4101d15 "
-        "moved the _closing check from the read's first line to inside the lock"
-    ),
-)
 @pytest.mark.parametrize("holder", [_stats, _check_replay], ids=["behind_stats", "behind_replay"])
 @READS
 async def test_a_read_after_close_is_refused_at_once_while_another_reads_open_is_unfinished(
@@ -107,7 +98,10 @@ async def test_a_read_after_close_is_refused_at_once_while_another_reads_open_is
     open returned, as a slow or stuck open would), every read asked for later, of either kind,
     even after ``close()`` has returned, waits for that open (and, once closing, its close) to
     finish before it is told the buffer is closed; an open that never returns hangs them all.
-    ``close()`` itself does not wait (it does not take the lock), which is checked first."""
+    ``close()`` itself does not wait (it does not take the lock), which is checked first.
+
+    Was PROVEN (4101d15 had dropped the check before the lock); fixed: each read checks
+    ``_closing`` before it waits for the lock."""
     opening, may_return = _held_open(monkeypatch)
     b = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
     await b.append_nowait(make_event("a", 1))
