@@ -38,6 +38,8 @@ from bench.confirm_latency import run_levels
 LEVELS = ("stored", "delivered")
 TARGETS_P99_MS = {"stored": 3.0, "delivered": 8.0}
 """Issue 16 (issue 8 had 5 and 10 ms)."""
+BUSY_TARGETS_P99_MS = {"stored": 10.0, "delivered": 20.0}
+"""Issue 16's targets with one core kept busy by another process (``--busy 1``)."""
 
 
 @contextlib.contextmanager
@@ -62,17 +64,19 @@ async def main(scans: int, load: float, busy: int = 0, busy_nice: int = 0) -> di
     """Both levels against one broker, with the issue's p99 targets beside the results."""
     with busy_cores(busy, busy_nice):
         levels = await run_levels(LEVELS, scans, load)
+    targets = BUSY_TARGETS_P99_MS if busy else TARGETS_P99_MS
     return {
-        "benchmark": "latency",
+        "benchmark": "latency_busy" if busy else "latency",
         "path": "pty scanner -> barcode-serial driver -> buffer -> MQTT -> feedback on the pty",
         "busy": {"processes": busy, "nice_above_ours": busy_nice},
         **levels,
-        "targets_p99_ms": TARGETS_P99_MS,
-        "target_met": all(levels[level]["p99_ms"] <= TARGETS_P99_MS[level] for level in LEVELS),
+        "targets_p99_ms": targets,
+        "target_met": all(levels[level]["p99_ms"] <= targets[level] for level in LEVELS),
     }
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (the command line's by default), run, print the one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=2000, help="scans per level")
     parser.add_argument("--load", type=float, default=500.0, help="background scans/s")
@@ -80,7 +84,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--busy-nice", type=int, default=0, help="their niceness above this process's"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     # Logs to stderr: stdout carries the one JSON object.
     logs_to_stderr()
     print(json.dumps(asyncio.run(main(args.scans, args.load, args.busy, args.busy_nice))))
+
+
+if __name__ == "__main__":
+    cli()
