@@ -184,7 +184,11 @@ async def test_an_event_committed_during_an_empty_claim_is_sent_at_once(tmp_path
     """Events committed during a claim: the pump clears ``committed`` before it claims, so a
     commit that the claim does not see (here it waits behind the claim, which waits for the
     file's write lock) sets it after the clear, and the wait after the empty claim returns at
-    once. The event is delivered within milliseconds (0.5 s allowed), not at the 1 s net."""
+    once. The event is delivered within milliseconds (0.5 s allowed), not at the 1 s net.
+
+    A claim after one that took every pending row runs no transaction (``Buffer.claim``); an
+    ``unhold`` with nothing held moves no row, but the buffer cannot know that before its
+    transaction, so the pump's next claim (at the net) runs one, finding nothing."""
     delivered: dict[str, float] = {}
 
     def on_delivered(batch: list[OutgoingEvent]) -> None:
@@ -198,6 +202,7 @@ async def test_an_event_committed_during_an_empty_claim_is_sent_at_once(tmp_path
     ) as rig:
         pump = pump_task()
         for n in range(3):
+            assert await rig.buffer.unhold() == 0
             lock = write_lock(rig.buffer.path)
             # Its idle claim (after the last PUBACK, or at the net), waiting for the lock: one
             # may have begun before the lock was taken (a CI run counted no new claim here).
