@@ -228,12 +228,17 @@ class Buffer:
         """Read-only, for replay range checks (WAL: they never wait for the writer)."""
         self._may_have_pending = True
         """False only from a claim that found fewer pending rows than it asked for (so none was
-        left) until a write that can make one returns (a commit, a release, an unhold), so a
-        claim then answers "nothing" without a transaction. The pump asks at every PUBACK that
-        frees window space: 62 % of its claims found nothing at 500 events/s in bench.latency,
-        each a transaction on the writer's connection that the next scan's commit waited
-        behind. Set in a ``finally`` after such a write, in the step its lock is let go: no
-        claim's transaction can run between that write's and the flag."""
+        left), until a write that can make one (a commit, a release, an unhold) is asked for:
+        a claim then answers "nothing" without a transaction. The pump asks at every PUBACK
+        that frees window space: 62 % of its claims found nothing at 500 events/s in
+        bench.latency, each a transaction on the writer's connection that the next scan's
+        commit waited behind."""
+        self._pending_writes_asked = 0
+        """Writes that can make a pending row, counted as they are asked for (``_may_pend``).
+        The connection runs writes in the order they were asked for, so a claim may clear
+        ``_may_have_pending`` only if none was asked for after it: every earlier one ran before
+        its query and is in what it saw. Tasks resume in no promised order after a shared
+        transaction (buffer/connection.py), so "when it returned" would not do."""
         self.committed = asyncio.Event()
         """Set after each commit that added events; the publisher waits on it when idle."""
         self.commits = 0
@@ -394,9 +399,6 @@ class Buffer:
             error = _translate(exc)
             log.exception("buffer_commit_failed", events=len(batch), error=str(error))
             results = [error] * len(batch)
-        finally:
-            # Also when it failed or was cancelled: its rows may have committed anyway.
-            self._may_have_pending = True
         # A future is settled here or by close() only (it refuses cancellation), so none is done
         # yet; checked all the same, and such an event would count, and wake the publisher,
         # like any other: it is committed or refused whatever became of its future.
@@ -421,6 +423,7 @@ class Buffer:
         rows, last_seq, unrenderable = self._rows(batch, now, first_rowid)
         results: list[StoredEvent | BaseException]
         size = sum(len(row[5]) for row in rows)
+        self._may_pend()
         if self._bytes + size <= self.max_bytes:
             await self._db.write(partial(_insert_rows, rows=rows, last_seq=last_seq), durable=True)
             self._last_seq, self._bytes = last_seq, self._bytes + size
@@ -451,6 +454,11 @@ class Buffer:
                     held=self._bytes,
                 )
         return results
+
+    def _may_pend(self) -> None:
+        """Just before asking for a write that can make a pending row (see ``claim``)."""
+        self._may_have_pending = True
+        self._pending_writes_asked += 1
 
     def _rows(
         self, batch: list[_Append], now: float, first_rowid: int
@@ -562,9 +570,10 @@ class Buffer:
             counts.move_unsent(conn, len(rows), STATE_PENDING, STATE_IN_FLIGHT)
             return rows
 
+        asked_before = self._pending_writes_asked
         claimed = await self._db.write(run, durable=False)
-        if len(claimed) < limit:  # every pending row taken: none left until a write makes one
-            self._may_have_pending = False
+        if len(claimed) < limit and self._pending_writes_asked == asked_before:
+            self._may_have_pending = False  # every pending row taken, and none can have come
         self.transitions["claimed"] += len(claimed)
         return claimed
 
@@ -617,19 +626,17 @@ class Buffer:
             # Between unsent states only (held, pending, in flight): no device's figure changes.
             counts.move_unsent(conn, moved, source, target)
 
-        try:
-            await self._db.write(run, durable=False)
-        finally:
-            self._may_have_pending |= target == STATE_PENDING
+        if target == STATE_PENDING:
+            self._may_pend()
+        await self._db.write(run, durable=False)
 
     async def _move_all(self, source: int, target: int) -> int:
         """Move every row in state ``source`` to ``target`` (lazy write); returns how many."""
-        try:
-            return await self._db.write(
-                partial(counts.move_all, source=source, target=target), durable=False
-            )
-        finally:
-            self._may_have_pending |= target == STATE_PENDING
+        if target == STATE_PENDING:
+            self._may_pend()
+        return await self._db.write(
+            partial(counts.move_all, source=source, target=target), durable=False
+        )
 
     async def release(self, events: Sequence[OutgoingEvent]) -> None:
         """Put claimed events back to pending (connection lost before their PUBACK)."""

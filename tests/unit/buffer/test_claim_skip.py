@@ -105,3 +105,34 @@ async def test_a_commit_queued_behind_an_emptying_claim_is_claimed(buf: Buffer) 
         else:
             assert [e.seq for e in got] == [n + 1]
             assert await claimed_seqs(buf) == []
+
+
+async def test_a_commit_sharing_the_transaction_of_a_claim_that_ran_before_it_is_claimed(
+    buf: Buffer, tmp_path: Path
+) -> None:
+    """A claim and a commit asked for while another write waits share one transaction
+    (buffer/connection.py), the claim first: it finds nothing, the commit adds a row. The
+    claim's caller ran that transaction, so it resumes after the commit's caller: had "found
+    nothing" been believed when the claim returned, the row would sit unclaimed until the next
+    write. The next claim takes it."""
+    await buf.append(make_event("a", 1))
+    claimed = await buf.claim(10)
+    assert await buf.unhold() == 0  # nothing held, but the next claim has to look
+    holder = sqlite3.connect(tmp_path / "buffer.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        waiting = asyncio.create_task(buf.mark_sent(claimed))  # waits for the file's lock
+        await asyncio.sleep(0.05)
+        claim = asyncio.create_task(buf.claim(10))
+        await asyncio.sleep(0)
+        stored = buf.append_nowait(make_event("a", 2))
+        async with asyncio.timeout(5):
+            while len(buf._db._asked) < 2:  # the claim and the commit, behind mark_sent
+                await asyncio.sleep(0.001)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await waiting
+    assert await claim == [], "the claim ran first, before the row was there"
+    assert (await stored).seq == 2
+    assert await claimed_seqs(buf) == [2]
