@@ -39,9 +39,9 @@ Dismissed:
   in it, before its next ``_rows``; ``_insert_making_room``'s read of ``_last_seq`` is safe.
 - Leader cancelled: the transaction is shielded and aiosqlite's thread runs round trips in
   order, so a transaction started after the lock is let go still runs after it; reads and
-  ``close()`` taking the lock meanwhile queue behind it on the thread. Writes asked before a
-  ``close()`` that took the lock first fail with aiosqlite's "Connection closed", as they
-  did when each write took the lock alone. No write is stranded in ``_asked``: nothing awaits
+  ``close()`` taking the lock meanwhile queue behind it on the thread. Writes waiting for the
+  lock behind a ``close()`` fail with aiosqlite's "no active connection", as they did when
+  each write took the lock alone, and never hang (pinned below). No write is stranded in ``_asked``: nothing awaits
   between appending to it and waiting for the lock, and a cancelled one removes itself.
 - Writer task cancelled (``Buffer._abandon``) / loop shutdown (transaction task cancelled):
   outcomes become "unknown" (no feedback), as a commit already on the thread always did; the
@@ -280,3 +280,25 @@ async def test_a_release_asked_after_an_emptying_claim_in_its_transaction_is_cla
     assert await claiming == []
     await releasing
     assert [e.seq for e in await buf.claim(10)] == [1]
+
+
+async def test_a_write_asked_while_close_waits_for_the_lock_fails_rather_than_hangs(
+    tmp_path: Path,
+) -> None:
+    """``close()`` takes the lock before a write asked after it: that write finds the
+    connection closed and says so (aiosqlite's "no active connection"); it is not left in
+    ``_asked`` with nobody to run it."""
+    buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=1_000)
+    first = Blocker()
+    holder = asyncio.create_task(buf._db.write(first, durable=False))
+    await first.until_running()
+    closing = asyncio.create_task(buf.close())
+    await asyncio.sleep(0.05)  # the writer stopped; close waits for the connection's lock
+    late = asyncio.create_task(buf.set_device_status("a", "ok", "", "t"))
+    await asyncio.sleep(0)
+    first.release.set()
+    await holder
+    await asyncio.wait_for(closing, 5)
+    with pytest.raises(ValueError, match="no active connection"):
+        await asyncio.wait_for(late, 5)
+    assert buf._db._asked == []
