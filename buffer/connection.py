@@ -69,16 +69,18 @@ def run_in_transaction(
 
 
 @dataclass(slots=True)
-class _Write:
-    """A write asked for and not yet run: its function, its durability, its outcome."""
+class _Work:
+    """A round trip asked for and not yet run: its function, its durability, its outcome."""
 
     fn: Callable[[sqlite3.Connection], Any]
     durable: bool
     outcome: asyncio.Future[Any]
+    alone: bool = False
+    """A read (or the close's checkpoint): its own round trip, outside any transaction."""
 
 
 def run_in_one_transaction(
-    conn: sqlite3.Connection, writes: Sequence[_Write]
+    conn: sqlite3.Connection, writes: Sequence[_Work]
 ) -> list[tuple[bool, Any]]:
     """Every write in ``writes`` in one transaction (on the SQLite thread): (ok, value) each.
 
@@ -110,32 +112,43 @@ def run_in_one_transaction(
     return run_in_transaction(conn, each, durable=any(w.durable for w in writes))
 
 
-def _hand_out(writes: Sequence[_Write], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-    """Hand each write its outcome once their transaction is over (committed or not)."""
+def _run_alone(conn: sqlite3.Connection, work: _Work) -> list[tuple[bool, Any]]:
+    return [(True, work.fn(conn))]
+
+
+def _hand_out(works: Sequence[_Work], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+    """Hand each work its outcome once its round trip is over (committed or not)."""
     if done.cancelled():  # only as the event loop shuts down: nobody is left to tell
-        for write in writes:
-            write.outcome.cancel()
+        for work in works:
+            work.outcome.cancel()
         return
     error = done.exception()
-    outcomes = done.result() if error is None else [(False, error)] * len(writes)
-    for write, (ok, value) in zip(writes, outcomes, strict=True):
-        if write.outcome.done():  # its caller was cancelled and stopped waiting
+    outcomes = done.result() if error is None else [(False, error)] * len(works)
+    for work, (ok, value) in zip(works, outcomes, strict=True):
+        if work.outcome.done():  # its caller was cancelled and stopped waiting
             continue
         if ok:
-            write.outcome.set_result(value)
+            work.outcome.set_result(value)
         else:
-            write.outcome.set_exception(value)
+            work.outcome.set_exception(value)
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 class BufferConnection:
-    """The writer's connection and the lock that makes its round trips one at a time."""
+    """The writer's connection, and the queue that makes its round trips one at a time."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
-        self._lock = asyncio.Lock()
+        self._asked: list[_Work] = []
+        """Round trips asked for and not yet started, in the order asked."""
+        self._running: asyncio.Future[list[tuple[bool, Any]]] | None = None
+        """The round trip on aiosqlite's thread, if any; when it ends, the next starts."""
+        self._closing = False
         self._closed = False
-        self._asked: list[_Write] = []
-        """Writes asked for and not yet taken into a transaction, in the order asked."""
+        self._close_lock = asyncio.Lock()
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` with the raw connection on aiosqlite's thread, in one round trip.
@@ -151,50 +164,83 @@ class BufferConnection:
         """Run ``fn`` in a transaction, fsynced at commit when ``durable``; its result.
 
         Rolled back if it raises. The only way anything in the buffer writes. Writes asked for
-        while the lock is held share the next transaction (module docstring): whoever takes
-        the lock first runs all that are waiting, in the order asked; the others find theirs
-        done. Cancelled before its write was taken, it is not run; after, it runs (as a
-        transaction already on the SQLite thread always did) and its outcome is dropped.
+        while another round trip runs share the next transaction (module docstring), in the
+        order asked. Cancelled before its transaction started, it is not run; after, it runs
+        (as a transaction already on the SQLite thread always did) and its outcome is dropped.
         """
-        write = _Write(fn, durable, asyncio.get_running_loop().create_future())
-        self._asked.append(write)
-        try:
-            async with self._lock:
-                if self._asked:  # ours among them, unless an earlier holder took it
-                    await self._run_asked()
-        except asyncio.CancelledError:
-            if write in self._asked:
-                self._asked.remove(write)
-            write.outcome.cancel()
-            raise
-        return cast("_T", await write.outcome)
-
-    async def _run_asked(self) -> None:
-        """Every write asked for so far, in one transaction; each gets its outcome.
-
-        The transaction is a task of its own and the outcomes are handed out when it ends:
-        cancelling the caller holding the lock must not cut the others off from theirs (their
-        writes run and commit all the same, on the SQLite thread).
-        """
-        writes, self._asked = self._asked, []
-        work = partial(run_in_one_transaction, writes=writes)
-        transaction = asyncio.ensure_future(self._call(work))
-        transaction.add_done_callback(partial(_hand_out, writes))
-        # A failed transaction's error reaches every caller through its write's outcome.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(transaction)
+        return cast("_T", await self._wait(_Work(fn, durable, self._new_outcome())))
 
     async def read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn`` (reads only) on the writer's connection, between writes."""
-        async with self._lock:
-            return await self._call(fn)
+        """Run ``fn`` (reads only) on the writer's connection, alone, between writes."""
+        return cast("_T", await self._wait(_Work(fn, False, self._new_outcome(), alone=True)))
+
+    @staticmethod
+    def _new_outcome() -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _wait(self, work: _Work) -> object:
+        """Ask for ``work`` and wait for its outcome; cancelled before it started, it never runs."""
+        self._ask(work)
+        try:
+            return await work.outcome
+        except asyncio.CancelledError:
+            if work in self._asked:  # not started: never run
+                self._asked.remove(work)
+            raise
+
+    def _ask(self, work: _Work, *, closing: bool = False) -> None:
+        """Queue ``work``; start it at once when nothing runs.
+
+        Refused once closing began (as a write waiting behind the close's lock used to be),
+        except the close's own checkpoint.
+        """
+        if self._closing and not closing:
+            work.outcome.set_exception(ValueError("no active connection"))
+            return
+        self._asked.append(work)
+        if self._running is None:
+            self._start_next()
+
+    def _start_next(self) -> None:
+        """Start the next round trip, if anything was asked for.
+
+        The first work asked, and, if it is a write, every write asked after it up to the next
+        read, in one transaction. Called when the previous round trip ended, after its
+        outcomes were handed out: their callers resume (and update what they keep in memory,
+        such as the buffer's byte total) before this round trip's first step puts it on the
+        SQLite thread, both being scheduled in that order on the event loop.
+        """
+        self._running = None
+        if not self._asked:
+            return
+        if self._asked[0].alone:
+            works = [self._asked.pop(0)]
+            call = self._call(partial(_run_alone, work=works[0]))
+        else:
+            count = next((i for i, w in enumerate(self._asked) if w.alone), len(self._asked))
+            works, self._asked = self._asked[:count], self._asked[count:]
+            call = self._call(partial(run_in_one_transaction, writes=works))
+        running = asyncio.ensure_future(call)
+        running.add_done_callback(partial(self._ended, works))
+        self._running = running
+
+    def _ended(self, works: list[_Work], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+        _hand_out(works, done)
+        if done.cancelled():  # the event loop is shutting down: start nothing more
+            for work in self._asked:
+                work.outcome.cancel()
+            self._asked.clear()
+            self._running = None
+            return
+        self._start_next()
 
     async def close(self) -> None:
         """Checkpoint the WAL into the file (so a clean stop leaves one file) and close.
 
-        A second call does nothing: a shutdown path that closes again must not fail there.
+        What was asked for before runs first; what is asked for from now on is refused. A
+        second call does nothing: a shutdown path that closes again must not fail there.
         """
-        async with self._lock:
+        async with self._close_lock:
             if self._closed:
                 return
             if not self._conn._thread.is_alive() or self._conn._connection is None:  # noqa: SLF001
@@ -204,8 +250,11 @@ class BufferConnection:
                 # aiosqlite let the connection go anyway (in a finally) and stops its thread.
                 self._closed = True
                 return
+            self._closing = True
+            checkpoint = _Work(_checkpoint, False, self._new_outcome(), alone=True)
+            self._ask(checkpoint, closing=True)
             with contextlib.suppress(sqlite3.Error):
-                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await checkpoint.outcome
             await self._conn.close()
             # Only now: a close cut short (cancelled in the checkpoint) is done by the next.
             self._closed = True

@@ -141,6 +141,11 @@ def _insert_rows(conn: sqlite3.Connection, rows: Sequence[_Row], last_seq: dict[
     counts.add_unsent(conn, len(rows), STATE_PENDING)
 
 
+def _held_bytes(conn: sqlite3.Connection) -> int:
+    """The payload bytes the buffer holds, from the devices' kept counts (buffer/counts.py)."""
+    return int(conn.execute("SELECT coalesce(sum(payload_bytes), 0) FROM devices").fetchone()[0])
+
+
 def _claimable(
     conn: sqlite3.Connection, extra: str, params: tuple[int, ...], *, backlog: bool
 ) -> list[OutgoingEvent]:
@@ -284,11 +289,11 @@ class Buffer:
             last_seq = {
                 str(d): int(s) for d, s in conn.execute("SELECT device, last_seq FROM devices")
             }
-            row = conn.execute("SELECT coalesce(sum(payload_bytes), 0) FROM devices").fetchone()
+            held = _held_bytes(conn)
             reset = counts.move_all(conn, STATE_IN_FLIGHT, STATE_PENDING)
             reset += counts.move_all(conn, STATE_HELD, STATE_PENDING)
             top = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
-            return last_seq, int(row[0]) if row else 0, reset, int(top[0]) + 1
+            return last_seq, held, reset, int(top[0]) + 1
 
         self._last_seq, self._bytes, reset, self._next_rowid = await self._db.write(
             load, durable=True
@@ -500,12 +505,16 @@ class Buffer:
         """The batch does not fit under the cap: evict or refuse event by event (SQLite thread).
 
         Rare, so simple: seqs are assigned (and payloads rendered) again, because a refused
-        event takes no number. Reads ``_bytes`` and ``_last_seq`` from the loop's objects: the
-        writer lock is held, and only a finished write changes them.
+        event takes no number. Reads ``_last_seq`` from the loop's object: only the writer task
+        changes it, once its commit returned, before it asks for the next. The bytes held are
+        read in this transaction: a prune or an eviction that shared it, or whose caller has
+        not resumed yet, is in the file but maybe not yet in ``_bytes`` (buffer/connection.py
+        runs writes asked for meanwhile together); what this commit changes goes back as a
+        difference, which adds up whatever order the callers resume in.
         """
         done = _Committed()
         last_seq = dict(self._last_seq)
-        held = self._bytes
+        held = held_at_start = _held_bytes(conn)
         rows: list[_Row] = []
         for rowid, item in enumerate(batch, first_rowid):
             ev = item.event
@@ -529,7 +538,7 @@ class Buffer:
             done.results.append(_stored(ev, rows[-1]))
         _insert_rows(conn, rows, last_seq)
         done.last_seq = {row[1]: last_seq[row[1]] for row in rows}
-        done.bytes_delta = held - self._bytes
+        done.bytes_delta = held - held_at_start
         return done
 
     def _count_evictions(self, counts: collections.Counter[str]) -> None:

@@ -108,10 +108,10 @@ async def test_a_close_cut_short_is_finished_by_the_next_close(tmp_path: Path) -
     conn = b._db._conn
     closing = asyncio.create_task(b.close())
     for _ in range(1000):  # until BufferConnection.close has begun (its lock taken)
-        if b._db._lock.locked():
+        if b._db._close_lock.locked():
             break
         await asyncio.sleep(0)
-    assert b._db._lock.locked()
+    assert b._db._close_lock.locked()
     closing.cancel()
     await asyncio.gather(closing, return_exceptions=True)
     await b.close()  # the shutdown path's second close
@@ -160,7 +160,7 @@ async def test_a_connection_close_cut_short_in_its_checkpoint_is_done_by_the_nex
     conn = db._conn
     closing = asyncio.create_task(db.close())
     for _ in range(1000):
-        if db._lock.locked():
+        if db._close_lock.locked():
             break
         await asyncio.sleep(0)
     closing.cancel()

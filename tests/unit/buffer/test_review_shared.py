@@ -4,17 +4,23 @@ nothing-pending flag (``Buffer._may_have_pending``), as of 6a6c4bb.
 On a real SQLite file through aiosqlite and real asyncio. Which writes share a transaction is
 decided by the test, not by timing: a write (standing for any other: a sent mark, a settle, a
 claim) holds aiosqlite's thread on a ``threading.Event`` until the test has asked for the
-others. A test marked ``xfail(strict=True, reason="PROVEN: ...")`` shows a hole; the others pin
-a dismissal.
+others. The first two tests were PROVEN holes (xfail strict), fixed since and now plain tests;
+the others pin a dismissal.
 
-Proven (the mechanism, in the tests below): a finished write's caller now resumes only once it
-got the lock again, and may first run the next transaction itself; so what callers update in
-memory after their write (``prune``'s ``self._bytes -= freed``) is not applied when the next
-transaction runs, and ``_insert_making_room`` (on the SQLite thread) reads ``self._bytes`` from
-the loop's object, counting bytes a prune already deleted. Its docstring's premise ("the writer
-lock is held, and only a finished write changes them") no longer holds. Same cause, not tested
-separately: with pending telemetry in the buffer, that commit drops telemetry (counted, a
-deliberate hole recorded) and evicts sent-unconfirmed events it had room for.
+Proven, as of 6a6c4bb: a finished write's caller resumed only once it got the lock again, and
+might first run the next transaction itself (whoever took the lock ran every write waiting);
+so what callers update in memory after their write (``prune``'s ``self._bytes -= freed``) was
+not applied when the next transaction ran, and ``_insert_making_room`` (on the SQLite thread)
+read ``self._bytes`` from the loop's object, counting bytes a prune already deleted: a scan
+refused in an emptied buffer. And a caller running a transaction cancelled let the lock go,
+so a prune's caller resumed while ``_insert_making_room`` ran and its bytes were counted back:
+the buffer's size overstated for good. Fixed: the connection runs its round trips from a queue
+of its own, starting the next only once the last one's outcomes were handed out (their callers
+resume before it reaches the SQLite thread), and ``_insert_making_room`` reads the bytes held
+from the devices' kept counts inside its own transaction, handing back only its difference.
+(Dismissals below written against 6a6c4bb's lock and "leader"; the queue keeps their reasons:
+round trips still run in the order asked, one at a time, and a cancelled caller's write that
+started still commits, its outcome dropped.)
 
 Dismissed:
 
@@ -146,28 +152,22 @@ async def prune_everything(buf: Buffer) -> asyncio.Task[int]:
     return task
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: a prune whose write shared a transaction runs the next one (the commit "
-    "that needs room) before it subtracts what it freed; _insert_making_room reads the stale "
-    "self._bytes on the SQLite thread and refuses a scan (bad-read) in an emptied buffer",
-)
 async def test_a_commit_after_a_shared_prune_sees_the_room_the_prune_made(full: Buffer) -> None:
     buf = full
     first = Blocker()
     holder = asyncio.create_task(buf._db.write(first, durable=False))
     await first.until_running()
     second = Blocker()  # a sent mark, a settle: any write asked before the prune
-    leader = asyncio.create_task(buf._db.write(second, durable=False))
+    asker = asyncio.create_task(buf._db.write(second, durable=False))
     await asyncio.sleep(0)
     pruning = await prune_everything(buf)
     first.release.set()
     await holder
-    await second.until_running()  # the leader's transaction: [second, prune]
+    await second.until_running()  # one transaction: [second, prune]
     stored = buf.append_nowait(sized("a", 9, 200))  # 900 + 200 > 1,000: must make room
     await until(lambda: len(buf._db._asked) == 1)
     second.release.set()
-    await leader
+    await asker
     assert await pruning == 9
     try:
         result = await stored
@@ -177,15 +177,7 @@ async def test_a_commit_after_a_shared_prune_sees_the_room_the_prune_made(full: 
     assert buf.stored_bytes == await held_bytes(buf) == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: the leader of the transaction running a commit that makes room is "
-    "cancelled; the lock goes, the prune that shared the transaction before it resumes and "
-    "subtracts its freed bytes while _insert_making_room runs; its bytes_delta (held - "
-    "self._bytes, read at start and end) counts them back: stored_bytes overstated for good, "
-    "every scan refused in an empty buffer",
-)
-async def test_the_buffer_size_stays_true_when_a_leader_is_cancelled_during_eviction(
+async def test_the_buffer_size_stays_true_when_a_caller_is_cancelled_during_eviction(
     full: Buffer,
 ) -> None:
     buf = full
@@ -195,8 +187,8 @@ async def test_the_buffer_size_stays_true_when_a_leader_is_cancelled_during_evic
     second = Blocker()
     asker = asyncio.create_task(buf._db.write(second, durable=False))
     await asyncio.sleep(0)
-    # Any write whose caller can be cancelled (the publisher's at a session's end, say): the
-    # next leader.
+    # Any write whose caller can be cancelled (the publisher's at a session's end, say); as of
+    # 6a6c4bb its caller ran the next transaction.
     status = asyncio.create_task(buf.set_device_status("a", "ok", "", "t"))
     await asyncio.sleep(0)
     pruning = await prune_everything(buf)
@@ -210,7 +202,7 @@ async def test_the_buffer_size_stays_true_when_a_leader_is_cancelled_during_evic
     second.release.set()
     await asker
     await until(rendering.is_set)
-    status.cancel()  # its caller runs the commit's transaction: cancelled there
+    status.cancel()  # cancelled while the commit that makes room runs
     assert await pruning == 9  # the prune's caller got the lock, and its bytes off
     gate.set()
     with contextlib.suppress(BufferFullError):  # refused here by the hole proven above

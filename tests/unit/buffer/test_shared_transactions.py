@@ -154,23 +154,49 @@ async def test_a_write_cancelled_before_its_transaction_is_not_run(db: BufferCon
     assert await rows(db) == ["first", "a", "c"]
 
 
-async def test_the_caller_running_a_shared_transaction_cancelled_leaves_the_others_theirs(
+async def test_a_caller_cancelled_while_its_shared_transaction_runs_leaves_the_others_theirs(
     db: BufferConnection,
 ) -> None:
-    """The write whose caller runs the transaction is cancelled while it is on the SQLite
-    thread: it commits anyway (as any write already there always did), and the writes that
-    share it still get their outcomes."""
+    """A write's caller is cancelled while its transaction is on the SQLite thread: the write
+    commits anyway (as any write already there always did), and the writes that share the
+    transaction still get their outcomes."""
     first = Blocker("first")
     holder = asyncio.create_task(db.write(first, durable=False))
     await first.until_running()
     second = Blocker("second")
-    leader, follower = await asked(db, (second, False), (insert("b"), True))
+    cancelled, other = await asked(db, (second, False), (insert("b"), True))
     first.release.set()
     await holder
     await second.until_running()
-    leader.cancel()
+    cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await leader
+        await cancelled
     second.release.set()
-    assert await asyncio.wait_for(follower, 5) == "b"
+    assert await asyncio.wait_for(other, 5) == "b"
     assert await rows(db) == ["first", "second", "b"]
+
+
+async def test_a_write_hears_its_outcome_when_its_transaction_ends_not_after_the_next(
+    db: BufferConnection,
+) -> None:
+    """A write that shared a transaction is told as soon as that transaction committed, while
+    the next one (asked meanwhile) still runs: a scan's stored feedback must not wait for
+    another fsync. (When whoever took the lock ran every write waiting, such a write's caller
+    first had to take the lock again, and then ran the next transaction itself.)"""
+    first = Blocker("first")
+    holder = asyncio.create_task(db.write(first, durable=False))
+    await first.until_running()
+    second = Blocker("second")
+    _, shared = await asked(db, (second, False), (insert("shared"), True))
+    first.release.set()
+    await holder
+    await second.until_running()  # [second, shared] on the SQLite thread
+    third = Blocker("third")
+    (next_one,) = await asked(db, (third, False))
+    second.release.set()
+    await third.until_running()  # the next transaction holds the thread
+    try:
+        assert await asyncio.wait_for(shared, 2) == "shared"
+    finally:
+        third.release.set()
+    assert await next_one == "third"

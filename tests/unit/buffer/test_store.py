@@ -13,6 +13,7 @@ import pytest
 from buffer.schema import BufferOpenError
 from buffer.stats import read_stats
 from buffer.store import Buffer, BufferFullError, NewEvent
+from tests.unit.buffer.holds import writer_busy
 
 
 def make_event(device: str, n: int, *, droppable: bool = False, size: int = 0) -> NewEvent:
@@ -184,7 +185,7 @@ async def test_stats_do_not_need_the_writer_lock_and_count_payload_from_memory(
     buffer lock, and the payload total they report must equal what the file holds."""
     for n in range(1, 6):
         await buf.append(make_event("a", n, size=100))
-    async with buf._db._lock:  # a commit or claim in progress
+    async with writer_busy(buf._db):  # a commit or claim in progress
         stats = await asyncio.wait_for(buf.stats(), 5)
     assert stats.by_state["pending"] == 5
     assert stats.payload_bytes == sum(len(r[-1]) for r in rows(buf.path))

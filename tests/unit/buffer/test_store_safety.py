@@ -21,6 +21,7 @@ import pytest
 
 from buffer.schema import BufferOpenError
 from buffer.store import Buffer, BufferClosedError, BufferFullError, NewEvent
+from tests.unit.buffer.holds import writer_busy
 
 
 def make_event(device: str, n: int, *, size: int = 0, event_id: str | None = None) -> NewEvent:
@@ -178,7 +179,7 @@ async def test_failed_commit_does_not_undo_a_prune_in_between(buf: Buffer) -> No
     await buf.append(make_event("a", 1, size=5000))
     await buf.mark_sent(await buf.claim(10))
     await buf.append(make_event("a", 2, event_id="dup"))  # pending: prune keeps it
-    async with buf._db._lock:
+    async with writer_busy(buf._db):
         prune = asyncio.ensure_future(buf.prune(-1))
         await asyncio.sleep(0.01)
         failing = asyncio.ensure_future(buf.append(make_event("a", 3, event_id="dup")))
@@ -349,7 +350,7 @@ async def test_a_replay_range_check_takes_no_buffer_lock(tmp_path: Path) -> None
         for n in range(20):
             await b.append(make_event("s", n))
         await b.mark_sent(await b.claim(20))
-        async with b._db._lock:  # a long write in progress
+        async with writer_busy(b._db):  # a long write in progress
             async with asyncio.timeout(2):
                 span = await b.check_replay("s", 1, 20)
             assert span.error is None and span.unsent == 0
