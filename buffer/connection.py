@@ -1,20 +1,21 @@
 """The buffer's one SQLite connection, and the single way to write through it.
 
-Every write is a plain function run on aiosqlite's thread under one lock, in a transaction
-that sets its own durability (``PRAGMA synchronous``), opens ``BEGIN IMMEDIATE``, runs, and
-commits, all in one round trip. Nothing decides the sync mode outside that function, so no
-other writer can change it between the decision and the commit (the bug this shape replaced: a
-cached mode, checked before the lock was taken, let an append commit without fsync after a
-non-durable write).
+Every write is a plain function run on aiosqlite's thread, one round trip at a time, in a
+transaction that sets its own durability (``PRAGMA synchronous``), opens ``BEGIN IMMEDIATE``,
+runs, and commits, all in that round trip. Nothing decides the sync mode outside it, so no other
+writer can change it between the decision and the commit (the bug this shape replaced: a cached
+mode, checked before a lock was taken, let an append commit without fsync after a non-durable
+write).
 
-Writes asked for while another runs share the next transaction, in the order they were asked
-for, each in a savepoint of its own (one that raises is rolled back alone and gets its
-exception), fsynced if any of them asked for it; every one learns its outcome only once that
-transaction committed. The appends' group commit, the publisher's claim and sent marks and the
-confirms' settle used to queue one transaction each behind the lock: at 500 scans/s with
-central confirming, ~720 transactions a second, which a scan's own commit waited behind.
+Round trips run from a queue of this object's own. Writes asked for while one runs share the
+next transaction, in the order asked, each in a savepoint of its own (one that raises is rolled
+back alone and gets its exception), fsynced if any of them asked for it; every one learns its
+outcome once that transaction committed, and its caller resumes before the next round trip
+reaches the SQLite thread. The appends' group commit, the publisher's claims and sent marks and
+the confirms' settles used to take a lock for a transaction each: at 500 scans/s with central
+confirming, ~720 transactions a second, which a scan's own commit waited behind.
 
-Reads that must see the writer's state (the replay queries) run under the same lock, alone, in
+Reads that must see the writer's state (the replay queries) run from the same queue, alone, in
 one round trip too. Statistics have a read-only connection of their own (buffer/stats.py).
 """
 
