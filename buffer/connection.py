@@ -130,6 +130,8 @@ def _hand_out(works: Sequence[_Work], done: asyncio.Future[list[tuple[bool, Any]
             continue
         if ok:
             work.outcome.set_result(value)
+        elif isinstance(value, StopIteration):  # a future refuses it (asyncio's rule)
+            work.outcome.set_exception(RuntimeError(f"write raised StopIteration: {value!r}"))
         else:
             work.outcome.set_exception(value)
 
@@ -141,8 +143,11 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
 class BufferConnection:
     """The writer's connection, and the queue that makes its round trips one at a time."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, *, read_only: bool = False) -> None:
         self._conn = conn
+        self._read_only = read_only
+        """Opened ``mode=ro``: no WAL checkpoint at close (it cannot succeed there, and waited
+        out the whole busy timeout while the daemon was writing: 5 s for a replay's exit)."""
         self._asked: list[_Work] = []
         """Round trips asked for and not yet started, in the order asked."""
         self._running: asyncio.Future[list[tuple[bool, Any]]] | None = None
@@ -226,14 +231,20 @@ class BufferConnection:
         self._running = running
 
     def _ended(self, works: list[_Work], done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-        _hand_out(works, done)
-        if done.cancelled():  # the event loop is shutting down: start nothing more
-            for work in self._asked:
-                work.outcome.cancel()
-            self._asked.clear()
-            self._running = None
-            return
-        self._start_next()
+        """Hand out the round trip's outcomes, then start the next, whatever the first did.
+
+        An exception escaping here would leave every later round trip waiting for good.
+        """
+        try:
+            _hand_out(works, done)
+        finally:
+            if done.cancelled():  # the event loop is shutting down: start nothing more
+                for work in self._asked:
+                    work.outcome.cancel()
+                self._asked.clear()
+                self._running = None
+            else:
+                self._start_next()
 
     async def close(self) -> None:
         """Checkpoint the WAL into the file (so a clean stop leaves one file) and close.
@@ -249,13 +260,14 @@ class BufferConnection:
                 # event loop already closed (a loop's teardown; the SQLite connection, bound to
                 # that thread, is closed when collected), or a close failed in SQLite and
                 # aiosqlite let the connection go anyway (in a finally) and stops its thread.
-                self._closed = True
+                self._closing = self._closed = True
                 return
             self._closing = True
-            checkpoint = _Work(_checkpoint, False, self._new_outcome(), alone=True)
-            self._ask(checkpoint, closing=True)
-            with contextlib.suppress(sqlite3.Error):
-                await checkpoint.outcome
+            if not self._read_only:
+                checkpoint = _Work(_checkpoint, False, self._new_outcome(), alone=True)
+                self._ask(checkpoint, closing=True)
+                with contextlib.suppress(sqlite3.Error):
+                    await checkpoint.outcome
             await self._conn.close()
             # Only now: a close cut short (cancelled in the checkpoint) is done by the next.
             self._closed = True

@@ -765,7 +765,8 @@ class Buffer:
             raise BufferClosedError("the buffer is closed")
         async with self._opening_reader:
             if self._replay_reader is None:
-                self._replay_reader = BufferConnection(await self._open_read_only())
+                raw = await self._open_read_only()
+                self._replay_reader = BufferConnection(raw, read_only=True)
         reader = self._replay_reader
         if reader is None or self._closing:
             raise BufferClosedError("the buffer is closed")

@@ -319,7 +319,7 @@ async def replay_messages(
 ) -> tuple[ReplayRange, _RowStream]:
     """For ``edge-gateway replay``: check the range in the file, then stream it, rate-limited."""
     raw = await aiosqlite.connect(read_only_uri(path), uri=True)
-    conn = BufferConnection(raw)
+    conn = BufferConnection(raw, read_only=True)
     try:
         await raw.execute("PRAGMA busy_timeout=5000")
         span = await conn.read(
