@@ -12,8 +12,8 @@ next transaction, in the order asked, each in a savepoint of its own (one that r
 back alone and gets its exception), fsynced if any of them asked for it; every one learns its
 outcome once that transaction committed, and its caller resumes before the next round trip
 reaches the SQLite thread. The appends' group commit, the publisher's claims and sent marks and
-the confirms' settles used to take a lock for a transaction each: at 500 scans/s with central
-confirming, ~720 transactions a second, which a scan's own commit waited behind.
+the confirms' settles used to take a lock for a transaction each, which a scan's own commit
+waited behind (docs/performance.md, issue 16's fourth round).
 
 Reads that must see the writer's state (the replay queries) run from the same queue, alone, in
 one round trip too. Statistics have a read-only connection of their own (buffer/stats.py).
