@@ -294,3 +294,20 @@ async def test_a_write_asked_while_close_waits_for_the_lock_fails_rather_than_ha
     with pytest.raises(ValueError, match="no active connection"):
         await asyncio.wait_for(late, 5)
     assert buf._db._asked == []
+
+
+async def test_the_eviction_path_decides_on_the_bytes_in_the_file_not_the_loops_figure(
+    full: Buffer,
+) -> None:
+    """The fix's second half, on its own: the loop's byte total lags behind a prune whose
+    caller has not resumed yet (stood for here by raising it by what a prune freed). The commit
+    then takes the path that makes room, which reads what the file holds in its own transaction:
+    nothing is evicted or refused that fits, and the lag is not made permanent."""
+    buf = full
+    await buf.prune(0, now=time.time() + 60)
+    assert buf.stored_bytes == 0
+    buf._bytes += 900  # a prune's freed bytes, not yet subtracted on the loop
+    stored = await buf.append(sized("a", 9, 200))
+    assert stored.seq == 10
+    assert buf.transitions["refused"] == 0
+    assert buf.stored_bytes - 900 == await held_bytes(buf) == 200
