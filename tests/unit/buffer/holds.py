@@ -11,22 +11,36 @@ from collections.abc import AsyncIterator
 from buffer.connection import BufferConnection
 
 
+class Blocker:
+    """A write that holds aiosqlite's thread until ``release`` is set (then commits).
+
+    Which writes share a transaction is then decided by a test, not by timing: everything
+    asked for while it runs waits behind it.
+    """
+
+    def __init__(self) -> None:
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.running.set()
+        assert self.release.wait(10), "never released"
+
+    async def until_running(self) -> None:
+        async with asyncio.timeout(5):
+            while not self.running.is_set():
+                await asyncio.sleep(0.001)
+
+
 @contextlib.asynccontextmanager
 async def writer_busy(db: BufferConnection) -> AsyncIterator[None]:
     """Until the block ends, a write holds the connection's SQLite thread (so every write and
     read asked for meanwhile waits behind it, as behind a long commit); it then commits."""
-    running, release = threading.Event(), threading.Event()
-
-    def long_write(_conn: sqlite3.Connection) -> None:
-        running.set()
-        assert release.wait(10), "never released"
-
-    write = asyncio.create_task(db.write(long_write, durable=False))
+    blocker = Blocker()
+    write = asyncio.create_task(db.write(blocker, durable=False))
     try:
-        async with asyncio.timeout(5):
-            while not running.is_set():
-                await asyncio.sleep(0.001)
+        await blocker.until_running()
         yield
     finally:
-        release.set()
+        blocker.release.set()
         await write

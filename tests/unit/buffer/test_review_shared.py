@@ -77,6 +77,7 @@ from pathlib import Path
 import pytest
 
 from buffer.store import Buffer, BufferFullError, NewEvent
+from tests.unit.buffer.holds import Blocker
 
 
 def sized(device: str, n: int, size: int) -> NewEvent:
@@ -99,21 +100,6 @@ def gated(
         return b"x" * size
 
     return NewEvent(f"{device}-{n}", device, "t", "t", False, render), rendering
-
-
-class Blocker:
-    """A write holding aiosqlite's thread until released."""
-
-    def __init__(self) -> None:
-        self.running = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, conn: sqlite3.Connection) -> None:
-        self.running.set()
-        assert self.release.wait(10), "never released"
-
-    async def until_running(self) -> None:
-        await until(self.running.is_set)
 
 
 async def until(check: Callable[[], bool]) -> None:

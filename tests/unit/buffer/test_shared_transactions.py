@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import aiosqlite
 import pytest
 
 from buffer.connection import BufferConnection
+from tests.unit.buffer import holds
 
 Write = Callable[[sqlite3.Connection], str]
 
@@ -40,26 +40,20 @@ def insert(name: str) -> Write:
     return run
 
 
-class Blocker:
-    """A write that holds aiosqlite's thread until released, tracing the statements after it."""
+class Blocker(holds.Blocker):
+    """A write that holds aiosqlite's thread until released, tracing the statements after it,
+    then inserts its name."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
-        self.running = threading.Event()
-        self.release = threading.Event()
         self.statements: list[str] = []
 
-    def __call__(self, conn: sqlite3.Connection) -> str:
+    def __call__(self, conn: sqlite3.Connection) -> str:  # type: ignore[override]
         conn.set_trace_callback(self.statements.append)
-        self.running.set()
-        assert self.release.wait(10), "never released"
+        super().__call__(conn)
         conn.execute("INSERT INTO t VALUES (?)", (self.name,))
         return self.name
-
-    async def until_running(self) -> None:
-        async with asyncio.timeout(5):
-            while not self.running.is_set():
-                await asyncio.sleep(0.001)
 
 
 async def asked(db: BufferConnection, *writes: tuple[Write, bool]) -> list[asyncio.Task[str]]:
