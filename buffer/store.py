@@ -231,19 +231,18 @@ class Buffer:
         self._opening_reader = asyncio.Lock()
         """Held while a read-only connection is opened at first use (one per kind, not two)."""
         """Read-only, for replay range checks (WAL: they never wait for the writer)."""
-        self._may_have_pending = True
-        """False only from a claim that found fewer pending rows than it asked for (so none was
-        left), until a write that can make one (a commit, a release, an unhold) is asked for:
-        a claim then answers "nothing" without a transaction. The pump asks at every PUBACK
-        that frees window space: 62 % of its claims found nothing at 500 events/s in
-        bench.latency, each a transaction on the writer's connection that the next scan's
-        commit waited behind."""
         self._pending_writes_asked = 0
-        """Writes that can make a pending row, counted as they are asked for (``_may_pend``).
-        The connection runs writes in the order they were asked for, so a claim may clear
-        ``_may_have_pending`` only if none was asked for after it: every earlier one ran before
-        its query and is in what it saw. Tasks resume in no promised order after a shared
-        transaction (buffer/connection.py), so "when it returned" would not do."""
+        """Writes that can make a pending row (a commit, a release, an unhold), counted as they
+        are asked for (``_may_pend``)."""
+        self._none_pending_as_of: int | None = None
+        """``_pending_writes_asked`` when a claim asked for its rows, if it found fewer than its
+        limit (so none was left). While the count is still that, no pending row can have come,
+        and a claim answers "nothing" without a transaction. The pump asks at every PUBACK that
+        frees window space: 62 % of its claims found nothing at 500 events/s in bench.latency,
+        each a transaction on the writer's connection that the next scan's commit waited behind.
+        The count at the claim's ask, not at its return: the connection runs writes in the order
+        asked, so every earlier one ran before its query, and callers of writes that shared a
+        transaction resume in no promised order (buffer/connection.py)."""
         self.committed = asyncio.Event()
         """Set after each commit that added events; the publisher waits on it when idle."""
         self.commits = 0
@@ -462,7 +461,6 @@ class Buffer:
 
     def _may_pend(self) -> None:
         """Just before asking for a write that can make a pending row (see ``claim``)."""
-        self._may_have_pending = True
         self._pending_writes_asked += 1
 
     def _rows(
@@ -555,9 +553,9 @@ class Buffer:
 
         With ``live_after`` (the last rowid of the backlog when a drain began), events committed
         after it come first, so live events are not held behind a long backlog. No transaction
-        when none can be pending (``_may_have_pending``).
+        when none can be pending (``_none_pending_as_of``).
         """
-        if limit <= 0 or not self._may_have_pending:
+        if limit <= 0 or self._none_pending_as_of == self._pending_writes_asked:
             return []
 
         def run(conn: sqlite3.Connection) -> list[OutgoingEvent]:
@@ -581,8 +579,8 @@ class Buffer:
 
         asked_before = self._pending_writes_asked
         claimed = await self._db.write(run, durable=False)
-        if len(claimed) < limit and self._pending_writes_asked == asked_before:
-            self._may_have_pending = False  # every pending row taken, and none can have come
+        if len(claimed) < limit:  # every pending row it could see is taken
+            self._none_pending_as_of = asked_before
         self.transitions["claimed"] += len(claimed)
         return claimed
 
