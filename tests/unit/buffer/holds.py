@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 from buffer.connection import BufferConnection
 
@@ -30,6 +31,12 @@ class Blocker:
         async with asyncio.timeout(5):
             while not self.running.is_set():
                 await asyncio.sleep(0.001)
+
+    async def hold(self, db: BufferConnection, *, durable: bool = False) -> asyncio.Task[Any]:
+        """Ask ``db`` for this write and return once it holds the SQLite thread (its task)."""
+        write = asyncio.create_task(db.write(self, durable=durable))
+        await self.until_running()
+        return write
 
 
 @contextlib.asynccontextmanager

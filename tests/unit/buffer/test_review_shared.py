@@ -141,8 +141,7 @@ async def prune_everything(buf: Buffer) -> asyncio.Task[int]:
 async def test_a_commit_after_a_shared_prune_sees_the_room_the_prune_made(full: Buffer) -> None:
     buf = full
     first = Blocker()
-    holder = asyncio.create_task(buf._db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(buf._db)
     second = Blocker()  # a sent mark, a settle: any write asked before the prune
     asker = asyncio.create_task(buf._db.write(second, durable=False))
     await asyncio.sleep(0)
@@ -168,8 +167,7 @@ async def test_the_buffer_size_stays_true_when_a_caller_is_cancelled_during_evic
 ) -> None:
     buf = full
     first = Blocker()
-    holder = asyncio.create_task(buf._db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(buf._db)
     second = Blocker()
     asker = asyncio.create_task(buf._db.write(second, durable=False))
     await asyncio.sleep(0)
@@ -211,8 +209,7 @@ async def test_a_claim_sharing_a_transaction_sqlite_ended_returns_nothing_it_cla
         raise sqlite3.OperationalError("database or disk is full")
 
     first = Blocker()
-    holder = asyncio.create_task(buf._db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(buf._db)
     stored = buf.append_nowait(sized("b", 0, 10))
     await until(lambda: len(buf._db._asked) == 1)
     claiming = asyncio.create_task(buf.claim(10))
@@ -247,8 +244,7 @@ async def test_a_release_asked_after_an_emptying_claim_in_its_transaction_is_cla
     assert [e.seq for e in taken] == [1]
     assert await buf.unhold() == 0  # nothing held, but the next claim has to look
     first = Blocker()
-    holder = asyncio.create_task(buf._db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(buf._db)
     claiming = asyncio.create_task(buf.claim(10))
     await asyncio.sleep(0)
     releasing = asyncio.create_task(buf.release(taken))
@@ -268,8 +264,7 @@ async def test_a_write_asked_while_close_waits_for_the_lock_fails_rather_than_ha
     ``_asked`` with nobody to run it."""
     buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=1_000)
     first = Blocker()
-    holder = asyncio.create_task(buf._db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(buf._db)
     closing = asyncio.create_task(buf.close())
     await asyncio.sleep(0.05)  # the writer stopped; close waits for the connection's lock
     late = asyncio.create_task(buf.set_device_status("a", "ok", "", "t"))

@@ -57,7 +57,7 @@ class Blocker(holds.Blocker):
 
 
 async def asked(db: BufferConnection, *writes: tuple[Write, bool]) -> list[asyncio.Task[str]]:
-    """Tasks asking for ``writes`` in order, each started up to its wait for the lock."""
+    """Tasks asking for ``writes`` in order, each run up to its wait for its outcome."""
     tasks = []
     for fn, durable in writes:
         tasks.append(asyncio.create_task(db.write(fn, durable=durable)))
@@ -79,8 +79,7 @@ async def test_writes_asked_meanwhile_share_one_transaction_in_order_fsynced_if_
     db: BufferConnection,
 ) -> None:
     first = Blocker("first")
-    holder = asyncio.create_task(db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(db)
     waiting = await asked(db, (insert("a"), False), (insert("b"), True), (insert("c"), False))
     first.release.set()
     assert await holder == "first"
@@ -97,8 +96,7 @@ async def test_a_write_that_raises_is_rolled_back_alone(db: BufferConnection) ->
         raise ValueError("this write only")
 
     first = Blocker("first")
-    holder = asyncio.create_task(db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(db)
     a, failing, c = await asked(db, (insert("a"), True), (fails, True), (insert("c"), True))
     first.release.set()
     await holder
@@ -121,8 +119,7 @@ async def test_a_transaction_sqlite_ended_fails_every_write_in_it_and_runs_none_
         raise sqlite3.OperationalError("database or disk is full")
 
     first = Blocker("first")
-    holder = asyncio.create_task(db.write(first, durable=True))
-    await first.until_running()
+    holder = await first.hold(db, durable=True)
     tasks = await asked(db, (insert("a"), True), (ends_it, True), (insert("c"), True))
     first.release.set()
     await holder
@@ -134,8 +131,7 @@ async def test_a_transaction_sqlite_ended_fails_every_write_in_it_and_runs_none_
 
 async def test_a_write_cancelled_before_its_transaction_is_not_run(db: BufferConnection) -> None:
     first = Blocker("first")
-    holder = asyncio.create_task(db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(db)
     a, cancelled, c = await asked(
         db, (insert("a"), False), (insert("cancelled"), False), (insert("c"), False)
     )
@@ -155,8 +151,7 @@ async def test_a_caller_cancelled_while_its_shared_transaction_runs_leaves_the_o
     commits anyway (as any write already there always did), and the writes that share the
     transaction still get their outcomes."""
     first = Blocker("first")
-    holder = asyncio.create_task(db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(db)
     second = Blocker("second")
     cancelled, other = await asked(db, (second, False), (insert("b"), True))
     first.release.set()
@@ -178,8 +173,7 @@ async def test_a_write_hears_its_outcome_when_its_transaction_ends_not_after_the
     another fsync. (When whoever took the lock ran every write waiting, such a write's caller
     first had to take the lock again, and then ran the next transaction itself.)"""
     first = Blocker("first")
-    holder = asyncio.create_task(db.write(first, durable=False))
-    await first.until_running()
+    holder = await first.hold(db)
     second = Blocker("second")
     _, shared = await asked(db, (second, False), (insert("shared"), True))
     first.release.set()
