@@ -4,7 +4,7 @@ thread, real asyncio (Python 3.11); which writes share a transaction is decided 
 write holds aiosqlite's thread until the others were asked for), not by timing.
 
 Proven (was xfail strict on b824bc6; fixed since, now a plain test, renamed
-``test_a_write_raising_stopiteration_in_a_shared_transaction_does_not_stop_the_queue``: its
+``test_a_write_raising_in_a_shared_transaction_does_not_stop_the_queue[stopiteration]``: its
 outcome is a RuntimeError, and ``_ended`` starts the next round trip whatever handing out did):
 
 - ``test_a_write_raising_stopiteration_in_a_shared_transaction_stops_the_queue``: a write that
@@ -84,7 +84,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -112,44 +114,35 @@ def _stops(_conn: sqlite3.Connection) -> None:
     raise StopIteration  # e.g. a bare next() on an exhausted iterator
 
 
-async def test_a_write_raising_stopiteration_in_a_shared_transaction_does_not_stop_the_queue(
-    tmp_path: Path,
+def _fails(_conn: sqlite3.Connection) -> None:
+    raise ValueError("this write only")
+
+
+@pytest.mark.parametrize(
+    ("failing_write", "told"),
+    [
+        # The proven case: a future refuses StopIteration, so its outcome is a RuntimeError.
+        (_stops, pytest.raises(RuntimeError, match="StopIteration")),
+        (_fails, pytest.raises(ValueError, match="this write only")),
+    ],
+    ids=["stopiteration", "ordinary-exception"],
+)
+async def test_a_write_raising_in_a_shared_transaction_does_not_stop_the_queue(
+    tmp_path: Path, failing_write: Callable[[sqlite3.Connection], None], told: Any
 ) -> None:
+    """The write after the failing one in its transaction commits and is told so, the failing
+    one gets its error, and the queue goes on to the next transaction."""
     db = await _conn(tmp_path / "buffer.db")
     try:
         async with writer_busy(db):
-            failing = asyncio.ensure_future(db.write(_stops, durable=False))
-            after = asyncio.ensure_future(db.write(_insert(1), durable=True))
-            await asyncio.sleep(0)
-        # The shared transaction ran; the write after the failing one committed.
-        async with asyncio.timeout(3):
-            assert await after == 1
-        later = asyncio.ensure_future(db.write(_insert(2), durable=True))
-        async with asyncio.timeout(3):
-            assert await later == 2
-        with pytest.raises(RuntimeError, match="StopIteration"):
-            await failing
-    finally:
-        await db.close()
-
-
-async def test_an_ordinary_exception_in_a_shared_transaction_keeps_the_queue_going(
-    tmp_path: Path,
-) -> None:
-    def fails(_conn: sqlite3.Connection) -> None:
-        raise ValueError("this write only")
-
-    db = await _conn(tmp_path / "buffer.db")
-    try:
-        async with writer_busy(db):
-            failing = asyncio.ensure_future(db.write(fails, durable=False))
+            failing = asyncio.ensure_future(db.write(failing_write, durable=False))
             after = asyncio.ensure_future(db.write(_insert(1), durable=True))
             await asyncio.sleep(0)
         async with asyncio.timeout(3):
             assert await after == 1
-            with pytest.raises(ValueError, match="this write only"):
-                await failing
             assert await db.write(_insert(2), durable=True) == 2
+            with told:
+                await failing
             rows = await db.read(lambda c: c.execute("SELECT v FROM t ORDER BY v").fetchall())
         assert rows == [(1,), (2,)]
     finally:
