@@ -97,10 +97,8 @@ async def test_a_release_that_failed_is_done_before_the_next_session(
                 TOPICS,
                 client_id="gw-release-owed",
                 on_delivered=lambda b: delivered.extend(e.id for e in b),
-                connect=False,  # waited for below
                 stop_within=30,
             ) as pub:
-                await wait_until(pub.connected.is_set, timeout=10)
                 proxy.blackhole()  # the PUBACKs of what comes now never arrive
                 for n in range(3):
                     await buf.append(event("dock-1", n))
@@ -242,10 +240,8 @@ async def test_no_session_starts_while_the_release_of_the_last_one_keeps_failing
                     TOPICS,
                     client_id="gw-release-first",
                     on_delivered=lambda b: delivered.extend(e.id for e in b),
-                    connect=False,  # waited for below
                     stop_within=30,
-                ) as pub:
-                    await wait_until(pub.connected.is_set, timeout=10)
+                ):
                     proxy.blackhole()  # their PUBACKs never come
                     for n in range(3):
                         await buf.append(event("dock-1", n))
