@@ -82,6 +82,9 @@ class NewEvent:
     type: str
     droppable: bool
     render: Callable[[int], bytes]
+    key: bytes | str | None = None
+    """``id`` as stored (:func:`~buffer.event_ids.id_key`), when the caller has it at hand
+    (the pipeline: a UUID's bytes); None: packed from ``id`` in the commit."""
 
 
 _Row = tuple[bytes | str, str, int, int, float, bytes, int]
@@ -486,7 +489,7 @@ class Buffer:
             last_seq[ev.device] = seq
             rows.append(
                 (
-                    id_key(ev.id),
+                    id_key(ev.id) if ev.key is None else ev.key,
                     ev.device,
                     seq,
                     int(ev.droppable),
@@ -532,7 +535,8 @@ class Buffer:
                 done.counts.update(room.counts)
             held += len(payload)
             last_seq[ev.device] = seq
-            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload, rowid))
+            key = id_key(ev.id) if ev.key is None else ev.key
+            rows.append((key, ev.device, seq, int(ev.droppable), now, payload, rowid))
             done.results.append(_stored(ev, rows[-1]))
         _insert_rows(conn, rows, last_seq)
         done.last_seq = {row[1]: last_seq[row[1]] for row in rows}

@@ -25,7 +25,7 @@ from buffer.store import (
 )
 from drivers.base import DeviceConfig, DeviceEvent, EmitFn, StoredEvent
 from gateway.confirmations import Confirmations
-from gateway.events import render_event, rfc3339_now, source_for, uuid7
+from gateway.events import SourceRenderer, new_id, rfc3339_now, source_for
 from gateway.feedback_policy import FeedbackPolicy
 
 log = structlog.get_logger(__name__)
@@ -58,25 +58,17 @@ class Pipeline:
         One emitter per driver instance: its policy becomes the device's live one, so events
         an earlier (stopped) instance still commits are never left waiting for their level.
         """
-        source = source_for(self._site, self._gateway_id, device.id)
+        device_id = device.id
+        renderer = SourceRenderer(source_for(self._site, self._gateway_id, device_id))
         policy = policy or FeedbackPolicy.for_device(device)
         self._confirmations.driver_started(policy)
 
         async def emit(event: DeviceEvent) -> StoredEvent | None:
             captured = time.monotonic()
-            event_id, stamp = uuid7(), rfc3339_now()
-
-            def render(seq: int) -> bytes:
-                return render_event(
-                    event_id=event_id,
-                    source=source,
-                    type_=event.type,
-                    time_=stamp,
-                    seq=seq,
-                    data=event.data,
-                )
-
-            new = NewEvent(event_id, device.id, stamp, event.type, event.droppable, render)
+            event_id, key = new_id()
+            stamp = rfc3339_now()
+            render = renderer.render_for(event_id, event.type, stamp, event.data)
+            new = NewEvent(event_id, device_id, stamp, event.type, event.droppable, render, key)
             # A driver cancelled here (reload, stop) must not leave an event the buffer commits
             # anyway without its feedback decision. The commit's future refuses cancellation
             # (buffer.store.CommitFuture): the CancelledError comes once the commit returned,
@@ -97,7 +89,7 @@ class Pipeline:
                 self._refused(policy, event, exc)
                 return None
             self._confirmations.stored(policy, stored, captured)
-            self.stored[device.id, event.type] += 1
+            self.stored[device_id, event.type] += 1
             return stored
 
         return emit
