@@ -82,6 +82,9 @@ class NewEvent:
     type: str
     droppable: bool
     render: Callable[[int], bytes]
+    key: bytes | str | None = None
+    """``id`` as stored (:func:`~buffer.event_ids.id_key`), when the caller has it at hand
+    (the pipeline: a UUID's bytes); None: packed from ``id`` in the commit."""
 
 
 _Row = tuple[bytes | str, str, int, int, float, bytes, int]
@@ -179,10 +182,8 @@ class CommitFuture(asyncio.Future[StoredEvent]):
         return False
 
 
-@dataclass(slots=True)
-class _Append:
-    event: NewEvent
-    future: CommitFuture
+_Append = tuple[NewEvent, CommitFuture]
+"""A queued append: the event and the future its commit settles (a tuple: one per event)."""
 
 
 @dataclass(slots=True)
@@ -213,7 +214,11 @@ class Buffer:
         """Devices at the ``accepted`` level: their sent, unconfirmed events outlive retention."""
         self._db = db
         self._batch_max = batch_max
-        self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
+        self._queue: collections.deque[_Append | None] = collections.deque()
+        """Appends waiting for the writer, then the ``None`` :meth:`close` queues to stop it."""
+        self._wake: asyncio.Future[None] | None = None
+        """Set while the writer waits for something queued; the next append settles it. A
+        deque and one future per wait, not an ``asyncio.Queue``'s two calls per event."""
         self._last_seq: dict[str, int] = {}
         self._bytes = 0
         self._next_rowid = 1
@@ -336,29 +341,41 @@ class Buffer:
         """
         if self._closing:
             raise BufferClosedError("buffer closed")
-        if not self.healthy:
+        writer = self._writer
+        if writer is None or writer.done():  # not ``healthy``: a property call per event
             raise RuntimeError("buffer writer is not running")
         future = CommitFuture(loop=asyncio.get_running_loop())
-        self._queue.put_nowait(_Append(event, future))
+        self._queue.append((event, future))
+        if self._wake is not None:
+            self._wake_writer()
         return future
+
+    def _wake_writer(self) -> None:
+        """Something was queued: wake the writer if it waits (else it finds it when it looks)."""
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():  # done: cancelled with the writer
+            wake.set_result(None)
 
     async def _write_loop(self) -> None:
         """Commit queued appends in groups until :meth:`close` queues its ``None``."""
         batch: list[_Append] = []
+        queue = self._queue
         try:
             while True:
-                first = await self._queue.get()
-                if first is None:
-                    return
-                batch = [first]
+                if not queue:
+                    self._wake = asyncio.get_running_loop().create_future()
+                    await self._wake
+                    continue
+                batch = []
                 stop = False
-                while len(batch) < self._batch_max and not self._queue.empty():
-                    item = self._queue.get_nowait()
+                while queue and len(batch) < self._batch_max:
+                    item = queue.popleft()
                     if item is None:
                         stop = True
                         break
                     batch.append(item)
-                await self._commit(batch)
+                if batch:
+                    await self._commit(batch)
                 if stop:
                     return
         except BaseException:
@@ -376,18 +393,18 @@ class Buffer:
         transaction: closed, not stored.
         """
         unknown = RuntimeError("buffer writer stopped during this event's commit: outcome unknown")
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(unknown)
+        for _event, future in batch:
+            if not future.done():
+                future.set_exception(unknown)
         self._refuse_queued()
 
     def _refuse_queued(self) -> None:
         """Refuse what is still queued: it never reached a transaction, and no writer will."""
-        while not self._queue.empty():
-            queued = self._queue.get_nowait()
-            if queued is not None and not queued.future.done():
+        while self._queue:
+            queued = self._queue.popleft()
+            if queued is not None and not queued[1].done():
                 self.transitions["refused"] += 1
-                queued.future.set_exception(BufferClosedError("buffer writer stopped"))
+                queued[1].set_exception(BufferClosedError("buffer writer stopped"))
 
     async def _commit(self, batch: list[_Append]) -> None:
         """One transaction for ``batch``; memory (seqs, bytes) changes only once it committed."""
@@ -407,15 +424,15 @@ class Buffer:
         # yet; checked all the same, and such an event would count, and wake the publisher,
         # like any other: it is committed or refused whatever became of its future.
         stored = 0
-        for item, result in zip(batch, results, strict=True):
+        for (_event, future), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 self.transitions["refused"] += 1
-                if not item.future.done():
-                    item.future.set_exception(result)
+                if not future.done():
+                    future.set_exception(result)
             else:
                 stored += 1
-                if not item.future.done():
-                    item.future.set_result(result)
+                if not future.done():
+                    future.set_result(result)
         if stored:
             self.transitions["stored"] += stored
             self.committed.set()
@@ -431,13 +448,17 @@ class Buffer:
         if self._bytes + size <= self.max_bytes:
             await self._db.write(partial(_insert_rows, rows=rows, last_seq=last_seq), durable=True)
             self._last_seq, self._bytes = last_seq, self._bytes + size
-            stored_rows = iter(rows)
-            results = [
-                unrenderable[index]
-                if index in unrenderable
-                else _stored(item.event, next(stored_rows))
-                for index, item in enumerate(batch)
-            ]
+            if unrenderable:
+                stored_rows = iter(rows)
+                results = [
+                    unrenderable[index] if index in unrenderable else _stored(ev, next(stored_rows))
+                    for index, (ev, _future) in enumerate(batch)
+                ]
+            else:  # the usual case: a row for every event, in order
+                results = [
+                    StoredEvent(ev.id, row[1], row[2], ev.time, ev.type)
+                    for (ev, _future), row in zip(batch, rows, strict=True)
+                ]
         else:
             done = await self._db.write(
                 partial(self._insert_making_room, batch, now, first_rowid), durable=True
@@ -447,8 +468,8 @@ class Buffer:
             self._count_evictions(done.counts)
             results = done.results
             refused = sum(
-                isinstance(r, BufferFullError) and not item.event.droppable
-                for r, item in zip(results, batch, strict=True)
+                isinstance(r, BufferFullError) and not ev.droppable
+                for r, (ev, _future) in zip(results, batch, strict=True)
             )
             if refused:
                 log.error(
@@ -475,8 +496,7 @@ class Buffer:
         last_seq = dict(self._last_seq)
         rows: list[_Row] = []
         unrenderable: dict[int, Exception] = {}
-        for index, item in enumerate(batch):
-            ev = item.event
+        for index, (ev, _future) in enumerate(batch):
             seq = last_seq.get(ev.device, 0) + 1
             try:
                 payload = ev.render(seq)
@@ -486,7 +506,7 @@ class Buffer:
             last_seq[ev.device] = seq
             rows.append(
                 (
-                    id_key(ev.id),
+                    id_key(ev.id) if ev.key is None else ev.key,
                     ev.device,
                     seq,
                     int(ev.droppable),
@@ -514,8 +534,7 @@ class Buffer:
         last_seq = dict(self._last_seq)
         held = held_at_start = _held_bytes(conn)
         rows: list[_Row] = []
-        for rowid, item in enumerate(batch, first_rowid):
-            ev = item.event
+        for rowid, (ev, _future) in enumerate(batch, first_rowid):
             seq = last_seq.get(ev.device, 0) + 1
             try:
                 payload = ev.render(seq)
@@ -532,7 +551,8 @@ class Buffer:
                 done.counts.update(room.counts)
             held += len(payload)
             last_seq[ev.device] = seq
-            rows.append((id_key(ev.id), ev.device, seq, int(ev.droppable), now, payload, rowid))
+            key = id_key(ev.id) if ev.key is None else ev.key
+            rows.append((key, ev.device, seq, int(ev.droppable), now, payload, rowid))
             done.results.append(_stored(ev, rows[-1]))
         _insert_rows(conn, rows, last_seq)
         done.last_seq = {row[1]: last_seq[row[1]] for row in rows}
@@ -882,7 +902,8 @@ class Buffer:
         """
         self._closing = True
         if self._writer is not None and not self._writer.done():
-            self._queue.put_nowait(None)
+            self._queue.append(None)
+            self._wake_writer()
             await asyncio.gather(self._writer, return_exceptions=True)
         self._refuse_queued()
         if self._reader is not None:

@@ -30,7 +30,7 @@ import structlog
 
 from drivers.base import Outcome, StoredEvent
 from gateway.commands import echo
-from gateway.feedback_policy import FeedbackPolicy, Stage
+from gateway.feedback_policy import NOT_HEARD, FeedbackPolicy, Stage
 
 log = structlog.get_logger(__name__)
 
@@ -98,10 +98,10 @@ class Confirmations:
         if self._live.get(policy.device, policy) is not policy:
             self.stored_while_stopping(policy, event, captured)
             return
-        outcome = policy.outcome(event.type, Stage.STORED)
+        outcome, waits = policy.at_stored.get(event.type, NOT_HEARD)
         if outcome is not None:
             self._give(policy.device, outcome, captured)
-        elif policy.waits(event.type):
+        elif waits:
             loop = asyncio.get_running_loop()
             timer = loop.call_later(policy.timeout, self._timed_out, event.id)
             self._waiting[event.id] = _Waiter(policy, event.type, captured, timer)
@@ -217,7 +217,8 @@ class Confirmations:
         self._timeout_bursts[device] = burst
 
     def _give(self, device: str, outcome: Outcome, captured: float | None) -> None:
-        self.outcomes[outcome.value] += 1
+        # ``_value_``: ``value`` is a descriptor written in Python (enum.property) in 3.11.
+        self.outcomes[outcome._value_] += 1
         if captured is not None:
             self.latencies.append(time.monotonic() - captured)
             self.latencies_total += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -59,6 +59,10 @@ again, or see why), pending when the level cannot be reported in time (it is sto
 scan again)."""
 
 
+NOT_HEARD: tuple[Outcome | None, bool] = (None, False)
+"""``FeedbackPolicy.at_stored`` for a type the policy does not list: no feedback, no wait."""
+
+
 @dataclass(frozen=True, slots=True)
 class FeedbackPolicy:
     """One device's answer to "does this event get feedback, and which"."""
@@ -67,7 +71,17 @@ class FeedbackPolicy:
     level: ConfirmLevel
     timeout: float
     kinds: Mapping[str, EventFeedback]
-    """Event type -> its kind; types not listed get no feedback."""
+    """Event type -> its kind; types not listed get no feedback. Not changed once made."""
+    at_stored: Mapping[str, tuple[Outcome | None, bool]] = field(
+        init=False, repr=False, compare=False
+    )
+    """Event type -> (:meth:`outcome` at ``Stored``, :meth:`waits`), made once: the pipeline
+    asks for every event it stores (two calls, an enum lookup and a set test each time).
+    Types not listed: ``NOT_HEARD``."""
+
+    def __post_init__(self) -> None:
+        answers = {t: (self.outcome(t, Stage.STORED), self.waits(t)) for t in self.kinds}
+        object.__setattr__(self, "at_stored", answers)  # frozen: set once, here
 
     @classmethod
     def for_device(

@@ -58,6 +58,26 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await buffer.close()
 
 
+async def test_stored_counts_by_device_and_type_across_a_devices_emitters(rig: Rig) -> None:
+    """``Pipeline.stored`` (the metrics' figure): stored events only, by (device, type), a
+    device's later emitter (a reload's new driver) counting on from its earlier one; a snapshot
+    that later events do not change."""
+    first = rig.emit("dock-1", "barcode-serial")
+    assert rig.pipeline.stored == {}
+    for code in "AB":
+        assert await first(DeviceEvent(SCAN, {"code": code})) is not None
+    conveyor = rig.emit("conveyor", "modbus")
+    assert await conveyor(DeviceEvent(READING, {"points": {"i": 1}}, droppable=True)) is not None
+    snapshot = rig.pipeline.stored
+    second = rig.emit("dock-1", "barcode-serial")
+    assert await second(DeviceEvent(SCAN, {"code": "C"})) is not None
+    rig.buffer.max_bytes = 1  # refused: not counted
+    assert await second(DeviceEvent(SCAN, {"code": "D"})) is None
+    assert snapshot == {("dock-1", SCAN): 2, ("conveyor", READING): 1}
+    assert rig.pipeline.stored == {("dock-1", SCAN): 3, ("conveyor", READING): 1}
+    assert rig.pipeline.stored["dock-1", ALARM] == 0, "a Counter: unseen keys are 0"
+
+
 async def test_refusals_at_the_cap_follow_each_kind(rig: Rig) -> None:
     """Buffer full: a scan, an arrival and an alarm are refused with bad feedback; a reading
     and a departure are refused without any (the stack light is not a telemetry monitor)."""

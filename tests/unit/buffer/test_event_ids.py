@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from buffer import schema
 from buffer.event_ids import id_key, id_text
 from buffer.schema import SCHEMA_VERSION
-from buffer.store import Buffer
-from gateway.events import uuid7
+from buffer.store import Buffer, NewEvent
+from gateway.events import new_id, uuid7
 from tests.support import make_v1_buffer
 
 
@@ -82,3 +82,26 @@ async def test_v1_buffer_is_migrated_in_place_keeping_ids_order_and_states(
     assert [id_text(i) for (i,) in stored] == ids
     assert all(isinstance(i, bytes) for (i,) in stored[:-1])
     assert after == [(r, d, s, p) for r, d, s, _, _, p in before]
+
+
+async def test_an_id_handed_in_packed_is_stored_as_given_and_read_back_as_its_text(
+    tmp_path: Path,
+) -> None:
+    """``NewEvent.key`` (the pipeline's ids) stores the bytes as they are; without it the commit
+    packs the text itself: both rows read back, claimed, as the text given."""
+    buf = await Buffer.open(tmp_path / "b.db", max_bytes=10**8)
+    try:
+        given_text, given_key = new_id()
+        packed_here = uuid7()
+        for event_id, key in ((given_text, given_key), (packed_here, None)):
+            await buf.append_nowait(
+                NewEvent(event_id, "d", "t", "x", False, lambda seq: b"{}", key)
+            )
+        claimed = await buf.claim(10)
+        assert [e.id for e in claimed] == [given_text, packed_here]
+    finally:
+        await buf.close()
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        stored = [row[0] for row in conn.execute("SELECT id FROM events ORDER BY rowid")]
+    assert stored == [given_key, id_key(packed_here)]
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in stored)

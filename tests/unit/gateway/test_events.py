@@ -9,10 +9,21 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.events import mark_historical, render_event, rfc3339_now, source_for, uuid7
+from buffer.event_ids import id_key, id_text
+from gateway import events
+from gateway.events import (
+    SourceRenderer,
+    mark_historical,
+    new_id,
+    render_event,
+    rfc3339_now,
+    source_for,
+    uuid7,
+)
 
 
 def test_uuid7_is_a_valid_version_7_uuid_and_time_ordered() -> None:
@@ -185,3 +196,88 @@ def test_capture_time_is_the_clock_to_the_microsecond() -> None:
         parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert before <= parsed <= after
         time.sleep(0.6)  # cross at least one second boundary over the loop
+
+
+def test_new_id_gives_the_text_and_the_bytes_the_buffer_stores() -> None:
+    """The bytes handed to the buffer are exactly what packing the text would store."""
+    for _ in range(2000):
+        text, packed = new_id()
+        assert uuid.UUID(text).version == 7
+        assert id_key(text) == packed
+        assert id_text(packed) == text
+
+
+@pytest.mark.parametrize(
+    "micros",
+    [
+        -1_500_000,
+        -1,
+        0,
+        1,
+        999_999,
+        1_000_000,
+        1_764_583_200_000_007,
+        1_764_583_200_999_999,
+        1_764_583_201_000_000,
+        1_764_583_201_012_345,
+    ],
+)
+def test_capture_time_formats_any_clock_reading_as_datetime_does(
+    micros: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leading zeros of the microseconds kept, the second changing exactly at its boundary."""
+    expected = datetime.fromtimestamp(micros // 10**6, UTC).replace(microsecond=micros % 10**6)
+    for before in (micros - 1, micros, micros + 1_000_000, micros):  # the cache in every state
+        monkeypatch.setattr(events.time, "time_ns", lambda at=before: at * 1000 + 999)
+        rfc3339_now()
+        monkeypatch.setattr(events.time, "time_ns", lambda: micros * 1000 + 999)
+        assert rfc3339_now() == expected.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@settings(max_examples=300)
+@given(
+    source=st.text(),
+    types=st.lists(st.text(), min_size=1, max_size=4),
+    seq=st.integers(min_value=1, max_value=2**63 - 1),
+    data=st.dictionaries(
+        st.text() | st.integers(),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner),
+            max_leaves=8,
+        ),
+    ),
+)
+def test_source_renderer_gives_the_bytes_render_event_gives(
+    source: str, types: list[str], seq: int, data: dict[Any, Any]
+) -> None:
+    """Byte for byte, for the pipeline's ids and times and any source, type and data.
+
+    Types include lone surrogates (no JSON form: left to render_event, which raises), data
+    what orjson refuses (keys that are not strings, integers beyond 64 bits) and NaNs.
+    """
+    renderer = SourceRenderer(source)
+    for type_ in types * 2:  # each type once uncached, once cached
+        event_id, stamp = new_id()[0], rfc3339_now()
+        render = renderer.render_for(event_id, type_, stamp, data)
+        try:
+            expected = render_event(
+                event_id=event_id, source=source, type_=type_, time_=stamp, seq=seq, data=data
+            )
+        except (TypeError, ValueError) as exc:
+            with pytest.raises(type(exc)):
+                render(seq)
+        else:
+            assert render(seq) == expected
+
+
+def test_source_renderer_keeps_a_bounded_number_of_types() -> None:
+    """A driver inventing types cannot grow the cache: the rest are rendered the same, uncached."""
+    renderer = SourceRenderer("/s/g/d")
+    for n in range(SourceRenderer.MAX_TYPES + 10):
+        type_ = f"t{n}"
+        payload = renderer.render_for("i", type_, "x", {"n": n})(n + 1)
+        assert payload == render_event(
+            event_id="i", source="/s/g/d", type_=type_, time_="x", seq=n + 1, data={"n": n}
+        )
+    assert len(renderer._middles) == SourceRenderer.MAX_TYPES

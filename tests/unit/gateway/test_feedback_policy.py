@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drivers.base import DeviceConfig, Outcome
-from gateway.feedback_policy import FeedbackPolicy, Stage
+from gateway.feedback_policy import NOT_HEARD, FeedbackPolicy, Stage
 
 SCAN = "warehouse.barcode.scanned.v1"
 ARRIVED = "warehouse.rfid.tag.arrived.v1"
@@ -76,3 +76,15 @@ def test_table_documents_every_stage() -> None:
             ("stored", "delivered", "accepted", "rejected", "refused", "timeout", "stopped")
         ),
     }
+
+
+@pytest.mark.parametrize("driver", ["barcode-serial", "barcode-hid", "rfid-llrp", "modbus"])
+@pytest.mark.parametrize("level", ["stored", "delivered", "accepted"])
+def test_the_answers_made_once_for_stored_are_outcome_and_waits(driver: str, level: str) -> None:
+    """``at_stored`` (what the pipeline reads per event) agrees with the two questions it
+    replaces, for every listed type; an unlisted type is neither heard nor waited for."""
+    p = policy(driver, level)
+    assert p.at_stored.keys() == p.kinds.keys()
+    for type_ in [*p.kinds, "warehouse.unknown.v1"]:
+        assert p.at_stored.get(type_, NOT_HEARD) == (p.outcome(type_, Stage.STORED), p.waits(type_))
+    assert p.at_stored.get("warehouse.unknown.v1", NOT_HEARD) == (None, False)
