@@ -213,7 +213,10 @@ class Buffer:
         self.keep_unconfirmed = keep_unconfirmed
         """Devices at the ``accepted`` level: their sent, unconfirmed events outlive retention."""
         self._db = db
-        self._batch_max = batch_max
+        self._batch_max = max(1, batch_max)
+        """Events per group commit at most; at least one, or the writer would take none and
+        spin without awaiting (the loop hung at 100 % CPU with 0, which once meant groups of
+        one)."""
         self._queue: collections.deque[_Append | None] = collections.deque()
         """Appends waiting for the writer, then the ``None`` :meth:`close` queues to stop it."""
         self._wake: asyncio.Future[None] | None = None

@@ -123,13 +123,6 @@ _BATCH_MAX_ZERO = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="round 5: with batch_max=0 the writer pops nothing, commits nothing and loops "
-    "without ever awaiting (the event loop hangs at 100 % CPU); asyncio.Queue's loop took the "
-    "first item before its batch_max test, so groups of one. Not reachable from the config "
-    "(buffer.batch_max ge=1); Buffer.open does not check it.",
-)
 def test_batch_max_zero_still_commits_each_event(tmp_path: Path) -> None:
     """Buffer.open takes ``batch_max`` unchecked; before this round a 0 meant groups of one.
     In a child process: a spinning event loop cannot be timed out from inside."""
