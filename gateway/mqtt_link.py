@@ -110,6 +110,24 @@ async def _first(*aws: Awaitable[Any]) -> None:
             task.cancel()
 
 
+class _Lost(asyncio.Event):
+    """The event :attr:`MqttLink.lost`, never cleared, with its state in a plain attribute.
+
+    :attr:`fired` is read on the hot path (each send, each PUBACK) without a call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fired = False
+
+    def set(self) -> None:
+        self.fired = True
+        super().set()
+
+    def clear(self) -> None:
+        raise RuntimeError("a lost link stays lost")
+
+
 class LinkError(ConnectionError):
     """The broker could not be reached, refused us, or the connection went down."""
 
@@ -171,7 +189,11 @@ class _PacketIds:
     def in_use(self) -> int:
         return len(self.publishing) + len(self.others)
 
-    def _take(self) -> int:
+    def take_publish(self) -> int:
+        """A free id for one of our PUBLISHes; OverflowError if none is free.
+
+        :meth:`_free`'s lines again, not a call to it: this runs once per event.
+        """
         publishing, others, top = self.publishing, self.others, self._max
         if len(publishing) + len(others) >= top - 1:
             raise OverflowError("every MQTT packet id is in use")
@@ -179,18 +201,24 @@ class _PacketIds:
         while mid >= top or mid in publishing or mid in others:
             mid = 1 if mid >= top else mid + 1
         self._last = mid
-        return mid
-
-    def take_publish(self) -> int:
-        """A free id for one of our PUBLISHes; OverflowError if none is free."""
-        mid = self._take()
-        self.publishing.add(mid)
+        publishing.add(mid)
         return mid
 
     def next_id(self) -> int:
         """An id for a packet gmqtt builds (its ``IdGenerator.next_id``)."""
-        mid = self._take()
+        mid = self._free()
         self.others.add(mid)
+        return mid
+
+    def _free(self) -> int:
+        """The next free id after the last one given, which it becomes."""
+        publishing, others, top = self.publishing, self.others, self._max
+        if len(publishing) + len(others) >= top - 1:
+            raise OverflowError("every MQTT packet id is in use")
+        mid = self._last + 1
+        while mid >= top or mid in publishing or mid in others:
+            mid = 1 if mid >= top else mid + 1
+        self._last = mid
         return mid
 
     def free_id(self, mid: int) -> None:
@@ -397,7 +425,7 @@ class MqttLink:
         self._client.on_disconnect = self._disconnected
         if mqtt.username:
             self._client.set_auth_credentials(mqtt.username, mqtt.password())
-        self.lost = asyncio.Event()
+        self.lost = _Lost()
         """Set once the connection is gone; this link is then finished and reports no more acks."""
 
     async def connect(self) -> None:
@@ -515,7 +543,7 @@ class MqttLink:
             self._next_free = None  # the next arm_ids_freed makes a new one
             if not freed.done():
                 freed.set_result(None)
-        if self.lost.is_set():
+        if self.lost.fired:
             # gmqtt's read loop may still parse PUBACKs buffered before the connection died,
             # after we have moved on. The next link numbers its messages from 1 again, so a
             # late ack would mark the wrong event sent (found by the broker-restart chaos
@@ -542,8 +570,10 @@ class MqttLink:
         parts are gathered and written at once: one system call (and one copy) per claim
         instead of one per event.
         """
-        wire = self._wire
-        if wire is None or self.lost.is_set() or wire.transport.is_closing():
+        wire, corked = self._wire, self._corked
+        # The transport is asked once per batch: until the batch ends nothing is written to
+        # it, and its loss reaches us only between two turns of the loop.
+        if wire is None or self.lost.fired or (not corked and wire.transport.is_closing()):
             self.lost.set()
             raise LinkError("not connected")
         head = wire.topics.get(topic) or wire.topic_head(topic)
@@ -565,7 +595,6 @@ class MqttLink:
         if fixed is None:
             fixed = wire.fixed_header(size, retain=retain and self.retain)
         parts = (fixed, head, (mid << wire.mid_shift).to_bytes(wire.mid_width, "big"), payload)
-        corked = self._corked
         if corked is not None:
             corked += parts
         else:
