@@ -190,10 +190,7 @@ class _PacketIds:
         return len(self.publishing) + len(self.others)
 
     def take_publish(self) -> int:
-        """A free id for one of our PUBLISHes; OverflowError if none is free.
-
-        :meth:`_free`'s lines again, not a call to it: this runs once per event.
-        """
+        """A free id for one of our PUBLISHes; OverflowError if none is free."""
         publishing, others, top = self.publishing, self.others, self._max
         if len(publishing) + len(others) >= top - 1:
             raise OverflowError("every MQTT packet id is in use")
@@ -205,20 +202,10 @@ class _PacketIds:
         return mid
 
     def next_id(self) -> int:
-        """An id for a packet gmqtt builds (its ``IdGenerator.next_id``)."""
-        mid = self._free()
+        """An id for a packet gmqtt builds (its ``IdGenerator.next_id``), filed as gmqtt's."""
+        mid = self.take_publish()
+        self.publishing.remove(mid)
         self.others.add(mid)
-        return mid
-
-    def _free(self) -> int:
-        """The next free id after the last one given, which it becomes."""
-        publishing, others, top = self.publishing, self.others, self._max
-        if len(publishing) + len(others) >= top - 1:
-            raise OverflowError("every MQTT packet id is in use")
-        mid = self._last + 1
-        while mid >= top or mid in publishing or mid in others:
-            mid = 1 if mid >= top else mid + 1
-        self._last = mid
         return mid
 
     def free_id(self, mid: int) -> None:
