@@ -8,9 +8,10 @@ writes on the event loop with no thread.
 
 What this module adds to gmqtt, and why:
 
-- **A PUBACK per message.** gmqtt frees an acknowledged message from its ``persistent_storage``
-  (a constructor argument) by mid; :class:`_AckStore` is that storage, and turns the removal into
-  ``on_ack(mid)``. :meth:`MqttLink.send` learns the mid the same way, when gmqtt stores it.
+- **A PUBACK per message.** The link writes PUBLISH and reads PUBACK itself, so it numbers its
+  messages itself (:class:`_PacketIds`, which gmqtt also draws its SUBSCRIBE ids from) and
+  turns each PUBACK into ``on_ack(mid)`` (or ``on_refused``): gmqtt's persistent storage stays
+  empty, as it may, since gmqtt never resends here (below).
 - **No reconnects of its own.** The buffer is the truth, not the client's queue: when the link
   drops, the publisher releases everything unacknowledged to pending and a *new* link sends it
   again. So gmqtt's own reconnect (which would replay its in-memory queue) is switched off and
@@ -42,14 +43,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import struct
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import gmqtt
 import structlog
 from gmqtt.mqtt.constants import MQTTv50
-from gmqtt.storage import PersistentStorage
 
 from gateway.mqtt_packets import MAX_PACKET_SIZE
 from gateway.settings import MqttSection, secret_source
@@ -111,6 +110,24 @@ async def _first(*aws: Awaitable[Any]) -> None:
             task.cancel()
 
 
+class _Lost(asyncio.Event):
+    """The event :attr:`MqttLink.lost`, never cleared, with its state in a plain attribute.
+
+    :attr:`fired` is read on the hot path (each send, each PUBACK) without a call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fired = False
+
+    def set(self) -> None:
+        self.fired = True
+        super().set()
+
+    def clear(self) -> None:
+        raise RuntimeError("a lost link stays lost")
+
+
 class LinkError(ConnectionError):
     """The broker could not be reached, refused us, or the connection went down."""
 
@@ -143,23 +160,57 @@ REFUSED = 0x80
 not look at them, so :class:`MqttLink` reads them itself: such a PUBACK is no delivery."""
 
 
-class _AckStore(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's in-flight store, reporting each stored mid and each acknowledged one."""
+class _PacketIds:
+    """The link's packet ids: ours for PUBLISH, and gmqtt's ``IdGenerator`` for the rest.
 
-    def __init__(self, on_ack: AckFn) -> None:
-        super().__init__()
-        self.on_ack = on_ack
-        self.last_mid = 0
+    Installed as the client's ``id_generator`` (gmqtt hands it to every connection's protocol),
+    so SUBSCRIBE and UNSUBSCRIBE draw from the same ids as our PUBLISHes and none is in use
+    twice (MQTT 5, 2.2.1). gmqtt's generator logged at debug level twice per message and kept
+    the in-flight PUBLISHes in its persistent storage a second time; the link builds PUBLISH and
+    reads PUBACK itself, so it keeps them here, once: :attr:`publishing`.
 
-    def push_message(self, mid: int, raw_package: bytes) -> None:
-        self.last_mid = mid
-        super().push_message(mid, raw_package)
+    Ids are handed out as gmqtt does: counting up, wrapping below ``_max`` (the broker's
+    Receive Maximum, which gmqtt sets at CONNACK), skipping ids in use, at most ``_max - 1`` in
+    use at once; so a freed id is reused as late as possible (a stray PUBACK for it is
+    then ignored, not taken for the next message's).
+    """
 
-    def remove_message_by_mid(self, mid: int) -> None:
-        known = mid in self._messages
-        super().remove_message_by_mid(mid)
-        if known:
-            self.on_ack(mid)
+    __slots__ = ("_last", "_max", "others", "publishing")
+
+    def __init__(self, maximum: int) -> None:
+        self._max = maximum
+        """gmqtt's name: its handler sets it from the CONNACK's Receive Maximum."""
+        self._last = 0
+        self.publishing: set[int] = set()
+        """Ids of our PUBLISHes awaiting their PUBACK."""
+        self.others: set[int] = set()
+        """Ids gmqtt took (SUBSCRIBE, UNSUBSCRIBE) and frees itself."""
+
+    def in_use(self) -> int:
+        return len(self.publishing) + len(self.others)
+
+    def take_publish(self) -> int:
+        """A free id for one of our PUBLISHes; OverflowError if none is free."""
+        publishing, others, top = self.publishing, self.others, self._max
+        if len(publishing) + len(others) >= top - 1:
+            raise OverflowError("every MQTT packet id is in use")
+        mid = self._last + 1
+        while mid >= top or mid in publishing or mid in others:
+            mid = 1 if mid >= top else mid + 1
+        self._last = mid
+        publishing.add(mid)
+        return mid
+
+    def next_id(self) -> int:
+        """An id for a packet gmqtt builds (its ``IdGenerator.next_id``), filed as gmqtt's."""
+        mid = self.take_publish()
+        self.publishing.remove(mid)
+        self.others.add(mid)
+        return mid
+
+    def free_id(self, mid: int) -> None:
+        """Free the id of a packet gmqtt built (``IdGenerator.free_id``, at SUBACK, UNSUBACK)."""
+        self.others.discard(mid)
 
 
 def _id_limit(client: gmqtt.Client) -> int:
@@ -185,36 +236,65 @@ class _Wire:
     """What a connected gmqtt client writes PUBLISH packets with, and what it knows per session.
 
     The packet is the one gmqtt's ``PublishPacket.build_package`` builds for a QoS 1 message
-    with no properties (tests/unit/gateway/test_mqtt_wire.py compares them byte for byte); the
-    packet id comes from gmqtt's own generator, which its PUBACK handler frees.
+    with no properties (tests/unit/gateway/test_mqtt_wire.py compares them byte for byte), in
+    four parts: the fixed header, the topic (length-prefixed), the packet id with the empty
+    property list, the payload. The parts that repeat are made once: a topic's part per topic,
+    a fixed header per Remaining Length.
     """
 
     __slots__ = (
         "id_limit",
         "ids",
         "max_packet_size",
+        "mid_shift",
+        "mid_width",
         "packet_limit",
-        "properties",
+        "plain",
         "protocol",
+        "retained",
         "topics",
+        "transport",
     )
 
-    def __init__(self, protocol: Any, id_limit: int, max_packet_size: int | None) -> None:  # noqa: ANN401
+    def __init__(
+        self,
+        protocol: Any,  # noqa: ANN401
+        ids: _PacketIds,
+        id_limit: int,
+        max_packet_size: int | None,
+        transport: Any = None,  # noqa: ANN401
+    ) -> None:
         self.protocol = protocol
-        self.ids = protocol.id_generator
-        self.properties = b"\x00" if protocol.proto_ver == MQTTv50 else b""
-        """An empty property list (MQTT 5 only)."""
+        self.transport = transport
+        """The connection's transport: :meth:`MqttLink.send` refuses to write once it closes."""
+        self.ids = ids
+        v5 = protocol.proto_ver == MQTTv50
+        self.mid_width, self.mid_shift = (3, 8) if v5 else (2, 0)
+        """The packet id's bytes, and in MQTT 5 an empty property list after it: ``mid << 8``
+        written in three bytes gives both."""
         self.id_limit = id_limit
         self.max_packet_size = max_packet_size
         self.packet_limit = min(max_packet_size or LARGEST_PACKET, LARGEST_PACKET)
         """The largest PUBLISH we may write: the broker's Maximum Packet Size, or MQTT's own."""
         self.topics: dict[str, bytes] = {}
         """Topic -> its length-prefixed UTF-8 form, the part of a PUBLISH that repeats."""
+        self.plain: dict[int, bytes] = {}
+        self.retained: dict[int, bytes] = {}
+        """Remaining Length -> the fixed header (a not retained, a retained QoS 1 PUBLISH)."""
 
     @classmethod
-    def of(cls, client: gmqtt.Client) -> _Wire:
-        protocol = client._connection._protocol  # noqa: SLF001
-        return cls(protocol, _id_limit(client), _max_packet_size(client))
+    def of(cls, client: gmqtt.Client, ids: _PacketIds) -> _Wire:
+        connection = client._connection  # noqa: SLF001
+        protocol = connection._protocol  # noqa: SLF001
+        if protocol.id_generator is not ids:  # gmqtt must number its packets from ours
+            raise LinkError("gmqtt's protocol does not use the link's packet ids")
+        return cls(
+            protocol,
+            ids,
+            _id_limit(client),
+            _max_packet_size(client),
+            connection._transport,  # noqa: SLF001
+        )
 
     def topic_head(self, topic: str) -> bytes:
         encoded = topic.encode("utf-8", errors="replace")  # as gmqtt's Message does
@@ -223,18 +303,17 @@ class _Wire:
             self.topics[topic] = head
         return head
 
-    def publish(self, mid: int, head: bytes, payload: bytes, *, retain: bool) -> bytes:
-        remaining = len(head) + 2 + len(self.properties) + len(payload)
-        return b"".join(
-            (
-                _PUBLISH_QOS1_RETAIN if retain else _PUBLISH_QOS1,
-                _remaining_length(remaining),
-                head,
-                mid.to_bytes(2, "big"),
-                self.properties,
-                payload,
+    def fixed_header(self, remaining: int, *, retain: bool) -> bytes:
+        """A QoS 1 PUBLISH's fixed header for this Remaining Length (kept for the next one)."""
+        known = self.retained if retain else self.plain
+        header = known.get(remaining)
+        if header is None:
+            header = (_PUBLISH_QOS1_RETAIN if retain else _PUBLISH_QOS1) + _remaining_length(
+                remaining
             )
-        )
+            if len(known) < 10_000:  # a length per payload size: bounded all the same
+                known[remaining] = header
+        return header
 
 
 _PUBLISH_QOS1 = b"\x32"
@@ -296,7 +375,6 @@ class MqttLink:
         self._on_message = on_message
         self._waiters: dict[int, asyncio.Future[int | None]] = {}
         self._subacks: dict[int, asyncio.Future[None]] = {}
-        self._store = _AckStore(self._acked)
         self._next_free: asyncio.Future[None] | None = None
         """Resolved (and replaced at the next :meth:`arm_ids_freed`) when a PUBACK frees an id."""
         self._released: asyncio.Future[None] | None = None
@@ -315,7 +393,6 @@ class MqttLink:
             clean_session=clean_session,
             optimistic_acknowledgement=False,
             will_message=will_message,
-            persistent_storage=self._store,
             receive_maximum=RECEIVE_MAXIMUM,
             maximum_packet_size=MAX_PACKET_SIZE,
             session_expiry_interval=0 if clean_session else SESSION_EXPIRY_S,
@@ -324,17 +401,18 @@ class MqttLink:
         """The connection's writing side, known once connected (:meth:`connect`)."""
         self._corked: list[bytes] | None = None
         """Packets gathered by :meth:`batch`, written when it ends."""
-        self._refusals: dict[int, int] = {}
-        """mid -> reason code of a PUBACK that refused the message (>= REFUSED)."""
         self._on_refused = on_refused
-        self._read_puback_reasons()
+        handler = self._client._package_handler  # noqa: SLF001
+        self._ids = _PacketIds(handler.id_generator._max)  # noqa: SLF001
+        handler.id_generator = self._ids  # before connect: each protocol takes the handler's
+        handler._handle_puback_packet = self._puback  # noqa: SLF001
         self._client.reconnect_retries = _NO_RECONNECT
         self._client.on_message = self._received
         self._client.on_subscribe = self._subscribed
         self._client.on_disconnect = self._disconnected
         if mqtt.username:
             self._client.set_auth_credentials(mqtt.username, mqtt.password())
-        self.lost = asyncio.Event()
+        self.lost = _Lost()
         """Set once the connection is gone; this link is then finished and reports no more acks."""
 
     async def connect(self) -> None:
@@ -373,7 +451,7 @@ class MqttLink:
         available = self._client._package_handler._connack_properties.get("retain_available")  # noqa: SLF001
         if available and not available[0]:
             self.retain = False
-        self._wire = _Wire.of(self._client)
+        self._wire = _Wire.of(self._client, self._ids)
 
     def _id_limit(self) -> int:
         """Packet ids gmqtt can hand out at once: the broker's Receive Maximum - 1."""
@@ -390,7 +468,7 @@ class MqttLink:
 
     def free_ids(self) -> int:
         """Packet ids gmqtt can still hand out now (each publish awaiting its PUBACK holds one)."""
-        return self._id_limit() - len(self._store._messages)  # noqa: SLF001
+        return self._id_limit() - self._ids.in_use()
 
     def arm_ids_freed(self) -> asyncio.Future[None]:
         """The future the next freed packet id resolves, for :meth:`ids_freed`.
@@ -432,65 +510,82 @@ class MqttLink:
             return self._wire.max_packet_size
         return _max_packet_size(self._client)
 
-    def _read_puback_reasons(self) -> None:
-        """Handle PUBACKs ourselves: note each one's reason code, then free the message.
+    def _puback(self, _cmd: int, packet: bytes) -> None:
+        """One PUBACK: free its packet id, then report it (gmqtt's handler, replaced).
 
-        What gmqtt 0.8's ``_handle_puback_packet`` does (free the packet id, remove the message
-        from the persistent storage, which reports the mid to :class:`_AckStore`), without its
-        three debug log calls and two indirections per PUBACK; and it reads the reason code,
-        which gmqtt ignores: a code of 0x80 or more is a refusal, which :meth:`_acked` reports
-        as one.
+        gmqtt 0.8's ``_handle_puback_packet`` freed the id and removed the message from its
+        persistent storage, with debug log calls and indirections per PUBACK; the link keeps
+        its in-flight ids itself (:class:`_PacketIds`) and handles the PUBACK in this one
+        call. It also reads the reason code, which gmqtt ignores: 0x80 or more is a refusal,
+        reported as one. Only for a message in flight: a stray PUBACK (a misbehaving broker)
+        is ignored, so it cannot ack or refuse the next message that gets the same id.
         """
-        handler = self._client._package_handler  # noqa: SLF001
-        ids = handler.id_generator
-        store = self._store
-        unpack = struct.Struct("!H").unpack_from
-
-        def puback(_cmd: int, packet: bytes) -> None:
-            (mid,) = unpack(packet)
-            # Only for a message in flight: a stray PUBACK (a misbehaving broker) must not
-            # taint the next message that gets the same id.
-            if len(packet) > 2 and packet[2] >= REFUSED and mid in store._messages:  # noqa: SLF001
-                self._refusals[mid] = packet[2]
-            ids.free_id(mid)
-            store.remove_message_by_mid(mid)
-
-        handler._handle_puback_packet = puback  # noqa: SLF001
+        mid = packet[0] << 8 | packet[1]
+        try:
+            self._ids.publishing.remove(mid)
+        except KeyError:
+            return
+        freed = self._next_free
+        if freed is not None:
+            self._next_free = None  # the next arm_ids_freed makes a new one
+            if not freed.done():
+                freed.set_result(None)
+        if self.lost.fired:
+            # gmqtt's read loop may still parse PUBACKs buffered before the connection died,
+            # after we have moved on. The next link numbers its messages from 1 again, so a
+            # late ack would mark the wrong event sent (found by the broker-restart chaos
+            # test). A finished link reports nothing: its unacknowledged events are resent.
+            return
+        refused = packet[2] if len(packet) > 2 and packet[2] >= REFUSED else None
+        waiter = self._waiters.pop(mid, None) if self._waiters else None
+        if waiter is not None:
+            if refused is not None:
+                log_refusal(refused)
+            if not waiter.done():
+                waiter.set_result(refused)
+        elif refused is not None and self._on_refused is not None:
+            self._on_refused(mid, refused)
+        elif self._on_ack is not None:
+            self._on_ack(mid)
 
     def send(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
         """Write one QoS 1 PUBLISH and return its mid; its PUBACK comes to ``on_ack``.
 
         Builds the packet itself (:class:`_Wire`) rather than through ``gmqtt.Client.publish``,
         which made a ``Message``, parsed empty properties and logged at debug level for each:
-        about half the CPU of a publish. Between :meth:`batch`'s start and end the packets are
-        gathered and written at once: one system call per claim instead of one per event.
+        about half the CPU of a publish. Between :meth:`batch`'s start and end the packets'
+        parts are gathered and written at once: one system call (and one copy) per claim
+        instead of one per event.
         """
-        wire = self._wire
-        if wire is None or self.lost.is_set() or not self._client.is_connected:
+        wire, corked = self._wire, self._corked
+        # The transport is asked once per batch: until the batch ends nothing is written to
+        # it, and its loss reaches us only between two turns of the loop.
+        if wire is None or self.lost.fired or (not corked and wire.transport.is_closing()):
             self.lost.set()
             raise LinkError("not connected")
-        head = wire.topics.get(topic)
-        if head is None:
-            head = wire.topic_head(topic)
-        limit = wire.packet_limit
+        head = wire.topics.get(topic) or wire.topic_head(topic)
         # Fixed header (<= 5), topic (2 + its bytes), packet id (2), properties (>= 1): an upper
         # bound of the PUBLISH written (we set no properties).
-        if 8 + len(head) + len(payload) > limit:
+        size = len(head) + len(payload)
+        if size + 8 > wire.packet_limit:
             raise PacketTooLargeError(
                 f"{len(payload)} bytes on {topic[:120]} exceed the broker's maximum packet"
-                f" size of {limit} bytes"
+                f" size of {wire.packet_limit} bytes"
             )
         try:
-            mid: int = wire.ids.next_id()
+            mid = wire.ids.take_publish()
         except OverflowError as exc:  # every packet id in use: the broker stopped acking
             self.lost.set()
             raise LinkError("no free MQTT packet id") from exc
-        packet = wire.publish(mid, head, payload, retain=retain and self.retain)
-        self._store.push_message(mid, packet)
-        if self._corked is not None:
-            self._corked.append(packet)
+        size += wire.mid_width
+        fixed = None if retain else wire.plain.get(size)
+        if fixed is None:
+            fixed = wire.fixed_header(size, retain=retain and self.retain)
+        parts = (fixed, head, (mid << wire.mid_shift).to_bytes(wire.mid_width, "big"), payload)
+        if corked is not None:
+            corked += parts
         else:
-            wire.protocol.write_data(packet)
+            wire.protocol.write_data(b"".join(parts))
         return mid
 
     @contextlib.contextmanager
@@ -609,27 +704,6 @@ class MqttLink:
         return True
 
     # --- gmqtt callbacks ---------------------------------------------------------------------
-
-    def _acked(self, mid: int) -> None:
-        if self._next_free is not None and not self._next_free.done():
-            self._next_free.set_result(None)
-        if self.lost.is_set():
-            # gmqtt's read loop may still parse PUBACKs buffered before the connection died,
-            # after we have moved on. The next link numbers its messages from 1 again, so a
-            # late ack would mark the wrong event sent (found by the broker-restart chaos
-            # test). A finished link reports nothing: its unacknowledged events are resent.
-            return
-        refused = self._refusals.pop(mid, None)
-        waiter = self._waiters.pop(mid, None)
-        if waiter is not None:
-            if refused is not None:
-                log_refusal(refused)
-            if not waiter.done():
-                waiter.set_result(refused)
-        elif refused is not None and self._on_refused is not None:
-            self._on_refused(mid, refused)
-        elif self._on_ack is not None:
-            self._on_ack(mid)
 
     def _subscribed(self, _client: Any, mid: int, _qos: Any, _properties: Any) -> None:  # noqa: ANN401
         waiter = self._subacks.pop(int(mid), None)

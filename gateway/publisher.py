@@ -116,6 +116,7 @@ class Publisher:
         self._link: MqttLink | None = None
         self._device_status: dict[str, dict[str, Any]] = {}
         self._in_flight: dict[int, tuple[OutgoingEvent, float]] = {}
+        self._event_topics: dict[str, str] = {}  # device -> its events topic (_event_topic)
         """mid -> (event, monotonic time written), oldest first."""
         self._acked: list[OutgoingEvent] = []
         self._delivering: list[OutgoingEvent] = []
@@ -453,10 +454,11 @@ class Publisher:
         in_flight = self._in_flight
         if not in_flight:
             self._window_opened.set()
-        topic = self._topics.events
+        topics = self._event_topics
+        free = link.free_ids()  # each send below takes one; nothing else runs meanwhile
         with link.batch():  # one write for the whole claim
             for index, event in enumerate(batch):
-                if link.free_ids() <= 0:
+                if free <= 0:
                     # A status or checkpoint took the last id meanwhile (a broker window of 2
                     # has one): keep the rest, claimed, for when an id frees up.
                     self._unsent = batch[index:]
@@ -466,22 +468,34 @@ class Publisher:
                     payload = mark_historical(payload)
                 elif not event.backlog and self.draining:
                     overtaken = True
+                topic = topics.get(event.device) or self._event_topic(event.device)
                 try:
-                    mid = link.send(topic(event.device), payload)
-                except PacketTooLargeError:
+                    mid = link.send(topic, payload)
+                except PacketTooLargeError:  # not sent: it took no packet id
                     self._refused.append((event, PACKET_TOO_LARGE))
                     self._acks_ready.set()
                     continue
+                free -= 1
                 in_flight[mid] = (event, now)
         return overtaken
 
+    def _event_topic(self, device: str) -> str:
+        """A device's events topic, kept: one string per device, not one per event."""
+        topic = self._topics.events(device)
+        if len(self._event_topics) < 10_000:  # a topic per device: bounded all the same
+            self._event_topics[device] = topic
+        return topic
+
     def _on_ack(self, mid: int) -> None:
-        """PUBACK for an event (called by the link, on the event loop)."""
+        """PUBACK for an event (called by the link, on the event loop).
+
+        The wake-ups (the ack writer's, the pump's) are given once per turn, by :meth:`_deliver`:
+        what they look at (``_acked``, ``_in_flight``) is already changed here, so a waiter that
+        checks in between sees it, and one that waits is woken then.
+        """
         entry = self._in_flight.pop(mid, None)
         if entry is not None:
             self._acked.append(entry[0])
-            self._acks_ready.set()
-            self._slot_freed.set()
             if not self._delivering:
                 asyncio.get_running_loop().call_soon(self._deliver)
             self._delivering.append(entry[0])
@@ -497,6 +511,8 @@ class Publisher:
         of the loop, so they are told together.
         """
         delivered, self._delivering = self._delivering, []
+        self._acks_ready.set()  # for the sent mark
+        self._slot_freed.set()  # for the pump: window space
         self._on_delivered(delivered)
 
     def _take_unsent(self) -> list[OutgoingEvent]:
@@ -578,8 +594,9 @@ class Publisher:
         if self.draining:  # the last of a backlog: the pump sees the drain end now
             self._slot_freed.set()
         now = time.time()
-        self.publish_latencies.extend(now - e.created for e in batch if e.created)
-        self.publish_latencies_total += sum(1 for e in batch if e.created)
+        latencies = [now - e.created for e in batch if e.created]
+        self.publish_latencies.extend(latencies)
+        self.publish_latencies_total += len(latencies)
         if len(self.publish_latencies) > 10_000:
             del self.publish_latencies[:5_000]
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import aiosqlite
 import gmqtt
 from gmqtt.mqtt.protocol import MQTTProtocol
-from gmqtt.storage import PersistentStorage
 
 from buffer.connection import BufferConnection
-from gateway.mqtt_link import _AckStore
+from gateway.mqtt_link import MqttLink
 from gateway.mqtt_packets import bounded_read_packet
+from gateway.settings import MqttSection
 
 
 async def test_aiosqlite_runs_a_function_on_its_thread_with_the_raw_connection(
@@ -48,23 +48,33 @@ async def test_aiosqlite_runs_a_function_on_its_thread_with_the_raw_connection(
         await raw.close()
 
 
-def test_gmqtt_storage_hook_sees_every_stored_and_acknowledged_mid() -> None:
-    """gateway/mqtt_link.py: gmqtt calls ``persistent_storage.push_message(mid, raw)`` for each
-    QoS 1 publish it writes and ``remove_message_by_mid(mid)`` on its PUBACK, keeping the
-    messages in ``_messages``; the client takes the store as ``persistent_storage``."""
-    acked: list[int] = []
-    store = _AckStore(acked.append)
-    assert isinstance(store._messages, dict), "gmqtt PersistentStorage._messages changed"
-    store.push_message(7, b"raw")
-    assert store.last_mid == 7
-    store.remove_message_by_mid(7)
-    store.remove_message_by_mid(7)  # a second PUBACK for a freed mid is not a second ack
-    assert acked == [7]
-    client = gmqtt.Client("contract", persistent_storage=store)
-    assert client._persistent_storage is store, "gmqtt.Client(persistent_storage=) changed"
-    assert issubclass(_AckStore, PersistentStorage)
-    for name in ("push_message", "remove_message_by_mid"):
-        assert name in vars(PersistentStorage), f"gmqtt PersistentStorage.{name} is gone"
+def test_gmqtt_numbers_its_packets_from_the_generator_the_link_installs() -> None:
+    """gateway/mqtt_link.py puts its own packet ids (``_PacketIds``) in the handler's
+    ``id_generator`` before connecting and its own PUBACK handler in ``_handle_puback_packet``:
+    gmqtt's SUBSCRIBE and UNSUBSCRIBE builders take ids from the protocol's generator with
+    ``next_id()``, its SUBACK and UNSUBACK handlers free them with ``free_id``, CONNACK sets
+    its ``_max`` (the broker's Receive Maximum), and the handler finds its PUBACK handler by
+    name when the first PUBACK comes. gmqtt's persistent storage is only written by
+    ``Client.publish``, which the link does not call: it stays empty, so gmqtt has nothing
+    to replay."""
+    from gmqtt.mqtt.handler import MqttPackageHandler  # noqa: PLC0415
+    from gmqtt.mqtt.package import SubscribePacket, UnsubscribePacket  # noqa: PLC0415
+
+    for builder in (SubscribePacket, UnsubscribePacket):
+        assert "protocol.id_generator.next_id()" in inspect.getsource(builder.build_package)
+    for handle in ("_handle_suback_packet", "_handle_unsuback_packet"):
+        source = inspect.getsource(getattr(MqttPackageHandler, handle))
+        assert "self.id_generator.free_id(mid)" in source, f"gmqtt's {handle} changed"
+    assert "self.id_generator._max = " in inspect.getsource(
+        MqttPackageHandler._apply_receive_maximum
+    ), "gmqtt no longer applies the broker's Receive Maximum to its id generator"
+    assert "getattr(" in inspect.getsource(MqttPackageHandler.__get_handler__)
+    assert "push_message" in inspect.getsource(gmqtt.Client.publish)
+    link = MqttLink(MqttSection(host="127.0.0.1", port=1), "contract")
+    handler = link._client._package_handler
+    assert handler.id_generator is link._ids
+    assert handler._handle_puback_packet == link._puback
+    assert link._client._persistent_storage.is_empty
 
 
 def test_gmqtt_parses_packets_in_a_method_we_bound() -> None:
@@ -76,8 +86,8 @@ def test_gmqtt_parses_packets_in_a_method_we_bound() -> None:
 
 def test_gmqtt_publish_and_puback_parts_the_link_uses_directly() -> None:
     """gateway/mqtt_link.py builds PUBLISHes itself (``_Wire``) and handles PUBACKs itself: it
-    takes packet ids from the protocol's ``id_generator`` (the handler's, which frees them),
-    writes with ``protocol.write_data`` (which notes the time for keepalive), reads the
+    gives the protocol its packet ids through the handler's ``id_generator`` (with gmqtt's
+    ``next_id``/``free_id``), writes with ``protocol.write_data`` (which notes the time for keepalive), reads the
     protocol version from ``proto_ver``, and replaces ``_handle_puback_packet``, which in gmqtt
     does no more than free the id and remove the message from the persistent storage."""
     from gmqtt.mqtt.connection import MQTTConnection  # noqa: PLC0415
