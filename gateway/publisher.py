@@ -116,8 +116,9 @@ class Publisher:
         self._link: MqttLink | None = None
         self._device_status: dict[str, dict[str, Any]] = {}
         self._in_flight: dict[int, tuple[OutgoingEvent, float]] = {}
-        self._event_topics: dict[str, str] = {}  # device -> its events topic (_event_topic)
         """mid -> (event, monotonic time written), oldest first."""
+        # device -> its events topic, made once (_event_topic)
+        self._event_topics: dict[str, str] = {}
         self._acked: list[OutgoingEvent] = []
         self._delivering: list[OutgoingEvent] = []
         """PUBACKed events whose delivered feedback is due at the loop's next turn."""
