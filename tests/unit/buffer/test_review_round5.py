@@ -11,15 +11,14 @@ cancelled while idle refuses what was queued after its wake-up was cancelled or 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from buffer.store import Buffer, BufferClosedError
+from tests.support import run_python
 from tests.unit.buffer.test_append_nowait import WriteHold, file_rows, make_event, seq_after_reopen
 
 
@@ -103,16 +102,14 @@ async def test_close_right_behind_full_groups_commits_them_all_and_no_empty_one(
     assert [seq for _i, _d, seq in file_rows(b.path)] == list(range(1, appends + 1))
 
 
-REPO = Path(__file__).resolve().parents[3]
-
 _BATCH_MAX_ZERO = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio
     from pathlib import Path
     from buffer.store import Buffer, NewEvent
 
     async def main():
-        b = await Buffer.open(Path(sys.argv[1]), max_bytes=10**8, batch_max=0)
+        b = await Buffer.open(Path(DB), max_bytes=10**8, batch_max=0)
         event = NewEvent("i", "a", "t", "x", False, lambda seq: b"{}")
         stored = await asyncio.wait_for(b.append_nowait(event), 5)
         await b.close()
@@ -126,18 +123,9 @@ _BATCH_MAX_ZERO = textwrap.dedent(
 def test_batch_max_zero_still_commits_each_event(tmp_path: Path) -> None:
     """Buffer.open takes ``batch_max`` unchecked; before this round a 0 meant groups of one.
     In a child process: a spinning event loop cannot be timed out from inside."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _BATCH_MAX_ZERO, str(tmp_path / "b.db")],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    code = _BATCH_MAX_ZERO.replace("DB", repr(str(tmp_path / "b.db")))
     try:
-        out, _ = proc.communicate(timeout=15)
+        done = run_python(code, timeout=15)  # killed at the timeout
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
         pytest.fail("the event loop hung: nothing committed within 15 s")
-    assert proc.returncode == 0 and "stored 1" in out
+    assert done.returncode == 0 and "stored 1" in done.stdout, done.stderr[-2000:]
