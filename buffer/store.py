@@ -458,10 +458,7 @@ class Buffer:
                     for index, (ev, _future) in enumerate(batch)
                 ]
             else:  # the usual case: a row for every event, in order
-                results = [
-                    StoredEvent(ev.id, row[1], row[2], ev.time, ev.type)
-                    for (ev, _future), row in zip(batch, rows, strict=True)
-                ]
+                results = [_stored(ev, row) for (ev, _future), row in zip(batch, rows, strict=True)]
         else:
             done = await self._db.write(
                 partial(self._insert_making_room, batch, now, first_rowid), durable=True
