@@ -95,10 +95,7 @@ def render_event(
     (an integer beyond 64 bits, a key that is not a string, a mapping that is not a dict) goes
     through ``json`` as before, with its NaNs and infinities as ``null`` too (:func:`_finite`).
     """
-    try:
-        body = _dumps(data)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        body = _encode(_finite(data)).encode()
+    body = data_json(data)
     return _ENVELOPE % (
         _dumps(event_id),
         _dumps(source),
@@ -107,6 +104,18 @@ def render_event(
         int(seq),
         body,
     )
+
+
+def data_json(data: Mapping[str, Any]) -> bytes:
+    """An event's ``data`` as JSON, the same bytes for every renderer.
+
+    orjson's, or for what orjson refuses, ``json``'s with NaNs and infinities as null
+    (:func:`_finite`).
+    """
+    try:
+        return _dumps(data)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _encode(_finite(data)).encode()
 
 
 def _finite(value: Any) -> Any:  # noqa: ANN401
@@ -156,10 +165,7 @@ class SourceRenderer:
                 return self._slow(event_id, type_, time_, data)
 
         def render(seq: int) -> bytes:
-            try:
-                body = _dumps(data)
-            except TypeError:  # orjson.JSONEncodeError is a TypeError
-                body = _encode(_finite(data)).encode()
+            body = data_json(data)
             return (
                 (
                     f'{{"specversion":"{SPECVERSION}","id":"{event_id}{middle}{time_}","seq":{seq},'
