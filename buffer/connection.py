@@ -81,7 +81,9 @@ class _Work:
 
 
 def run_in_one_transaction(
-    conn: sqlite3.Connection, writes: Sequence[_Work]
+    conn: sqlite3.Connection,
+    writes: Sequence[_Work],
+    rolled_back: Callable[[], None] | None = None,
 ) -> list[tuple[bool, Any]]:
     """Every write in ``writes`` in one transaction (on the SQLite thread): (ok, value) each.
 
@@ -89,7 +91,20 @@ def run_in_one_transaction(
     outcome, unless SQLite rolled back the whole transaction on that error (a full disk or an
     I/O error may): then nothing the earlier ones did is left, and the exception is raised for
     all of them. So is a failed ``COMMIT``. Fsynced if any write asked to be durable.
+
+    ``rolled_back`` is called here, on the SQLite thread, when the transaction as a whole did
+    not commit, before any other transaction can start: what a write noted in memory as it ran
+    (buffer/claims_ahead.py) must not outlive its rows.
     """
+    try:
+        return _run_writes(conn, writes)
+    except BaseException:
+        if rolled_back is not None:
+            rolled_back()
+        raise
+
+
+def _run_writes(conn: sqlite3.Connection, writes: Sequence[_Work]) -> list[tuple[bool, Any]]:
     if len(writes) == 1:  # the usual case when the box is quiet: no savepoint needed
         return [(True, run_in_transaction(conn, writes[0].fn, durable=writes[0].durable))]
 
@@ -143,8 +158,16 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
 class BufferConnection:
     """The writer's connection, and the queue that makes its round trips one at a time."""
 
-    def __init__(self, conn: aiosqlite.Connection, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        read_only: bool = False,
+        rolled_back: Callable[[], None] | None = None,
+    ) -> None:
         self._conn = conn
+        self._rolled_back = rolled_back
+        """Called on the SQLite thread when a write transaction did not commit as a whole."""
         self._read_only = read_only
         """Opened ``mode=ro``: no WAL checkpoint at close (it cannot succeed there, and waited
         out the whole busy timeout while the daemon was writing: 5 s for a replay's exit)."""
@@ -225,7 +248,9 @@ class BufferConnection:
         else:
             count = next((i for i, w in enumerate(self._asked) if w.alone), len(self._asked))
             works, self._asked = self._asked[:count], self._asked[count:]
-            call = self._call(partial(run_in_one_transaction, writes=works))
+            call = self._call(
+                partial(run_in_one_transaction, writes=works, rolled_back=self._rolled_back)
+            )
         running = asyncio.ensure_future(call)
         running.add_done_callback(partial(self._ended, works))
         self._running = running

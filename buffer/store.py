@@ -29,6 +29,7 @@ import aiosqlite
 import structlog
 
 from buffer import counts, writer_lock
+from buffer.claims_ahead import ClaimsAhead
 from buffer.confirms import SettleResult, first_verdicts, settle
 from buffer.connection import BufferConnection
 from buffer.event_ids import id_key, id_text
@@ -101,6 +102,11 @@ _UPSERT_DEVICE = (
     " unsent_events = unsent_events + excluded.unsent_events,"
     " payload_bytes = payload_bytes + excluded.payload_bytes"
 )
+_INSERT_IN_FLIGHT = (
+    "INSERT INTO events (id, device, seq, droppable, created, payload, rowid, state)"  # noqa: S608
+    f" VALUES (?, ?, ?, ?, ?, ?, ?, {STATE_IN_FLIGHT})"
+)
+"""An events row claimed ahead (buffer/claims_ahead.py): inserted in flight, never pending."""
 _CLAIMABLE = (
     "SELECT rowid, id, device, seq, payload, created, droppable FROM events"  # noqa: S608
     f" WHERE state < 2 AND state = {STATE_PENDING} {{extra}} ORDER BY rowid LIMIT ?"
@@ -128,9 +134,27 @@ def _stored(event: NewEvent, row: _Row) -> StoredEvent:
     return StoredEvent(event.id, row[1], row[2], event.time, event.type)
 
 
-def _insert_rows(conn: sqlite3.Connection, rows: Sequence[_Row], last_seq: dict[str, int]) -> None:
-    """Insert ``rows``; record each of their devices' new ``last_seq``, bytes and counts."""
-    conn.executemany(_INSERT_EVENT, rows)
+def _events_with_rows(batch: list[_Append], unrenderable: dict[int, Exception]) -> list[NewEvent]:
+    """The batch's events that got a row (all but the unrenderable), in the rows' order."""
+    if not unrenderable:
+        return [ev for ev, _future in batch]
+    return [ev for index, (ev, _future) in enumerate(batch) if index not in unrenderable]
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, rows: Sequence[_Row], last_seq: dict[str, int], ahead: int = 0
+) -> None:
+    """Insert ``rows``; record each of their devices' new ``last_seq``, bytes and counts.
+
+    The first ``ahead`` rows go in in flight, claimed for the publisher (buffer/claims_ahead.py),
+    the rest pending.
+    """
+    if ahead:
+        conn.executemany(_INSERT_IN_FLIGHT, rows[:ahead])
+        counts.add_unsent(conn, ahead, STATE_IN_FLIGHT)
+    if ahead < len(rows):
+        conn.executemany(_INSERT_EVENT, rows[ahead:] if ahead else rows)
+        counts.add_unsent(conn, len(rows) - ahead, STATE_PENDING)
     # The kept counts (buffer/counts.py) in the same per-device statement as the seq.
     added: dict[str, list[int]] = {}
     for row in rows:
@@ -141,7 +165,6 @@ def _insert_rows(conn: sqlite3.Connection, rows: Sequence[_Row], last_seq: dict[
             device[0] += 1
             device[1] += len(row[5])
     conn.executemany(_UPSERT_DEVICE, [(d, last_seq[d], n, b) for d, (n, b) in added.items()])
-    counts.add_unsent(conn, len(rows), STATE_PENDING)
 
 
 def _held_bytes(conn: sqlite3.Connection) -> int:
@@ -159,6 +182,35 @@ def _claimable(
         )
         for r, i, d, s, p, c, dr in conn.execute(_CLAIMABLE.format(extra=extra), params)
     ]
+
+
+def _claim_pending(
+    conn: sqlite3.Connection, limit: int, live_after: int | None, ahead: ClaimsAhead
+) -> list[OutgoingEvent]:
+    """Mark up to ``limit`` of the oldest pending rows in flight (SQLite thread); return them.
+
+    Live events (after ``live_after``) first when given. Tells ``ahead`` when it took every
+    pending row, so that the next commits may claim theirs as they insert them.
+    """
+    if live_after is None:
+        rows = _claimable(conn, "", (limit,), backlog=False)
+    else:
+        rows = _claimable(conn, "AND rowid > ?", (live_after, limit), backlog=False)
+        if len(rows) < limit:
+            rows += _claimable(
+                conn, "AND rowid <= ?", (live_after, limit - len(rows)), backlog=True
+            )
+    for chunk in chunks([e.rowid for e in rows]):
+        conn.execute(
+            f"UPDATE events SET state = {STATE_IN_FLIGHT}"  # noqa: S608 - constant
+            f" WHERE rowid IN ({marks(len(chunk))})",
+            chunk,
+        )
+    # Selected as pending in this transaction (the writer lock is held): all of them moved.
+    counts.move_unsent(conn, len(rows), STATE_PENDING, STATE_IN_FLIGHT)
+    if len(rows) < limit:  # every pending row is taken
+        ahead.pending_taken(limit - len(rows))
+    return rows
 
 
 class CommitFuture(asyncio.Future[StoredEvent]):
@@ -207,6 +259,7 @@ class Buffer:
         max_bytes: int,
         batch_max: int,
         keep_unconfirmed: frozenset[str] = frozenset(),
+        claims_ahead: ClaimsAhead | None = None,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
@@ -244,13 +297,21 @@ class Buffer:
         are asked for (``_may_pend``)."""
         self._none_pending_as_of: int | None = None
         """``_pending_writes_asked`` when a claim asked for its rows, if it found fewer than its
-        limit (so none was left). While the count is still that, no pending row can have come,
-        and a claim answers "nothing" without a transaction. The pump asks at every PUBACK that
-        frees window space: 62 % of its claims found nothing at 500 events/s in bench.latency,
-        each a transaction on the writer's connection that the next scan's commit waited behind.
-        The count at the claim's ask, not at its return: the connection runs writes in the order
-        asked, so every earlier one ran before its query, and callers of writes that shared a
-        transaction resume in no promised order (buffer/connection.py)."""
+        limit (so none was left), or a commit that left none after it (all claimed ahead).
+        While the count is still that, a claim answers "nothing" without a transaction. The
+        pump asks at every PUBACK that frees window space: 62 % of its claims found nothing at
+        500 events/s in bench.latency, each a transaction on the writer's connection that the
+        next scan's commit waited behind. The count at the claim's ask, not at its return: the
+        connection runs writes in the order asked, so every earlier one ran before its query,
+        and callers of writes that shared a transaction resume in no promised order
+        (buffer/connection.py)."""
+        self._ahead = claims_ahead or ClaimsAhead()
+        """What commits may claim for the publisher as they insert (buffer/claims_ahead.py)."""
+        self._claimed_ahead: list[OutgoingEvent] = []
+        """Events commits claimed ahead, in rowid order, for the pump's next claim."""
+        self._claims_epoch = 0
+        """Counts the releases of every in-flight row: a commit that claimed ahead before one
+        (its rows are pending again) must not hand them to the pump when it returns after."""
         self.committed = asyncio.Event()
         """Set after each commit that added events; the publisher waits on it when idle."""
         self.commits = 0
@@ -273,13 +334,21 @@ class Buffer:
         ``progress`` hears about long steps (a schema migration of a big buffer) as they go.
         """
         lock = writer_lock.take(path)
+        ahead = ClaimsAhead()
         try:
-            db = BufferConnection(await open_database(path, progress))
+            db = BufferConnection(
+                await open_database(path, progress), rolled_back=ahead.pending_made
+            )
         except BaseException:
             writer_lock.release(lock)
             raise
         buf = cls(
-            db, path, max_bytes=max_bytes, batch_max=batch_max, keep_unconfirmed=keep_unconfirmed
+            db,
+            path,
+            max_bytes=max_bytes,
+            batch_max=batch_max,
+            keep_unconfirmed=keep_unconfirmed,
+            claims_ahead=ahead,
         )
         buf._lock_fd = lock
         try:
@@ -449,7 +518,7 @@ class Buffer:
         size = sum(len(row[5]) for row in rows)
         self._may_pend()
         if self._bytes + size <= self.max_bytes:
-            await self._db.write(partial(_insert_rows, rows=rows, last_seq=last_seq), durable=True)
+            await self._insert_fitting(batch, rows, last_seq, unrenderable)
             self._last_seq, self._bytes = last_seq, self._bytes + size
             if unrenderable:
                 stored_rows = iter(rows)
@@ -479,6 +548,46 @@ class Buffer:
                     held=self._bytes,
                 )
         return results
+
+    async def _insert_fitting(
+        self,
+        batch: list[_Append],
+        rows: list[_Row],
+        last_seq: dict[str, int],
+        unrenderable: dict[int, Exception],
+    ) -> None:
+        """Insert ``rows`` (all fit under the cap), the first ones claimed ahead if there is room.
+
+        Raises what the write raised. The claimed rows go to the pump (``_claimed_ahead``) only
+        once committed, and only if no release of every in-flight row was asked for meanwhile:
+        that release ran after this commit (writes run in the order asked) and made them
+        pending again, where the next claim reads them.
+        """
+        ahead_cell = [0]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            ahead_cell[0] = ahead = self._ahead.take(len(rows))
+            _insert_rows(conn, rows, last_seq, ahead)
+
+        epoch, asked = self._claims_epoch, self._pending_writes_asked
+        try:
+            await self._db.write(insert, durable=True)
+        except BaseException:
+            self._ahead.handed(ahead_cell[0])  # not inserted: never to be handed out
+            raise
+        ahead = ahead_cell[0]
+        if ahead == len(rows) and self._none_pending_as_of == asked - 1:
+            # The claim that found nothing pending was the last write asked before this one
+            # that could leave a pending row, and this one left none: still none pending.
+            self._none_pending_as_of = asked
+        if ahead and epoch != self._claims_epoch:
+            self._ahead.handed(ahead)  # released meanwhile: pending again, never handed out
+        elif ahead:
+            events = _events_with_rows(batch, unrenderable)
+            self._claimed_ahead += [
+                OutgoingEvent(row[6], ev.id, row[1], row[2], row[5], False, row[4], row[3])
+                for row, ev in zip(rows[:ahead], events, strict=False)
+            ]
 
     def _may_pend(self) -> None:
         """Just before asking for a write that can make a pending row (see ``claim``)."""
@@ -530,6 +639,7 @@ class Buffer:
         runs writes asked for meanwhile together); what this commit changes goes back as a
         difference, which adds up whatever order the callers resume in.
         """
+        self._ahead.pending_made()  # its rows go in pending: rare, no claim ahead here
         done = _Committed()
         last_seq = dict(self._last_seq)
         held = held_at_start = _held_bytes(conn)
@@ -573,34 +683,36 @@ class Buffer:
 
         With ``live_after`` (the last rowid of the backlog when a drain began), events committed
         after it come first, so live events are not held behind a long backlog. No transaction
-        when none can be pending (``_none_pending_as_of``).
+        when commits claimed events ahead (buffer/claims_ahead.py: they are the oldest) or none
+        can be pending (``_none_pending_as_of``); then the next commits may claim up to
+        ``limit`` events ahead, for the next call.
         """
-        if limit <= 0 or self._none_pending_as_of == self._pending_writes_asked:
+        if limit <= 0:
+            return []
+        if self._claimed_ahead:
+            return self._hand_out_ahead(limit)
+        if self._none_pending_as_of == self._pending_writes_asked and self._ahead.none_pending:
+            self._ahead.widen(limit)
             return []
 
-        def run(conn: sqlite3.Connection) -> list[OutgoingEvent]:
-            if live_after is None:
-                rows = _claimable(conn, "", (limit,), backlog=False)
-            else:
-                rows = _claimable(conn, "AND rowid > ?", (live_after, limit), backlog=False)
-                if len(rows) < limit:
-                    rows += _claimable(
-                        conn, "AND rowid <= ?", (live_after, limit - len(rows)), backlog=True
-                    )
-            for chunk in chunks([e.rowid for e in rows]):
-                conn.execute(
-                    f"UPDATE events SET state = {STATE_IN_FLIGHT}"  # noqa: S608 - constant
-                    f" WHERE rowid IN ({marks(len(chunk))})",
-                    chunk,
-                )
-            # Selected as pending in this transaction (the writer lock is held): all of them moved.
-            counts.move_unsent(conn, len(rows), STATE_PENDING, STATE_IN_FLIGHT)
-            return rows
-
         asked_before = self._pending_writes_asked
-        claimed = await self._db.write(run, durable=False)
+        try:
+            claimed = await self._db.write(
+                partial(_claim_pending, limit=limit, live_after=live_after, ahead=self._ahead),
+                durable=False,
+            )
+        except BaseException:
+            self._ahead.pending_made()  # its rows may be pending again: the next claim looks
+            raise
         if len(claimed) < limit:  # every pending row it could see is taken
             self._none_pending_as_of = asked_before
+        self.transitions["claimed"] += len(claimed)
+        return claimed
+
+    def _hand_out_ahead(self, limit: int) -> list[OutgoingEvent]:
+        """Up to ``limit`` of the events commits claimed ahead, oldest first."""
+        claimed, self._claimed_ahead = self._claimed_ahead[:limit], self._claimed_ahead[limit:]
+        self._ahead.handed(len(claimed))
         self.transitions["claimed"] += len(claimed)
         return claimed
 
@@ -643,6 +755,8 @@ class Buffer:
         rowids = [e.rowid for e in events]
 
         def run(conn: sqlite3.Connection) -> None:
+            if target == STATE_PENDING:
+                self._ahead.pending_made()
             moved = 0
             for chunk in chunks(rowids):
                 moved += conn.execute(
@@ -659,11 +773,15 @@ class Buffer:
 
     async def _move_all(self, source: int, target: int) -> int:
         """Move every row in state ``source`` to ``target`` (lazy write); returns how many."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            if target == STATE_PENDING:
+                self._ahead.pending_made()
+            return counts.move_all(conn, source, target)
+
         if target == STATE_PENDING:
             self._may_pend()
-        return await self._db.write(
-            partial(counts.move_all, source=source, target=target), durable=False
-        )
+        return await self._db.write(run, durable=False)
 
     async def release(self, events: Sequence[OutgoingEvent]) -> None:
         """Put claimed events back to pending (connection lost before their PUBACK)."""
@@ -676,8 +794,14 @@ class Buffer:
         """Put every in-flight row back to pending: the publisher's session is over.
 
         Everything, not just what the publisher still tracks: a session torn down between a
-        claim's commit and its return leaves rows in flight that nobody else knows about.
+        claim's commit and its return leaves rows in flight that nobody else knows about, and
+        so do commits that claimed ahead for it (buffer/claims_ahead.py): those not handed out
+        yet are forgotten here, and no commit claims for the ended session any more.
         """
+        self._claims_epoch += 1
+        self._ahead.handed(len(self._claimed_ahead))
+        self._claimed_ahead = []
+        self._ahead.close_room()
         released = await self._move_all(STATE_IN_FLIGHT, STATE_PENDING)
         self.transitions["released"] += released
         return released
