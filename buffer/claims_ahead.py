@@ -40,6 +40,11 @@ class ClaimsAhead:
         The pump's window holds them already: room is what is left of it beside them."""
 
     @property
+    def outstanding(self) -> int:
+        """Events claimed ahead the pump has not been handed yet (an int read: no lock)."""
+        return self._outstanding
+
+    @property
     def none_pending(self) -> bool:
         """No pending row exists as of the last write run (a bool read: no lock needed)."""
         return self._none_pending

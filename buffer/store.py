@@ -184,6 +184,10 @@ def _claimable(
     ]
 
 
+def _by_rowid(event: OutgoingEvent) -> int:
+    return event.rowid
+
+
 def _claim_pending(
     conn: sqlite3.Connection, limit: int, live_after: int | None, ahead: ClaimsAhead
 ) -> list[OutgoingEvent]:
@@ -694,7 +698,22 @@ class Buffer:
         if self._none_pending_as_of == self._pending_writes_asked and self._ahead.none_pending:
             self._ahead.widen(limit)
             return []
+        # Commits still running may have claimed some ahead: they count in the window.
+        limit -= self._ahead.outstanding
+        if limit <= 0:
+            return []  # they come back with their commit, which wakes the pump
+        claimed = await self._claim_from_database(limit, live_after)
+        if self._claimed_ahead:
+            # Commits that ran before this claim's query claimed their first rows ahead and
+            # returned meanwhile: older than what it read (those that ran after it, newer).
+            # All of them, oldest first, or a device's events would go out of order; within
+            # the window, as the query's limit left out what was outstanding.
+            ahead = self._hand_out_ahead(len(self._claimed_ahead))
+            claimed = sorted(claimed + ahead, key=_by_rowid)
+        return claimed
 
+    async def _claim_from_database(self, limit: int, live_after: int | None) -> list[OutgoingEvent]:
+        """The claim's transaction (:func:`_claim_pending`); notes when it took every row."""
         asked_before = self._pending_writes_asked
         try:
             claimed = await self._db.write(

@@ -212,3 +212,30 @@ async def test_a_reopened_buffer_puts_rows_claimed_ahead_back_to_pending(tmp_pat
         check(path, again)
     finally:
         await again.close()
+
+
+async def test_a_claim_that_reads_the_rest_of_a_commit_claimed_ahead_returns_the_ahead_first(
+    buf: Buffer, tmp_path: Path
+) -> None:
+    """Room for 3, a commit of 5, and a claim asked behind it: the commit claims 3 ahead and
+    leaves 2 pending, which the claim reads. Its caller resumes after the commit's, so it must
+    return the 3 claimed ahead before the 2 it read (sent after them, the device's events
+    would go out of seq order), and never more than its limit with them."""
+    await buf.append(scan("a", 0))
+    await buf.claim(10)
+    assert await buf.claim(3) == []
+    blocker = Blocker()
+    holding = await blocker.hold(buf._db)
+    futures = [buf.append_nowait(scan("a", n)) for n in range(1, 6)]
+    async with asyncio.timeout(5):
+        while not buf._db._asked:  # the commit, behind the blocker
+            await asyncio.sleep(0.001)
+    claiming = asyncio.create_task(buf.claim(10))
+    await asyncio.sleep(0)
+    blocker.release.set()
+    await holding
+    for future in futures:
+        await future
+    assert [e.seq for e in await claiming] == [2, 3, 4, 5, 6]
+    assert await buf.claim(10) == []
+    check(tmp_path / "buffer.db", buf)
