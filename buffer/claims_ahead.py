@@ -23,6 +23,18 @@ from __future__ import annotations
 import threading
 
 
+class CommitClaim:
+    """One commit's claim ahead, as the SQLite thread made it (or refused: abandoned)."""
+
+    __slots__ = ("abandoned", "ahead")
+
+    def __init__(self) -> None:
+        self.ahead = 0
+        """Events of the commit inserted in flight."""
+        self.abandoned = False
+        """Its caller stopped waiting (failed or cancelled): a take still to come claims none."""
+
+
 class ClaimsAhead:
     """The room commits may fill in flight, and whether any pending row exists."""
 
@@ -51,17 +63,18 @@ class ClaimsAhead:
 
     # --- on the SQLite thread, inside the write that changes what is pending ----------------
 
-    def take(self, rows: int) -> int:
+    def take(self, rows: int, claim: CommitClaim) -> int:
         """A commit inserting ``rows`` events: how many of its first ones go in in flight.
 
-        None unless no pending row exists: an event claimed ahead must not overtake an older
-        one still pending. Rows beyond the room go in pending, and from then on pending rows
-        exist.
+        None unless no pending row exists (an event claimed ahead must not overtake an older
+        one still pending), nor when the commit's caller is gone (``claim.abandoned``). Rows
+        beyond the room go in pending, and from then on pending rows exist.
         """
         with self._lock:
-            ahead = min(self._room, rows) if self._none_pending else 0
+            ahead = min(self._room, rows) if self._none_pending and not claim.abandoned else 0
             self._room -= ahead
             self._outstanding += ahead
+            claim.ahead = ahead
             if ahead < rows:
                 self._none_pending = False
                 self._room = 0
@@ -86,10 +99,19 @@ class ClaimsAhead:
     # --- on the event loop -------------------------------------------------------------------
 
     def handed(self, events: int) -> None:
-        """``events`` claimed ahead were handed to the pump, or dropped (never handed)."""
+        """``events`` claimed ahead were handed to the pump, or dropped (never handed).
+
+        Negative: claimed rows the pump had no room for went back to be handed later.
+        """
         if events:
             with self._lock:
                 self._outstanding -= events
+
+    def abandon(self, claim: CommitClaim) -> None:
+        """The commit's caller stopped waiting: whatever it claimed is never handed out."""
+        with self._lock:
+            claim.abandoned = True
+            self._outstanding -= claim.ahead
 
     def widen(self, window: int) -> None:
         """The pump asked for up to ``window`` events and nothing was there: room for them.

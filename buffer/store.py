@@ -29,7 +29,7 @@ import aiosqlite
 import structlog
 
 from buffer import counts, writer_lock
-from buffer.claims_ahead import ClaimsAhead
+from buffer.claims_ahead import ClaimsAhead, CommitClaim
 from buffer.confirms import SettleResult, first_verdicts, settle
 from buffer.connection import BufferConnection
 from buffer.event_ids import id_key, id_text
@@ -567,19 +567,22 @@ class Buffer:
         that release ran after this commit (writes run in the order asked) and made them
         pending again, where the next claim reads them.
         """
-        ahead_cell = [0]
+        claim = CommitClaim()
 
         def insert(conn: sqlite3.Connection) -> None:
-            ahead_cell[0] = ahead = self._ahead.take(len(rows))
-            _insert_rows(conn, rows, last_seq, ahead)
+            _insert_rows(conn, rows, last_seq, self._ahead.take(len(rows), claim))
 
         epoch, asked = self._claims_epoch, self._pending_writes_asked
         try:
             await self._db.write(insert, durable=True)
         except BaseException:
-            self._ahead.handed(ahead_cell[0])  # not inserted: never to be handed out
+            # Failed, or the writer was cancelled (the loop's teardown) while the write may
+            # still run: nothing is handed out, and a take not made yet claims nothing. Rows
+            # that did go in in flight wait for the session's release (or the next open), as
+            # a claim's rows whose caller was cancelled do.
+            self._ahead.abandon(claim)
             raise
-        ahead = ahead_cell[0]
+        ahead = claim.ahead
         if ahead == len(rows) and self._none_pending_as_of == asked - 1:
             # The claim that found nothing pending was the last write asked before this one
             # that could leave a pending row, and this one left none: still none pending.
@@ -699,17 +702,22 @@ class Buffer:
             self._ahead.widen(limit)
             return []
         # Commits still running may have claimed some ahead: they count in the window.
-        limit -= self._ahead.outstanding
-        if limit <= 0:
+        wanted = limit - self._ahead.outstanding
+        if wanted <= 0:
             return []  # they come back with their commit, which wakes the pump
-        claimed = await self._claim_from_database(limit, live_after)
-        if self._claimed_ahead:
-            # Commits that ran before this claim's query claimed their first rows ahead and
-            # returned meanwhile: older than what it read (those that ran after it, newer).
-            # All of them, oldest first, or a device's events would go out of order; within
-            # the window, as the query's limit left out what was outstanding.
-            ahead = self._hand_out_ahead(len(self._claimed_ahead))
-            claimed = sorted(claimed + ahead, key=_by_rowid)
+        claimed = await self._claim_from_database(wanted, live_after)
+        if not self._claimed_ahead:
+            self.transitions["claimed"] += len(claimed)
+            return claimed
+        # Commits that ran before this claim's query (possibly after its ask) claimed their
+        # first rows ahead and returned meanwhile: older than what it read (those that ran
+        # after it, newer). The oldest first, or a device's events would go out of order; at
+        # most ``limit``, the rest kept for the next claim like any claimed ahead.
+        before = len(self._claimed_ahead)
+        merged = sorted(claimed + self._claimed_ahead, key=_by_rowid)
+        claimed, self._claimed_ahead = merged[:limit], merged[limit:]
+        self._ahead.handed(before - len(self._claimed_ahead))
+        self.transitions["claimed"] += len(claimed)
         return claimed
 
     async def _claim_from_database(self, limit: int, live_after: int | None) -> list[OutgoingEvent]:
@@ -725,7 +733,6 @@ class Buffer:
             raise
         if len(claimed) < limit:  # every pending row it could see is taken
             self._none_pending_as_of = asked_before
-        self.transitions["claimed"] += len(claimed)
         return claimed
 
     def _hand_out_ahead(self, limit: int) -> list[OutgoingEvent]:

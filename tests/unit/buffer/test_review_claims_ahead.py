@@ -5,7 +5,7 @@ Real SQLite file, real Buffer, real asyncio. Which writes share a transaction is
 test: a ``Blocker`` (tests/unit/buffer/holds.py) holds aiosqlite's thread until the test has
 asked for the others.
 
-PROVEN (xfail strict, they fail on 15506ab):
+PROVEN on 15506ab, fixed since (the tests below now pass; they failed there):
 
 - ``test_a_claim_sharing_a_transaction_with_a_partly_ahead_commit_keeps_seq_order``: a commit
   with more rows than the room claims its first rows ahead and inserts the rest pending; a
@@ -128,11 +128,6 @@ async def open_room(buf: Buffer, limit: int) -> None:
 # --- PROVEN --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: a claim run after a partly-ahead commit in one transaction takes its "
-    "pending tail before the pump is handed the head: seqs published 4, 5, 1, 2, 3",
-)
 async def test_a_claim_sharing_a_transaction_with_a_partly_ahead_commit_keeps_seq_order(
     buf: Buffer,
 ) -> None:
@@ -156,11 +151,6 @@ async def test_a_claim_sharing_a_transaction_with_a_partly_ahead_commit_keeps_se
     assert published == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROVEN: a commit that claimed ahead and whose writer was cancelled after it "
-    "started leaves its rows in flight, handed to nobody, until the session ends",
-)
 async def test_a_commit_whose_writer_was_cancelled_leaves_no_event_stuck_in_flight(
     buf: Buffer, tmp_path: Path
 ) -> None:
@@ -184,7 +174,9 @@ async def test_a_commit_whose_writer_was_cancelled_leaves_no_event_stuck_in_flig
     await second_write
     with pytest.raises(RuntimeError, match="outcome unknown"):
         await future
-    assert states(tmp_path / "buffer.db") == {STATE_IN_FLIGHT: 1}  # it committed
+    # It committed, pending: its writer was gone before its claim ahead was made (fixed:
+    # ``CommitClaim.abandoned``; before, the row went in in flight, handed to nobody).
+    assert states(tmp_path / "buffer.db") == {STATE_PENDING: 1}
     # The pump, same session: the event must reach it.
     assert [e.seq for e in await buf.claim(10)] == [1]
 
