@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from buffer.store import Buffer, NewEvent
 
@@ -25,13 +22,6 @@ def make_event(device: str, n: int) -> NewEvent:
         return json.dumps({"n": n, "seq": seq}).encode()
 
     return NewEvent(f"{device}-{n}", device, "t", "t", False, render)
-
-
-@pytest.fixture
-async def buf(tmp_path: Path) -> AsyncIterator[Buffer]:
-    b = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**8)
-    yield b
-    await b.close()
 
 
 async def claimed_seqs(buf: Buffer, limit: int = 10) -> list[int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,8 @@ import pytest
 from buffer.schema import STATE_IN_FLIGHT, STATE_PENDING
 from buffer.store import Buffer, NewEvent
 from tests.unit.buffer.holds import Blocker
+from tests.unit.buffer.test_claim_skip import make_event as scan
 from tests.unit.buffer.test_counts import check
-
-
-def scan(device: str, n: int) -> NewEvent:
-    def render(seq: int) -> bytes:
-        return json.dumps({"device": device, "n": n, "seq": seq}).encode()
-
-    return NewEvent(f"{device}-{n}", device, "t", "t", False, render)
-
-
-@pytest.fixture
-async def buf(tmp_path: Path) -> AsyncIterator[Buffer]:
-    b = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**8)
-    yield b
-    await b.close()
 
 
 async def commit_together(buf: Buffer, events: list[NewEvent]) -> None:
@@ -72,7 +58,7 @@ async def test_a_commit_after_an_empty_claim_is_claimed_ahead_and_handed_over_wi
         holder.execute("ROLLBACK")
         holder.close()
     assert [(e.seq, e.device, e.backlog) for e in ahead] == [(2, "a", False)]
-    assert json.loads(ahead[0].payload) == {"device": "a", "n": 1, "seq": 2}
+    assert json.loads(ahead[0].payload) == {"n": 1, "seq": 2}
     assert buf.transitions["claimed"] == 2
     check(tmp_path / "buffer.db", buf)
 

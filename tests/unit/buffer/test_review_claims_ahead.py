@@ -64,9 +64,7 @@ DISMISSED:
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -74,20 +72,7 @@ import pytest
 from buffer.schema import STATE_HELD, STATE_IN_FLIGHT, STATE_PENDING
 from buffer.store import Buffer, NewEvent
 from tests.unit.buffer.holds import Blocker
-
-
-def make_event(device: str, n: int) -> NewEvent:
-    def render(seq: int) -> bytes:
-        return json.dumps({"n": n, "seq": seq}).encode()
-
-    return NewEvent(f"{device}-{n}", device, "t", "t", False, render)
-
-
-@pytest.fixture
-async def buf(tmp_path: Path) -> AsyncIterator[Buffer]:
-    b = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**8)
-    yield b
-    await b.close()
+from tests.unit.buffer.test_claim_skip import make_event
 
 
 async def asked(buf: Buffer, count: int) -> None:
