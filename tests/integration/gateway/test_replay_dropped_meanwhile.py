@@ -41,7 +41,9 @@ async def test_telemetry_dropped_mid_replay_is_not_reported_unsent(tmp_path: Pat
     buf = await Buffer.open(tmp_path / "buffer.db", max_bytes=6000)
     for n in range(1, 4):
         await buf.append(reading(n, 100))
-    await buf.mark_sent(await buf.claim(10))  # 1..3 delivered
+    # 1..3 delivered; a claim of exactly 3 leaves the publisher no room, so the next commits
+    # go in pending (a claim that found fewer would let them be claimed ahead, in flight).
+    await buf.mark_sent(await buf.claim(3))
     for n in range(4, 6):
         await buf.append(reading(n, 1500))  # 4..5 pending (the broker is slow)
     answers: list[dict[str, Any]] = []
