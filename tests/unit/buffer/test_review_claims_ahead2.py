@@ -54,14 +54,19 @@ import asyncio
 import json
 import random
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from buffer.schema import STATE_HELD, STATE_IN_FLIGHT, STATE_PENDING, STATE_SENT
+from buffer.schema import STATE_IN_FLIGHT, STATE_PENDING, STATE_SENT
 from buffer.store import Buffer, NewEvent, OutgoingEvent
 from tests.unit.buffer.holds import Blocker
+from tests.unit.buffer.test_review_claims_ahead import (
+    asked,
+    assert_counts_exact,
+    open_room,
+    states,
+)
 
 
 def make_event(device: str, n: int, key: str | None = None) -> NewEvent:
@@ -69,43 +74,6 @@ def make_event(device: str, n: int, key: str | None = None) -> NewEvent:
         return json.dumps({"n": n, "seq": seq}).encode()
 
     return NewEvent(key or f"{device}-{n}", device, "t", "t", False, render)
-
-
-@pytest.fixture
-async def buf(tmp_path: Path) -> AsyncIterator[Buffer]:
-    b = await Buffer.open(tmp_path / "buffer.db", max_bytes=10**8)
-    yield b
-    await b.close()
-
-
-async def asked(buf: Buffer, count: int) -> None:
-    """Until ``count`` round trips wait in the connection's queue (asked, not started)."""
-    async with asyncio.timeout(5):
-        while len(buf._db._asked) < count:
-            await asyncio.sleep(0)
-
-
-def states(path: Path) -> dict[int, int]:
-    conn = sqlite3.connect(path)
-    try:
-        return dict(conn.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall())
-    finally:
-        conn.close()
-
-
-def assert_counts_exact(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        kept = dict(conn.execute("SELECT state, events FROM unsent_states").fetchall())
-    finally:
-        conn.close()
-    found = states(path)
-    for state in (STATE_HELD, STATE_PENDING, STATE_IN_FLIGHT):
-        assert kept.get(state, 0) == found.get(state, 0), (state, kept, found)
-
-
-async def open_room(buf: Buffer, limit: int) -> None:
-    assert await buf.claim(limit) == []
 
 
 async def commit_then_claim(
