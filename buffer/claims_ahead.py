@@ -89,8 +89,10 @@ class ClaimsAhead:
     def pending_taken(self, room: int) -> None:
         """A claim took every pending row there was, with ``room`` left of its limit.
 
-        The pump asked for its limit with nothing outstanding (it is handed what commits
-        claimed ahead before it asks the database), so what commits claimed since comes off.
+        What is outstanding now (claimed ahead, not handed to the pump yet) comes off. The
+        claim's limit already left out what was outstanding when it was asked
+        (:meth:`buffer.store.Buffer.claim`), so that part comes off twice: the room is never
+        more than the window, at times less.
         """
         with self._lock:
             self._none_pending = True
