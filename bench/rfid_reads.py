@@ -51,7 +51,7 @@ async def throughput(tags: int, rate: float) -> dict[str, float]:
         [
             sys.executable,
             "-m",
-            "simulators.llrp_reader",
+            "simulators.llrp_cli",
             "--port",
             str(port),
             "--tags",

@@ -25,7 +25,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    """``python -m simulators.llrp_reader``: pallets through a portal, forever."""
+    """``python -m simulators.llrp_cli``: pallets through a portal, forever."""
     parser = argparse.ArgumentParser(description="A simulated LLRP reader")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5084)
@@ -36,3 +36,7 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=0.01, help="report interval in seconds")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@ and stop triggers, and streams RO_ACCESS_REPORTs for a scripted ``Population``. 
 drop the connection, go silent (no answers, keepalives or reports), refuse connections, fail a
 request, send raw bytes, flood KEEPALIVEs without reading.
 
-Run alone: ``python -m simulators.llrp_reader --port 5084 --tags 40 --rate 20`` (see llrp_cli).
+Run alone: ``python -m simulators.llrp_cli --port 5084 --tags 40 --rate 20``.
 """
 
 from __future__ import annotations
@@ -314,9 +314,3 @@ class LlrpReaderSimulator:
         for epc, _, _ in reads:
             self.first_read_sent.setdefault(epc, now)
         self.reads_sent += len(reads)
-
-
-if __name__ == "__main__":
-    from simulators.llrp_cli import main
-
-    main()
