@@ -18,43 +18,30 @@ import json
 import resource
 import time
 
-from bench import logs_to_stderr, private_broker
+from bench import BARE_PAYLOAD, BARE_WINDOW, logs_to_stderr, private_broker
+from bench.durable_floor import durable_floor
 from bench.quick import PRODUCERS, throughput
 from gateway.mqtt_link import MqttLink
 from gateway.settings import MqttSection
 from simulators.broker import MosquittoBroker
 
-WINDOW = 200
-PAYLOAD = json.dumps(
-    {
-        "specversion": "1.0",
-        "id": "0190a3b4-1111-7222-8333-444455556666",
-        "source": "/bench/gw/dev0",
-        "type": "warehouse.barcode.scanned.v1",
-        "time": "2026-11-24T00:00:00.000000Z",
-        "seq": 1,
-        "datacontenttype": "application/json",
-        "data": {"code": "0000000000"},
-    }
-).encode()
-
 
 async def floor(broker: MosquittoBroker, events: int) -> float:
-    """Messages/s of the bare client: QoS 1, ``WINDOW`` awaiting PUBACK, nothing else.
+    """Messages/s of the bare client: QoS 1, ``BARE_WINDOW`` awaiting PUBACK, nothing else.
 
     The same client and the same calls as the publisher's hot path (``MqttLink.send`` and the
     per-message PUBACK callback), with no buffer behind it.
     """
-    mqtt = MqttSection(host=broker.host, port=broker.port, max_inflight=WINDOW)
+    mqtt = MqttSection(host=broker.host, port=broker.port, max_inflight=BARE_WINDOW)
     done = asyncio.Event()
     sent = acked = 0
 
     def top_up() -> None:
         nonlocal sent
         # Within the broker's window too, as the publisher's pump: Mosquitto's Receive Maximum
-        # (max_inflight_messages) is below WINDOW, and gmqtt has no packet id beyond it.
+        # (max_inflight_messages) is below BARE_WINDOW, and gmqtt has no packet id beyond it.
         while sent - acked < window and sent < events:
-            link.send("edge/bench/gw/events/dev0", PAYLOAD)
+            link.send("edge/bench/gw/events/dev0", BARE_PAYLOAD)
             sent += 1
 
     def on_ack(_mid: int) -> None:
@@ -67,7 +54,7 @@ async def floor(broker: MosquittoBroker, events: int) -> float:
 
     link = MqttLink(mqtt, "bench-floor", on_ack=on_ack)
     await link.connect()
-    window = min(WINDOW, link.send_quota)
+    window = min(BARE_WINDOW, link.send_quota)
     try:
         started = time.perf_counter()
         top_up()
@@ -82,6 +69,7 @@ async def main(events: int, producers: int) -> None:
     with private_broker() as (root, broker):
         pipeline = await throughput(root, broker, events, producers)
         bare = await floor(broker, events)
+        lean = await durable_floor(root, broker, events, producers)
     rate = pipeline["end_to_end_per_s"]
     print(
         json.dumps(
@@ -91,6 +79,10 @@ async def main(events: int, producers: int) -> None:
                 **pipeline,
                 "floor_per_s": round(bare),
                 "ratio_to_floor": round(rate / bare, 3),
+                "durable_floor": {
+                    "end_to_end_per_s": lean["end_to_end_per_s"],
+                    "cpu_s_per_1k_events": lean["cpu_s_per_1k_events"],
+                },
                 "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "targets": {"end_to_end_per_s": 25000, "cpu_s_per_1k_events": 0.030},
             }
