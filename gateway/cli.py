@@ -1,4 +1,6 @@
-"""``edge-gateway``: run | check-config | status | replay | demo (contract section 8).
+"""``edge-gateway``: run | check-config | status | replay, and demo (contract section 8).
+
+``demo`` is added by the demo package (gateway/cli_commands.py), which stands above this one.
 
 Exit codes: 0 success, 2 bad usage or invalid config, 1 runtime failure. A user's mistake gets a
 message, never a traceback.
@@ -17,6 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from gateway import __version__
+from gateway.cli_commands import CliCommand, added_commands
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -59,7 +62,7 @@ def _no_pydantic_plugins() -> ModuleType:
     return loader
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(added: Sequence[CliCommand] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-gateway", description="Warehouse edge gateway: devices -> buffer -> MQTT."
     )
@@ -84,29 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="read the broker password from PATH instead of the config's source",
     )
-    demo = sub.add_parser(
-        "demo",
-        help="simulated scanners, broker and central system",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="keys while it runs: b = stop or start the broker (an outage), q = quit."
-        " Ctrl-C, SIGTERM and SIGHUP stop it too, and its private broker with it.",
-    )
-    demo.add_argument(
-        "--duration",
-        type=float,
-        default=None,
-        help="stop after N seconds (None: until q or a signal)",
-    )
-    demo.add_argument("--rate", type=float, default=2.0, help="scans per second per scanner")
-    demo.add_argument("--scanners", type=int, default=3, help="how many simulated scanners")
-    demo.add_argument(
-        "--outage-every",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="stop the broker every S s (0: never)",
-    )
-    demo.add_argument("--outage-for", type=float, default=8.0, metavar="S", help="for S s")
+    for command in added:
+        extra = sub.add_parser(command.name, help=command.help, epilog=command.epilog or None)
+        command.add_arguments(extra)
     return parser
 
 
@@ -287,46 +270,19 @@ def cmd_replay(
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Everything simulated, on this machine; the central half is the real one on PostgreSQL."""
-    from gateway.early_stop import EarlyStop  # noqa: PLC0415
-    from simulators.postgres import PostgresServer, PostgresUnavailableError  # noqa: PLC0415
-
-    # Until the demo's loop takes over signals (right after its broker starts), a signal is
-    # noted and the demo stops once it can clean up: by default SIGTERM and SIGHUP would end
-    # the process and leave initdb or the database running, its directory in /tmp.
-    early_stop = EarlyStop()
-    early_stop.install()
-    try:
-        # initdb takes most of a second: it runs while the demo's modules import (~0.3 s).
-        database = PostgresServer(durable=True, prefix="edge-gateway-demo-pg-", background=True)
-    except (PostgresUnavailableError, OSError, RuntimeError, LookupError) as exc:
-        # LookupError: run as root on a box with the binaries but no "postgres" user.
-        print(f"edge-gateway demo: needs PostgreSQL for its ledger: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    try:
-        if early_stop.requested:
-            return EXIT_OK
-        from gateway.demo import run_demo  # noqa: PLC0415
-
-        return asyncio.run(
-            run_demo(
-                duration=args.duration,
-                rate=args.rate,
-                scanners=args.scanners,
-                outage_every=args.outage_every,
-                outage_for=args.outage_for,
-                database=database,
-                early_stop=early_stop,
-            )
-        )
-    finally:
-        database.cleanup()  # the demo removes it; this is for when the demo never got it
+BUILT_IN = ("run", "check-config", "status", "replay")
+"""The gateway's own commands; others come from the ``edge_gateway.commands`` entry points."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console-script entry point."""
-    args = _parser().parse_args(argv)
+    """Console-script entry point.
+
+    The added commands (the demo: gateway/cli_commands.py) are looked up only when the first
+    argument is not a built-in one, so ``run`` starts without importlib.metadata.
+    """
+    words = sys.argv[1:] if argv is None else list(argv)
+    added = [] if words[:1] and words[0] in BUILT_IN else added_commands()
+    args = _parser(added).parse_args(words)
     if args.command == "check-config":
         return cmd_check_config(args.config)
     if args.command == "run":
@@ -335,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_status(args.config, as_json=args.json, watch=args.watch)
     if args.command == "replay":
         return cmd_replay(args.config, args.device, args.from_seq, args.to_seq, args.password_file)
-    return cmd_demo(args)
+    return next(c for c in added if c.name == args.command).run(args)
 
 
 if __name__ == "__main__":

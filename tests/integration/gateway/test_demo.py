@@ -14,7 +14,7 @@ from tests.support import ROOT, cli
 def test_nothing_user_facing_imports_the_simulated_central() -> None:
     """The demo's central half is the real ingest (issue 15): simulators/central.py is for tests."""
     code = (
-        "import sys, gateway.cli, gateway.demo, gateway.demo_view, gateway.demo_central;"
+        "import sys, gateway.cli, demo.command, demo.session, demo.view, demo.ledger;"
         "print(sorted(m for m in sys.modules if m.startswith(('simulators.central', 'aiomqtt'))))"
     )
     done = subprocess.run(

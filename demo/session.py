@@ -3,7 +3,7 @@
 Simulated serial scanners (real ptys) type barcodes, an LLRP reader sees pallets pass a dock
 portal, a Modbus conveyor runs and jams now and then; a private Mosquitto carries the events; the
 gateway buffers, publishes and gives feedback; the real central ingest (``edge-central``'s
-code, gateway/demo_central.py) commits them into a private PostgreSQL ledger and confirms them
+code, demo/ledger.py) commits them into a private PostgreSQL ledger and confirms them
 after the commit. The scanners cycle through the confirmation levels (``accepted``,
 ``delivered``, ``stored``) and the ledger's item-master rule rejects ~5 % of scans as unknown
 SKUs, so the ``accepted`` scanner also gets bad-read feedback. Stop the broker (key ``b`` on a
@@ -32,9 +32,9 @@ import structlog
 from rich.live import Live
 
 from buffer.store import BufferClosedError
+from demo.ledger import DemoCentral
+from demo.view import DemoState, progress_line, render, take_frame
 from gateway.daemon import Gateway
-from gateway.demo_central import DemoCentral
-from gateway.demo_view import DemoState, progress_line, render, take_frame
 from gateway.early_stop import STOP_SIGNALS, EarlyStop
 from gateway.logging import configure_logging
 from gateway.settings import load_settings

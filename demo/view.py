@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from buffer.stats import BufferStats
+from demo.ledger import DemoCentral, LedgerView
 from gateway.daemon import Gateway
-from gateway.demo_central import DemoCentral, LedgerView
 from simulators.scanner import ScannerSimulator
 
 GOOD, BAD, PENDING = b"\x1b7,", b"\x1b8,", b"P"
