@@ -62,16 +62,23 @@ def _no_pydantic_plugins() -> ModuleType:
     return loader
 
 
+BUILT_IN = {
+    "run": "run the daemon",
+    "check-config": "validate a config file",
+    "status": "buffer depth, backlog age, device states",
+    "replay": "re-publish a device's seq range from the buffer",
+}
+"""The gateway's own commands and their help; others come from the ``edge_gateway.commands``
+entry points."""
+
+
 def _parser(added: Sequence[CliCommand] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-gateway", description="Warehouse edge gateway: devices -> buffer -> MQTT."
     )
     parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the daemon")
-    check = sub.add_parser("check-config", help="validate a config file")
-    status = sub.add_parser("status", help="buffer depth, backlog age, device states")
-    replay = sub.add_parser("replay", help="re-publish a device's seq range from the buffer")
+    run, check, status, replay = (sub.add_parser(name, help=h) for name, h in BUILT_IN.items())
     for p in (run, check, status, replay):
         p.add_argument("--config", required=True, type=Path, metavar="PATH")
     shown = status.add_mutually_exclusive_group()
@@ -268,10 +275,6 @@ def cmd_replay(
         )
         return EXIT_RUNTIME
     return EXIT_OK
-
-
-BUILT_IN = ("run", "check-config", "status", "replay")
-"""The gateway's own commands; others come from the ``edge_gateway.commands`` entry points."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

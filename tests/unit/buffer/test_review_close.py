@@ -189,9 +189,8 @@ async def test_a_reader_that_fails_to_close_does_not_keep_the_buffer_open(
     async def failing_close() -> None:
         raise error
 
-    readers = [b._reader, replay]
     real_closes = []
-    for reader in readers:
+    for reader in (b._reader, replay):
         assert reader is not None
         real_closes.append(reader.close)
         reader.close = failing_close  # type: ignore[method-assign]
