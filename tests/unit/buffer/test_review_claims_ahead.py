@@ -70,7 +70,7 @@ from pathlib import Path
 import pytest
 
 from buffer.schema import STATE_HELD, STATE_IN_FLIGHT, STATE_PENDING
-from buffer.store import Buffer, NewEvent
+from buffer.store import Buffer, CommitFuture, NewEvent
 from tests.unit.buffer.holds import Blocker
 from tests.unit.buffer.test_claim_skip import make_event
 
@@ -113,6 +113,22 @@ async def open_room(buf: Buffer, limit: int) -> None:
 # --- PROVEN --------------------------------------------------------------------------------
 
 
+async def cancel_the_writer_mid_commit(
+    buf: Buffer, other: Blocker, other_write: asyncio.Task[object], future: CommitFuture
+) -> None:
+    """Cancel the writer while its commit's transaction is held up by ``other``, a write
+    sharing it; let the transaction end; the event's outcome is then unknown to its caller."""
+    writer = buf._writer
+    assert writer is not None
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    other.release.set()
+    await other_write
+    with pytest.raises(RuntimeError, match="outcome unknown"):
+        await future
+
+
 async def test_a_claim_sharing_a_transaction_with_a_partly_ahead_commit_keeps_seq_order(
     buf: Buffer,
 ) -> None:
@@ -150,15 +166,7 @@ async def test_a_commit_whose_writer_was_cancelled_leaves_no_event_stuck_in_flig
     first.release.set()
     await held
     await second.until_running()  # the commit's transaction started: it will commit
-    writer = buf._writer
-    assert writer is not None
-    writer.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await writer
-    second.release.set()
-    await second_write
-    with pytest.raises(RuntimeError, match="outcome unknown"):
-        await future
+    await cancel_the_writer_mid_commit(buf, second, second_write, future)
     # It committed, pending: its writer was gone before its claim ahead was made (fixed:
     # ``CommitClaim.abandoned``; before, the row went in in flight, handed to nobody).
     assert states(tmp_path / "buffer.db") == {STATE_PENDING: 1}

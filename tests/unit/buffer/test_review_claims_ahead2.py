@@ -64,6 +64,7 @@ from tests.unit.buffer.holds import Blocker
 from tests.unit.buffer.test_review_claims_ahead import (
     asked,
     assert_counts_exact,
+    cancel_the_writer_mid_commit,
     open_room,
     states,
 )
@@ -116,15 +117,7 @@ async def test_a_commit_cancelled_after_its_take_leaves_no_event_stuck_in_flight
     await held
     await after.until_running()
     assert buf._ahead.outstanding == 1  # the take ran: the row goes in in flight
-    writer = buf._writer
-    assert writer is not None
-    writer.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await writer
-    after.release.set()
-    await after_write
-    with pytest.raises(RuntimeError, match="outcome unknown"):
-        await future
+    await cancel_the_writer_mid_commit(buf, after, after_write, future)
     assert buf._ahead.outstanding == 0  # accounting is right ...
     # ... but the event committed in flight and the pump, same session, never gets it.
     got = [e.seq for e in await buf.claim(10)] + [e.seq for e in await buf.claim(10)]
