@@ -14,6 +14,9 @@ from simulators.broker import MosquittoBroker
 BARE_WINDOW = 200
 """PUBLISHes awaiting their PUBACK in the benches' floors (the broker's Receive Maximum caps it)."""
 
+BARE_TOPIC = "edge/bench/gw/events/dev0"
+"""The one topic the floors publish on."""
+
 BARE_PAYLOAD = json.dumps(
     {
         "specversion": "1.0",

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import BARE_PAYLOAD, BARE_WINDOW, logs_to_stderr, private_broker
+from bench import BARE_PAYLOAD, BARE_TOPIC, BARE_WINDOW, logs_to_stderr, private_broker
 from bench.quick import PRODUCERS
 from buffer.store import Buffer
 from gateway.mqtt_link import MqttLink
@@ -49,7 +49,6 @@ _INSERT = (
     "INSERT INTO events (rowid, id, device, seq, state, droppable, created, payload)"
     " VALUES (?, ?, ?, ?, 1, 0, ?, ?)"
 )
-_TOPIC = "edge/bench/gw/events/dev0"
 
 
 async def durable_floor(
@@ -108,7 +107,7 @@ async def durable_floor(
         with link.batch():
             while outgoing and len(in_flight) < window:
                 rowid = outgoing.popleft()
-                in_flight[link.send(_TOPIC, BARE_PAYLOAD)] = rowid
+                in_flight[link.send(BARE_TOPIC, BARE_PAYLOAD)] = rowid
 
     def on_ack(mid: int) -> None:
         acked.append(in_flight.pop(mid))

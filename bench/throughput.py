@@ -18,7 +18,7 @@ import json
 import resource
 import time
 
-from bench import BARE_PAYLOAD, BARE_WINDOW, logs_to_stderr, private_broker
+from bench import BARE_PAYLOAD, BARE_TOPIC, BARE_WINDOW, logs_to_stderr, private_broker
 from bench.durable_floor import durable_floor
 from bench.quick import PRODUCERS, throughput
 from gateway.mqtt_link import MqttLink
@@ -41,7 +41,7 @@ async def floor(broker: MosquittoBroker, events: int) -> float:
         # Within the broker's window too, as the publisher's pump: Mosquitto's Receive Maximum
         # (max_inflight_messages) is below BARE_WINDOW, and gmqtt has no packet id beyond it.
         while sent - acked < window and sent < events:
-            link.send("edge/bench/gw/events/dev0", BARE_PAYLOAD)
+            link.send(BARE_TOPIC, BARE_PAYLOAD)
             sent += 1
 
     def on_ack(_mid: int) -> None:

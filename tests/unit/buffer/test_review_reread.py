@@ -23,8 +23,8 @@ Dismissed without a test of their own:
   the armed future before it pops the waiter, and a PUBACK that came before the check is already
   in ``free_ids()``/``_waiters`` (the check then passes), so none is lost.
 - ``BufferConnection.close``'s merged early return (both branches had the same body) and
-  ``demo/session.py``'s ``_exit_code`` (then gateway/demo.py) (``exception()`` read once after ``done()`` and not
-  ``cancelled()``: the same outcomes): behaviour unchanged."""
+  ``demo/session.py``'s ``_exit_code`` (gateway/demo.py then; ``exception()`` read once after
+  ``done()`` and not ``cancelled()``: the same outcomes): behaviour unchanged."""
 
 from __future__ import annotations
 
